@@ -1,0 +1,7 @@
+"""indomain: in-domain generation with large diffusion priors from unlabeled images."""
+
+from .guidance import Branch, Guidance, GuidancePlan, MultiGuidance, cfg, combine, decoupled, gcfg, rectified
+from .nulltext import NullTextUNet
+
+__version__ = "0.1.0"
+__all__ = ["Branch", "Guidance", "GuidancePlan", "MultiGuidance", "NullTextUNet", "cfg", "combine", "decoupled", "gcfg", "rectified"]

@@ -1,0 +1,527 @@
+"""Image-folder loading for training the domain model on unlabeled images.
+
+Rules (the README points here):
+
+Discovery (:func:`find_images`)
+    The folder is walked recursively in sorted, deterministic order. Hidden
+    files and folders (name starts with ``.``, e.g. ``.DS_Store`` or macOS
+    ``._photo.jpg`` resource forks) are ignored silently. Every other file is
+    opened with Pillow and accepted only if its *decoded format* (not its
+    extension) is one of :data:`ACCEPTED_FORMATS`: PNG, JPEG (including MPO,
+    the multi-picture JPEG many phones and cameras write), WebP or BMP. Each
+    accepted file is fully decoded once during the scan, so a corrupt or
+    truncated file is reported before training starts, never midway through a
+    run. Files are skipped, each with a reason, when they are not an image,
+    are in another format (GIF, TIFF, ...), are corrupt or truncated, or are
+    larger than :data:`MAX_IMAGE_PIXELS` pixels (decompression-bomb guard; the
+    check reads only the header, so a bomb is never decoded). For multi-frame
+    files (animated WebP/PNG, MPO) only the first frame is used.
+
+Conversion to RGB (:func:`load_rgb`, :func:`to_rgb`)
+    * EXIF orientation is applied first, so a portrait phone photo stays
+      portrait.
+    * Transparency (RGBA, LA, PA, palette or grayscale/RGB with a ``tRNS``
+      transparent colour) is alpha-composited on **white**. An alpha channel
+      that is 0 everywhere is treated as "unset" and the image as opaque
+      (some 32-bit BMP writers leave alpha at 0).
+    * Grayscale (``1``, ``L``) is replicated to three channels; CMYK and other
+      modes use Pillow's conversion (embedded ICC profiles are not applied).
+    * 16-bit grayscale (``I;16*``) and ``I`` are assumed to span 0..65535 and
+      are scaled to 8 bits by dividing by 257 (so 65535 -> 255 and mid-grey
+      stays mid-grey; Pillow's plain ``convert`` would clip them to white).
+      ``F`` (float) is assumed to span 0..1. Neither ``I`` nor ``F`` comes
+      out of the accepted formats in current Pillow; they are handled for
+      completeness.
+
+Preprocessing (:func:`preprocess`, :func:`hflip`)
+    The shorter side is resized to ``resolution`` with **bicubic**
+    resampling (Pillow's resize filters anti-alias when downscaling), then a
+    ``resolution x resolution`` square is cropped: centred, or at a random
+    offset drawn from the given ``torch.Generator``; then an optional random
+    horizontal flip. The result is a float tensor of shape ``(3, R, R)`` with
+    values in ``[-1, 1]`` (0 -> -1, 255 -> 1). A latent cache can encode both
+    orientations with ``t = preprocess(img, R)`` and ``hflip(t)``.
+
+Image size (:class:`ImageFolderDataset`)
+    An image whose shorter side is below ``resolution *``
+    :data:`MIN_SIZE_FRACTION` (a quarter of the resolution) is "tiny" and is
+    handled by ``min_size_policy``:
+
+    * ``"warn-skip"`` (default): skipped, listed in the skipped-files warning;
+    * ``"error"``: :class:`DataError` listing the tiny images;
+    * ``"allow"``: kept and upscaled like any other small image.
+
+    Any kept image whose shorter side is below ``resolution`` is upscaled, and
+    all of them are listed in one :class:`SmallImagesWarning`.
+
+Errors and warnings
+    A missing folder, a path that is not a folder, an empty folder, or a folder
+    with no usable image raises :class:`DataError` (a ``ValueError``) naming
+    the folder and what was found. Skipped files are reported in a single
+    :class:`SkippedImagesWarning` listing each file with its reason (the first
+    :data:`MAX_LISTED` of them, then a count of the rest).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+__all__ = [
+    "ACCEPTED_FORMATS",
+    "MAX_IMAGE_PIXELS",
+    "MIN_SIZE_FRACTION",
+    "MAX_LISTED",
+    "RESAMPLE",
+    "DataError",
+    "SkippedImagesWarning",
+    "SmallImagesWarning",
+    "MinSizePolicy",
+    "find_images",
+    "load_rgb",
+    "to_rgb",
+    "preprocess",
+    "hflip",
+    "ImageFolderDataset",
+]
+
+# Pillow format names (``Image.format``) we train on. MPO is how Pillow reports
+# multi-picture JPEGs from phones/cameras; they are ordinary JPEGs otherwise.
+ACCEPTED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "MPO", "WEBP", "BMP"})
+
+# Largest image (width * height) we will decode: 8192 x 8192, ~67 MP. Above
+# this a file is skipped as a possible decompression bomb. Read at call time,
+# so tests and callers may monkeypatch it. Pillow's own, process-wide
+# ``Image.MAX_IMAGE_PIXELS`` is left untouched.
+MAX_IMAGE_PIXELS: int = 8192 * 8192
+
+# Shorter side below resolution * MIN_SIZE_FRACTION counts as "tiny" (see
+# min_size_policy): a 4x upscale mostly teaches the model blur.
+MIN_SIZE_FRACTION: float = 0.25
+
+# How many files a warning or error lists before summarising the rest.
+MAX_LISTED: int = 20
+
+# Resampling filter for the shorter-side resize.
+RESAMPLE = Image.Resampling.BICUBIC
+
+MinSizePolicy = Literal["warn-skip", "error", "allow"]
+_POLICIES: tuple[str, ...] = ("warn-skip", "error", "allow")
+
+
+class DataError(ValueError):
+    """The image folder (or an image in it) cannot be used for training."""
+
+
+class SkippedImagesWarning(UserWarning):
+    """Some files in the image folder were skipped; the message lists why."""
+
+
+class SmallImagesWarning(UserWarning):
+    """Some images are smaller than the training resolution and get upscaled."""
+
+
+class _BadImage(Exception):
+    """Internal: a file is not a usable image; ``args[0]`` is the reason."""
+
+
+@dataclass(frozen=True)
+class _Probe:
+    path: Path
+    size: tuple[int, int]  # (width, height) as stored, before EXIF rotation
+
+
+# --------------------------------------------------------------------------- #
+# Discovery
+# --------------------------------------------------------------------------- #
+
+
+def _open_verified(path: Path) -> Image.Image:
+    """Open, check format and size, and fully decode ``path``.
+
+    Returns the loaded image (its file already closed). Raises ``_BadImage``
+    with a human-readable reason for anything we would not train on.
+    """
+    try:
+        # Turn Pillow's own bomb warning into an error so it is caught below
+        # rather than printed; its hard limit raises DecompressionBombError.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                fmt = img.format
+                if fmt not in ACCEPTED_FORMATS:
+                    raise _BadImage(f"unsupported image format {fmt}")
+                w, h = img.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise _BadImage(
+                        f"decompression bomb guard: {w}x{h} = {w * h} pixels "
+                        f"> MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS}"
+                    )
+                if w == 0 or h == 0:
+                    raise _BadImage(f"empty image ({w}x{h})")
+                # Decode every pixel now: Image.open only parses the header,
+                # so truncation would otherwise surface mid-training.
+                img.load()
+                return img
+    except _BadImage:
+        raise
+    except UnidentifiedImageError:
+        raise _BadImage("not an image file (format not recognised)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise _BadImage(f"decompression bomb guard (Pillow): {e}") from None
+    except Exception as e:  # noqa: BLE001
+        # Pillow's decoders raise a zoo of types on bad data (OSError,
+        # SyntaxError, ValueError, EOFError, struct.error, ...); all mean the
+        # same thing here, and one bad file must not abort the scan.
+        raise _BadImage(f"corrupt or truncated: {type(e).__name__}: {e}") from None
+
+
+def _walk(root: Path) -> list[Path]:
+    """All non-hidden regular files under ``root``, sorted by relative path."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        # Prune hidden dirs in place so os.walk does not descend into them.
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            p = Path(dirpath) / name
+            if p.is_file():  # skips broken symlinks, sockets, fifos
+                found.append(p)
+    # Sort on the relative POSIX path so the order is the same on any machine.
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _check_root(root: str | os.PathLike[str]) -> Path:
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise DataError(f"image folder {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise DataError(f"image folder {str(path)!r} is not a folder")
+    return path
+
+
+def _scan(root: str | os.PathLike[str]) -> tuple[Path, list[_Probe], list[tuple[Path, str]]]:
+    root_path = _check_root(root)
+    good: list[_Probe] = []
+    skipped: list[tuple[Path, str]] = []
+    for path in _walk(root_path):
+        try:
+            img = _open_verified(path)
+        except _BadImage as e:
+            skipped.append((path, str(e.args[0])))
+        else:
+            good.append(_Probe(path, img.size))
+    return root_path, good, skipped
+
+
+def find_images(root: str | os.PathLike[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Find every usable image under ``root``, recursively.
+
+    Each candidate is opened with Pillow, its format checked against
+    :data:`ACCEPTED_FORMATS` and fully decoded, so corrupt, truncated,
+    non-image and oversized (> :data:`MAX_IMAGE_PIXELS`) files are caught here.
+
+    Args:
+        root: The folder to scan.
+
+    Returns:
+        ``(images, skipped)``: the usable image paths in sorted order, and
+        ``(path, reason)`` for every other non-hidden file. Nothing is warned
+        here; :class:`ImageFolderDataset` does the reporting.
+
+    Raises:
+        DataError: ``root`` does not exist or is not a folder.
+    """
+    _, good, skipped = _scan(root)
+    return [p.path for p in good], skipped
+
+
+# --------------------------------------------------------------------------- #
+# Conversion to RGB
+# --------------------------------------------------------------------------- #
+
+
+def _composite_on_white(rgba: Image.Image) -> Image.Image:
+    alpha = rgba.getchannel("A")
+    if alpha.getextrema() == (0, 0):
+        # Alpha 0 everywhere is "unset", not "invisible" (32-bit BMPs); a
+        # blank white training image is never what the user meant.
+        return rgba.convert("RGB")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert an already-oriented image of any Pillow mode to 8-bit RGB.
+
+    Transparency is composited on white; 16-bit and ``I`` images are scaled
+    from 0..65535, ``F`` from 0..1 (see the module docstring).
+
+    Args:
+        img: A Pillow image in any mode.
+
+    Returns:
+        A mode ``"RGB"`` image of the same size.
+    """
+    mode = img.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        if mode == "F":
+            arr = arr * 255.0
+        else:
+            # 16-bit full scale: 65535 / 257 == 255 exactly.
+            arr = arr / 257.0
+        grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        # A tRNS key on a 16-bit image is rare enough to ignore.
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        # Pillow's RGBA conversion applies P palettes' alpha and tRNS keys.
+        return _composite_on_white(img.convert("RGBA"))
+    if mode == "RGB":
+        return img
+    # L, 1, P, CMYK, YCbCr, LAB, HSV: Pillow's conversions are correct here.
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+    """Load an image file as an upright 8-bit RGB Pillow image.
+
+    Applies the EXIF orientation, then :func:`to_rgb`. Applies the same
+    format, size and decode checks as :func:`find_images`.
+
+    Args:
+        path: The image file.
+
+    Returns:
+        A fully loaded mode ``"RGB"`` image (the file is closed).
+
+    Raises:
+        DataError: The file is not a usable image; the message names it and
+            says why.
+    """
+    path = Path(path)
+    try:
+        img = _open_verified(path)
+    except _BadImage as e:
+        raise DataError(f"cannot load {str(path)!r}: {e.args[0]}") from None
+    # Orientation first, while the EXIF block is still attached to the image.
+    img = ImageOps.exif_transpose(img)
+    return to_rgb(img)
+
+
+# --------------------------------------------------------------------------- #
+# Preprocessing
+# --------------------------------------------------------------------------- #
+
+
+def hflip(t: torch.Tensor) -> torch.Tensor:
+    """Mirror an image tensor (``(..., H, W)``) left-right."""
+    return t.flip(-1)
+
+
+def preprocess(
+    img: Image.Image,
+    resolution: int,
+    center_crop: bool = True,
+    random_flip: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Resize, crop and normalise an image for the VAE.
+
+    The shorter side is resized to ``resolution`` (bicubic, see
+    :data:`RESAMPLE`), then a square is cropped from the centre or, with
+    ``center_crop=False``, at a random offset. With ``random_flip`` the crop
+    is mirrored with probability 1/2. Random draws, in this order: crop top,
+    crop left (only for a random crop), flip (only with ``random_flip``); all
+    come from ``generator`` (torch's global RNG when ``None``), so a seeded
+    generator reproduces them exactly.
+
+    Args:
+        img: A Pillow image; converted with :func:`to_rgb` if not RGB.
+        resolution: Output side length ``R``.
+        center_crop: Centre crop if true, else random crop.
+        random_flip: Randomly mirror the result horizontally.
+        generator: Source of randomness for crop and flip.
+
+    Returns:
+        A float32 tensor of shape ``(3, R, R)`` with values in ``[-1, 1]``.
+    """
+    if resolution <= 0:
+        raise ValueError(f"resolution must be positive, got {resolution}")
+    if img.mode != "RGB":
+        img = to_rgb(img)
+    w, h = img.size
+    scale = resolution / min(w, h)
+    # max() guards the long side against rounding below R for extreme ratios.
+    new_w = resolution if w <= h else max(resolution, round(w * scale))
+    new_h = resolution if h < w else max(resolution, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), RESAMPLE)
+
+    if center_crop:
+        top = (new_h - resolution) // 2
+        left = (new_w - resolution) // 2
+    else:
+        top = int(torch.randint(0, new_h - resolution + 1, (1,), generator=generator))
+        left = int(torch.randint(0, new_w - resolution + 1, (1,), generator=generator))
+    img = img.crop((left, top, left + resolution, top + resolution))
+
+    arr = np.asarray(img, dtype=np.uint8)  # (R, R, 3)
+    t = torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32)
+    t = t / 127.5 - 1.0
+    if random_flip and bool(torch.rand(1, generator=generator) < 0.5):
+        t = hflip(t)
+    return t.contiguous()
+
+
+# --------------------------------------------------------------------------- #
+# Dataset
+# --------------------------------------------------------------------------- #
+
+
+def _format_list(items: Sequence[tuple[Path, str]], root: Path) -> str:
+    def rel(p: Path) -> str:
+        try:
+            return p.relative_to(root).as_posix()
+        except ValueError:
+            return str(p)
+
+    lines = [f"  {rel(p)}: {reason}" for p, reason in items[:MAX_LISTED]]
+    if len(items) > MAX_LISTED:
+        lines.append(f"  ... and {len(items) - MAX_LISTED} more")
+    return "\n".join(lines)
+
+
+class ImageFolderDataset(Dataset):
+    """Unlabeled images from a folder (recursive), ready for the VAE.
+
+    The folder is scanned once in the constructor (see :func:`find_images`);
+    problems are reported there, not during training. Items are
+    ``{"pixel_values": (3, R, R) float tensor in [-1, 1], "path": str}``.
+
+    Random crops and flips use torch's global RNG, which ``DataLoader``
+    seeds differently (and reproducibly, under ``torch.manual_seed``) in each
+    worker.
+
+    Attributes:
+        root: The scanned folder.
+        paths: The images used, in sorted order.
+        skipped: ``(path, reason)`` for every file not used, tiny images
+            included when they were skipped.
+        upscaled: Kept images whose shorter side is below ``resolution``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        resolution: int,
+        center_crop: bool = True,
+        random_flip: bool = False,
+        min_size_policy: MinSizePolicy = "warn-skip",
+    ) -> None:
+        """Scan ``root`` and apply the min-size policy.
+
+        Args:
+            root: Folder of images, searched recursively.
+            resolution: Training resolution ``R``.
+            center_crop: Centre crop if true, else random crop.
+            random_flip: Randomly mirror images horizontally.
+            min_size_policy: What to do with images whose shorter side is
+                below ``resolution * MIN_SIZE_FRACTION``: ``"warn-skip"``,
+                ``"error"`` or ``"allow"`` (see the module docstring).
+
+        Raises:
+            DataError: The folder is missing, empty, has no usable image, or
+                (with ``"error"``) has tiny images.
+            ValueError: Bad ``resolution`` or ``min_size_policy``.
+
+        Warns:
+            SkippedImagesWarning: Once, listing every skipped file and why.
+            SmallImagesWarning: Once, listing images that will be upscaled.
+        """
+        if resolution <= 0:
+            raise ValueError(f"resolution must be positive, got {resolution}")
+        if min_size_policy not in _POLICIES:
+            raise ValueError(f"min_size_policy must be one of {_POLICIES}, got {min_size_policy!r}")
+        self.resolution = resolution
+        self.center_crop = center_crop
+        self.random_flip = random_flip
+        self.min_size_policy = min_size_policy
+
+        root_path, good, skipped = _scan(root)
+        self.root = root_path
+        if not good and not skipped:
+            raise DataError(f"image folder {str(root_path)!r} is empty (no files found, hidden files ignored)")
+
+        min_side = resolution * MIN_SIZE_FRACTION
+        tiny = [
+            (p.path, f"too small: {p.size[0]}x{p.size[1]}, shorter side < {min_side:g} "
+                     f"(resolution {resolution} * {MIN_SIZE_FRACTION:g})")
+            for p in good
+            if min(p.size) < min_side
+        ]
+        if tiny and min_size_policy == "error":
+            raise DataError(
+                f"{len(tiny)} image(s) in {str(root_path)!r} are far smaller than the "
+                f"resolution {resolution} (min_size_policy='error'):\n"
+                + _format_list(tiny, root_path)
+            )
+        if tiny and min_size_policy == "warn-skip":
+            tiny_paths = {p for p, _ in tiny}
+            good = [p for p in good if p.path not in tiny_paths]
+            # Keep the report in path order, tiny images among the others.
+            skipped = sorted(skipped + tiny, key=lambda s: s[0].relative_to(root_path).as_posix())
+
+        if not good:
+            n_files = len(skipped)
+            raise DataError(
+                f"no usable image in {str(root_path)!r}: all {n_files} file(s) were skipped:\n"
+                + _format_list(skipped, root_path)
+            )
+
+        self.paths: list[Path] = [p.path for p in good]
+        self.skipped: list[tuple[Path, str]] = skipped
+        small = [(p.path, f"{p.size[0]}x{p.size[1]}") for p in good if min(p.size) < resolution]
+        self.upscaled: list[Path] = [p for p, _ in small]
+
+        if skipped:
+            warnings.warn(
+                SkippedImagesWarning(
+                    f"skipped {len(skipped)} of {len(skipped) + len(good)} file(s) in "
+                    f"{str(root_path)!r}:\n" + _format_list(skipped, root_path)
+                ),
+                stacklevel=2,
+            )
+        if small:
+            warnings.warn(
+                SmallImagesWarning(
+                    f"{len(small)} image(s) in {str(root_path)!r} have a shorter side below "
+                    f"the resolution {resolution} and will be upscaled:\n"
+                    + _format_list(small, root_path)
+                ),
+                stacklevel=2,
+            )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        path = self.paths[index]
+        img = load_rgb(path)
+        pixel_values = preprocess(
+            img,
+            self.resolution,
+            center_crop=self.center_crop,
+            random_flip=self.random_flip,
+        )
+        return {"pixel_values": pixel_values, "path": str(path)}

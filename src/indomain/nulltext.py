@@ -1,0 +1,314 @@
+"""The null-text domain UNet: a text-free copy of the prior's UNet that learns domain knowledge.
+
+Built from a prior `UNet2DConditionModel` (Cao et al. 2025, §3; official `nulltext_unet.py`):
+
+* ``mode="constant"`` (the paper's model): every cross-attention layer is replaced by
+  `ConstantCrossAttention`, which returns a per-layer constant vector held as a buffer, and the
+  LayerNorm in front of it (``norm2``) is removed. The UNet then has no text pathway at all.
+* ``mode="exact"``: cross-attention is kept and always fed the prior's fixed null-prompt embedding,
+  held as a buffer. Slower, but exactly the prior's unconditional prediction at initialisation.
+
+Calibration (the official code never ran it; we do). Each constant is the prior's real cross-attention
+output under the empty-prompt embedding, averaged:
+
+* latents: ``batch_size`` (default 4) fixed Gaussian draws ``eps ~ N(0, I)`` from ``torch.Generator``
+  seeded with ``seed`` (default 0), at the prior's ``sample_size``. If clean latents are supplied
+  (e.g. encoded domain images), each timestep instead sees ``x_t = add_noise(z_0, eps, t)``.
+  Unit-variance noise is the exact marginal at ``t = T`` and a data-free stand-in elsewhere, since
+  SD latents are scaled to roughly unit variance.
+* timesteps: ``num_timesteps`` (default 10) evenly spaced over ``[0, T-1]``, because the cross-attention
+  output drifts with ``t`` and the domain model is trained on all ``t``.
+* averaging: the arithmetic mean over batch, spatial tokens and timesteps, in float64, then cast to the
+  model's dtype; one vector per layer (as the official code's ``mean(dim=[0, 1])``).
+
+The whole procedure is deterministic and recorded in the model config (``calibration``), together with
+the prior it came from. For a prior whose null embedding is all zeros (SDXL), the cross-attention keys
+and values are zero, so its output is exactly ``to_out``'s bias and the constant mode is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+from torch import nn
+
+MODES = ("constant", "exact")
+# Config keys that must agree between a prior and a domain model for their predictions to be combined.
+STRUCTURE_KEYS = (
+    "in_channels",
+    "out_channels",
+    "sample_size",
+    "block_out_channels",
+    "down_block_types",
+    "up_block_types",
+    "mid_block_type",
+    "layers_per_block",
+)
+
+
+class ConstantCrossAttention(nn.Module):
+    """Replaces a cross-attention layer: returns its calibrated null-text output, a constant per layer."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("null_text_feature", torch.zeros(dim))
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # Any text input (encoder_hidden_states, masks, LoRA scale, ...) is ignored by design.
+        return self.null_text_feature.to(hidden_states.dtype).expand(hidden_states.shape)
+
+
+def _cross_attention_blocks(unet: nn.Module) -> list[tuple[str, BasicTransformerBlock]]:
+    return [
+        (name, m)
+        for name, m in unet.named_modules()
+        if isinstance(m, BasicTransformerBlock) and m.attn2 is not None and getattr(m.attn2, "is_cross_attention", True)
+    ]
+
+
+def _json_config(config: Any) -> dict:
+    """A plain-JSON copy of a diffusers config (tuples -> lists, private keys dropped)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return {k: plain(v) for k, v in dict(config).items() if not k.startswith("_")}
+
+
+def _check_supported(unet_config: dict) -> None:
+    if unet_config.get("only_cross_attention"):
+        raise ValueError("null-text conversion does not support UNets with only_cross_attention=True")
+    if unet_config.get("encoder_hid_dim") is not None or unet_config.get("addition_embed_type") in ("text", "text_image"):
+        raise ValueError(
+            "null-text conversion supports UNets whose text input enters only through cross-attention "
+            f"(got encoder_hid_dim={unet_config.get('encoder_hid_dim')!r}, "
+            f"addition_embed_type={unet_config.get('addition_embed_type')!r})"
+        )
+
+
+@torch.no_grad()
+def calibrate_null_text_features(
+    unet: UNet2DConditionModel,
+    null_embedding: torch.Tensor,
+    *,
+    latents: torch.Tensor | None = None,
+    scheduler: Any = None,
+    num_timesteps: int = 10,
+    batch_size: int = 4,
+    seed: int = 0,
+    added_cond_kwargs: dict | None = None,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Run the prior with the null embedding and average every cross-attention output (see module doc).
+
+    Returns ``{block_name: feature (C,)}`` and a JSON-able record of how it was computed.
+    """
+    if latents is not None and scheduler is None:
+        raise ValueError("calibration with clean latents needs the prior's scheduler to noise them")
+    num_train = int(getattr(getattr(scheduler, "config", None), "num_train_timesteps", 1000) or 1000)
+    timesteps = torch.linspace(0, num_train - 1, num_timesteps).round().long().tolist()
+    device, dtype = unet.device, unet.dtype
+    cfg = unet.config
+    size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
+    hw = (size, size) if isinstance(size, int) else size
+    generator = torch.Generator("cpu").manual_seed(seed)
+    if latents is not None:
+        batch_size = latents.shape[0]
+        hw = tuple(latents.shape[-2:])
+    noise = torch.randn((batch_size, cfg.in_channels, *hw), generator=generator, dtype=torch.float32)
+    noise = noise.to(device=device, dtype=dtype)
+
+    blocks = _cross_attention_blocks(unet)
+    sums = {name: torch.zeros(block.attn2.to_out[0].out_features, dtype=torch.float64) for name, block in blocks}
+    counts = dict.fromkeys(sums, 0)
+
+    def hook(name: str):
+        def record(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            out = output.detach().double().cpu()  # (B, N, C)
+            sums[name] += out.reshape(-1, out.shape[-1]).sum(0)
+            counts[name] += out.shape[0] * out.shape[1]
+
+        return record
+
+    handles = [block.attn2.register_forward_hook(hook(name)) for name, block in blocks]
+    try:
+        emb = null_embedding.to(device=device, dtype=dtype).expand(batch_size, -1, -1)
+        for t in timesteps:
+            tt = torch.tensor(t, device=device)
+            x_t = noise if latents is None else scheduler.add_noise(latents.to(device, dtype), noise, tt)
+            unet(x_t, tt, encoder_hidden_states=emb, added_cond_kwargs=added_cond_kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    features = {name: sums[name] / counts[name] for name in sums}
+    record = {
+        "null_prompt": "",
+        "latents": "gaussian noise N(0, I)" if latents is None else f"add_noise of {batch_size} supplied clean latents",
+        "latent_size": list(hw),
+        "batch_size": batch_size,
+        "seed": seed,
+        "timesteps": timesteps,
+        "averaging": "mean over batch, spatial tokens and timesteps (float64)",
+    }
+    return features, record
+
+
+class NullTextUNet(ModelMixin, ConfigMixin):
+    """A text-free copy of a prior `UNet2DConditionModel` (the paper's null-text domain model).
+
+    It keeps the original UNet as ``self.unet`` with cross-attention made constant (``mode="constant"``)
+    or fed a fixed null embedding (``mode="exact"``). ``forward`` accepts and ignores any text input,
+    so it is a drop-in noise predictor ``(x_t, t) -> prediction``. Build it with `NullTextUNet.from_prior`.
+    """
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        unet_config: dict,
+        mode: str = "constant",
+        null_embedding_shape: Sequence[int] | None = None,
+        prediction_type: str = "epsilon",
+        prior: str | None = None,
+        calibration: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        _check_supported(unet_config)
+        self.unet = UNet2DConditionModel.from_config(unet_config)
+        if mode == "constant":
+            for _, block in _cross_attention_blocks(self.unet):
+                block.attn2 = ConstantCrossAttention(block.attn2.to_out[0].out_features)
+                block.norm2 = nn.Identity()  # its output only fed the removed query projection
+        else:
+            if null_embedding_shape is None:
+                raise ValueError("mode='exact' needs null_embedding_shape, e.g. [1, 77, 768]")
+            self.register_buffer("null_embedding", torch.zeros(*null_embedding_shape))
+
+    @classmethod
+    def from_prior(
+        cls,
+        unet: UNet2DConditionModel,
+        null_embedding: torch.Tensor,
+        *,
+        mode: str = "constant",
+        prediction_type: str = "epsilon",
+        prior: str | None = None,
+        scheduler: Any = None,
+        latents: torch.Tensor | None = None,
+        num_timesteps: int = 10,
+        batch_size: int = 4,
+        seed: int = 0,
+        added_cond_kwargs: dict | None = None,
+    ) -> "NullTextUNet":
+        """Convert a prior UNet; in constant mode, calibrate from the empty-prompt embedding.
+
+        Args:
+            unet: the prior's UNet (left unchanged).
+            null_embedding: the prior's empty-prompt text embedding, shape (1, L, D).
+            mode: "constant" (the paper) or "exact" (keep cross-attention, feed the fixed null embedding).
+            prediction_type: the prior scheduler's prediction type, recorded so mismatches are caught.
+            prior: where the prior came from (hub id or path), recorded in the config.
+            scheduler, latents, num_timesteps, batch_size, seed: calibration inputs (module docstring).
+        """
+        config = _json_config(unet.config)
+        null_embedding = null_embedding.detach()
+        if null_embedding.dim() != 3 or null_embedding.shape[0] != 1:
+            raise ValueError(f"null_embedding must have shape (1, L, D), got {tuple(null_embedding.shape)}")
+        model = cls(
+            unet_config=config,
+            mode=mode,
+            null_embedding_shape=list(null_embedding.shape) if mode == "exact" else None,
+            prediction_type=prediction_type,
+            prior=prior or unet.config.get("_name_or_path") or None,
+        )
+        own = model.unet.state_dict()
+        model.unet.load_state_dict({k: v for k, v in unet.state_dict().items() if k in own}, strict=False)
+        missing = [k for k in own if k not in unet.state_dict() and not k.endswith("null_text_feature")]
+        if missing:
+            raise ValueError(f"prior UNet lacks weights the null-text UNet needs: {missing[:5]}")
+        if mode == "exact":
+            model.null_embedding.copy_(null_embedding)
+            model.register_to_config(calibration={"null_prompt": "", "note": "exact mode: no constants"})
+        else:
+            features, record = calibrate_null_text_features(
+                unet,
+                null_embedding,
+                latents=latents,
+                scheduler=scheduler,
+                num_timesteps=num_timesteps,
+                batch_size=batch_size,
+                seed=seed,
+                added_cond_kwargs=added_cond_kwargs,
+            )
+            blocks = dict(_cross_attention_blocks(model.unet))
+            for name, feature in features.items():
+                blocks[name].attn2.null_text_feature.copy_(feature.to(torch.float32))
+            model.register_to_config(calibration=record)
+        model.to(unet.device)
+        if unet.dtype != torch.float32:
+            model.to(dtype=unet.dtype)
+        return model
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor | None = None,
+        *,
+        added_cond_kwargs: dict | None = None,
+        timestep_cond: torch.Tensor | None = None,
+        down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,
+        mid_block_additional_residual: torch.Tensor | None = None,
+        down_intrablock_additional_residuals: tuple[torch.Tensor, ...] | None = None,
+        cross_attention_kwargs: dict | None = None,
+        return_dict: bool = True,
+    ) -> UNet2DConditionOutput | tuple:
+        """Predict noise (or v) for ``sample`` at ``timestep``; ``encoder_hidden_states`` is ignored."""
+        if self.config.mode == "exact":
+            text = self.null_embedding.to(sample.dtype).expand(sample.shape[0], -1, -1)
+        else:
+            text = None
+        return self.unet(
+            sample,
+            timestep,
+            encoder_hidden_states=text,
+            added_cond_kwargs=added_cond_kwargs,
+            timestep_cond=timestep_cond,
+            down_block_additional_residuals=down_block_additional_residuals,
+            mid_block_additional_residual=mid_block_additional_residual,
+            down_intrablock_additional_residuals=down_intrablock_additional_residuals,
+            cross_attention_kwargs=cross_attention_kwargs,
+            return_dict=return_dict,
+        )
+
+
+def check_compatible(prior_unet: nn.Module, domain_unet: NullTextUNet, prior_prediction_type: str) -> None:
+    """Raise a ValueError naming the first mismatch between a prior UNet and a domain model."""
+    if not isinstance(domain_unet, NullTextUNet):
+        raise TypeError(f"domain_unet must be a NullTextUNet, got {type(domain_unet).__name__}")
+    prior_cfg, dom_cfg = prior_unet.config, domain_unet.config.unet_config
+    for key in STRUCTURE_KEYS:
+        a, b = prior_cfg.get(key), dom_cfg.get(key)
+        a = list(a) if isinstance(a, (tuple, list)) else a
+        b = list(b) if isinstance(b, (tuple, list)) else b
+        if a != b:
+            name = {"in_channels": "latent channels", "sample_size": "sample size"}.get(key, key)
+            raise ValueError(f"domain model does not fit the prior: {name} ({key}) is {b!r} in the domain model but {a!r} in the prior")
+    if domain_unet.config.prediction_type != prior_prediction_type:
+        raise ValueError(
+            f"domain model predicts {domain_unet.config.prediction_type!r} but the prior's scheduler predicts "
+            f"{prior_prediction_type!r}; their predictions cannot be combined"
+        )

@@ -1,0 +1,303 @@
+"""`InDomainPipeline`: guidance-decoupled in-domain sampling on a Stable Diffusion prior.
+
+Per step (Cao et al. 2025, Eq. A, with extra weighted prompts as in Eq. C)::
+
+    eps = eps_prior(x, ∅) + w_d (eps_domain(x) - eps_prior(x, ∅))
+                          + w_c (eps_prior(x, c) - eps_prior(x, ∅)) + Σ_i w_i (eps_prior(x, c_i) - eps_prior(x, ∅))
+
+All prior branches of a step run in one batched UNet call and the domain branch in one more.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from .guidance import DOMAIN, PRIOR, Branch, Guidance, GuidancePlan, MultiGuidance
+from .nulltext import NullTextUNet, check_compatible
+from .safeload import check_safe
+
+
+@dataclass
+class InDomainPipelineOutput(BaseOutput):
+    """``images``: a list of PIL images, a numpy array (N, H, W, 3), a tensor, or latents."""
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+
+
+def load_domain_unet(path: str | os.PathLike, allow_pickle: bool = False, **kwargs: Any) -> NullTextUNet:
+    """Load a `NullTextUNet` folder, with an error naming the problem if it is not one."""
+    import json
+
+    path = Path(path)
+    config_file = path / "config.json"
+    if not path.is_dir() or not config_file.is_file():
+        raise ValueError(
+            f"domain model {str(path)!r} is not a model folder: expected a directory with config.json and "
+            "diffusion_pytorch_model.safetensors, as written by `indomain train` or NullTextUNet.save_pretrained"
+        )
+    cls_name = json.loads(config_file.read_text()).get("_class_name")
+    if cls_name != NullTextUNet.__name__:
+        raise ValueError(f"domain model {str(path)!r} holds a {cls_name!r}, not a NullTextUNet")
+    check_safe(path, allow_pickle)
+    return NullTextUNet.from_pretrained(path, use_safetensors=not allow_pickle, **kwargs)
+
+
+class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin):
+    """In-domain generation with a frozen prior plus a null-text domain model (Cao et al., CVPR 2025).
+
+    Components: ``unet`` is the frozen prior (LoRA and textual-inversion loaders attach to it),
+    ``domain_unet`` the `NullTextUNet`; ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler`` as in
+    `StableDiffusionPipeline`. With ``domain_guidance_scale=0`` it is plain Stable Diffusion CFG.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->domain_unet->vae"
+    _optional_components = ["domain_unet"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        domain_unet: NullTextUNet | None = None,
+    ) -> None:
+        super().__init__()
+        if domain_unet is not None:
+            check_compatible(unet, domain_unet, scheduler.config.prediction_type)
+        self.register_modules(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, domain_unet=domain_unet
+        )
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        domain_unet: str | os.PathLike | NullTextUNet | None = None,
+        allow_pickle: bool = False,
+        **kwargs: Any,
+    ) -> "InDomainPipeline":
+        """Load the prior (hub id or local dir) and, optionally, a domain model (folder or instance).
+
+        Weights load from safetensors; pickle checkpoints need ``allow_pickle=True`` (then
+        ``weights_only`` loading). Remote code is never trusted.
+        """
+        if kwargs.pop("trust_remote_code", False):
+            raise ValueError("trust_remote_code is not supported: indomain never runs code shipped with a model")
+        check_safe(pretrained_model_name_or_path, allow_pickle)
+        if isinstance(domain_unet, (str, os.PathLike)):
+            domain_unet = load_domain_unet(domain_unet, allow_pickle, torch_dtype=kwargs.get("torch_dtype"))
+        if domain_unet is not None:
+            kwargs["domain_unet"] = domain_unet
+        kwargs.setdefault("use_safetensors", not allow_pickle)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------
+
+    def encode_prompt(self, prompts: Sequence[str], device: torch.device) -> torch.Tensor:
+        """Text embeddings (len(prompts), L, D), as `StableDiffusionPipeline.encode_prompt` (no clip_skip)."""
+        prompts = self.maybe_convert_prompt(list(prompts), self.tokenizer)
+        ids = self.tokenizer(
+            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )
+        use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
+        mask = ids.attention_mask.to(device) if use_mask else None
+        emb = self.text_encoder(ids.input_ids.to(device), attention_mask=mask)[0]
+        return emb.to(dtype=self.text_encoder.dtype, device=device)
+
+    def check_inputs(
+        self,
+        prompt: Any,
+        negative_prompt: Any,
+        height: int,
+        width: int,
+        guidance_scale: float,
+        domain_guidance_scale: float,
+        weighted_prompts: Sequence[tuple[str, float]] | None,
+        prompt_embeds: torch.Tensor | None,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+    ) -> None:
+        if height % self.vae_scale_factor or width % self.vae_scale_factor:
+            raise ValueError(f"height and width must be divisible by {self.vae_scale_factor}, got {height}x{width}")
+        for name, w in [("guidance_scale", guidance_scale), ("domain_guidance_scale", domain_guidance_scale)] + [
+            (f"weighted_prompts[{i}] weight", w) for i, (_, w) in enumerate(weighted_prompts or [])
+        ]:
+            if not isinstance(w, (int, float)) or not math.isfinite(w):
+                raise ValueError(f"{name} must be a finite number, got {w!r}")
+        if domain_guidance_scale != 0 and self.domain_unet is None:
+            raise ValueError(
+                f"domain_guidance_scale={domain_guidance_scale} needs a domain model: pass domain_unet= to from_pretrained, "
+                "or set domain_guidance_scale=0 for the plain prior"
+            )
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("pass either prompt or prompt_embeds, not both")
+        if prompt is not None and not isinstance(prompt, (str, list)):
+            raise ValueError(f"prompt must be a str or a list of str, got {type(prompt).__name__}")
+        if isinstance(negative_prompt, list) and isinstance(prompt, list) and len(negative_prompt) != len(prompt):
+            raise ValueError(f"negative_prompt has {len(negative_prompt)} entries but prompt has {len(prompt)}")
+        bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {bad} not in {self._callback_tensor_inputs}")
+
+    def prepare_latents(
+        self, batch_size: int, height: int, width: int, dtype: torch.dtype, device: torch.device, generator: Any, latents: torch.Tensor | None
+    ) -> torch.Tensor:
+        # Same draw as StableDiffusionPipeline.prepare_latents (diffusers 0.42), so seeds reproduce its images.
+        shape = (batch_size, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"got {len(generator)} generators for an effective batch size of {batch_size}")
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+            latents = latents.to(device=device, dtype=dtype)
+        return latents * self.scheduler.init_noise_sigma
+
+    def _step_kwargs(self, generator: Any, eta: float) -> dict:
+        params = set(inspect.signature(self.scheduler.step).parameters)
+        kwargs = {}
+        if "eta" in params:
+            kwargs["eta"] = eta
+        if "generator" in params:
+            kwargs["generator"] = generator
+        return kwargs
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 2.5,
+        domain_guidance_scale: float = 2.5,
+        weighted_prompts: Sequence[tuple[str, float]] | None = None,
+        control_guidance_start: float = 0.0,
+        control_guidance_end: float = 1.0,
+        domain_guidance_start: float = 0.0,
+        domain_guidance_end: float = 1.0,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        cross_attention_kwargs: dict | None = None,
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> InDomainPipelineOutput | tuple:
+        """Generate in-domain images.
+
+        Args:
+            prompt: control prompt(s); one image batch entry per prompt. None gives unconditional
+                in-domain generation (the prior's unconditional prediction plus domain guidance).
+            negative_prompt: replaces the empty prompt in the prior's unconditional branch, as in SD.
+            guidance_scale: control weight w_c on ``prompt`` (official default 2.5).
+            domain_guidance_scale: domain weight w_d (official default 2.5); 0 gives plain SD CFG.
+            weighted_prompts: extra ``(text, weight)`` control terms shared by the whole batch (GCFG);
+                a negative weight pushes away from the text.
+            control_guidance_start/end, domain_guidance_start/end: the fraction of the trajectory in
+                which the control terms / the domain term are active.
+            Other arguments as in `StableDiffusionPipeline.__call__`.
+        """
+        # 1. Check inputs
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        self.check_inputs(
+            prompt, negative_prompt, height, width, guidance_scale, domain_guidance_scale, weighted_prompts,
+            prompt_embeds, callback_on_step_end_tensor_inputs,
+        )
+
+        # 2. Define call parameters
+        if prompt_embeds is not None:
+            batch_size = prompt_embeds.shape[0]
+        elif isinstance(prompt, list):
+            batch_size = len(prompt)
+        else:
+            batch_size = 1
+        n = batch_size * num_images_per_prompt
+        device = self._execution_device
+
+        # 3. Encode prompts: one row per image, prompts repeated num_images_per_prompt times as SD does
+        def per_image(emb: torch.Tensor) -> torch.Tensor:
+            return emb.repeat_interleave(num_images_per_prompt, dim=0)
+
+        if prompt is not None:
+            prompt_embeds = self.encode_prompt([prompt] if isinstance(prompt, str) else prompt, device)
+        if negative_prompt_embeds is None:
+            negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * batch_size
+            negative_prompt_embeds = self.encode_prompt(negatives, device)
+        null = per_image(negative_prompt_embeds)
+        terms = []
+        if domain_guidance_scale != 0:
+            terms.append(Guidance(DOMAIN, None, domain_guidance_scale, domain_guidance_start, domain_guidance_end))
+        if prompt_embeds is not None:
+            terms.append(Guidance(PRIOR, per_image(prompt_embeds), guidance_scale, control_guidance_start, control_guidance_end))
+        for text, weight in weighted_prompts or []:
+            emb = self.encode_prompt([text], device).expand(n, -1, -1)
+            terms.append(Guidance(PRIOR, emb, weight, control_guidance_start, control_guidance_end))
+        guided = MultiGuidance(
+            {
+                PRIOR: lambda x, t, emb: self.unet(
+                    x, t, encoder_hidden_states=emb, cross_attention_kwargs=cross_attention_kwargs, return_dict=False
+                )[0],
+                DOMAIN: lambda x, t, _: self.domain_unet(x, t, return_dict=False)[0],
+            },
+            GuidancePlan(Branch(PRIOR, null), terms),
+        )
+
+        # 4. Prepare timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+
+        # 5. Prepare latent variables
+        latents = self.prepare_latents(n, height, width, null.dtype, device, generator, latents)
+        step_kwargs = self._step_kwargs(generator, eta)
+
+        # 6. Denoising loop: eps = eps_u + Σ_k w_k (eps_k - eps_u), then the scheduler's update
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                x_in = self.scheduler.scale_model_input(latents, t)
+                eps = guided(x_in, t, i, len(timesteps)).pred
+                latents = self.scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    values = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
+                    out = callback_on_step_end(self, i, t, {k: values[k] for k in callback_on_step_end_tensor_inputs})
+                    latents = out.pop("latents", latents)
+                progress_bar.update()
+
+        # 7. Decode
+        if output_type == "latent":
+            images = latents
+        else:
+            decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+            images = self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * n)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return InDomainPipelineOutput(images=images)

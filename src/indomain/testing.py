@@ -1,0 +1,135 @@
+"""Tiny Stable-Diffusion-shaped components built from config, for tests and the offline demo.
+
+Nothing here touches a hub: the tokenizer is a byte-level CLIP BPE written to a local folder
+(514 tokens, no merges), and every model has random weights drawn under a fixed seed.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # CLIP/GPT-2's reversible byte -> printable-unicode table.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def write_byte_level_clip_vocab(folder: str | Path) -> Path:
+    """Write `vocab.json` + `merges.txt` of a 514-token byte-level CLIP tokenizer into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return folder
+
+
+def tiny_tokenizer(folder: str | Path | None = None) -> CLIPTokenizer:
+    """A CLIPTokenizer built from files written to `folder` (a fresh temp dir by default)."""
+    folder = write_byte_level_clip_vocab(folder or tempfile.mkdtemp(prefix="indomain-tok-"))
+    # model_max_length must be given: without it transformers reports 1e30 and SD pads to that.
+    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
+
+
+def tiny_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int = 32, seed: int = 0) -> CLIPTextModel:
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        projection_dim=hidden_size,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config).eval()
+
+
+def tiny_unet(cross_attention_dim: int = 32, sample_size: int = 16, seed: int = 0, **overrides) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    config = dict(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    config.update(overrides)
+    return UNet2DConditionModel(**config).eval()
+
+
+def tiny_vae(seed: int = 0) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=32,
+        sample_size=32,
+    ).eval()
+
+
+def tiny_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+
+
+def tiny_sd_components(tokenizer_dir: str | Path | None = None, seed: int = 0) -> dict:
+    """Components of a tiny SD-1.x prior: 32x32 px images, 16x16x4 latents."""
+    tokenizer = tiny_tokenizer(tokenizer_dir)
+    return dict(
+        vae=tiny_vae(seed),
+        text_encoder=tiny_text_encoder(tokenizer, seed=seed),
+        tokenizer=tokenizer,
+        unet=tiny_unet(seed=seed),
+        scheduler=tiny_scheduler(),
+    )
+
+
+def save_tiny_prior(folder: str | Path, seed: int = 0) -> Path:
+    """Save a tiny `StableDiffusionPipeline` folder, loadable like any local SD checkpoint."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = Path(folder)
+    pipe = StableDiffusionPipeline(
+        **tiny_sd_components(seed=seed),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
