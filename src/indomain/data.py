@@ -329,6 +329,26 @@ def hflip(t: torch.Tensor) -> torch.Tensor:
     return t.flip(-1)
 
 
+def resize_shorter(img: Image.Image, resolution: int) -> Image.Image:
+    """RGB copy of ``img`` with its shorter side resized to ``resolution`` (bicubic)."""
+    if img.mode != "RGB":
+        img = to_rgb(img)
+    w, h = img.size
+    scale = resolution / min(w, h)
+    # max() guards the long side against rounding below R for extreme ratios.
+    new_w = resolution if w <= h else max(resolution, round(w * scale))
+    new_h = resolution if h < w else max(resolution, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), RESAMPLE)
+    return img
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """An RGB PIL image as a float32 (3, H, W) tensor in [-1, 1]."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32) / 127.5 - 1.0
+
+
 def preprocess(
     img: Image.Image,
     resolution: int,
@@ -358,15 +378,8 @@ def preprocess(
     """
     if resolution <= 0:
         raise ValueError(f"resolution must be positive, got {resolution}")
-    if img.mode != "RGB":
-        img = to_rgb(img)
-    w, h = img.size
-    scale = resolution / min(w, h)
-    # max() guards the long side against rounding below R for extreme ratios.
-    new_w = resolution if w <= h else max(resolution, round(w * scale))
-    new_h = resolution if h < w else max(resolution, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), RESAMPLE)
+    img = resize_shorter(img, resolution)
+    new_w, new_h = img.size
 
     if center_crop:
         top = (new_h - resolution) // 2
@@ -376,9 +389,7 @@ def preprocess(
         left = int(torch.randint(0, new_w - resolution + 1, (1,), generator=generator))
     img = img.crop((left, top, left + resolution, top + resolution))
 
-    arr = np.asarray(img, dtype=np.uint8)  # (R, R, 3)
-    t = torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32)
-    t = t / 127.5 - 1.0
+    t = to_tensor(img)  # (3, R, R)
     if random_flip and bool(torch.rand(1, generator=generator) < 0.5):
         t = hflip(t)
     return t.contiguous()

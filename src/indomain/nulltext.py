@@ -28,7 +28,9 @@ and values are zero, so its output is exactly ``to_out``'s bias and the constant
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,6 +39,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 MODES = ("constant", "exact")
@@ -182,7 +185,9 @@ class NullTextUNet(ModelMixin, ConfigMixin):
         prediction_type: str = "epsilon",
         prior: str | None = None,
         calibration: dict | None = None,
+        lora: dict | None = None,
     ) -> None:
+        # `lora` only records the adapter settings of an adapter-only folder (see `save_lora`).
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -295,11 +300,76 @@ class NullTextUNet(ModelMixin, ConfigMixin):
         )
 
 
-def check_compatible(prior_unet: nn.Module, domain_unet: NullTextUNet, prior_prediction_type: str) -> None:
-    """Raise a ValueError naming the first mismatch between a prior UNet and a domain model."""
-    if not isinstance(domain_unet, NullTextUNet):
-        raise TypeError(f"domain_unet must be a NullTextUNet, got {type(domain_unet).__name__}")
-    prior_cfg, dom_cfg = prior_unet.config, domain_unet.config.unet_config
+LORA_FILE = "lora_weights.safetensors"
+
+
+def save_lora(model: NullTextUNet, folder: str | Path, lora_state: dict[str, torch.Tensor]) -> None:
+    """Save an adapter-only domain model: config, calibrated buffers and LoRA weights (no base weights).
+
+    It loads with `load_lora(folder, prior_unet)`, which takes the base weights from the prior.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    peft_config = model.unet.peft_config["default"]
+    lora = {
+        "r": peft_config.r,
+        "lora_alpha": peft_config.lora_alpha,
+        "target_modules": sorted(peft_config.target_modules),
+    }
+    config = dict(model.config)
+    config["lora"] = lora
+    (folder / "config.json").write_text(json.dumps({"_class_name": type(model).__name__, **_json_config(config)}, indent=2))
+    tensors = {f"lora.{k}": v.detach().contiguous().cpu() for k, v in lora_state.items()}
+    tensors.update({f"buffer.{k}": v.detach().contiguous().cpu() for k, v in model.named_buffers()})
+    save_file(tensors, folder / LORA_FILE)
+
+
+def is_lora_folder(folder: str | Path) -> bool:
+    return (Path(folder) / LORA_FILE).is_file()
+
+
+def load_lora(folder: str | Path, prior_unet: UNet2DConditionModel) -> NullTextUNet:
+    """Rebuild a domain model from an adapter-only folder and the prior's UNet, LoRA fused into the weights."""
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    lora = config.pop("lora")
+    init = {k: v for k, v in config.items() if not k.startswith("_")}
+    model = NullTextUNet(**init)
+    own = model.unet.state_dict()
+    prior_state = prior_unet.state_dict()
+    mismatch = [k for k in own if k in prior_state and prior_state[k].shape != own[k].shape]
+    if mismatch:
+        raise ValueError(f"LoRA domain model {str(folder)!r} does not fit the prior: shape mismatch at {mismatch[0]}")
+    model.unet.load_state_dict({k: v for k, v in prior_state.items() if k in own}, strict=False)
+    tensors = load_file(folder / LORA_FILE)
+    buffers = dict(model.named_buffers())
+    for k, v in tensors.items():
+        if k.startswith("buffer."):
+            buffers[k[len("buffer."):]].copy_(v)
+    model.unet.add_adapter(LoraConfig(init_lora_weights="gaussian", **lora))
+    set_peft_model_state_dict(model.unet, {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")})
+    model.unet.fuse_lora()
+    model.unet.unload_lora()
+    model.register_to_config(lora=None)
+    return model.to(prior_unet.device, prior_unet.dtype)
+
+
+def check_compatible(prior_unet: nn.Module, domain_unet: nn.Module, prior_prediction_type: str) -> None:
+    """Raise a ValueError naming the first mismatch between a prior UNet and a domain model.
+
+    The domain model is a `NullTextUNet` or, for conventional fine-tunes, a text-conditioned
+    `UNet2DConditionModel`.
+    """
+    if isinstance(domain_unet, NullTextUNet):
+        dom_cfg = domain_unet.config.unet_config
+    elif isinstance(domain_unet, UNet2DConditionModel):
+        dom_cfg = domain_unet.config
+    else:
+        raise TypeError(f"domain_unet must be a NullTextUNet or a UNet2DConditionModel, got {type(domain_unet).__name__}")
+    prior_cfg = prior_unet.config
     for key in STRUCTURE_KEYS:
         a, b = prior_cfg.get(key), dom_cfg.get(key)
         a = list(a) if isinstance(a, (tuple, list)) else a
@@ -307,7 +377,7 @@ def check_compatible(prior_unet: nn.Module, domain_unet: NullTextUNet, prior_pre
         if a != b:
             name = {"in_channels": "latent channels", "sample_size": "sample size"}.get(key, key)
             raise ValueError(f"domain model does not fit the prior: {name} ({key}) is {b!r} in the domain model but {a!r} in the prior")
-    if domain_unet.config.prediction_type != prior_prediction_type:
+    if isinstance(domain_unet, NullTextUNet) and domain_unet.config.prediction_type != prior_prediction_type:
         raise ValueError(
             f"domain model predicts {domain_unet.config.prediction_type!r} but the prior's scheduler predicts "
             f"{prior_prediction_type!r}; their predictions cannot be combined"

@@ -30,7 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .guidance import DOMAIN, PRIOR, Branch, Guidance, GuidancePlan, MultiGuidance
-from .nulltext import NullTextUNet, check_compatible
+from .nulltext import NullTextUNet, check_compatible, is_lora_folder, load_lora
 from .safeload import check_safe
 
 
@@ -41,8 +41,14 @@ class InDomainPipelineOutput(BaseOutput):
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
 
 
-def load_domain_unet(path: str | os.PathLike, allow_pickle: bool = False, **kwargs: Any) -> NullTextUNet:
-    """Load a `NullTextUNet` folder, with an error naming the problem if it is not one."""
+def load_domain_unet(
+    path: str | os.PathLike, prior_unet: UNet2DConditionModel | None = None, allow_pickle: bool = False, **kwargs: Any
+) -> NullTextUNet | UNet2DConditionModel:
+    """Load a domain model folder written by `indomain train`, with an error naming the problem.
+
+    Accepted: a full `NullTextUNet`; an adapter-only (LoRA) `NullTextUNet`, which needs ``prior_unet``
+    for its base weights; or a text-conditioned `UNet2DConditionModel` (a conventional fine-tune).
+    """
     import json
 
     path = Path(path)
@@ -53,10 +59,15 @@ def load_domain_unet(path: str | os.PathLike, allow_pickle: bool = False, **kwar
             "diffusion_pytorch_model.safetensors, as written by `indomain train` or NullTextUNet.save_pretrained"
         )
     cls_name = json.loads(config_file.read_text()).get("_class_name")
-    if cls_name != NullTextUNet.__name__:
-        raise ValueError(f"domain model {str(path)!r} holds a {cls_name!r}, not a NullTextUNet")
+    if cls_name not in (NullTextUNet.__name__, UNet2DConditionModel.__name__):
+        raise ValueError(f"domain model {str(path)!r} holds a {cls_name!r}, not a NullTextUNet or UNet2DConditionModel")
+    if is_lora_folder(path):
+        if prior_unet is None:
+            raise ValueError(f"domain model {str(path)!r} holds LoRA adapters only; it needs the prior's UNet to load")
+        return load_lora(path, prior_unet)
     check_safe(path, allow_pickle)
-    return NullTextUNet.from_pretrained(path, use_safetensors=None if allow_pickle else True, **kwargs)
+    cls = NullTextUNet if cls_name == NullTextUNet.__name__ else UNet2DConditionModel
+    return cls.from_pretrained(path, use_safetensors=None if allow_pickle else True, **kwargs)
 
 
 def _check_prior_folder(path: str | os.PathLike) -> None:
@@ -96,7 +107,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         tokenizer: CLIPTokenizer,
         unet: UNet2DConditionModel,
         scheduler: KarrasDiffusionSchedulers,
-        domain_unet: NullTextUNet | None = None,
+        domain_unet: NullTextUNet | UNet2DConditionModel | None = None,
     ) -> None:
         super().__init__()
         if domain_unet is not None:
@@ -123,12 +134,18 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         if kwargs.pop("trust_remote_code", False):
             raise ValueError("trust_remote_code is not supported: indomain never runs code shipped with a model")
         check_safe(pretrained_model_name_or_path, allow_pickle)
+        _check_prior_folder(pretrained_model_name_or_path)
+        kwargs.setdefault("use_safetensors", None if allow_pickle else True)
+        if isinstance(domain_unet, (str, os.PathLike)) and is_lora_folder(domain_unet):
+            pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+            domain = load_domain_unet(domain_unet, pipe.unet)
+            check_compatible(pipe.unet, domain, pipe.scheduler.config.prediction_type)
+            pipe.register_modules(domain_unet=domain)
+            return pipe
         if isinstance(domain_unet, (str, os.PathLike)):
-            domain_unet = load_domain_unet(domain_unet, allow_pickle, torch_dtype=kwargs.get("torch_dtype"))
+            domain_unet = load_domain_unet(domain_unet, allow_pickle=allow_pickle, torch_dtype=kwargs.get("torch_dtype"))
         if domain_unet is not None:
             kwargs["domain_unet"] = domain_unet
-        kwargs.setdefault("use_safetensors", None if allow_pickle else True)
-        _check_prior_folder(pretrained_model_name_or_path)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ------------------------------------------------------------------------------------------------
@@ -213,6 +230,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         guidance_scale: float = 2.5,
         domain_guidance_scale: float = 2.5,
         weighted_prompts: Sequence[tuple[str, float]] | None = None,
+        domain_prompt: str | list[str] | None = None,
         control_guidance_start: float = 0.0,
         control_guidance_end: float = 1.0,
         domain_guidance_start: float = 0.0,
@@ -239,6 +257,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             domain_guidance_scale: domain weight w_d (official default 2.5); 0 gives plain SD CFG.
             weighted_prompts: extra ``(text, weight)`` control terms shared by the whole batch (GCFG);
                 a negative weight pushes away from the text.
+            domain_prompt: text for a text-conditioned domain model (a conventional fine-tune, which
+                gives rectified CFG); defaults to ``prompt``. A `NullTextUNet` ignores it.
             control_guidance_start/end, domain_guidance_start/end: the fraction of the trajectory in
                 which the control terms / the domain term are active.
             Other arguments as in `StableDiffusionPipeline.__call__`.
@@ -273,7 +293,12 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         null = per_image(negative_prompt_embeds)
         terms = []
         if domain_guidance_scale != 0:
-            terms.append(Guidance(DOMAIN, None, domain_guidance_scale, domain_guidance_start, domain_guidance_end))
+            domain_cond = None
+            if isinstance(self.domain_unet, UNet2DConditionModel):  # text-conditioned fine-tune
+                text = domain_prompt if domain_prompt is not None else prompt
+                texts = [text] * batch_size if text is None or isinstance(text, str) else text
+                domain_cond = per_image(self.encode_prompt([t or "" for t in texts], device))
+            terms.append(Guidance(DOMAIN, domain_cond, domain_guidance_scale, domain_guidance_start, domain_guidance_end))
         if prompt_embeds is not None:
             terms.append(Guidance(PRIOR, per_image(prompt_embeds), guidance_scale, control_guidance_start, control_guidance_end))
         for text, weight in weighted_prompts or []:
@@ -284,7 +309,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
                 PRIOR: lambda x, t, emb: self.unet(
                     x, t, encoder_hidden_states=emb, cross_attention_kwargs=cross_attention_kwargs, return_dict=False
                 )[0],
-                DOMAIN: lambda x, t, _: self.domain_unet(x, t, return_dict=False)[0],
+                DOMAIN: lambda x, t, emb: self.domain_unet(x, t, emb, return_dict=False)[0],
             },
             GuidancePlan(Branch(PRIOR, null), terms),
         )

@@ -1,0 +1,185 @@
+"""The `indomain` command line: generate, train, convert, demo, ..."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+DESCRIPTION = """\
+In-domain generation with a frozen diffusion prior plus a null-text domain model
+(Cao et al., CVPR 2025). Per sampler step:
+
+  eps = eps_prior(x, "") + w_d (eps_domain(x) - eps_prior(x, ""))
+                         + w_c (eps_prior(x, prompt) - eps_prior(x, ""))
+"""
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name != "auto":
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _weighted(text: str) -> tuple[str, float]:
+    prompt, sep, weight = text.rpartition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return prompt, float(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TEXT:WEIGHT (e.g. 'blurry:-1.5'), got {text!r}") from None
+
+
+def add_generate_parser(sub: argparse._SubParsersAction) -> None:
+    from .schedulers import SCHEDULERS
+
+    p = sub.add_parser(
+        "generate",
+        help="sample in-domain images from a prior plus a domain model",
+        description=DESCRIPTION + "\nWrites one PNG per image, grid.png and settings.json into --out.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--prior", required=True, help="prior pipeline: a local diffusers folder or a hub id (e.g. a Stable Diffusion 1.5 folder)")
+    p.add_argument("--domain", default=None, help="domain model folder written by `indomain train` (a NullTextUNet); omit to sample the prior alone")
+    p.add_argument("--prompt", action="append", default=None, help="control prompt; repeat for a batch of prompts. Omit for unconditional in-domain samples")
+    p.add_argument("--negative-prompt", default=None, help="replaces the empty prompt in the prior's unconditional branch (as in Stable Diffusion)")
+    p.add_argument("--weighted-prompt", action="append", type=_weighted, default=None, metavar="TEXT:WEIGHT",
+                   help="extra guidance term shared by all images; repeatable; a negative weight pushes away (e.g. 'blurry:-1.5')")
+    p.add_argument("--domain-scale", type=float, default=2.5, help="domain guidance weight w_d (default: %(default)s, the official value; 0 = prior only)")
+    p.add_argument("--guidance-scale", type=float, default=2.5, help="control guidance weight w_c on --prompt (default: %(default)s, the official value)")
+    p.add_argument("--steps", type=int, default=25, help="number of sampler steps (default: %(default)s)")
+    p.add_argument("--scheduler", default="dpm++", help=f"sampler: {', '.join(SCHEDULERS)} (default: %(default)s, DPM-Solver++ as in the paper)")
+    p.add_argument("--num-images", type=int, default=4, help="images per prompt (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i, so an image depends only on its seed (default: %(default)s)")
+    p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the prior's native size)")
+    p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the prior's native size)")
+    p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ... (default: %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model precision (default: %(default)s)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle checkpoints (.bin/.ckpt), with weights_only loading; only for files you trust")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .outputs import make_grid, write_record
+    from .pipeline import InDomainPipeline
+    from .schedulers import make_scheduler
+
+    device = _device(args.device)
+    dtype = getattr(torch, args.dtype)
+    pipe = InDomainPipeline.from_pretrained(args.prior, domain_unet=args.domain, allow_pickle=args.allow_pickle, torch_dtype=dtype)
+    pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
+    pipe.to(device)
+    if pipe.domain_unet is None and args.domain_scale != 0:
+        raise SystemExit("error: --domain-scale is nonzero but no --domain model was given (pass --domain DIR or --domain-scale 0)")
+
+    prompts = args.prompt or [None]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images, files = [], []
+    start = time.time()
+    for p_idx, prompt in enumerate(prompts):
+        seeds = [args.seed + p_idx * args.num_images + i for i in range(args.num_images)]
+        result = pipe(
+            prompt=prompt,
+            negative_prompt=args.negative_prompt,
+            weighted_prompts=args.weighted_prompt,
+            num_images_per_prompt=args.num_images,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            domain_guidance_scale=args.domain_scale,
+            height=args.height,
+            width=args.width,
+            generator=[torch.Generator(device).manual_seed(s) for s in seeds],
+        ).images
+        for seed, img in zip(seeds, result):
+            name = f"p{p_idx:02d}_seed{seed:06d}.png"
+            img.save(out / name)
+            images.append(img)
+            files.append({"file": name, "prompt": prompt, "seed": seed})
+    make_grid(images, ncols=args.num_images).save(out / "grid.png")
+    settings = {k: v for k, v in vars(args).items() if k != "func"}
+    write_record(
+        out / "settings.json",
+        settings,
+        resolved={"device": device, "scheduler": dict(pipe.scheduler.config), "domain_config": dict(pipe.domain_unet.config) if pipe.domain_unet else None},
+        images=files,
+        seconds=round(time.time() - start, 2),
+    )
+    print(f"wrote {len(images)} images, grid.png and settings.json to {out}")
+    return 0
+
+
+def add_convert_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="re-save a pickle (.bin) diffusers folder as safetensors",
+        description="Load a diffusers pipeline or model folder whose weights are pickles (.bin) with "
+        "torch.load(weights_only=True), and save it again with safetensors. Only convert files you trust.",
+    )
+    p.add_argument("src", help="source folder (a pipeline with model_index.json, or a single model with config.json)")
+    p.add_argument("dst", help="destination folder")
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import json
+
+    src = Path(args.src)
+    if (src / "model_index.json").is_file():
+        from diffusers import DiffusionPipeline
+
+        index = json.loads((src / "model_index.json").read_text())
+        if index.get("_class_name") == "InDomainPipeline":
+            from .pipeline import InDomainPipeline as cls
+        else:
+            cls = DiffusionPipeline
+        obj = cls.from_pretrained(src, use_safetensors=False) if cls is DiffusionPipeline else cls.from_pretrained(src, allow_pickle=True)
+    elif (src / "config.json").is_file():
+        class_name = json.loads((src / "config.json").read_text()).get("_class_name")
+        import diffusers
+
+        from . import nulltext
+
+        cls = getattr(nulltext, class_name, None) or getattr(diffusers, class_name, None)
+        if cls is None:
+            raise SystemExit(f"error: {src} holds an unknown model class {class_name!r}")
+        obj = cls.from_pretrained(src, use_safetensors=False)
+    else:
+        raise SystemExit(f"error: {src} is neither a pipeline folder (model_index.json) nor a model folder (config.json)")
+    obj.save_pretrained(args.dst, safe_serialization=True)
+    print(f"saved safetensors copy of {src} to {args.dst}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import demo, train
+
+    parser = argparse.ArgumentParser(
+        prog="indomain", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_generate_parser(sub)
+    train.add_parser(sub)
+    add_convert_parser(sub)
+    demo.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

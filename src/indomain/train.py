@@ -1,0 +1,624 @@
+"""`indomain train`: learn a domain from a folder of unlabeled images.
+
+    indomain train --prior PRIOR --images DIR --output OUT                  # null-text domain model (the paper)
+    indomain train ... --lora-rank 8                                        # LoRA domain model (small files)
+    indomain train ... --baseline --caption "a photo of <domain>"           # conventional fine-tune, for comparisons
+    accelerate launch --multi_gpu --num_processes 8 -m indomain.cli train ...   # multi-GPU, no code change
+
+The run happens in this order (as diffusers' ``train_text_to_image.py``): build the accelerator; build
+the model from the prior (the text encoder runs once, for the empty prompt or the fixed caption, and is
+freed); encode every image once with the VAE into a safetensors latent cache; then one loop: sample a
+batch of cached latents, noise them at uniform timesteps, predict with the model, plain denoising loss
+(optionally min-SNR weighted), backward, clip, step, EMA. Checkpoints are written atomically every
+``--checkpointing-steps``; ``--resume latest`` continues exactly (step, optimizer, EMA, RNG and data
+order: batches, noise and timesteps are pure functions of ``(seed, step, rank)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from .data import ImageFolderDataset, load_rgb, resize_shorter, to_tensor
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run. Saved as ``train_config.json`` next to the model and in each checkpoint."""
+
+    prior: str  # prior pipeline folder or hub id (SD 1.x/2.x layout)
+    images: str  # folder of domain images, read recursively; no captions
+    output: str  # output folder: the final model, checkpoints, logs, samples
+    resolution: int = 512  # training resolution in pixels (shorter side resized, then cropped)
+    center_crop: bool = True  # False: random crop (done in latent space on the cached latents)
+    random_flip: bool = True  # horizontal flips; the cache stores both flips
+    train_batch_size: int = 16  # per device
+    gradient_accumulation_steps: int = 1
+    max_train_steps: int = 10_000  # optimizer steps
+    learning_rate: float = 1e-5  # the paper's value for full fine-tuning
+    lr_scheduler: str = "constant"  # any diffusers.optimization.get_scheduler name
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    use_8bit_adam: bool = False  # bitsandbytes AdamW8bit, as the official run
+    max_grad_norm: float = 1.0
+    use_ema: bool = True
+    ema_decay: float = 0.9999
+    snr_gamma: float | None = None  # min-SNR-gamma loss weighting (5.0 is common); None = plain MSE
+    lora_rank: int | None = None  # train LoRA adapters of this rank instead of all weights
+    lora_alpha: float | None = None  # defaults to the rank
+    baseline: bool = False  # conventional fine-tune of the text-conditioned prior UNet (for comparisons)
+    caption: str = ""  # the fixed caption of the baseline ("" = empty prompt)
+    mode: str = "constant"  # null-text mode: "constant" (paper) or "exact"
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    gradient_checkpointing: bool = False
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = None
+    resume: str | None = None  # "latest" or a checkpoint folder
+    overwrite: bool = False
+    validation_steps: int = 0  # 0 = no validation grids
+    validation_prompts: list[str] = field(default_factory=list)
+    num_validation_images: int = 4
+    validation_inference_steps: int = 25
+    domain_guidance_scale: float = 2.5
+    guidance_scale: float = 2.5
+    min_size_policy: str = "warn-skip"  # for images far smaller than the resolution; see indomain.data
+    seed: int = 0
+    allow_pickle: bool = False
+    log_every: int = 10
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or a validation image was NaN/inf; the last good state was saved first."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Latent cache
+
+
+def _cache_key(paths: list[Path], config: TrainConfig, vae_id: str) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p}:{st.st_size}:{st.st_mtime_ns};".encode())
+    h.update(f"{config.resolution}:{config.random_flip}:{vae_id}".encode())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def build_latent_cache(paths: list[Path], vae: Any, config: TrainConfig, cache_file: Path, vae_id: str, device: Any) -> Path:
+    """Encode every image once (and its mirror image when flips are on) into ``cache_file``.
+
+    Each image is resized on its shorter side, trimmed to a multiple of the VAE factor, and its VAE
+    posterior (mean and log-variance) stored under key ``"{i}"`` (``"{i}_flip"`` for the mirror). A
+    matching cache (same files, sizes, mtimes, resolution, flips, VAE) is reused.
+    """
+    key = _cache_key(paths, config, vae_id)
+    if cache_file.is_file():
+        with safe_open(cache_file, "pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                return cache_file
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    tensors = {}
+    for i, path in enumerate(tqdm(paths, desc="encoding latents", unit="img")):
+        img = resize_shorter(load_rgb(path), config.resolution)
+        w, h = (s - s % factor for s in img.size)
+        img = img.crop(((img.width - w) // 2, (img.height - h) // 2, (img.width - w) // 2 + w, (img.height - h) // 2 + h))
+        pixels = to_tensor(img)[None]
+        variants = {f"{i}": pixels}
+        if config.random_flip:
+            variants[f"{i}_flip"] = pixels.flip(-1)
+        for name, x in variants.items():
+            dist = vae.encode(x.to(device, vae.dtype)).latent_dist
+            tensors[name] = torch.cat([dist.mean, dist.logvar], 1)[0].float().cpu().contiguous()
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(".tmp")
+    save_file(tensors, tmp, metadata={"key": key, "n": str(len(paths)), "flip": str(config.random_flip)})
+    os.replace(tmp, cache_file)
+    return cache_file
+
+
+class LatentBatches:
+    """Batches of cached latents whose content is a pure function of ``(seed, step, rank)``.
+
+    The sample stream is the concatenation of per-epoch permutations of the images; optimizer step
+    ``s`` with micro-step ``m`` reads a contiguous chunk of it and rank ``r`` takes its slice, so the
+    data order survives a resume and shards across processes without a sampler.
+    """
+
+    def __init__(self, cache_file: Path, n: int, config: TrainConfig, latent_size: int, scaling_factor: float) -> None:
+        self.file = safe_open(cache_file, "pt")
+        self.n, self.config, self.size, self.scale = n, config, latent_size, scaling_factor
+
+    def _index(self, k: int) -> int:
+        epoch, pos = divmod(k, self.n)
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch))
+        return int(perm[pos])
+
+    def get(self, step: int, micro: int, rank: int, world: int, generator: torch.Generator) -> torch.Tensor:
+        b = self.config.train_batch_size
+        start = ((step * self.config.gradient_accumulation_steps + micro) * world + rank) * b
+        out = []
+        for k in range(start, start + b):
+            i = self._index(k)
+            flip = self.config.random_flip and bool(torch.rand(1, generator=generator) < 0.5)
+            params = self.file.get_tensor(f"{i}_flip" if flip else f"{i}")  # (2C, h, w)
+            h, w = params.shape[-2:]
+            if self.config.center_crop:
+                top, left = (h - self.size) // 2, (w - self.size) // 2
+            else:
+                top = int(torch.randint(0, h - self.size + 1, (1,), generator=generator))
+                left = int(torch.randint(0, w - self.size + 1, (1,), generator=generator))
+            params = params[:, top : top + self.size, left : left + self.size]
+            mean, logvar = params.chunk(2, 0)
+            std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+            z = mean + std * torch.randn(mean.shape, generator=generator)  # a posterior sample, as VAE.encode().sample()
+            out.append(z * self.scale)
+        return torch.stack(out)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model
+
+
+def load_prior_parts(config: TrainConfig, need_text: bool = True) -> dict:
+    """The prior's UNet, VAE and noise scheduler; with ``need_text``, also its tokenizer and text encoder."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    from .pipeline import _check_prior_folder
+    from .safeload import check_safe
+
+    check_safe(config.prior, config.allow_pickle)
+    _check_prior_folder(config.prior)
+    safe = None if config.allow_pickle else True
+    parts = {
+        "unet": UNet2DConditionModel.from_pretrained(config.prior, subfolder="unet", use_safetensors=safe),
+        "vae": AutoencoderKL.from_pretrained(config.prior, subfolder="vae", use_safetensors=safe),
+        "noise_scheduler": DDPMScheduler.from_pretrained(config.prior, subfolder="scheduler"),
+    }
+    if need_text:
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        parts["tokenizer"] = AutoTokenizer.from_pretrained(config.prior, subfolder="tokenizer")
+        parts["text_encoder"] = CLIPTextModel.from_pretrained(config.prior, subfolder="text_encoder", use_safetensors=safe)
+    return parts
+
+
+@torch.no_grad()
+def encode_text(tokenizer: Any, text_encoder: Any, text: str) -> torch.Tensor:
+    ids = tokenizer([text], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    return text_encoder(ids.input_ids)[0]
+
+
+def build_model(config: TrainConfig, parts: dict) -> tuple[torch.nn.Module, torch.Tensor | None]:
+    """The trainable model and, for the baseline, its fixed caption embedding.
+
+    The text encoder runs once here (empty prompt for calibration, or the baseline's caption) and is
+    dropped from ``parts`` afterwards, so training never holds it.
+    """
+    from .nulltext import NullTextUNet
+
+    tokenizer, text_encoder = parts.pop("tokenizer"), parts.pop("text_encoder")
+    if config.baseline:
+        model, caption = parts["unet"], encode_text(tokenizer, text_encoder, config.caption)
+    else:
+        null = encode_text(tokenizer, text_encoder, "")
+        model = NullTextUNet.from_prior(
+            parts["unet"],
+            null,
+            mode=config.mode,
+            prediction_type=parts["noise_scheduler"].config.prediction_type,
+            prior=str(config.prior),
+            scheduler=parts["noise_scheduler"],
+            seed=config.seed,
+        )
+        caption = None
+    del text_encoder
+    if config.lora_rank:
+        from peft import LoraConfig
+
+        target = model.unet if hasattr(model, "unet") and not config.baseline else model
+        target.requires_grad_(False)
+        target.add_adapter(
+            LoraConfig(
+                r=config.lora_rank,
+                lora_alpha=config.lora_alpha or config.lora_rank,
+                init_lora_weights="gaussian",
+                target_modules=LORA_TARGETS,
+            )
+        )
+    model.train()
+    return model, caption
+
+
+def denoising_loss(pred: torch.Tensor, target: torch.Tensor, snr: torch.Tensor | None, snr_gamma: float | None, prediction_type: str) -> torch.Tensor:
+    """Plain MSE, or min-SNR-gamma weighted MSE (Hang et al. 2023, https://arxiv.org/abs/2303.09556)."""
+    if snr_gamma is None:
+        return F.mse_loss(pred.float(), target.float())
+    weight = torch.clamp(snr, max=snr_gamma) / snr
+    if prediction_type == "v_prediction":
+        weight = torch.clamp(snr, max=snr_gamma) / (snr + 1)
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (loss * weight).mean()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def list_checkpoints(output: Path) -> list[Path]:
+    """Complete checkpoints (``checkpoint-N``), oldest first; ``.tmp`` leftovers of a killed save are ignored."""
+    found = [p for p in output.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(accelerator: Any, output: Path, step: int, config: TrainConfig, total_limit: int | None) -> Path:
+    """``accelerator.save_state`` into ``checkpoint-N.tmp``, then an atomic rename to ``checkpoint-N``."""
+    final = output / f"checkpoint-{step}"
+    tmp = output / f"checkpoint-{step}.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / "train_state.json").write_text(json.dumps({"global_step": step, "config": dataclasses.asdict(config)}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if total_limit is not None:
+            for old in list_checkpoints(output)[:-total_limit]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resolve_resume(config: TrainConfig) -> Path | None:
+    if config.resume is None:
+        return None
+    if config.resume == "latest":
+        found = list_checkpoints(Path(config.output))
+        return found[-1] if found else None
+    path = Path(config.resume)
+    if not (path / "train_state.json").is_file():
+        raise ValueError(f"--resume {config.resume!r} is not a complete checkpoint folder (no train_state.json)")
+    return path
+
+
+def check_output_dir(config: TrainConfig) -> None:
+    out = Path(config.output)
+    if not out.exists() or not any(out.iterdir()) or config.resume:
+        return
+    if config.overwrite:
+        shutil.rmtree(out)
+        return
+    raise ValueError(
+        f"output folder {str(out)!r} already holds a run; pass --resume latest to continue it, "
+        "--overwrite to replace it, or choose another --output"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Saving and validation
+
+
+def save_model(model: torch.nn.Module, folder: Path, config: TrainConfig) -> None:
+    """Save the trained model in a form `InDomainPipeline.from_pretrained(prior, domain_unet=folder)` loads."""
+    from peft.utils import get_peft_model_state_dict
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if config.lora_rank and not config.baseline:
+        from .nulltext import save_lora
+
+        save_lora(model, folder, get_peft_model_state_dict(model.unet))
+    elif config.lora_rank:
+        save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}, folder / "adapter_model.safetensors")
+        merged = _merged_copy(model)
+        merged.save_pretrained(folder, safe_serialization=True)
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
+
+
+def _merged_copy(unet: torch.nn.Module) -> torch.nn.Module:
+    """A plain UNet2DConditionModel with the LoRA deltas folded into its weights."""
+    import copy
+
+    merged = copy.deepcopy(unet)
+    merged.fuse_lora()
+    merged.unload_lora()
+    return merged
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, config: TrainConfig, step: int, device: Any) -> list:
+    """Unconditional (and, with prompts, text-controlled) in-domain grids; decoded in fp32."""
+    from .outputs import make_grid
+    from .pipeline import InDomainPipeline
+
+    # LoRA layers stay attached to `model`: its forward already includes them.
+    pipe = InDomainPipeline.from_pretrained(config.prior, domain_unet=model, allow_pickle=config.allow_pickle).to(device)
+    pipe.vae.to(torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    folder = Path(config.output) / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    prompts: list[str | None] = [None, *config.validation_prompts]
+    for i, prompt in enumerate(prompts):
+        gens = [torch.Generator().manual_seed(config.seed + k) for k in range(config.num_validation_images)]
+        images = pipe(
+            prompt=prompt,
+            num_images_per_prompt=config.num_validation_images,
+            num_inference_steps=config.validation_inference_steps,
+            domain_guidance_scale=config.domain_guidance_scale,
+            guidance_scale=config.guidance_scale,
+            generator=gens,
+            output_type="pt",
+        ).images
+        if not torch.isfinite(images).all():
+            raise NonFiniteError(f"validation at step {step} produced non-finite pixels (prompt {prompt!r})")
+        from diffusers.image_processor import VaeImageProcessor
+
+        pil = VaeImageProcessor.pt_to_numpy(images)
+        pil = VaeImageProcessor.numpy_to_pil(pil)
+        name = folder / f"step{step:07d}_{'uncond' if prompt is None else f'prompt{i:02d}'}.png"
+        make_grid(pil, ncols=len(pil)).save(name)
+        written.append(name)
+    return written
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run
+
+
+def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> Path:
+    """Run training; returns the output folder. ``on_step(global_step)`` is a test hook called after each step."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel, compute_snr
+
+    # 1. Accelerator, output folder, data
+    if config.baseline and config.mode != "constant":
+        raise ValueError("--mode applies to the null-text domain model, not to --baseline")
+    check_output_dir(config)
+    out = Path(config.output)
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        project_config=ProjectConfiguration(project_dir=str(out)),
+    )
+    dataset = ImageFolderDataset(config.images, config.resolution, min_size_policy=config.min_size_policy)
+    paths = dataset.paths
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+
+    # 2. Models: the trainable one from the prior; the VAE only for the cache
+    parts = load_prior_parts(config)
+    noise_scheduler = parts["noise_scheduler"]
+    prediction_type = noise_scheduler.config.prediction_type
+    model, caption = build_model(config, parts)
+    if config.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    vae = parts.pop("vae").eval()
+    if vae.device != accelerator.device:
+        vae.to(accelerator.device)
+    cache_file = out / "latent_cache" / "latents.safetensors"
+    if accelerator.is_main_process:
+        build_latent_cache(paths, vae, config, cache_file, vae_id=str(config.prior), device=accelerator.device)
+    accelerator.wait_for_everyone()
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if config.resolution % factor:
+        raise ValueError(f"--resolution must be a multiple of the VAE factor {factor}, got {config.resolution}")
+    batches = LatentBatches(cache_file, len(paths), config, config.resolution // factor, vae.config.scaling_factor)
+    del vae, parts
+
+    # 3. Optimizer, LR schedule, EMA
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError as e:
+            raise ValueError("--use-8bit-adam needs bitsandbytes: pip install bitsandbytes (a CUDA GPU is required)") from e
+        optimizer_cls = bnb.optim.AdamW8bit
+    else:
+        optimizer_cls = torch.optim.AdamW
+    optimizer = optimizer_cls(
+        params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
+    )
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler, optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=config.max_train_steps * accelerator.num_processes,
+    )
+    ema = EMAModel(params, decay=config.ema_decay) if config.use_ema else None
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    alphas = noise_scheduler.alphas_cumprod.to(accelerator.device)
+
+    # 4. Resume
+    global_step = 0
+    resume_from = resolve_resume(config)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        global_step = json.loads((resume_from / "train_state.json").read_text())["global_step"]
+        accelerator.print(f"resumed from {resume_from} at step {global_step}")
+
+    # 5. The loop
+    log_file = out / "train_log.jsonl"
+    bar = tqdm(total=config.max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_main_process)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    images_per_step = config.train_batch_size * config.gradient_accumulation_steps * world
+    t_last, last_loss = time.time(), float("nan")
+    while global_step < config.max_train_steps:
+        for micro in range(config.gradient_accumulation_steps):
+            # batches, flips, crops, noise and timesteps depend only on (seed, step, micro, rank)
+            gen = torch.Generator().manual_seed(((config.seed * 1_000_003 + global_step) * 1009 + micro) * 4099 + rank)
+            latents = batches.get(global_step, micro, rank, world, gen).to(accelerator.device)
+            noise = torch.randn(latents.shape, generator=gen).to(accelerator.device)
+            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(accelerator.device)
+            noisy = noise_scheduler.add_noise(latents, noise, t)
+            target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, t)
+            with accelerator.accumulate(model):
+                cond = caption.to(accelerator.device).expand(latents.shape[0], -1, -1) if caption is not None else None
+                pred = model(noisy, t, cond).sample
+                snr = compute_snr(noise_scheduler, t) if config.snr_gamma is not None else None
+                loss = denoising_loss(pred, target, snr, config.snr_gamma, prediction_type)
+                if not torch.isfinite(loss):
+                    # nothing from this step has been applied: the state on disk is the last good one
+                    where = save_checkpoint(accelerator, out, global_step, config, None)
+                    raise NonFiniteError(f"non-finite loss {loss.item()} at step {global_step}; last good state saved to {where}")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            last_loss = loss.detach().item()
+        if ema is not None:
+            ema.step(params)
+        global_step += 1
+        bar.update(1)
+
+        now = time.time()
+        speed = images_per_step / max(now - t_last, 1e-9)
+        t_last = now
+        bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{speed:.1f}")
+        if accelerator.is_main_process and (global_step % config.log_every == 0 or global_step == config.max_train_steps):
+            with log_file.open("a") as f:
+                f.write(json.dumps({"step": global_step, "loss": last_loss, "lr": lr_scheduler.get_last_lr()[0], "images_per_s": round(speed, 2), "time": now}) + "\n")
+        if global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps:
+            save_checkpoint(accelerator, out, global_step, config, config.checkpoints_total_limit)
+        if config.validation_steps and global_step % config.validation_steps == 0 and accelerator.is_main_process:
+            with _ema_weights(ema, params):
+                validate(accelerator.unwrap_model(model), config, global_step, accelerator.device)
+        if on_step is not None:
+            on_step(global_step)
+    bar.close()
+
+    # 6. Final model: EMA weights at the top, raw weights in raw/
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        save_model(unwrapped, out / "raw", config)
+        with _ema_weights(ema, params):
+            save_model(unwrapped, out, config)
+    accelerator.end_training()
+    return out
+
+
+class _ema_weights:
+    """Context: swap the EMA weights into the model, restore the raw ones afterwards."""
+
+    def __init__(self, ema: Any, params: list) -> None:
+        self.ema, self.params = ema, params
+
+    def __enter__(self) -> None:
+        if self.ema is not None:
+            self.ema.store(self.params)
+            self.ema.copy_to(self.params)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.ema is not None:
+            self.ema.restore(self.params)
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a domain model (or a conventional fine-tune baseline) on a folder of unlabeled images",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    defaults = TrainConfig(prior="", images="", output="")
+    p.add_argument("--prior", required=True, help="prior pipeline folder or hub id")
+    p.add_argument("--images", required=True, help="folder of domain images (PNG/JPEG/WebP/BMP, recursive, no captions)")
+    p.add_argument("--output", required=True, help="output folder for the model, checkpoints, samples and logs")
+    p.add_argument("--resolution", type=int, default=defaults.resolution, help="training resolution in pixels (default: %(default)s)")
+    p.add_argument("--random-crop", action="store_true", help="random instead of center crops (taken in latent space)")
+    p.add_argument("--no-flip", action="store_true", help="disable random horizontal flips")
+    p.add_argument("--train-batch-size", type=int, default=defaults.train_batch_size, help="batch size per device (default: %(default)s)")
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per optimizer step (default: %(default)s)")
+    p.add_argument("--max-train-steps", type=int, default=defaults.max_train_steps, help="optimizer steps (default: %(default)s)")
+    p.add_argument("--learning-rate", type=float, default=None, help="AdamW learning rate (default: 1e-5 full, 1e-4 LoRA)")
+    p.add_argument("--lr-scheduler", default="constant", help="diffusers LR schedule name (default: %(default)s)")
+    p.add_argument("--lr-warmup-steps", type=int, default=0, help="LR warm-up steps (default: %(default)s)")
+    p.add_argument("--adam-weight-decay", type=float, default=defaults.adam_weight_decay, help="AdamW weight decay (default: %(default)s)")
+    p.add_argument("--use-8bit-adam", action="store_true", help="bitsandbytes AdamW8bit (needs bitsandbytes and a CUDA GPU)")
+    p.add_argument("--max-grad-norm", type=float, default=defaults.max_grad_norm, help="gradient clipping norm (default: %(default)s)")
+    p.add_argument("--no-ema", action="store_true", help="disable the EMA of the weights (on by default, as the paper)")
+    p.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="EMA decay (default: %(default)s)")
+    p.add_argument("--snr-gamma", type=float, default=None, help="min-SNR-gamma loss weighting, e.g. 5.0 (default: plain MSE)")
+    p.add_argument("--lora-rank", type=int, default=None, help="train LoRA adapters of this rank (peft) instead of all weights")
+    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
+    p.add_argument("--baseline", action="store_true", help="conventional fine-tune of the text-conditioned prior UNet with a fixed --caption")
+    p.add_argument("--caption", default="", help="the baseline's fixed caption, e.g. 'a photo of <domain>' (default: empty)")
+    p.add_argument("--mode", default="constant", choices=["constant", "exact"], help="null-text mode (default: %(default)s, the paper's)")
+    p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="accelerate mixed precision (default: %(default)s)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
+    p.add_argument("--checkpointing-steps", type=int, default=defaults.checkpointing_steps, help="save a resumable checkpoint every N steps (default: %(default)s)")
+    p.add_argument("--checkpoints-total-limit", type=int, default=None, help="keep only the newest N checkpoints")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder to continue from")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
+    p.add_argument("--validation-steps", type=int, default=0, help="write sample grids every N steps (default: never)")
+    p.add_argument("--validation-prompts", nargs="*", default=[], help="prompts for text-controlled validation grids")
+    p.add_argument("--num-validation-images", type=int, default=defaults.num_validation_images, help="images per validation grid (default: %(default)s)")
+    p.add_argument("--min-size-policy", default="warn-skip", choices=["warn-skip", "error", "allow"], help="images far smaller than the resolution (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of everything random (default: %(default)s)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints for the prior (weights_only loading)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
+    p.set_defaults(func=cmd_train)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    lr = args.learning_rate if args.learning_rate is not None else (1e-4 if args.lora_rank else 1e-5)
+    return TrainConfig(
+        prior=args.prior, images=args.images, output=args.output, resolution=args.resolution,
+        center_crop=not args.random_crop, random_flip=not args.no_flip, train_batch_size=args.train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, max_train_steps=args.max_train_steps,
+        learning_rate=lr, lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
+        adam_weight_decay=args.adam_weight_decay, use_8bit_adam=args.use_8bit_adam, max_grad_norm=args.max_grad_norm,
+        use_ema=not args.no_ema, ema_decay=args.ema_decay, snr_gamma=args.snr_gamma, lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha, baseline=args.baseline, caption=args.caption, mode=args.mode,
+        mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+        checkpointing_steps=args.checkpointing_steps, checkpoints_total_limit=args.checkpoints_total_limit,
+        resume=args.resume, overwrite=args.overwrite, validation_steps=args.validation_steps,
+        validation_prompts=args.validation_prompts, num_validation_images=args.num_validation_images,
+        min_size_policy=args.min_size_policy, seed=args.seed, allow_pickle=args.allow_pickle,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    if args.dry_run:
+        print(json.dumps(dataclasses.asdict(config), indent=2))
+        return 0
+    out = train(config)
+    print(f"saved model to {out}")
+    return 0
