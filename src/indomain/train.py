@@ -402,6 +402,8 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
     check_output_dir(config)
     out = Path(config.output)
     accelerator = Accelerator(
+        # cpu=True without a GPU makes torchrun / `accelerate launch --multi_gpu` fall back to gloo data-parallel
+        cpu=not torch.cuda.is_available(),
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         project_config=ProjectConfiguration(project_dir=str(out)),
@@ -496,7 +498,7 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
-            last_loss = loss.detach().item()
+            last_loss = accelerator.reduce(loss.detach(), "mean").item()  # averaged over processes for logging
         if ema is not None:
             ema.step(params)
         global_step += 1
@@ -508,7 +510,7 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
         bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{speed:.1f}")
         if accelerator.is_main_process and (global_step % config.log_every == 0 or global_step == config.max_train_steps):
             with log_file.open("a") as f:
-                f.write(json.dumps({"step": global_step, "loss": last_loss, "lr": lr_scheduler.get_last_lr()[0], "images_per_s": round(speed, 2), "time": now}) + "\n")
+                f.write(json.dumps({"step": global_step, "world_size": world, "loss": last_loss, "lr": lr_scheduler.get_last_lr()[0], "images_per_s": round(speed, 2), "time": now}) + "\n")
         if global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps:
             save_checkpoint(accelerator, out, global_step, config, config.checkpoints_total_limit)
         if config.validation_steps and global_step % config.validation_steps == 0 and accelerator.is_main_process:
