@@ -12,8 +12,11 @@ setup: $(STAMP)
 
 # torch==2.13.0 is pinned in pyproject.toml, in the same resolve as everything else.
 $(STAMP): pyproject.toml
+	@# Noto Color Emoji (the emoji world's second prior style) ships only as a Debian package.
+	@if [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && apt-get install -y -qq fonts-noto-color-emoji) >/dev/null || \
+		echo "warning: could not install fonts-noto-color-emoji (run: sudo apt-get install fonts-noto-color-emoji)"; fi
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
