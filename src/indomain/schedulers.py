@@ -19,7 +19,7 @@ from diffusers import (
 # name -> (class, config overrides). "dpm++" is the paper's sampler (DPM-Solver++, 25 steps).
 SCHEDULERS: dict[str, tuple[type, dict[str, Any]]] = {
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
-    "dpm": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver"}),
+    "dpm": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}),
     "ddim": (DDIMScheduler, {}),
     "ddpm": (DDPMScheduler, {}),
     "pndm": (PNDMScheduler, {}),

@@ -1,0 +1,88 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from indomain.cli import main
+from indomain.nulltext import NullTextUNet
+from indomain.schedulers import SCHEDULERS, make_scheduler
+from indomain.testing import save_tiny_prior, tiny_scheduler
+
+
+@pytest.fixture(scope="module")
+def prior_and_domain(tmp_path_factory):
+    import torch
+    from transformers import CLIPTextModel, CLIPTokenizer
+    from diffusers import UNet2DConditionModel
+
+    root = tmp_path_factory.mktemp("cli")
+    prior = save_tiny_prior(root / "prior")
+    tok = CLIPTokenizer.from_pretrained(prior / "tokenizer")
+    te = CLIPTextModel.from_pretrained(prior / "text_encoder")
+    with torch.no_grad():
+        null = te(tok([""], padding="max_length", max_length=77, return_tensors="pt").input_ids)[0]
+    NullTextUNet.from_prior(UNet2DConditionModel.from_pretrained(prior / "unet"), null).save_pretrained(root / "domain")
+    return prior, root / "domain"
+
+
+def test_generate_writes_pngs_grid_and_settings(prior_and_domain, tmp_path):
+    prior, domain = prior_and_domain
+    rc = main(["generate", "--prior", str(prior), "--domain", str(domain), "--prompt", "a cat", "--prompt", "a dog",
+               "--num-images", "2", "--steps", "2", "--seed", "5", "--scheduler", "ddim", "--out", str(tmp_path)])
+    assert rc == 0
+    pngs = sorted(p.name for p in tmp_path.glob("p*.png"))
+    assert pngs == ["p00_seed000005.png", "p00_seed000006.png", "p01_seed000007.png", "p01_seed000008.png"]
+    assert (tmp_path / "grid.png").is_file()
+    record = json.loads((tmp_path / "settings.json").read_text())
+    assert record["settings"]["domain_scale"] == 2.5 and record["settings"]["scheduler"] == "ddim"
+    assert record["resolved"]["scheduler"]["_class_name"] == "DDIMScheduler"
+    assert [i["seed"] for i in record["images"]] == [5, 6, 7, 8]
+    assert "torch" in record["environment"]
+
+
+def test_same_seed_same_image_regardless_of_batch(prior_and_domain, tmp_path):
+    prior, domain = prior_and_domain
+    common = ["generate", "--prior", str(prior), "--domain", str(domain), "--steps", "2", "--scheduler", "ddim"]
+    main(common + ["--num-images", "3", "--seed", "0", "--out", str(tmp_path / "a")])
+    main(common + ["--num-images", "1", "--seed", "1", "--out", str(tmp_path / "b")])
+    assert (tmp_path / "a" / "p00_seed000001.png").read_bytes() == (tmp_path / "b" / "p00_seed000001.png").read_bytes()
+
+
+def test_unknown_scheduler_is_named(prior_and_domain, tmp_path, capsys):
+    prior, domain = prior_and_domain
+    rc = main(["generate", "--prior", str(prior), "--domain", str(domain), "--scheduler", "warp9", "--out", str(tmp_path)])
+    assert rc == 2 and "unknown scheduler 'warp9'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="dpm\\+\\+"):
+        make_scheduler("nope", tiny_scheduler().config)
+
+
+def test_every_named_scheduler_builds_from_the_prior_config():
+    config = tiny_scheduler().config
+    for name in SCHEDULERS:
+        sched = make_scheduler(name, config)
+        assert sched.config.num_train_timesteps == 1000 and sched.config.beta_schedule == "scaled_linear"
+
+
+def test_domain_scale_without_domain_is_an_error(prior_and_domain, tmp_path):
+    prior, _ = prior_and_domain
+    with pytest.raises(SystemExit, match="--domain"):
+        main(["generate", "--prior", str(prior), "--out", str(tmp_path)])
+
+
+def test_bad_weighted_prompt_and_help():
+    with pytest.raises(SystemExit):
+        main(["generate", "--prior", "x", "--out", "y", "--weighted-prompt", "no-weight"])
+    out = subprocess.run([sys.executable, "-m", "indomain.cli", "generate", "--help"], capture_output=True, text=True).stdout
+    for flag in ["--prior", "--domain", "--prompt", "--domain-scale", "--guidance-scale", "--seed", "--steps", "--scheduler", "--num-images", "--out"]:
+        assert flag in out
+    out = subprocess.run([sys.executable, "-m", "indomain.cli", "train", "--help"], capture_output=True, text=True).stdout
+    assert "--lora-rank" in out and "--resume" in out
+
+
+def test_convert_pickle_folder_to_safetensors(prior_and_domain, tmp_path):
+    _, domain = prior_and_domain
+    m = NullTextUNet.from_pretrained(domain)
+    m.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    assert main(["convert", str(tmp_path / "pickled"), str(tmp_path / "safe")]) == 0
+    assert (tmp_path / "safe" / "diffusion_pytorch_model.safetensors").is_file()
