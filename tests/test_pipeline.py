@@ -134,8 +134,8 @@ def test_domain_dir_that_is_not_a_model(tmp_path):
     (tmp_path / "junk" / "notes.txt").write_text("hi")
     with pytest.raises(ValueError, match="not a model folder"):
         InDomainPipeline.from_pretrained(prior, domain_unet=tmp_path / "junk")
-    with pytest.raises(ValueError, match="not a NullTextUNet"):
-        InDomainPipeline.from_pretrained(prior, domain_unet=prior / "unet")
+    with pytest.raises(ValueError, match="'AutoencoderKL', not a NullTextUNet"):
+        InDomainPipeline.from_pretrained(prior, domain_unet=prior / "vae")
 
 
 def test_mismatched_domain_model_is_refused(components, null_embedding):
