@@ -23,8 +23,3 @@ def null_embedding(components):
     ids = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
     with torch.no_grad():
         return te(ids)[0]
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(2)

@@ -184,3 +184,34 @@ def test_two_process_data_parallel_run(world, tmp_path):
     assert log[-1]["world_size"] == 2 and log[-1]["step"] == 2
     pipe = InDomainPipeline.from_pretrained(prior, domain_unet=out)
     assert pipe.domain_unet is not None
+
+
+def test_accumulation_checkpointing_and_bf16_run(world, tmp_path):
+    out = train(config(world, tmp_path / "acc", gradient_accumulation_steps=2, gradient_checkpointing=True,
+                       mixed_precision="bf16", max_train_steps=2, snr_gamma=5.0))
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 2 and np.isfinite(log[-1]["loss"])
+    assert (out / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_8bit_adam_without_bitsandbytes_says_what_to_install(world, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_bnb(name, *a, **k):
+        if name == "bitsandbytes":
+            raise ImportError("no bitsandbytes")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_bnb)
+    with pytest.raises(ValueError, match="pip install bitsandbytes"):
+        train(config(world, tmp_path / "bnb", use_8bit_adam=True, max_train_steps=1))
+
+
+def test_min_snr_weighting_matches_formula():
+    pred, target = torch.zeros(2, 1, 1, 1), torch.ones(2, 1, 1, 1)
+    snr = torch.tensor([1.0, 10.0])
+    loss = train_mod.denoising_loss(pred, target, snr, 5.0, "epsilon")
+    assert torch.isclose(loss, torch.tensor((1.0 + 0.5) / 2))
+    assert torch.isclose(train_mod.denoising_loss(pred, target, None, None, "epsilon"), torch.tensor(1.0))

@@ -159,7 +159,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import demo, train
+    from . import demo, evaluate, train
 
     parser = argparse.ArgumentParser(
         prog="indomain", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub)
     add_convert_parser(sub)
     demo.add_parser(sub)
+    evaluate.add_parser(sub)
     return parser
 
 

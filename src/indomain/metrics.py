@@ -898,7 +898,8 @@ def image_metrics(
     if "fid" in metrics:
         if gen_feats.shape[0] < 2:
             raise ValueError("FID needs at least 2 generated images")
-        fid = FrechetInceptionDistance(feature=_PrecomputedFeatures(dim))
+        # sync_on_compute=False: scores are computed by one process; never all-gather across a process group
+        fid = FrechetInceptionDistance(feature=_PrecomputedFeatures(dim), sync_on_compute=False)
         fid.update(real_stats.features.double(), real=True)
         fid.update(gen_feats.double(), real=False)
         results["fid"] = MetricResult(
@@ -909,7 +910,8 @@ def image_metrics(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
             kid = KernelInceptionDistance(
-                feature=_PrecomputedFeatures(dim), subsets=kid_subsets, subset_size=kid_subset_size, degree=kid_degree
+                feature=_PrecomputedFeatures(dim), subsets=kid_subsets, subset_size=kid_subset_size, degree=kid_degree,
+                sync_on_compute=False,
             )
         kid.update(real_stats.features.double(), real=True)
         kid.update(gen_feats.double(), real=False)
@@ -1074,7 +1076,7 @@ def clip_score(
         raise ValueError(f"CLIP score needs one text per image: got {n_images} images and {len(text_list)} texts")
 
     # The callable form keeps torchmetrics away from the hub; it is typed for CLIPModel, we pass an adapter.
-    metric = CLIPScore(model_name_or_path=cast(Any, _clip_loader(model_dir)))
+    metric = CLIPScore(model_name_or_path=cast(Any, _clip_loader(model_dir)), sync_on_compute=False)
     if device is not None:
         metric = metric.to(device)
     resolution = _crop_size(metric.processor)

@@ -392,6 +392,7 @@ def validate(model: torch.nn.Module, config: TrainConfig, step: int, device: Any
 def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> Path:
     """Run training; returns the output folder. ``on_step(global_step)`` is a test hook called after each step."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel, compute_snr
@@ -528,6 +529,8 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
         with _ema_weights(ema, params):
             save_model(unwrapped, out, config)
     accelerator.end_training()
+    # Forget this run's precision settings so a later train() in the same process may choose others.
+    AcceleratorState._reset_state(reset_partial_state=False)
     return out
 
 

@@ -1,0 +1,762 @@
+"""`indomain evaluate`: fidelity and controllability of generator settings, measured the way the field does.
+
+    indomain evaluate --prior SD15 --domain DOMAIN --real FFHQ --inception-weights W.pth \\
+        --num-images 10000 --domain-scales 1.5 1.75 2 2.25 2.5 --out runs/ffhq-eval
+    indomain evaluate ... --prompts-file prompts.txt --clip-text-file controls.txt --clip-model CLIP-L14 \\
+        --domain-scales 0 1 2.5 --guidance-scales 0 2.5 5                       # fidelity-controllability curve
+    accelerate launch --multi_gpu --num_processes 8 -m indomain.cli evaluate ...   # same images, sharded
+
+A *method* is a named generator (prior, optional domain model, optional UNet override); a *setting* is a method
+at one pair of weights (w_d domain, w_c control). For every setting, N images are generated: image i uses the
+prompt ``prompts[i % len(prompts)]`` (no prompts: unconditional) and its own ``torch.Generator`` seeded with
+``seed + i`` on the CPU, so an image depends only on its index, not on the device count or the setting's position
+in the sweep (every setting sees the same noise). Batches of ``batch_size`` consecutive indices are dealt
+round-robin to the processes, so a sharded run makes exactly the batches of a one-process run and, on the same
+hardware, byte-identical PNGs. A different ``batch_size`` changes only float round-off (about 1e-6 on CPU, which
+can flip a rare 8-bit pixel value by 1), because batched kernels sum in a different order.
+Each process writes ``images/<setting>/<index:06d>.png``; the main process waits for all of them and scores the
+saved 8-bit PNGs (what anyone can re-score later):
+
+* FID and KID against ``--real`` (torchmetrics, features of ``--inception-weights`` or any ``nn.Module``; the
+  size rule, caching and recorded protocol are those of :mod:`indomain.metrics`);
+* CLIP score against ``--clip-text`` (the paper scores the control phrase, not the full prompt);
+* any user scorer ``scorer(images, prompts) -> {column: value}`` (Python API).
+
+Outputs in ``--out``: ``results.csv``, ``results.json`` (every MetricResult with library, version, extractor,
+resize mode, resolution, N real, N generated), ``results.md``, ``plot.png`` (controllability on x, fidelity on y,
+one series per method, points labelled w_d/w_c), ``grids/<setting>.png``, ``settings.json`` and a self-contained
+``report.html`` (command line, every setting, table, plot, sample grids).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import dataclasses
+import html
+import json
+import math
+import os
+import re
+import shlex
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from torch import nn
+
+from .metrics import (
+    FeatureStats,
+    MetricResult,
+    MissingWeightsError,
+    clip_score,
+    image_metrics,
+    inception_extractor,
+    list_images,
+    load_image,
+    real_image_stats,
+)
+from .metrics import _check_kid_subset  # private but same package: KID's size rule and message stay in one place
+from .outputs import make_grid, write_record
+
+__all__ = [
+    "EvalConfig",
+    "EvalResult",
+    "Method",
+    "RandomConvFeatures",
+    "Scorer",
+    "Setting",
+    "Sweep",
+    "add_parser",
+    "evaluate",
+    "generate_batch",
+    "load_method",
+    "plot_results",
+    "read_lines",
+    "score_setting",
+    "shard_batches",
+    "write_outputs",
+]
+
+Scorer = Callable[[list[PIL.Image.Image], list[str | None]], dict[str, float]]
+"""``scorer(images, prompts) -> {column: value}``: one call per setting with all its images (PIL, index order, all
+in memory at once) and their generation prompts (None when unconditional). Each key becomes a results column."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What to evaluate
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Method:
+    """A named generator: the prior plus what replaces or joins its UNet.
+
+    * ours: ``domain=<NullTextUNet folder>`` (decoupled guidance: w_d on the domain model, w_c on the prior);
+    * conventional fine-tune + CFG: ``unet=<fine-tuned UNet folder>``, no domain (its rows have w_d = 0);
+    * rectified CFG / Domain Guidance: ``domain=<fine-tuned text UNet folder>``, ``domain_prompt=<its caption>``,
+      ``guidance_scales=(0,)``.
+
+    ``domain`` and ``unet`` are folders or model instances. ``domain_scales`` / ``guidance_scales`` replace the
+    sweep's weights for this method only.
+    """
+
+    name: str
+    prior: str | os.PathLike
+    domain: str | os.PathLike | nn.Module | None = None
+    unet: str | os.PathLike | nn.Module | None = None
+    domain_prompt: str | None = None
+    weighted_prompts: list[tuple[str, float]] | None = None
+    domain_scales: Sequence[float] | None = None
+    guidance_scales: Sequence[float] | None = None
+    allow_pickle: bool = False
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready fields; model instances are named by class (their repr is the whole network)."""
+
+        def describe(value: Any) -> Any:
+            return f"<{type(value).__name__} instance>" if isinstance(value, nn.Module) else value
+
+        return {f.name: describe(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+@dataclass
+class Sweep:
+    """The grid of weights: every domain weight w_d times every control weight w_c."""
+
+    domain_scales: Sequence[float] = (2.5,)
+    guidance_scales: Sequence[float] = (2.5,)
+
+    def weights(self, method: Method, conditional: bool) -> list[tuple[float, float]]:
+        """The (w_d, w_c) pairs of ``method``. A term that does not exist has weight 0: no domain model means
+        w_d = 0, no prompts means w_c = 0 (the pairs are then deduplicated)."""
+        domain = method.domain_scales if method.domain_scales is not None else self.domain_scales
+        control = method.guidance_scales if method.guidance_scales is not None else self.guidance_scales
+        domain = domain if method.domain is not None else [0.0]
+        control = control if conditional else [0.0]
+        pairs = [(float(wd), float(wc)) for wd in domain for wc in control]
+        return list(dict.fromkeys(pairs))
+
+
+@dataclass
+class EvalConfig:
+    """The protocol shared by every method and setting (written to settings.json)."""
+
+    out: str | os.PathLike
+    num_images: int = 1000  # the paper's in-training eval: 1,000 generated vs 1,000 real
+    prompts: list[str] | None = None  # image i gets prompts[i % len(prompts)]; None = unconditional
+    clip_texts: list[str] | None = None  # scored text, aligned with prompts; default: the prompts themselves
+    seed: int = 0  # image i uses seed + i
+    scheduler: str = "dpm++"
+    steps: int = 25
+    batch_size: int = 8
+    height: int | None = None
+    width: int | None = None
+    dtype: str = "float32"
+    real: str | os.PathLike | None = None  # real-image folder for FID/KID
+    metrics: tuple[str, ...] = ("fid", "kid")
+    resolution: int | None = None  # FID/KID evaluation resolution; default: the extractor's (299 for Inception)
+    kid_subset_size: int = 1000
+    kid_subsets: int = 100
+    stats_cache: str | os.PathLike | None = None  # default: indomain.metrics.default_cache_dir()
+    use_stats_cache: bool = True
+    clip_model: str | os.PathLike | None = None  # local CLIP folder; None = no CLIP score
+    plot_x: str | None = None  # default: clip_score, else the first scorer column, else w_d
+    plot_y: str | None = None  # default: fid, else kid, else the first scorer column
+    grid_images: int = 8  # images per sample grid in the report
+
+    def prompt_for(self, index: int) -> str | None:
+        return self.prompts[index % len(self.prompts)] if self.prompts else None
+
+    def clip_text_for(self, index: int) -> str:
+        texts = self.clip_texts or self.prompts
+        assert texts, "checked in _check_config"
+        return texts[index % len(texts)]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One method at one pair of weights; ``name`` is its folder under images/ and grids/."""
+
+    method: Method
+    w_d: float
+    w_c: float
+
+    @property
+    def name(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._+-]+", "-", f"{self.method.name}_wd{self.w_d:g}_wc{self.w_c:g}")
+
+
+@dataclass
+class EvalResult:
+    """What the main process returns: one row per setting and the full metric records."""
+
+    out: Path
+    rows: list[dict[str, Any]]
+    metrics: dict[str, dict[str, MetricResult]] = field(default_factory=dict)
+
+
+class RandomConvFeatures(nn.Module):
+    """A fixed random conv net (weights drawn from ``seed``): a feature space for smoke tests and CI ONLY.
+
+    It lets the whole FID/KID path run without the Inception weights file. Its "FID" measures nothing
+    perceptual and is not comparable with any published FID; results record it as ``random-conv:<seed>``.
+    """
+
+    input_resolution = 64
+    resize_mode = "none"
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.display_name = f"random-conv:{seed} (smoke tests only, not Inception FID)"
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in self.net.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+        self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """Non-empty lines of a UTF-8 text file (trailing whitespace stripped): prompts or CLIP texts."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text file {str(path)!r} does not exist")
+    lines = [line.rstrip() for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise ValueError(f"text file {str(path)!r} holds no non-empty line")
+    return lines
+
+
+def shard_batches(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """Image indices of ``rank``: batches of consecutive indices, dealt round-robin to the ``world`` processes.
+
+    Whole batches are dealt (not single images) so every image is made in the same batch as in a one-process run.
+    """
+    batches = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+    return batches[rank::world]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_method(method: Method, config: EvalConfig, device: torch.device) -> Any:
+    """The method's `InDomainPipeline` on ``device`` with the configured scheduler."""
+    from diffusers import UNet2DConditionModel
+
+    from .nulltext import check_compatible
+    from .pipeline import InDomainPipeline, load_domain_unet
+    from .schedulers import make_scheduler
+
+    dtype = getattr(torch, config.dtype)
+    pipe = InDomainPipeline.from_pretrained(
+        method.prior, domain_unet=method.domain, allow_pickle=method.allow_pickle, torch_dtype=dtype
+    )
+    if method.unet is not None:
+        # Swapped in after loading, so a LoRA domain model is rebuilt on the prior's weights, not the fine-tune's.
+        unet = method.unet
+        if not isinstance(unet, nn.Module):
+            unet = load_domain_unet(unet, allow_pickle=method.allow_pickle, torch_dtype=dtype)
+        if type(unet) is not UNet2DConditionModel:
+            raise ValueError(f"method {method.name!r}: unet must be a text-conditioned UNet2DConditionModel, "
+                             f"got a {type(unet).__name__} (a domain model goes in domain=)")
+        if pipe.domain_unet is not None:
+            check_compatible(unet, pipe.domain_unet, pipe.scheduler.config.prediction_type)
+        pipe.register_modules(unet=unet if unet.dtype == dtype else unet.to(dtype))
+    pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)  # one bar over all images instead (see evaluate)
+    return pipe.to(device)
+
+
+def generate_batch(pipe: Any, setting: Setting, indices: Sequence[int], config: EvalConfig) -> list[PIL.Image.Image]:
+    """Images ``indices`` of ``setting``: each from its own prompt and its own generator seeded ``seed + i``."""
+    # CPU generators: the initial noise is then the same on any device and any number of devices.
+    generators = [torch.Generator("cpu").manual_seed(config.seed + i) for i in indices]
+    conditional = config.prompts is not None
+    return pipe(
+        prompt=[config.prompt_for(i) for i in indices] if conditional else None,
+        num_images_per_prompt=1 if conditional else len(indices),
+        domain_prompt=setting.method.domain_prompt,
+        weighted_prompts=setting.method.weighted_prompts,
+        domain_guidance_scale=setting.w_d,
+        guidance_scale=setting.w_c,
+        num_inference_steps=config.steps,
+        height=config.height,
+        width=config.width,
+        generator=generators,
+    ).images
+
+
+def _save_png(image: PIL.Image.Image, path: Path) -> None:
+    # Write then rename: a killed run never leaves a truncated PNG that a later scoring pass would read.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def image_files(out: Path, setting: Setting, n: int) -> list[Path]:
+    """The PNG files of a setting, in index order."""
+    folder = out / "images" / setting.name
+    return [folder / f"{i:06d}.png" for i in range(n)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scoring
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _png_batches(files: Sequence[Path], batch_size: int = 50) -> Iterator[torch.Tensor]:
+    """uint8 (B, 3, H, W) batches read lazily, so 10k images never sit in memory at once."""
+    for start in range(0, len(files), batch_size):
+        arrays = [np.asarray(load_image(p)) for p in files[start : start + batch_size]]
+        yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+
+def score_setting(
+    files: Sequence[Path],
+    setting: Setting,
+    config: EvalConfig,
+    *,
+    extractor: nn.Module | None,
+    real_stats: FeatureStats | None,
+    scorer: Scorer | None,
+    device: torch.device | None = None,
+) -> tuple[dict[str, float], dict[str, MetricResult]]:
+    """Score one setting's saved images: (row values, full metric records)."""
+    values: dict[str, float] = {}
+    records: dict[str, MetricResult] = {}
+    if real_stats is not None and extractor is not None:
+        records.update(
+            image_metrics(
+                real_stats, _png_batches(files), extractor, metrics=config.metrics, resolution=config.resolution,
+                kid_subset_size=config.kid_subset_size, kid_subsets=config.kid_subsets, seed=config.seed,
+            )
+        )
+    if config.clip_model is not None:
+        texts = [config.clip_text_for(i) for i in range(len(files))]
+        records["clip_score"] = clip_score(_png_batches(files, 32), texts, config.clip_model, device=device)
+    for name, result in records.items():
+        values[name] = result.value
+        if result.std is not None:
+            values[f"{name}_std"] = result.std
+    if scorer is not None:
+        images = [load_image(p) for p in files]
+        extra = scorer(images, [config.prompt_for(i) for i in range(len(files))])
+        clash = sorted(set(extra) & (set(values) | {"method", "w_d", "w_c", "setting", "n_generated", "images"}))
+        if clash:
+            raise ValueError(f"scorer columns {clash} clash with built-in columns; rename them")
+        values.update({str(k): float(v) for k, v in extra.items()})
+    return values, records
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_config(methods: Sequence[Method], config: EvalConfig, extractor: nn.Module | None) -> int | None:
+    """Everything that can fail before generation fails here, on every process alike; returns N real."""
+    names = [m.name for m in methods]
+    if not methods or len(set(names)) != len(names):
+        raise ValueError(f"methods need distinct names, got {names}")
+    for name in ("num_images", "batch_size", "steps", "grid_images"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.prompts is not None and not config.prompts:
+        raise ValueError("prompts is an empty list: pass None for unconditional generation")
+    if config.clip_texts is not None and config.prompts and len(config.clip_texts) != len(config.prompts):
+        raise ValueError(f"clip texts are aligned with prompts: got {len(config.clip_texts)} clip texts for "
+                         f"{len(config.prompts)} prompts")
+    if config.clip_model is not None:
+        if not (config.clip_texts or config.prompts):
+            raise ValueError("CLIP score needs text: pass prompts or clip texts (--clip-text)")
+        if not (Path(config.clip_model).expanduser() / "config.json").is_file():
+            raise MissingWeightsError(f"CLIP model folder {str(config.clip_model)!r} has no config.json: pass a local "
+                                      "CLIP folder (e.g. openai/clip-vit-large-patch14) with --clip-model DIR")
+    unknown = set(config.metrics) - {"fid", "kid"}
+    if unknown:
+        raise ValueError(f"unknown metrics {sorted(unknown)}; choose from fid, kid")
+    if config.real is None:
+        return None
+    if extractor is None:
+        raise MissingWeightsError("FID/KID need a feature extractor: pass extractor=inception_extractor(PATH) "
+                                  "(CLI: --inception-weights PATH)")
+    n_real = len(list_images(config.real))
+    if "kid" in config.metrics:
+        try:
+            _check_kid_subset(config.kid_subset_size, n_real, config.num_images)
+        except ValueError as err:
+            raise ValueError(f"{err} (--kid-subset-size), or drop KID with --metrics fid") from None
+    return n_real
+
+
+def evaluate(
+    methods: Method | Sequence[Method],
+    sweep: Sweep,
+    config: EvalConfig,
+    *,
+    extractor: nn.Module | None = None,
+    scorer: Scorer | None = None,
+) -> EvalResult | None:
+    """Generate every setting of ``methods`` x ``sweep``, score it and write tables, plot and report.
+
+    Runs as one process or sharded under ``accelerate launch``/torchrun (each process generates its batches, see
+    :func:`shard_batches`). Returns the results on the main process, None on the others. Under a multi-process
+    launch the process group is ended once the images exist (the main process then scores alone): call it last.
+    ``extractor`` is the FID/KID feature network (any ``nn.Module`` mapping [0, 1] images to features; needed with
+    ``config.real``); ``scorer`` adds columns, see :data:`Scorer`.
+    """
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    methods = [methods] if isinstance(methods, Method) else list(methods)
+    n_real = _check_config(methods, config, extractor)
+    # cpu=True without a GPU turns torchrun's environment into a gloo run on CPU processes.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    out = Path(config.out)
+    conditional = config.prompts is not None
+    settings = [Setting(m, wd, wc) for m in methods for wd, wc in sweep.weights(m, conditional)]
+
+    # Real statistics first (cached): a bad real image fails the run before hours of sampling.
+    real_stats = None
+    if state.is_main_process and config.real is not None:
+        real_stats = real_image_stats(config.real, extractor, config.resolution, cache_dir=config.stats_cache,
+                                      use_cache=config.use_stats_cache)
+
+    batches = shard_batches(config.num_images, config.batch_size, state.process_index, state.num_processes)
+    mine = sum(len(b) for b in batches)
+    with tqdm(total=mine * len(settings), desc="generating", unit="img", disable=not state.is_main_process) as bar:
+        for method in methods:
+            if not batches:
+                break  # more processes than batches: this one has nothing to make
+            pipe = load_method(method, config, state.device)
+            for setting in (s for s in settings if s.method is method):
+                files = image_files(out, setting, config.num_images)
+                files[0].parent.mkdir(parents=True, exist_ok=True)
+                for indices in batches:
+                    for i, image in zip(indices, generate_batch(pipe, setting, indices, config)):
+                        _save_png(image, files[i])
+                    bar.update(len(indices))
+            del pipe
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+
+    rows, records = [], {}
+    for setting in settings:
+        files = image_files(out, setting, config.num_images)
+        values, records[setting.name] = score_setting(
+            files, setting, config, extractor=extractor, real_stats=real_stats, scorer=scorer, device=state.device
+        )
+        rows.append({"method": setting.method.name, "w_d": setting.w_d, "w_c": setting.w_c, "setting": setting.name,
+                     "n_generated": config.num_images, **values, "images": f"images/{setting.name}"})
+        grid = make_grid([load_image(p) for p in files[: config.grid_images]])
+        (out / "grids").mkdir(parents=True, exist_ok=True)
+        grid.save(out / "grids" / f"{setting.name}.png")
+
+    result = EvalResult(out=out, rows=rows, metrics=records)
+    record = {
+        "config": dataclasses.asdict(config),
+        "methods": [m.record() for m in methods],
+        "sweep": dataclasses.asdict(sweep),
+        "extractor": None if extractor is None else type(extractor).__name__,
+        "scorer": None if scorer is None else getattr(scorer, "__name__", type(scorer).__name__),
+        "n_real": n_real,
+        "num_processes": state.num_processes,
+    }
+    write_outputs(result, config, record)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tables, plot, report
+# ----------------------------------------------------------------------------------------------------------------
+
+LOWER_IS_BETTER = {"fid", "kid", "kid_std"}
+
+
+def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(k for row in rows for k in row))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return "" if value is None else str(value)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _axes(rows: Sequence[dict[str, Any]], x: str | None, y: str | None) -> tuple[str, str | None]:
+    """Default plot columns: controllability on x, fidelity on y (see EvalConfig.plot_x/plot_y)."""
+    metric_cols = [c for c in _columns(rows) if c not in {"method", "w_d", "w_c", "setting", "n_generated", "images"}
+                   and not c.endswith("_std")]
+    scorer_cols = [c for c in metric_cols if c not in {"fid", "kid", "clip_score"}]
+    if x is None:
+        x = "clip_score" if "clip_score" in metric_cols else (scorer_cols[0] if scorer_cols else "w_d")
+    if y is None:
+        y = next((c for c in ["fid", "kid", *scorer_cols] if c in metric_cols and c != x), None)
+    return x, y
+
+
+def _label(column: str) -> str:
+    names = {"fid": "FID", "kid": "KID", "clip_score": "CLIP score", "w_d": "domain weight w_d", "w_c": "control weight w_c"}
+    arrow = " (lower is better)" if column in LOWER_IS_BETTER else ""
+    return names.get(column, column) + arrow
+
+
+def plot_results(rows: Sequence[dict[str, Any]], path: str | os.PathLike, x: str | None = None,
+                 y: str | None = None) -> Path | None:
+    """Scatter-and-line plot of ``y`` (fidelity) against ``x`` (controllability), one series per method, each point
+    labelled ``w_d/w_c``. Returns None (writes nothing) when no fidelity column exists."""
+    # The object API with the Agg canvas: no pyplot, so no global backend or figure state is touched.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x, y = _axes(rows, x, y)
+    if y is None:
+        return None
+    fig = Figure(figsize=(6.4, 4.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for method in dict.fromkeys(r["method"] for r in rows):
+        points = sorted((r for r in rows if r["method"] == method and _finite(r.get(x)) and _finite(r.get(y))),
+                        key=lambda r: r[x])
+        ax.plot([r[x] for r in points], [r[y] for r in points], marker="o", linewidth=1, label=method)
+        for r in points:
+            ax.annotate(f"{r['w_d']:g}/{r['w_c']:g}", (r[x], r[y]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+    ax.set_xlabel(_label(x))
+    ax.set_ylabel(_label(y))
+    ax.set_title("points labelled w_d/w_c", fontsize=9)
+    ax.locator_params(axis="x", nbins=6)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
+def _markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _protocol_lines(result: EvalResult) -> list[str]:
+    """How each metric was measured (shared by all settings apart from N generated)."""
+    seen: dict[str, MetricResult] = {}
+    for per_setting in result.metrics.values():
+        for name, res in per_setting.items():
+            seen.setdefault(name, res)
+    return [
+        f"{name}: {r.library} {r.library_version}; extractor {r.extractor} ({r.feature_dim}-d); "
+        f"resize {r.resize_mode}; preprocess: {r.preprocess}; resolution {r.resolution}; "
+        f"N real {r.n_real}; N generated {r.n_generated}; params {json.dumps(r.params)}"
+        for name, r in seen.items()
+    ]
+
+
+def write_outputs(result: EvalResult, config: EvalConfig, record: dict[str, Any]) -> None:
+    """results.csv/.json/.md, plot.png, settings.json and report.html into ``result.out``."""
+    out, rows = result.out, result.rows
+    columns = _columns(rows)
+    with open(out / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    metrics = {s: {k: r.to_dict() for k, r in m.items()} for s, m in result.metrics.items()}
+    (out / "results.json").write_text(json.dumps({"rows": rows, "metrics": metrics}, indent=2) + "\n")
+    protocol = _protocol_lines(result)
+    md = _markdown_table(rows, columns) + "".join(f"\n- {line}" for line in protocol) + ("\n" if protocol else "")
+    (out / "results.md").write_text(md)
+    plot = plot_results(rows, out / "plot.png", config.plot_x, config.plot_y)
+    settings_file = write_record(out / "settings.json", record)
+    write_report(result, columns, plot, protocol, json.loads(settings_file.read_text()))
+
+
+def write_report(result: EvalResult, columns: Sequence[str], plot: Path | None, protocol: Sequence[str],
+                 record: dict[str, Any]) -> Path:
+    """A self-contained report.html: command, settings, table, plot and one sample grid per setting."""
+    out = result.out
+    grids = "".join(
+        f"<figure><img src='{_data_uri(out / 'grids' / (row['setting'] + '.png'))}' alt='{html.escape(row['setting'])}'>"
+        f"<figcaption>{html.escape(row['setting'])}</figcaption></figure>"
+        for row in result.rows
+    )
+    plot_html = f"<img src='{_data_uri(plot)}' alt='plot'>" if plot else "<p>No fidelity metric: no plot.</p>"
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>indomain evaluate: {html.escape(out.name)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1200px; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }} td, th {{ border: 1px solid #ccc; padding: 3px 8px; }}
+pre {{ background: #f4f4f4; padding: 1em; overflow-x: auto; }} figure {{ display: inline-block; margin: 0.5em; }}
+figure img {{ image-rendering: pixelated; max-width: 360px; }} figcaption {{ font-size: 0.8em; }}
+</style></head><body>
+<h1>Evaluation: {html.escape(out.name)}</h1>
+<h2>Command</h2><pre>{html.escape(shlex.join(sys.argv))}</pre>
+<h2>Results</h2>{_html_table(result.rows, columns)}
+<h3>Metric protocol</h3><ul>{"".join(f"<li>{html.escape(line)}</li>" for line in protocol) or "<li>no metric</li>"}</ul>
+<p>FID/KID values are comparable only when library, extractor, resize mode, resolution and N all match.</p>
+<h2>Fidelity vs controllability</h2>{plot_html}
+<h2>Samples (first images of each setting)</h2>{grids}
+<h2>Settings</h2><pre>{html.escape(json.dumps(record, indent=2))}</pre>
+</body></html>
+"""
+    path = out / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _random_conv_seed(text: str) -> int:
+    kind, _, seed = text.partition(":")
+    if kind != "random-conv" or not seed.lstrip("-").isdigit():
+        raise argparse.ArgumentTypeError(f"expected random-conv:SEED (e.g. random-conv:0), got {text!r}")
+    return int(seed)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from .schedulers import SCHEDULERS
+
+    p = sub.add_parser(
+        "evaluate",
+        help="generate N images per setting (sharded over processes) and score FID/KID/CLIP; sweeps, plot, report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("method (one from these flags, or several from --methods)")
+    g.add_argument("--prior", default=None, help="prior pipeline folder or hub id (e.g. Stable Diffusion 1.5); required without --methods")
+    g.add_argument("--domain", default=None, help="domain model folder: a NullTextUNet (ours) or a text-conditioned fine-tune (rectified / Domain Guidance) (default: none, w_d = 0)")
+    g.add_argument("--unet", default=None, help="fine-tuned text-conditioned UNet folder that replaces the prior's UNet (conventional fine-tune + CFG) (default: the prior's)")
+    g.add_argument("--domain-prompt", default=None, help="text for a text-conditioned --domain model, e.g. its training caption (default: the prompt)")
+    g.add_argument("--name", default=None, help="method name in tables and plot (default: ours with --domain, finetune with --unet, else prior)")
+    g.add_argument("--methods", default=None, metavar="FILE.json",
+                   help="JSON list of methods, each with Method fields: name, prior (default --prior), domain, unet, "
+                        "domain_prompt, weighted_prompts, domain_scales, guidance_scales, allow_pickle")
+    g.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (weights_only loading); only for files you trust")
+    g = p.add_argument_group("sweep and sampling")
+    g.add_argument("--domain-scales", type=float, nargs="+", default=[2.5], metavar="W", help="domain weights w_d (default: %(default)s; methods without a domain model use 0)")
+    g.add_argument("--guidance-scales", type=float, nargs="+", default=[2.5], metavar="W", help="control weights w_c (default: %(default)s; unconditional runs use 0)")
+    prompts = g.add_mutually_exclusive_group()
+    prompts.add_argument("--prompts", nargs="+", default=None, metavar="TEXT", help="generation prompts; image i uses prompt i mod P (default: none = unconditional)")
+    prompts.add_argument("--prompts-file", default=None, metavar="FILE", help="text file with one prompt per line (blank lines skipped)")
+    g.add_argument("--num-images", type=int, default=1000, metavar="N", help="images per setting (default: %(default)s, the paper's in-training eval; 10000 recommended for final numbers)")
+    g.add_argument("--seed", type=int, default=0, help="image i uses seed+i, in every setting (default: %(default)s)")
+    g.add_argument("--scheduler", default="dpm++", help=f"sampler: {', '.join(SCHEDULERS)} (default: %(default)s, DPM-Solver++ as in the paper)")
+    g.add_argument("--steps", type=int, default=25, help="sampler steps (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=8, help="images per pipeline call per process (default: %(default)s)")
+    g.add_argument("--height", type=int, default=None, help="image height (default: the prior's native size)")
+    g.add_argument("--width", type=int, default=None, help="image width (default: the prior's native size)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model precision (default: %(default)s)")
+    g = p.add_argument_group("metrics")
+    g.add_argument("--real", default=None, metavar="DIR", help="real-image folder for FID/KID (recursive; default: no FID/KID)")
+    ext = g.add_mutually_exclusive_group()
+    ext.add_argument("--inception-weights", default=None, metavar="FILE", help="FID Inception weights file (pt_inception-2015-12-05-6726825d.pth or weights-inception-2015-12-05-6726825d.pth); needed with --real")
+    ext.add_argument("--extractor", type=_random_conv_seed, default=None, metavar="random-conv:SEED",
+                     help="instead of Inception: a fixed random conv net, for smoke tests/CI only (its 'FID' is not comparable with any published FID)")
+    g.add_argument("--inception-resize", default="antialias", choices=["antialias", "legacy-tf"], help="Inception's internal resize to 299 (default: %(default)s, torchmetrics>=1.8; legacy-tf = TF FID/torch-fidelity)")
+    g.add_argument("--resolution", type=int, default=None, help="images are center-cropped and bicubic-resized to this before the extractor (default: the extractor's, 299 for Inception, 64 for random-conv)")
+    g.add_argument("--metrics", nargs="+", default=["fid", "kid"], choices=["fid", "kid"], help="image metrics against --real (default: %(default)s)")
+    g.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size, at most N and N real (default: %(default)s)")
+    g.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default: %(default)s)")
+    g.add_argument("--stats-cache", default=None, metavar="DIR", help="real-statistics cache (default: $INDOMAIN_STATS_CACHE or ~/.cache/indomain/stats)")
+    g.add_argument("--no-stats-cache", action="store_true", help="recompute the real statistics instead of caching them")
+    g.add_argument("--clip-model", default=None, metavar="DIR", help="local CLIP folder (e.g. openai/clip-vit-large-patch14) for CLIP score (default: no CLIP score)")
+    clip = g.add_mutually_exclusive_group()
+    clip.add_argument("--clip-text", nargs="+", default=None, metavar="TEXT", help="scored texts aligned with --prompts, e.g. the control phrase only (default: the prompts)")
+    clip.add_argument("--clip-text-file", default=None, metavar="FILE", help="scored texts, one per line, aligned with the prompts file")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", required=True, help="output folder (images/, grids/, results.*, plot.png, report.html, settings.json)")
+    g.add_argument("--plot-x", default=None, help="x column of plot.png (default: clip_score, else w_d)")
+    g.add_argument("--plot-y", default=None, help="y column of plot.png (default: fid, else kid)")
+    g.add_argument("--grid-images", type=int, default=8, help="images per sample grid in the report (default: %(default)s)")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def methods_from_args(args: argparse.Namespace) -> list[Method]:
+    if args.methods:
+        entries = json.loads(Path(args.methods).read_text())
+        if not isinstance(entries, list) or not entries:
+            raise ValueError(f"{args.methods}: expected a non-empty JSON list of methods")
+        known = {f.name for f in dataclasses.fields(Method)}
+        methods = []
+        for entry in entries:
+            unknown = set(entry) - known
+            if unknown:
+                raise ValueError(f"{args.methods}: unknown method fields {sorted(unknown)}; known: {sorted(known)}")
+            entry.setdefault("prior", args.prior)
+            entry.setdefault("allow_pickle", args.allow_pickle)
+            if entry["prior"] is None:
+                raise ValueError(f"{args.methods}: method {entry.get('name')!r} has no prior and --prior is not given")
+            methods.append(Method(**entry))
+        return methods
+    if args.prior is None:
+        raise ValueError("pass --prior (or --methods FILE.json)")
+    name = args.name or ("ours" if args.domain else "finetune" if args.unet else "prior")
+    return [Method(name=name, prior=args.prior, domain=args.domain, unet=args.unet, domain_prompt=args.domain_prompt,
+                   allow_pickle=args.allow_pickle)]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    prompts = read_lines(args.prompts_file) if args.prompts_file else args.prompts
+    clip_texts = read_lines(args.clip_text_file) if args.clip_text_file else args.clip_text
+    config = EvalConfig(
+        out=args.out, num_images=args.num_images, prompts=prompts, clip_texts=clip_texts, seed=args.seed,
+        scheduler=args.scheduler, steps=args.steps, batch_size=args.batch_size, height=args.height, width=args.width,
+        dtype=args.dtype, real=args.real, metrics=tuple(args.metrics), resolution=args.resolution,
+        kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets, stats_cache=args.stats_cache,
+        use_stats_cache=not args.no_stats_cache, clip_model=args.clip_model, plot_x=args.plot_x, plot_y=args.plot_y,
+        grid_images=args.grid_images,
+    )
+    if args.real is None and (args.inception_weights or args.extractor is not None):
+        raise ValueError("--inception-weights/--extractor need --real DIR, the real images FID/KID compare against")
+    extractor = None
+    if args.extractor is not None:
+        extractor = RandomConvFeatures(args.extractor)
+    elif args.real is not None:
+        from accelerate import PartialState
+
+        # Every process loads it (so a missing file fails everywhere at once), each on its own device.
+        device = PartialState(cpu=not torch.cuda.is_available()).device
+        extractor = inception_extractor(args.inception_weights, resize=args.inception_resize, device=device)
+    result = evaluate(methods_from_args(args), Sweep(args.domain_scales, args.guidance_scales), config,
+                      extractor=extractor)
+    if result is not None:
+        print(f"wrote {len(result.rows)} settings x {config.num_images} images, results.csv/json/md, plot.png and "
+              f"report.html to {result.out}")
+    return 0
