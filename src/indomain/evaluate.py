@@ -62,7 +62,7 @@ from .metrics import (
     load_image,
     real_image_stats,
 )
-from .metrics import _check_kid_subset  # private but same package: KID's size rule and message stay in one place
+from .metrics import check_kid_subset  # KID size rule and message live in one place
 from .outputs import make_grid, write_record
 
 __all__ = [
@@ -400,7 +400,7 @@ def _check_config(methods: Sequence[Method], config: EvalConfig, extractor: nn.M
     n_real = len(list_images(config.real))
     if "kid" in config.metrics:
         try:
-            _check_kid_subset(config.kid_subset_size, n_real, config.num_images)
+            check_kid_subset(config.kid_subset_size, n_real, config.num_images)
         except ValueError as err:
             raise ValueError(f"{err} (--kid-subset-size), or drop KID with --metrics fid") from None
     return n_real

@@ -817,7 +817,7 @@ def _resolve_resolution(extractor: nn.Module, resolution: int | None) -> int:
     return int(resolution)
 
 
-def _check_kid_subset(subset_size: int, n_real: int | None, n_generated: int | None) -> None:
+def check_kid_subset(subset_size: int, n_real: int | None, n_generated: int | None) -> None:
     if subset_size < 1:
         raise ValueError(f"KID subset_size must be >= 1, got {subset_size}")
     too_small = [(label, n) for label, n in (("real", n_real), ("generated", n_generated)) if n is not None]
@@ -858,7 +858,7 @@ def image_metrics(
         raise ValueError(f"metrics must be a non-empty subset of ('fid', 'kid'), got {tuple(metrics)}")
     resolution = _resolve_resolution(extractor, resolution)
     if "kid" in metrics:  # fail before the expensive extraction when counts are known
-        _check_kid_subset(kid_subset_size, _count_images(real), _count_images(generated))
+        check_kid_subset(kid_subset_size, _count_images(real), _count_images(generated))
 
     info = describe_extractor(extractor)
     if isinstance(real, FeatureStats):
@@ -906,7 +906,7 @@ def image_metrics(
             metric="fid", value=float(fid.compute()), std=None, params={"real_stats": cache_params}, **common
         )
     if "kid" in metrics:
-        _check_kid_subset(kid_subset_size, real_stats.n, int(gen_feats.shape[0]))
+        check_kid_subset(kid_subset_size, real_stats.n, int(gen_feats.shape[0]))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
             kid = KernelInceptionDistance(
