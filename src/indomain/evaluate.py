@@ -113,6 +113,7 @@ class Method:
     unet: str | os.PathLike | nn.Module | None = None
     domain_prompt: str | None = None
     weighted_prompts: list[tuple[str, float]] | None = None
+    prompt_template: str = "{}"  # how this method phrases a prompt, e.g. "openmoji style, {}" for a captioned fine-tune
     domain_scales: Sequence[float] | None = None
     guidance_scales: Sequence[float] | None = None
     allow_pickle: bool = False
@@ -290,7 +291,7 @@ def generate_batch(pipe: Any, setting: Setting, indices: Sequence[int], config: 
     generators = [torch.Generator("cpu").manual_seed(config.seed + i) for i in indices]
     conditional = config.prompts is not None
     return pipe(
-        prompt=[config.prompt_for(i) for i in indices] if conditional else None,
+        prompt=[setting.method.prompt_template.format(config.prompt_for(i)) for i in indices] if conditional else None,
         num_images_per_prompt=1 if conditional else len(indices),
         domain_prompt=setting.method.domain_prompt,
         weighted_prompts=setting.method.weighted_prompts,
@@ -417,8 +418,8 @@ def evaluate(
     """Generate every setting of ``methods`` x ``sweep``, score it and write tables, plot and report.
 
     Runs as one process or sharded under ``accelerate launch``/torchrun (each process generates its batches, see
-    :func:`shard_batches`). Returns the results on the main process, None on the others. Under a multi-process
-    launch the process group is ended once the images exist (the main process then scores alone): call it last.
+    :func:`shard_batches`). Returns the results on the main process, None on the others; the main process scores
+    alone once every image exists.
     ``extractor`` is the FID/KID feature network (any ``nn.Module`` mapping [0, 1] images to features; needed with
     ``config.real``); ``scorer`` adds columns, see :data:`Scorer`.
     """
