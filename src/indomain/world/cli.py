@@ -34,6 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     p.set_defaults(func=_train_prior)
 
+    from .benchmark import add_parser as add_benchmark
+
+    add_benchmark(wsub)
+
 
 def _render(args: argparse.Namespace) -> int:
     from .render import render_dataset
