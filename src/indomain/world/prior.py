@@ -275,3 +275,26 @@ def train_prior(config: PriorConfig) -> Path:
         f.write(json.dumps({"seconds": time.time() - start, "threads": torch.get_num_threads()}) + "\n")
     assemble_pipeline(out, out / "pipeline")
     return out
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "emoji-prior"
+
+
+def emoji_prior_dir(cache_dir: str | Path | None = None) -> Path:
+    """A loadable pipeline folder of the shipped emoji prior (assembled once with the MiniLM text encoder)."""
+    if not (SHIPPED / "unet" / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no emoji prior is shipped in {SHIPPED}; train one with `indomain world train-prior --out runs/emoji-prior` "
+            "and pass its `pipeline` folder"
+        )
+    import hashlib
+
+    digest = hashlib.sha256((SHIPPED / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()[:12]
+    root = Path(cache_dir or os.environ.get("INDOMAIN_CACHE", Path.home() / ".cache" / "indomain"))
+    target = root / f"emoji-prior-{digest}"
+    if not (target / "model_index.json").is_file():
+        tmp = root / f".emoji-prior-{digest}.{os.getpid()}"
+        assemble_pipeline(SHIPPED, tmp)
+        if not (target / "model_index.json").is_file():
+            os.replace(tmp, target)
+    return target
