@@ -351,6 +351,8 @@ def _merged_copy(unet: torch.nn.Module) -> torch.nn.Module:
 @torch.no_grad()
 def validate(model: torch.nn.Module, config: TrainConfig, step: int, device: Any) -> list:
     """Unconditional (and, with prompts, text-controlled) in-domain grids; decoded in fp32."""
+    from diffusers.image_processor import VaeImageProcessor
+
     from .outputs import make_grid
     from .pipeline import InDomainPipeline
 
@@ -375,10 +377,7 @@ def validate(model: torch.nn.Module, config: TrainConfig, step: int, device: Any
         ).images
         if not torch.isfinite(images).all():
             raise NonFiniteError(f"validation at step {step} produced non-finite pixels (prompt {prompt!r})")
-        from diffusers.image_processor import VaeImageProcessor
-
-        pil = VaeImageProcessor.pt_to_numpy(images)
-        pil = VaeImageProcessor.numpy_to_pil(pil)
+        pil = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(images))
         name = folder / f"step{step:07d}_{'uncond' if prompt is None else f'prompt{i:02d}'}.png"
         make_grid(pil, ncols=len(pil)).save(name)
         written.append(name)
@@ -516,7 +515,12 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
             save_checkpoint(accelerator, out, global_step, config, config.checkpoints_total_limit)
         if config.validation_steps and global_step % config.validation_steps == 0 and accelerator.is_main_process:
             with _ema_weights(ema, params):
-                validate(accelerator.unwrap_model(model), config, global_step, accelerator.device)
+                try:
+                    validate(accelerator.unwrap_model(model), config, global_step, accelerator.device)
+                except NonFiniteError as e:
+                    found = list_checkpoints(out)
+                    last = found[-1] if found else "none yet"
+                    raise NonFiniteError(f"{e}; the last good checkpoint on disk is {last}") from e
         if on_step is not None:
             on_step(global_step)
     bar.close()
