@@ -215,3 +215,13 @@ def test_min_snr_weighting_matches_formula():
     loss = train_mod.denoising_loss(pred, target, snr, 5.0, "epsilon")
     assert torch.isclose(loss, torch.tensor((1.0 + 0.5) / 2))
     assert torch.isclose(train_mod.denoising_loss(pred, target, None, None, "epsilon"), torch.tensor(1.0))
+
+
+def test_non_finite_validation_image_stops_before_checkpointing_it(world, tmp_path, monkeypatch):
+    from indomain.pipeline import InDomainPipelineOutput
+
+    monkeypatch.setattr(InDomainPipeline, "__call__",
+                        lambda self, **kw: InDomainPipelineOutput(images=torch.full((2, 3, 32, 32), float("nan"))))
+    with pytest.raises(NonFiniteError, match="non-finite pixels.*checkpoint-2"):
+        train(config(world, tmp_path / "v", max_train_steps=4, validation_steps=4, num_validation_images=2))
+    assert [p.name for p in list_checkpoints(tmp_path / "v")] == ["checkpoint-2"]

@@ -511,8 +511,7 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
         if accelerator.is_main_process and (global_step % config.log_every == 0 or global_step == config.max_train_steps):
             with log_file.open("a") as f:
                 f.write(json.dumps({"step": global_step, "world_size": world, "loss": last_loss, "lr": lr_scheduler.get_last_lr()[0], "images_per_s": round(speed, 2), "time": now}) + "\n")
-        if global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps:
-            save_checkpoint(accelerator, out, global_step, config, config.checkpoints_total_limit)
+        # validate first: weights that decode to NaN never become a checkpoint
         if config.validation_steps and global_step % config.validation_steps == 0 and accelerator.is_main_process:
             with _ema_weights(ema, params):
                 try:
@@ -521,6 +520,8 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
                     found = list_checkpoints(out)
                     last = found[-1] if found else "none yet"
                     raise NonFiniteError(f"{e}; the last good checkpoint on disk is {last}") from e
+        if global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps:
+            save_checkpoint(accelerator, out, global_step, config, config.checkpoints_total_limit)
         if on_step is not None:
             on_step(global_step)
     bar.close()
