@@ -197,10 +197,11 @@ def load_prior_parts(config: TrainConfig, need_text: bool = True) -> dict:
         "noise_scheduler": DDPMScheduler.from_pretrained(config.prior, subfolder="scheduler"),
     }
     if need_text:
-        from transformers import AutoTokenizer, CLIPTextModel
+        from transformers import AutoModel, AutoTokenizer
 
+        # AutoModel: CLIP for Stable Diffusion, but any text encoder a prior ships (the emoji prior: MiniLM)
         parts["tokenizer"] = AutoTokenizer.from_pretrained(config.prior, subfolder="tokenizer")
-        parts["text_encoder"] = CLIPTextModel.from_pretrained(config.prior, subfolder="text_encoder", use_safetensors=safe)
+        parts["text_encoder"] = AutoModel.from_pretrained(config.prior, subfolder="text_encoder", use_safetensors=safe)
     return parts
 
 
