@@ -1,9 +1,10 @@
-"""`indomain demo`: the whole workflow end to end, offline, on a CPU, in a couple of minutes.
+"""`indomain demo`: the paper's claim, reproduced in the emoji world, offline, on a CPU, in minutes.
 
-Until the emoji-world prior ships (issue "The emoji world"), the prior here is a *tiny Stable-Diffusion-shaped
-model with random weights*: the demo shows the mechanics (render a domain, train a null-text domain model
-with the real trainer, sample with guidance-decoupled sampling, write grids and a record of every setting),
-not image quality.
+Starting from the shipped emoji prior (a small Stable-Diffusion-architecture model trained on Noto and Twemoji
+emoji, prompted by their names), it renders the domain (OpenMoji renders of the seen emoji, no captions), trains
+a null-text domain model and the conventional fine-tunes it is compared with, generates unconditional and
+text-controlled in-domain samples (held-out emoji included), scores them with the shipped emoji evaluators and
+writes a report comparing the method with conventional fine-tuning: ``<out>/index.html``.
 """
 
 from __future__ import annotations
@@ -13,87 +14,72 @@ import html
 import time
 from pathlib import Path
 
-DEFAULTS = {"num_images": 48, "resolution": 32, "steps": 60, "batch_size": 8, "sample_steps": 20, "seed": 0}
+DEFAULTS = {"train_steps": 300, "num_prompts": 12, "images_per_setting": 24, "sample_steps": 20, "seed": 0}
 
 
-def run_demo(out: Path, num_images: int, resolution: int, steps: int, batch_size: int, sample_steps: int, seed: int) -> Path:
-    """Run the demo into ``out``; returns the report path."""
+def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: int, sample_steps: int, seed: int,
+             prior: str | None = None) -> Path:
+    """Run the demo into ``out``; returns the index page."""
     import torch
 
-    from .outputs import make_grid, write_record
+    from .outputs import make_grid
     from .pipeline import InDomainPipeline
-    from .testing import save_tiny_prior
-    from .train import TrainConfig, train
-    from .world.render import list_emoji, render, split_emoji
+    from .world.benchmark import BenchmarkConfig, run_benchmark
+    from .world.evaluators import load_evaluators
+    from .world.prior import emoji_prior_dir
+    from .world.render import list_emoji, split_emoji
 
     start = time.time()
-    out.mkdir(parents=True, exist_ok=True)
-    print("[1/4] rendering the domain (OpenMoji, seen split only)")
-    seen, held_out = split_emoji(list_emoji(), seed=seed)
-    domain_dir = out / "domain_images"
-    domain_dir.mkdir(exist_ok=True)
-    for emoji in seen[:: max(1, len(seen) // num_images)][:num_images]:
-        render(emoji, "openmoji", size=resolution).save(domain_dir / f"{emoji.codepoint}.png")
+    prior = prior or str(emoji_prior_dir())
+    print(f"prior: {prior}")
+    config = BenchmarkConfig(prior=prior, out=str(out), train_steps=train_steps, num_prompts=num_prompts,
+                             images_per_setting=images_per_setting, sample_steps=sample_steps,
+                             domain_scales=[0.0, 2.5], guidance_scales=[2.5], seed=seed)
+    run_benchmark(config, scorer=load_evaluators().scorer(k=10))
 
-    print("[2/4] building the prior (tiny SD-shaped model, random weights)")
-    prior = out / "prior"
-    if not (prior / "model_index.json").is_file():
-        save_tiny_prior(prior, seed=seed)
-
-    print("[3/4] training the null-text domain model")
-    model_dir = out / "domain_model"
-    config = TrainConfig(
-        prior=str(prior), images=str(domain_dir), output=str(model_dir), resolution=resolution,
-        train_batch_size=batch_size, max_train_steps=steps, learning_rate=1e-3, ema_decay=0.99,
-        checkpointing_steps=max(steps // 2, 1), checkpoints_total_limit=1, seed=seed, overwrite=True,
+    # an overview picture: unconditional in-domain samples, then held-out prompts under each method
+    _, held_out = split_emoji(list_emoji(), seed=seed)
+    names = [e.name for e in held_out[:: max(1, len(held_out) // 8)][:8]]
+    gens = lambda: [torch.Generator().manual_seed(seed + i) for i in range(8)]  # noqa: E731
+    ours = InDomainPipeline.from_pretrained(prior, domain_unet=out / "ours")
+    ours.set_progress_bar_config(disable=True)
+    rows = {"domain (real OpenMoji renders)": _real(out, 8)}
+    rows["ours, unconditional (w_d=2.5)"] = ours(num_images_per_prompt=8, generator=gens(), num_inference_steps=sample_steps).images
+    rows["prior alone, held-out prompts"] = ours(names, domain_guidance_scale=0, guidance_scale=2.5, generator=gens(), num_inference_steps=sample_steps).images
+    rows["ours, held-out prompts (w_d=2.5, w_c=2.5)"] = ours(names, generator=gens(), num_inference_steps=sample_steps).images
+    ft = InDomainPipeline.from_pretrained(prior, unet=ours.unet.__class__.from_pretrained(out / "finetune"))
+    ft.set_progress_bar_config(disable=True)
+    rows["fine-tune + CFG, held-out prompts"] = ft([f"openmoji style, {n}" for n in names], domain_guidance_scale=0, guidance_scale=2.5, generator=gens(), num_inference_steps=sample_steps).images
+    grid = make_grid([im.resize((64, 64)) for r in rows.values() for im in r], ncols=8)
+    grid.save(out / "overview.png")
+    body = "<p>Rows, top to bottom: " + "; ".join(html.escape(k) for k in rows) + f". Held-out prompts: {html.escape(', '.join(names))}.</p>"
+    index = out / "index.html"
+    index.write_text(
+        "<html><head><meta charset='utf-8'><title>indomain demo</title></head><body><h1>indomain demo: the emoji world</h1>"
+        f"{body}<img src='overview.png'><p><a href='RESULTS.md'>RESULTS.md</a> · "
+        "<a href='eval-seen/report.html'>seen prompts report</a> · <a href='eval-held-out/report.html'>held-out prompts report</a></p>"
+        f"<p>Took {time.time() - start:.0f} s.</p></body></html>"
     )
-    train(config)
-
-    print("[4/4] sampling")
-    pipe = InDomainPipeline.from_pretrained(prior, domain_unet=model_dir)
-    settings = {
-        "unconditional in-domain (w_d=2.5)": dict(prompt=None, domain_guidance_scale=2.5),
-        "domain model alone (w_d=1)": dict(prompt=None, domain_guidance_scale=1.0),
-        f"in-domain + held-out prompt '{held_out[0].name}' (w_d=2.5, w_c=2.5)": dict(prompt=held_out[0].name, domain_guidance_scale=2.5, guidance_scale=2.5),
-        "prior alone (w_d=0)": dict(prompt=None, domain_guidance_scale=0.0),
-    }
-    rows = []
-    for i, (title, kw) in enumerate(settings.items()):
-        images = pipe(num_images_per_prompt=8, num_inference_steps=sample_steps,
-                      generator=[torch.Generator().manual_seed(seed + k) for k in range(8)], **kw).images
-        name = f"grid_{i}.png"
-        make_grid([im.resize((64, 64)) for im in images], ncols=8).save(out / name)
-        rows.append((title, name))
-    make_grid([im.resize((64, 64)) for im in _load(domain_dir)][:8], ncols=8).save(out / "grid_domain.png")
-    rows.insert(0, ("real domain images (OpenMoji renders)", "grid_domain.png"))
-    write_record(out / "settings.json", {"demo": DEFAULTS | dict(num_images=num_images, resolution=resolution, steps=steps,
-                 batch_size=batch_size, sample_steps=sample_steps, seed=seed), "train": config.__dict__, "samples": settings},
-                 seconds=round(time.time() - start, 1))
-    report = out / "report.html"
-    body = "".join(f"<h3>{html.escape(t)}</h3><img src='{n}'>" for t, n in rows)
-    report.write_text(
-        "<html><head><meta charset='utf-8'><title>indomain demo</title></head><body>"
-        "<h1>indomain demo</h1><p>Tiny random-weight prior: this shows the workflow, not image quality. "
-        f"Settings in <a href='settings.json'>settings.json</a>. Took {time.time() - start:.0f} s.</p>{body}</body></html>"
-    )
-    print(f"report: {report.resolve()}")
-    return report
+    print((out / "RESULTS.md").read_text())
+    print(f"report: {index.resolve()}")
+    return index
 
 
-def _load(folder: Path) -> list:
+def _real(out: Path, n: int) -> list:
     from PIL import Image
 
-    return [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))]
+    return [Image.open(p).convert("RGB") for p in sorted((out / "domain_images").glob("*.png"))[:: 97][:n]]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the end-to-end demo (offline, CPU, minutes)", description=__doc__,
+    p = sub.add_parser("demo", help="run the end-to-end emoji-world demo (offline, CPU, minutes)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/demo", help="output folder (default: %(default)s)")
-    p.add_argument("--num-images", type=int, default=DEFAULTS["num_images"], help="domain images to render (default: %(default)s)")
-    p.add_argument("--resolution", type=int, default=DEFAULTS["resolution"], help="image size in pixels (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="training steps (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="training batch size (default: %(default)s)")
+    p.add_argument("--prior", default=None, help="emoji prior pipeline folder (default: the shipped one)")
+    p.add_argument("--train-steps", type=int, default=DEFAULTS["train_steps"], help="steps per trained model (default: %(default)s)")
+    p.add_argument("--num-prompts", type=int, default=DEFAULTS["num_prompts"], help="prompts per set, seen and held-out (default: %(default)s)")
+    p.add_argument("--images-per-setting", type=int, default=DEFAULTS["images_per_setting"], help="images per scored setting (default: %(default)s)")
     p.add_argument("--sample-steps", type=int, default=DEFAULTS["sample_steps"], help="sampler steps (default: %(default)s)")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed (default: %(default)s)")
-    p.set_defaults(func=lambda a: run_demo(Path(a.out), a.num_images, a.resolution, a.steps, a.batch_size, a.sample_steps, a.seed) and 0)
+    p.set_defaults(func=lambda a: run_demo(Path(a.out), a.train_steps, a.num_prompts, a.images_per_setting,
+                                           a.sample_steps, a.seed, a.prior) and 0)
