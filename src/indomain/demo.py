@@ -18,7 +18,7 @@ DEFAULTS = {"train_steps": 300, "num_prompts": 12, "images_per_setting": 24, "sa
 
 
 def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: int, sample_steps: int, seed: int,
-             prior: str | None = None) -> Path:
+             prior: str | None = None, num_domain_images: int | None = None) -> Path:
     """Run the demo into ``out``; returns the index page."""
     import torch
 
@@ -34,7 +34,8 @@ def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: 
     print(f"prior: {prior}")
     config = BenchmarkConfig(prior=prior, out=str(out), train_steps=train_steps, num_prompts=num_prompts,
                              images_per_setting=images_per_setting, sample_steps=sample_steps,
-                             domain_scales=[0.0, 2.5], guidance_scales=[2.5], seed=seed)
+                             domain_scales=[0.0, 2.5], guidance_scales=[2.5], seed=seed,
+                             num_domain_images=num_domain_images)
     run_benchmark(config, scorer=load_evaluators().scorer(k=10))
 
     # an overview picture: unconditional in-domain samples, then held-out prompts under each method
@@ -68,7 +69,8 @@ def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: 
 def _real(out: Path, n: int) -> list:
     from PIL import Image
 
-    return [Image.open(p).convert("RGB") for p in sorted((out / "domain_images").glob("*.png"))[:: 97][:n]]
+    files = sorted((out / "domain_images").glob("*.png"))
+    return [Image.open(p).convert("RGB") for p in files[:: max(1, len(files) // n)][:n]]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

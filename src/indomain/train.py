@@ -83,6 +83,7 @@ class TrainConfig:
     domain_guidance_scale: float = 2.5
     guidance_scale: float = 2.5
     min_size_policy: str = "warn-skip"  # for images far smaller than the resolution; see indomain.data
+    latent_cache: str | None = None  # folder of the VAE latent cache (default: <output>/latent_cache); shareable
     seed: int = 0
     allow_pickle: bool = False
     log_every: int = 10
@@ -425,7 +426,7 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
     vae = parts.pop("vae").eval()
     if vae.device != accelerator.device:
         vae.to(accelerator.device)
-    cache_file = out / "latent_cache" / "latents.safetensors"
+    cache_file = Path(config.latent_cache or out / "latent_cache") / "latents.safetensors"
     if accelerator.is_main_process:
         build_latent_cache(paths, vae, config, cache_file, vae_id=str(config.prior), device=accelerator.device)
     accelerator.wait_for_everyone()

@@ -80,7 +80,8 @@ def run_benchmark(config: BenchmarkConfig, scorer: Any = None) -> Path:
             settings = dict(prior=config.prior, images=str(domain), output=str(folder), resolution=config.resolution,
                             train_batch_size=config.train_batch_size, max_train_steps=config.train_steps,
                             learning_rate=config.learning_rate, ema_decay=0.99, checkpointing_steps=config.train_steps,
-                            checkpoints_total_limit=1, seed=config.seed, overwrite=True)
+                            checkpoints_total_limit=1, seed=config.seed, overwrite=True,
+                            latent_cache=str(out / "latent_cache"))  # one cache for every model: same images
             train(TrainConfig(**(settings | kw)))
         return folder
 
