@@ -81,10 +81,14 @@ def test_kill_and_resume_equals_uninterrupted(world, tmp_path):
 def test_checkpoint_pruning_and_atomic_leftovers(world, tmp_path):
     out = tmp_path / "prune"
     out.mkdir()
-    (out / "checkpoint-99.tmp").mkdir()  # what a kill during a save leaves behind
+    (out / ".indomain-run.json").write_text('{"command": "train"}')  # a run that was killed early
+    (out / "checkpoint-99.tmp").mkdir()  # what a kill during a checkpoint save leaves behind
+    (out / ".tmp-model").mkdir()  # ... and during the final save
+    (out / ".tmp-model" / "diffusion_pytorch_model.safetensors").write_bytes(b"x" * 1000)
     train(config(world, out, max_train_steps=5, checkpointing_steps=1, checkpoints_total_limit=2, overwrite=False, resume="latest"))
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4", "checkpoint-5"]
     assert (out / "checkpoint-5" / "train_state.json").is_file()
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".tmp*"))
 
 
 def test_existing_output_is_refused_unless_resume_or_overwrite(world, tmp_path):
@@ -115,7 +119,7 @@ def test_corrupt_files_are_skipped_with_a_warning(world, tmp_path):
         train(config(world, tmp_path / "o", images=str(mixed), max_train_steps=1))
 
 
-def test_non_finite_loss_stops_after_saving_last_good_state(world, tmp_path, monkeypatch):
+def test_non_finite_loss_points_to_the_checkpoint_before_the_diverging_step(world, tmp_path, monkeypatch):
     real = train_mod.denoising_loss
     calls = []
 
@@ -124,10 +128,12 @@ def test_non_finite_loss_stops_after_saving_last_good_state(world, tmp_path, mon
         return real(*a, **k) * (float("nan") if len(calls) == 3 else 1.0)
 
     monkeypatch.setattr(train_mod, "denoising_loss", flaky)
-    with pytest.raises(NonFiniteError, match="checkpoint-2"):
-        train(config(world, tmp_path / "nan", max_train_steps=6, checkpointing_steps=10))
-    state = json.loads((tmp_path / "nan" / "checkpoint-2" / "train_state.json").read_text())
-    assert state["global_step"] == 2
+    out = tmp_path / "nan"
+    # checkpoint-1 and checkpoint-2 are written; the weights of step 2 give the NaN, so checkpoint-2 is not good
+    with pytest.raises(NonFiniteError, match=r"step 2.*last good checkpoint is .*checkpoint-1\b.*--learning-rate 0.0001"):
+        train(config(world, out, max_train_steps=6, checkpointing_steps=1))
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1"]
+    assert (out / "checkpoint-2.diverged").is_dir()  # set aside, not deleted, and never picked by --resume latest
 
 
 def test_lora_domain_model_is_small_and_loads(world, tmp_path):

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from .cliargs import finite_float, positive_int
+
 DESCRIPTION = """\
 In-domain generation with a frozen diffusion prior plus a null-text domain model
 (Cao et al., CVPR 2025). Per sampler step:
@@ -34,6 +36,9 @@ def _weighted(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected TEXT:WEIGHT (e.g. 'blurry:-1.5'), got {text!r}") from None
 
 
+GENERATE_OUTPUTS = ("*.png", "settings.json")  # all that `generate --overwrite` may remove
+
+
 def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     from .schedulers import SCHEDULERS
 
@@ -49,30 +54,37 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--negative-prompt", default=None, help="replaces the empty prompt in the prior's unconditional branch (as in Stable Diffusion)")
     p.add_argument("--weighted-prompt", action="append", type=_weighted, default=None, metavar="TEXT:WEIGHT",
                    help="extra guidance term shared by all images; repeatable; a negative weight pushes away (e.g. 'blurry:-1.5')")
-    p.add_argument("--domain-scale", type=float, default=2.5, help="domain guidance weight w_d (default: %(default)s, the official value; 0 = prior only)")
-    p.add_argument("--guidance-scale", type=float, default=2.5, help="control guidance weight w_c on --prompt (default: %(default)s, the official value)")
-    p.add_argument("--steps", type=int, default=25, help="number of sampler steps (default: %(default)s)")
+    p.add_argument("--domain-scale", type=finite_float, default=2.5, help="domain guidance weight w_d (default: %(default)s, the official value; 0 = prior only)")
+    p.add_argument("--guidance-scale", type=finite_float, default=2.5, help="control guidance weight w_c on --prompt (default: %(default)s, the official value)")
+    p.add_argument("--steps", type=positive_int, default=25, help="number of sampler steps (default: %(default)s)")
     p.add_argument("--scheduler", default="dpm++", help=f"sampler: {', '.join(SCHEDULERS)} (default: %(default)s, DPM-Solver++ as in the paper)")
-    p.add_argument("--num-images", type=int, default=4, help="images per prompt (default: %(default)s)")
+    p.add_argument("--num-images", type=positive_int, default=4, help="images per prompt (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i, so an image depends only on its seed (default: %(default)s)")
-    p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the prior's native size)")
-    p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the prior's native size)")
+    p.add_argument("--height", type=positive_int, default=None, help="image height in pixels (default: the prior's native size)")
+    p.add_argument("--width", type=positive_int, default=None, help="image width in pixels (default: the prior's native size)")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ... (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model precision (default: %(default)s)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle checkpoints (.bin/.ckpt), with weights_only loading; only for files you trust")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (new, empty, or an earlier `generate` output with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier `indomain generate` output in --out")
     p.set_defaults(func=cmd_generate)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from .outputs import make_grid, write_record
+    from .outputs import claim_output_dir, make_grid, write_record
     from .pipeline import InDomainPipeline
     from .schedulers import make_scheduler
 
+    from .safeload import check_prior
+
     device = _device(args.device)
     dtype = getattr(torch, args.dtype)
+    if args.domain is not None and not Path(args.domain).is_dir():
+        raise FileNotFoundError(f"--domain {args.domain!r} is not a folder")
+    check_prior(args.prior, args.allow_pickle)
+    out = claim_output_dir(args.out, "generate", owned=GENERATE_OUTPUTS, record="settings.json", overwrite=args.overwrite)
     pipe = InDomainPipeline.from_pretrained(args.prior, domain_unet=args.domain, allow_pickle=args.allow_pickle, torch_dtype=dtype)
     pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
     pipe.to(device)
@@ -80,8 +92,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise SystemExit("error: --domain-scale is nonzero but no --domain model was given (pass --domain DIR or --domain-scale 0)")
 
     prompts = args.prompt or [None]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     images, files = [], []
     start = time.time()
     for p_idx, prompt in enumerate(prompts):
@@ -176,10 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Expected failures (bad input, divergence, unwritable folders) print one ``error:`` line."""
+    from .train import NonFiniteError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError, NonFiniteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
+import os
 import platform
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,3 +65,116 @@ def write_record(path: str | Path, settings: dict[str, Any], **extra: Any) -> Pa
     record = {"command": " ".join(sys.argv), "settings": settings, "environment": environment(), **extra}
     path.write_text(json.dumps(_jsonable(record), indent=2) + "\n")
     return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# Output folders: never write into, or delete, what is not ours
+
+RUN_MARKER = ".indomain-run.json"
+
+
+class OutputFolderError(ValueError):
+    """An output folder cannot be used: it holds other data, overlaps an input, or is not writable."""
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """Whether ``a`` is ``b`` or lies below it (after resolving links)."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or b in a.parents
+
+
+def _listing(entries: Sequence[Path], limit: int = 8) -> str:
+    names = [p.name + ("/" if p.is_dir() else "") for p in entries[:limit]]
+    more = f" (+{len(entries) - limit} more)" if len(entries) > limit else ""
+    return ", ".join(names) + more
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a kill never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def claim_output_dir(
+    out: str | Path,
+    command: str,
+    *,
+    owned: Sequence[str],
+    record: str | None = None,
+    overwrite: bool = False,
+    reuse: bool = False,
+    inputs: dict[str, str | Path | None] | None = None,
+    flag: str = "--out",
+) -> Path:
+    """Make ``out`` ready for ``indomain <command>``, or refuse with an error that says why.
+
+    - An input folder inside ``out``, or ``out`` inside an input, is always refused: a rerun would read
+      or delete its own outputs.
+    - A missing or empty folder is created and marked with ``.indomain-run.json``.
+    - A folder this command wrote before (its marker, or its run ``record`` file, is present) is
+      continued with ``reuse``, or replaced with ``overwrite``, but only when every entry in it matches
+      one of the ``owned`` glob patterns: a file the run did not write is never deleted.
+    - Anything else is refused with a listing of what is there.
+    Nothing is written before every check passes.
+    """
+    out = Path(out)
+    for name, path in (inputs or {}).items():
+        if path is None or not Path(path).exists():
+            continue
+        if _inside(Path(path), out) or _inside(out, Path(path)):
+            raise OutputFolderError(
+                f"{flag} {str(out)!r} and {name} {str(path)!r} overlap (one is inside the other); "
+                f"choose an output folder outside the input"
+            )
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"{flag} {str(out)!r} is a file, not a folder")
+    entries = sorted(out.iterdir()) if out.is_dir() else []
+    if entries:
+        marker = out / RUN_MARKER
+        ours = (marker.is_file() and _marker_command(marker) == command) or (
+            record is not None and (out / record).is_file()
+        )
+        if not ours:
+            raise OutputFolderError(
+                f"{flag} {str(out)!r} is not empty and was not written by `indomain {command}` "
+                f"(no {RUN_MARKER}{'' if record is None else ' or ' + record}); it holds: {_listing(entries)}. "
+                "Choose another folder or empty this one"
+            )
+        if overwrite:
+            foreign = [p for p in entries if p.name != RUN_MARKER and not any(fnmatch.fnmatch(p.name, g) for g in owned)]
+            if foreign:
+                raise OutputFolderError(
+                    f"--overwrite refused: {flag} {str(out)!r} holds files that `indomain {command}` did not write: "
+                    f"{_listing(foreign)}. Move them away or choose another folder"
+                )
+            shutil.rmtree(out)
+        elif not reuse:
+            raise OutputFolderError(
+                f"{flag} {str(out)!r} already holds a run of `indomain {command}`; pass --overwrite to replace it"
+                + (", --resume latest to continue it" if command == "train" else "")
+                + ", or choose another folder"
+            )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        marker = out / RUN_MARKER
+        if not marker.is_file():
+            atomic_write_text(marker, json.dumps({"command": command, "indomain": _version()}) + "\n")
+    except OSError as e:
+        raise OutputFolderError(f"{flag} {str(out)!r} is not writable: {e.strerror or e}") from None
+    return out
+
+
+def _marker_command(marker: Path) -> str | None:
+    try:
+        return json.loads(marker.read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _version() -> str:
+    import indomain
+
+    return indomain.__version__

@@ -31,7 +31,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from .guidance import DOMAIN, PRIOR, Branch, Guidance, GuidancePlan, MultiGuidance
 from .nulltext import NullTextUNet, check_compatible, is_lora_folder, load_lora
-from .safeload import check_safe
+from .safeload import check_prior, check_safe
 
 
 @dataclass
@@ -68,24 +68,6 @@ def load_domain_unet(
     check_safe(path, allow_pickle)
     cls = NullTextUNet if cls_name == NullTextUNet.__name__ else UNet2DConditionModel
     return cls.from_pretrained(path, use_safetensors=None if allow_pickle else True, **kwargs)
-
-
-def _check_prior_folder(path: str | os.PathLike) -> None:
-    """For a local prior folder, name any required component whose subfolder is missing."""
-    import json
-
-    path = Path(path)
-    if not path.is_dir():
-        return  # a hub id: diffusers resolves it
-    index = path / "model_index.json"
-    if not index.is_file():
-        raise ValueError(f"prior {str(path)!r} is not a diffusers pipeline folder: model_index.json is missing")
-    listed = json.loads(index.read_text())
-    for name in ("vae", "text_encoder", "tokenizer", "unet", "scheduler"):
-        if name not in listed:
-            raise ValueError(f"prior {str(path)!r} has no {name!r} component in model_index.json")
-        if not (path / name).is_dir():
-            raise ValueError(f"prior {str(path)!r} lists component {name!r} but its folder {name}/ is missing")
 
 
 class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin):
@@ -133,8 +115,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         """
         if kwargs.pop("trust_remote_code", False):
             raise ValueError("trust_remote_code is not supported: indomain never runs code shipped with a model")
-        check_safe(pretrained_model_name_or_path, allow_pickle)
-        _check_prior_folder(pretrained_model_name_or_path)
+        check_prior(pretrained_model_name_or_path, allow_pickle)
         kwargs.setdefault("use_safetensors", None if allow_pickle else True)
         if isinstance(domain_unet, (str, os.PathLike)) and is_lora_folder(domain_unet):
             pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)

@@ -8,6 +8,9 @@ never passed.
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from pathlib import Path
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
@@ -49,3 +52,40 @@ def check_safe(path: str | Path, allow_pickle: bool = False) -> None:
     if bad:
         names = ", ".join(str(p) for p in bad)
         raise UnsafeCheckpointError(f"pickle-only weights (no .safetensors) in: {names}; refusing to load them.\n{CONVERT_HINT}")
+
+
+# A hub repo id: "name" or "org/name", letters, digits, "-", "_", "."; never a path that starts with / . or ~.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+WEIGHTED_COMPONENTS = ("unet", "vae", "text_encoder")  # components whose folder must hold a weights file
+
+
+def check_prior(path: str | os.PathLike, allow_pickle: bool = False) -> None:
+    """Check a prior before anything loads it: a hub id, or a complete local pipeline folder with safe weights.
+
+    A local folder must have ``model_index.json``, a subfolder for each SD component it needs, and a
+    weights file in each model subfolder. Errors name the missing piece.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        if _HUB_ID.match(str(path)) and not str(path).startswith("."):
+            return  # a hub id: resolved by diffusers (from its local cache when offline)
+        raise FileNotFoundError(f"prior {str(path)!r} does not exist (neither a local folder nor a hub id like 'org/name')")
+    if not p.is_dir():
+        raise ValueError(f"prior {str(path)!r} is a file; pass the pipeline folder (the one with model_index.json)")
+    check_safe(p, allow_pickle)
+    index = p / "model_index.json"
+    if not index.is_file():
+        raise ValueError(f"prior {str(path)!r} is not a diffusers pipeline folder: model_index.json is missing")
+    try:
+        listed = json.loads(index.read_text())
+    except ValueError as e:
+        raise ValueError(f"prior {str(path)!r}: model_index.json is not valid JSON ({e})") from None
+    for name in ("vae", "text_encoder", "tokenizer", "unet", "scheduler"):
+        if name not in listed:
+            raise ValueError(f"prior {str(path)!r} has no {name!r} component in model_index.json")
+        if not (p / name).is_dir():
+            raise ValueError(f"prior {str(path)!r} lists component {name!r} but its folder {name}/ is missing")
+    suffixes = (".safetensors", *PICKLE_SUFFIXES) if allow_pickle else (".safetensors",)
+    for name in WEIGHTED_COMPONENTS:
+        if not any(f.suffix in suffixes for f in (p / name).iterdir()):
+            raise ValueError(f"prior {str(path)!r}: {name}/ has no weights file (expected *.safetensors)")

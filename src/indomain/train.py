@@ -35,7 +35,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .cliargs import finite_float, nonnegative_int, positive_float, positive_int
+from .checkpoint import (
+    Checkpoint, check_fits, checkpoint_step, list_checkpoints, read_checkpoint, restore, weights_are_finite, write_checkpoint,
+)
 from .data import ImageFolderDataset, load_rgb, resize_shorter, to_tensor
+from .outputs import atomic_write_text, claim_output_dir
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 
@@ -87,6 +92,42 @@ class TrainConfig:
     seed: int = 0
     allow_pickle: bool = False
     log_every: int = 10
+
+
+    def validate(self) -> None:
+        """Refuse settings that would crash later or silently train nothing; errors name the CLI flag."""
+        def flag(name: str) -> str:
+            return "--" + name.replace("_", "-")
+
+        for name in ("resolution", "train_batch_size", "gradient_accumulation_steps", "max_train_steps",
+                     "checkpointing_steps", "num_validation_images", "validation_inference_steps", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{flag(name)} must be a whole number >= 1, got {value!r}")
+        for name in ("lr_warmup_steps", "validation_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{flag(name)} must be >= 0, got {getattr(self, name)!r}")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ValueError(f"--checkpoints-total-limit must be >= 1, got {self.checkpoints_total_limit}")
+        for name in ("learning_rate", "max_grad_norm", "adam_epsilon"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{flag(name)} must be a finite number > 0, got {value!r}")
+        if not (math.isfinite(self.adam_weight_decay) and self.adam_weight_decay >= 0):
+            raise ValueError(f"--adam-weight-decay must be a finite number >= 0, got {self.adam_weight_decay!r}")
+        for name in ("adam_beta1", "adam_beta2", "ema_decay"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.snr_gamma is not None and not (math.isfinite(self.snr_gamma) and self.snr_gamma > 0):
+            raise ValueError(f"--snr-gamma must be a finite number > 0, got {self.snr_gamma!r}")
+        if self.lora_rank is not None and self.lora_rank < 1:
+            raise ValueError(f"--lora-rank must be >= 1, got {self.lora_rank}")
+        if self.mode not in ("constant", "exact"):
+            raise ValueError(f"--mode must be 'constant' or 'exact', got {self.mode!r}")
+        if self.baseline and self.mode != "constant":
+            raise ValueError("--mode applies to the null-text domain model, not to --baseline")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
 
 
 class NonFiniteError(RuntimeError):
@@ -186,11 +227,9 @@ def load_prior_parts(config: TrainConfig, need_text: bool = True) -> dict:
     """The prior's UNet, VAE and noise scheduler; with ``need_text``, also its tokenizer and text encoder."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    from .pipeline import _check_prior_folder
-    from .safeload import check_safe
+    from .safeload import check_prior
 
-    check_safe(config.prior, config.allow_pickle)
-    _check_prior_folder(config.prior)
+    check_prior(config.prior, config.allow_pickle)
     safe = None if config.allow_pickle else True
     parts = {
         "unet": UNet2DConditionModel.from_pretrained(config.prior, subfolder="unet", use_safetensors=safe),
@@ -268,37 +307,57 @@ def denoising_loss(pred: torch.Tensor, target: torch.Tensor, snr: torch.Tensor |
 # Checkpoints
 
 
-def list_checkpoints(output: Path) -> list[Path]:
-    """Complete checkpoints (``checkpoint-N``), oldest first; ``.tmp`` leftovers of a killed save are ignored."""
-    found = [p for p in output.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+TRAIN_OUTPUTS = (  # what `indomain train` writes into --output; `--overwrite` removes nothing else
+    "train_config.json", "train_log.jsonl", "skipped.json", "checkpoint-*", "latent_cache", "samples", "raw", "logs",
+    "config.json", "*.safetensors", "README.md", ".tmp*", ".*.tmp",
+)
 
 
-def save_checkpoint(accelerator: Any, output: Path, step: int, config: TrainConfig, total_limit: int | None) -> Path:
-    """``accelerator.save_state`` into ``checkpoint-N.tmp``, then an atomic rename to ``checkpoint-N``."""
+def save_checkpoint(accelerator: Any, output: Path, step: int, config: TrainConfig, model: Any, optimizer: Any,
+                    lr_scheduler: Any, ema: Any, params: list) -> Path:
+    """Write ``checkpoint-N`` (main process; see `indomain.checkpoint`) and prune old ones."""
     final = output / f"checkpoint-{step}"
-    tmp = output / f"checkpoint-{step}.tmp"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
-        (tmp / "train_state.json").write_text(json.dumps({"global_step": step, "config": dataclasses.asdict(config)}, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        if total_limit is not None:
-            for old in list_checkpoints(output)[:-total_limit]:
+        if not weights_are_finite(params):
+            raise NonFiniteError(f"the weights after step {step} are not finite; {_last_good(output, step, config)}")
+        write_checkpoint(final, step, dataclasses.asdict(config), accelerator.unwrap_model(model), optimizer,
+                         lr_scheduler, ema, accelerator.scaler, lambda m, d: save_model(m, d, config))
+        if config.checkpoints_total_limit is not None:
+            for old in list_checkpoints(output)[:-config.checkpoints_total_limit]:
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
 
 
+def _last_good(output: Path, failed_step: int, config: TrainConfig) -> str:
+    """Set aside checkpoints from the failing step on (``.diverged``); say how to resume from the last good one.
+
+    The weights of step k produced the non-finite value, so only checkpoints before k are good (each was
+    checked finite when written).
+    """
+    good = []
+    for ckpt in list_checkpoints(output):
+        if checkpoint_step(ckpt) >= failed_step:
+            ckpt.rename(ckpt.with_name(ckpt.name + ".diverged"))
+        else:
+            good.append(ckpt)
+    lower = f"{config.learning_rate / 10:g}"
+    if not good:
+        return (f"no checkpoint was saved before step {failed_step}. Start again with a lower learning rate, "
+                f"e.g. --learning-rate {lower} --overwrite")
+    return (f"the last good checkpoint is {good[-1]}. Resume from it with a lower learning rate: "
+            f"--resume {good[-1]} --learning-rate {lower}")
+
+
 def resolve_resume(config: TrainConfig) -> Path | None:
+    """The checkpoint to resume from; ``latest`` with none says so and starts from scratch."""
     if config.resume is None:
         return None
     if config.resume == "latest":
         found = list_checkpoints(Path(config.output))
+        if not found:
+            print(f"--resume latest: no checkpoint in {config.output}; starting from scratch")
         return found[-1] if found else None
     path = Path(config.resume)
     if not (path / "train_state.json").is_file():
@@ -306,17 +365,38 @@ def resolve_resume(config: TrainConfig) -> Path | None:
     return path
 
 
-def check_output_dir(config: TrainConfig) -> None:
-    out = Path(config.output)
-    if not out.exists() or not any(out.iterdir()) or config.resume:
-        return
-    if config.overwrite:
-        shutil.rmtree(out)
-        return
-    raise ValueError(
-        f"output folder {str(out)!r} already holds a run; pass --resume latest to continue it, "
-        "--overwrite to replace it, or choose another --output"
-    )
+def _clean_leftovers(out: Path) -> None:
+    """Remove what a kill left behind: half-written checkpoints and final saves."""
+    for p in [*out.glob("checkpoint-*.tmp"), *out.glob(".tmp*")]:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _truncate_log(log_file: Path, step: int) -> None:
+    """Drop log lines after ``step``: a resumed run rewrites them."""
+    if log_file.is_file():
+        keep = [line for line in log_file.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        atomic_write_text(log_file, "".join(line + "\n" for line in keep))
+
+
+def check_inputs(config: TrainConfig) -> tuple[list[Path], list[tuple[Path, str]], Checkpoint | None]:
+    """Every check that needs no model: settings, prior folder, images, resolution, resume checkpoint.
+
+    Runs before anything is written, so a mistake never leaves a half-made output folder behind.
+    """
+    from diffusers import AutoencoderKL
+
+    from .safeload import check_prior
+
+    config.validate()
+    check_prior(config.prior, config.allow_pickle)
+    vae_config = AutoencoderKL.load_config(config.prior, subfolder="vae")
+    factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    if config.resolution % factor:
+        raise ValueError(f"--resolution must be a multiple of the VAE factor {factor}, got {config.resolution}")
+    dataset = ImageFolderDataset(config.images, config.resolution, min_size_policy=config.min_size_policy)
+    resume_from = resolve_resume(config)
+    ckpt = read_checkpoint(resume_from) if resume_from is not None else None
+    return dataset.paths, dataset.skipped, ckpt
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -398,10 +478,8 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel, compute_snr
 
-    # 1. Accelerator, output folder, data
-    if config.baseline and config.mode != "constant":
-        raise ValueError("--mode applies to the null-text domain model, not to --baseline")
-    check_output_dir(config)
+    # 1. Check every input, then claim the output folder: nothing is written before the checks pass
+    paths, skipped, ckpt = check_inputs(config)
     out = Path(config.output)
     accelerator = Accelerator(
         # cpu=True without a GPU makes torchrun / `accelerate launch --multi_gpu` fall back to gloo data-parallel
@@ -410,17 +488,21 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         project_config=ProjectConfiguration(project_dir=str(out)),
     )
-    dataset = ImageFolderDataset(config.images, config.resolution, min_size_policy=config.min_size_policy)
-    paths = dataset.paths
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        claim_output_dir(out, "train", owned=TRAIN_OUTPUTS, record="train_config.json", overwrite=config.overwrite,
+                         reuse=config.resume is not None, inputs={"--images": config.images}, flag="--output")
+        _clean_leftovers(out)
+        atomic_write_text(out / "train_config.json", json.dumps(dataclasses.asdict(config), indent=2))
+        atomic_write_text(out / "skipped.json", json.dumps([{"file": str(p), "reason": r} for p, r in skipped], indent=2))
+    accelerator.wait_for_everyone()
 
     # 2. Models: the trainable one from the prior; the VAE only for the cache
     parts = load_prior_parts(config)
     noise_scheduler = parts["noise_scheduler"]
     prediction_type = noise_scheduler.config.prediction_type
     model, caption = build_model(config, parts)
+    if ckpt is not None:
+        check_fits(ckpt, model, config.prior)  # before hours of latent encoding
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     vae = parts.pop("vae").eval()
@@ -431,8 +513,6 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
         build_latent_cache(paths, vae, config, cache_file, vae_id=str(config.prior), device=accelerator.device)
     accelerator.wait_for_everyone()
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    if config.resolution % factor:
-        raise ValueError(f"--resolution must be a multiple of the VAE factor {factor}, got {config.resolution}")
     batches = LatentBatches(cache_file, len(paths), config, config.resolution // factor, vae.config.scaling_factor)
     del vae, parts
 
@@ -457,21 +537,22 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
     )
     ema = EMAModel(params, decay=config.ema_decay) if config.use_ema else None
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+
+    # 4. Resume: weights, optimizer, schedule, EMA and RNG from a checked checkpoint
+    global_step = 0
+    log_file = out / "train_log.jsonl"
+    if ckpt is not None:
+        restore(ckpt, accelerator.unwrap_model(model), optimizer, lr_scheduler, ema, accelerator.scaler)
+        _set_learning_rate(optimizer, lr_scheduler, ckpt.config.get("learning_rate"), config.learning_rate)
+        global_step = ckpt.step
+        if accelerator.is_main_process:
+            _truncate_log(log_file, global_step)
+        accelerator.print(f"resumed from {ckpt.path} at step {global_step}")
+        del ckpt
     if ema is not None:
         ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
-    alphas = noise_scheduler.alphas_cumprod.to(accelerator.device)
-
-    # 4. Resume
-    global_step = 0
-    resume_from = resolve_resume(config)
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        global_step = json.loads((resume_from / "train_state.json").read_text())["global_step"]
-        accelerator.print(f"resumed from {resume_from} at step {global_step}")
 
     # 5. The loop
-    log_file = out / "train_log.jsonl"
     bar = tqdm(total=config.max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_main_process)
     world, rank = accelerator.num_processes, accelerator.process_index
     images_per_step = config.train_batch_size * config.gradient_accumulation_steps * world
@@ -491,9 +572,10 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
                 snr = compute_snr(noise_scheduler, t) if config.snr_gamma is not None else None
                 loss = denoising_loss(pred, target, snr, config.snr_gamma, prediction_type)
                 if not torch.isfinite(loss):
-                    # nothing from this step has been applied: the state on disk is the last good one
-                    where = save_checkpoint(accelerator, out, global_step, config, None)
-                    raise NonFiniteError(f"non-finite loss {loss.item()} at step {global_step}; last good state saved to {where}")
+                    # the weights of this step already diverge: only checkpoints before it are good
+                    bar.close()
+                    raise NonFiniteError(f"training diverged: non-finite loss {loss.item()} at step {global_step}; "
+                                         + _last_good(out, global_step, config))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, config.max_grad_norm)
@@ -519,26 +601,58 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
                 try:
                     validate(accelerator.unwrap_model(model), config, global_step, accelerator.device)
                 except NonFiniteError as e:
-                    found = list_checkpoints(out)
-                    last = found[-1] if found else "none yet"
-                    raise NonFiniteError(f"{e}; the last good checkpoint on disk is {last}") from e
+                    bar.close()
+                    raise NonFiniteError(f"{e}; {_last_good(out, global_step, config)}") from None
         if global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps:
-            save_checkpoint(accelerator, out, global_step, config, config.checkpoints_total_limit)
+            save_checkpoint(accelerator, out, global_step, config, model, optimizer, lr_scheduler, ema, params)
         if on_step is not None:
             on_step(global_step)
     bar.close()
 
-    # 6. Final model: EMA weights at the top, raw weights in raw/
+    # 6. Final model: EMA weights at the top, raw weights in raw/; each written aside, then moved in
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        save_model(unwrapped, out / "raw", config)
+        if not weights_are_finite(params):
+            raise NonFiniteError(f"the final weights are not finite; {_last_good(out, global_step, config)}")
+        _save_aside(out, "raw", lambda d: save_model(unwrapped, d, config))
         with _ema_weights(ema, params):
-            save_model(unwrapped, out, config)
+            _save_aside(out, None, lambda d: save_model(unwrapped, d, config))
     accelerator.end_training()
     # Forget this run's precision settings so a later train() in the same process may choose others.
     AcceleratorState._reset_state(reset_partial_state=False)
     return out
+
+
+def _save_aside(out: Path, sub: str | None, save: Callable[[Path], None]) -> None:
+    """``save`` into ``out/.tmp-<sub>`` first, then move the files into place: a kill leaves only a ``.tmp`` folder."""
+    tmp = out / f".tmp-{sub or 'model'}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save(tmp)
+    if sub is not None:
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
+        os.replace(tmp, out / sub)
+        return
+    for f in tmp.iterdir():
+        os.replace(f, out / f.name)
+    tmp.rmdir()
+
+
+def _set_learning_rate(optimizer: Any, lr_scheduler: Any, old: float | None, new: float) -> None:
+    """A resumed run uses this run's --learning-rate, not the checkpoint's (the way out of a divergence)."""
+    if old is None or old == new:
+        return
+    ratio = new / old
+    sched = getattr(lr_scheduler, "scheduler", lr_scheduler)
+    sched.base_lrs = [lr * ratio for lr in sched.base_lrs]
+    sched._last_lr = [lr * ratio for lr in sched.get_last_lr()]
+    for group in optimizer.param_groups:
+        group["lr"] *= ratio
+        if "initial_lr" in group:
+            group["initial_lr"] *= ratio
+    print(f"learning rate {old:g} -> {new:g} (from this run's settings, not the checkpoint's)")
 
 
 class _ema_weights:
@@ -572,35 +686,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prior", required=True, help="prior pipeline folder or hub id")
     p.add_argument("--images", required=True, help="folder of domain images (PNG/JPEG/WebP/BMP, recursive, no captions)")
     p.add_argument("--output", required=True, help="output folder for the model, checkpoints, samples and logs")
-    p.add_argument("--resolution", type=int, default=defaults.resolution, help="training resolution in pixels (default: %(default)s)")
+    p.add_argument("--resolution", type=positive_int, default=defaults.resolution, help="training resolution in pixels (default: %(default)s)")
     p.add_argument("--random-crop", action="store_true", help="random instead of center crops (taken in latent space)")
     p.add_argument("--no-flip", action="store_true", help="disable random horizontal flips")
-    p.add_argument("--train-batch-size", type=int, default=defaults.train_batch_size, help="batch size per device (default: %(default)s)")
-    p.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per optimizer step (default: %(default)s)")
-    p.add_argument("--max-train-steps", type=int, default=defaults.max_train_steps, help="optimizer steps (default: %(default)s)")
-    p.add_argument("--learning-rate", type=float, default=None, help="AdamW learning rate (default: 1e-5 full, 1e-4 LoRA)")
+    p.add_argument("--train-batch-size", type=positive_int, default=defaults.train_batch_size, help="batch size per device (default: %(default)s)")
+    p.add_argument("--gradient-accumulation-steps", type=positive_int, default=1, help="micro-batches per optimizer step (default: %(default)s)")
+    p.add_argument("--max-train-steps", type=positive_int, default=defaults.max_train_steps, help="optimizer steps (default: %(default)s)")
+    p.add_argument("--learning-rate", type=positive_float, default=None, help="AdamW learning rate (default: 1e-5 full, 1e-4 LoRA)")
     p.add_argument("--lr-scheduler", default="constant", help="diffusers LR schedule name (default: %(default)s)")
-    p.add_argument("--lr-warmup-steps", type=int, default=0, help="LR warm-up steps (default: %(default)s)")
-    p.add_argument("--adam-weight-decay", type=float, default=defaults.adam_weight_decay, help="AdamW weight decay (default: %(default)s)")
+    p.add_argument("--lr-warmup-steps", type=nonnegative_int, default=0, help="LR warm-up steps (default: %(default)s)")
+    p.add_argument("--adam-weight-decay", type=finite_float, default=defaults.adam_weight_decay, help="AdamW weight decay (default: %(default)s)")
     p.add_argument("--use-8bit-adam", action="store_true", help="bitsandbytes AdamW8bit (needs bitsandbytes and a CUDA GPU)")
-    p.add_argument("--max-grad-norm", type=float, default=defaults.max_grad_norm, help="gradient clipping norm (default: %(default)s)")
+    p.add_argument("--max-grad-norm", type=positive_float, default=defaults.max_grad_norm, help="gradient clipping norm (default: %(default)s)")
     p.add_argument("--no-ema", action="store_true", help="disable the EMA of the weights (on by default, as the paper)")
-    p.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="EMA decay (default: %(default)s)")
-    p.add_argument("--snr-gamma", type=float, default=None, help="min-SNR-gamma loss weighting, e.g. 5.0 (default: plain MSE)")
-    p.add_argument("--lora-rank", type=int, default=None, help="train LoRA adapters of this rank (peft) instead of all weights")
-    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
+    p.add_argument("--ema-decay", type=finite_float, default=defaults.ema_decay, help="EMA decay (default: %(default)s)")
+    p.add_argument("--snr-gamma", type=positive_float, default=None, help="min-SNR-gamma loss weighting, e.g. 5.0 (default: plain MSE)")
+    p.add_argument("--lora-rank", type=positive_int, default=None, help="train LoRA adapters of this rank (peft) instead of all weights")
+    p.add_argument("--lora-alpha", type=positive_float, default=None, help="LoRA alpha (default: the rank)")
     p.add_argument("--baseline", action="store_true", help="conventional fine-tune of the text-conditioned prior UNet with a fixed --caption")
     p.add_argument("--caption", default="", help="the baseline's fixed caption, e.g. 'a photo of <domain>' (default: empty)")
     p.add_argument("--mode", default="constant", choices=["constant", "exact"], help="null-text mode (default: %(default)s, the paper's)")
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="accelerate mixed precision (default: %(default)s)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
-    p.add_argument("--checkpointing-steps", type=int, default=defaults.checkpointing_steps, help="save a resumable checkpoint every N steps (default: %(default)s)")
-    p.add_argument("--checkpoints-total-limit", type=int, default=None, help="keep only the newest N checkpoints")
+    p.add_argument("--checkpointing-steps", type=positive_int, default=defaults.checkpointing_steps, help="save a resumable checkpoint every N steps (default: %(default)s)")
+    p.add_argument("--checkpoints-total-limit", type=positive_int, default=None, help="keep only the newest N checkpoints")
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder to continue from")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
-    p.add_argument("--validation-steps", type=int, default=0, help="write sample grids every N steps (default: never)")
+    p.add_argument("--validation-steps", type=nonnegative_int, default=0, help="write sample grids every N steps (default: never)")
     p.add_argument("--validation-prompts", nargs="*", default=[], help="prompts for text-controlled validation grids")
-    p.add_argument("--num-validation-images", type=int, default=defaults.num_validation_images, help="images per validation grid (default: %(default)s)")
+    p.add_argument("--num-validation-images", type=positive_int, default=defaults.num_validation_images, help="images per validation grid (default: %(default)s)")
     p.add_argument("--min-size-policy", default="warn-skip", choices=["warn-skip", "error", "allow"], help="images far smaller than the resolution (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of everything random (default: %(default)s)")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints for the prior (weights_only loading)")
