@@ -1,4 +1,4 @@
-"""Tests for indomain.data: discovery, RGB conversion, preprocessing, dataset."""
+"""Tests for indomain.data: discovery, RGB conversion, resizing, the folder scan."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ from indomain.data import (
     ImageFolderDataset,
     SkippedImagesWarning,
     SmallImagesWarning,
+    composite_on_white,
     find_images,
-    hflip,
     load_rgb,
-    preprocess,
+    resize_shorter,
     to_rgb,
+    to_tensor,
 )
 
 # --------------------------------------------------------------------------- #
@@ -152,6 +153,16 @@ def test_all_zero_alpha_is_treated_as_opaque():
     # Some 32-bit BMP writers leave alpha at 0; that must not give a white image.
     img = Image.new("RGBA", (2, 2), (10, 200, 30, 0))
     assert _px(to_rgb(img), (1, 1)) == (10, 200, 30)
+
+
+def test_composite_on_white_is_the_plain_operation():
+    # No "unset alpha" policy here (that is to_rgb's, for files): transparent is white.
+    assert _px(composite_on_white(Image.new("RGBA", (2, 2), (10, 200, 30, 0))), (1, 1)) == (255, 255, 255)
+    pal = Image.new("P", (1, 1), 0)
+    pal.putpalette([9, 8, 7] + [0] * 765)
+    assert _px(composite_on_white(pal), (0, 0)) == (9, 8, 7)  # no transparency: only converted
+    pal.info["transparency"] = 0
+    assert _px(composite_on_white(pal), (0, 0)) == (255, 255, 255)
 
 
 def test_cmyk_becomes_rgb(tmp_path):
@@ -353,7 +364,6 @@ def test_tiny_images_warn_skip_by_default(tmp_path):
     (small_w,) = _of(rec, SmallImagesWarning)
     assert "small.png: 40x32" in str(small_w.message)
     assert "big.png" not in str(small_w.message)
-    assert ds[1]["pixel_values"].shape == (3, 64, 64)
 
 
 def test_tiny_images_error_policy(tmp_path):
@@ -369,7 +379,6 @@ def test_tiny_images_allow_policy(tmp_path):
     assert not _of(rec, SkippedImagesWarning)
     (small_w,) = _of(rec, SmallImagesWarning)
     assert "tiny.png" in str(small_w.message) and "small.png" in str(small_w.message)
-    assert ds[2]["pixel_values"].shape == (3, 64, 64)
 
 
 def test_only_tiny_images_raises(tmp_path):
@@ -389,19 +398,11 @@ def test_bad_policy_rejected(tmp_path):
 # --------------------------------------------------------------------------- #
 
 
-def test_center_crop_shape_range_and_position():
-    # 60x20, R=20: no resize; the centre crop is columns 20..39, all white.
-    img = Image.new("RGB", (60, 20), (0, 0, 0))
-    img.paste((255, 255, 255), (20, 0, 40, 20))
-    t = preprocess(img, 20)
-    assert t.shape == (3, 20, 20) and t.dtype == torch.float32
-    assert torch.equal(t, torch.ones_like(t))
-    # Portrait: the centre crop is rows 20..39.
-    t_portrait = preprocess(img.transpose(Image.Transpose.TRANSPOSE), 20)
-    assert torch.equal(t_portrait, torch.ones_like(t_portrait))
+def test_to_tensor_maps_0_255_to_minus_1_1():
     # Value mapping: 0 -> -1, 255 -> 1, 51 -> -0.6.
     img2 = Image.new("RGB", (20, 20), (0, 255, 51))
-    t2 = preprocess(img2, 20)
+    t2 = to_tensor(img2)
+    assert t2.shape == (3, 20, 20) and t2.dtype == torch.float32
     assert t2.min() == -1.0 and t2.max() == 1.0
     assert torch.allclose(t2[:, 5, 5], torch.tensor([-1.0, 1.0, 51 / 127.5 - 1]))
 
@@ -413,8 +414,9 @@ def test_resize_keeps_aspect_ratio():
     img = Image.new("RGB", (100, 50), (255, 0, 0))
     img.paste((0, 255, 0), (20, 0, 80, 50))
     img.paste((0, 0, 255), (80, 0, 100, 50))
-    t = preprocess(img, 25)
-    assert t.shape == (3, 25, 25)
+    img = resize_shorter(img, 25)
+    assert img.size == (50, 25)
+    t = to_tensor(img)[:, :, 12:37]
     rgb = ((t + 1) * 127.5).round()
     assert (rgb[1, :, 3:-3] > 240).all() and (rgb[0, :, 3:-3] < 15).all() and (rgb[2, :, 3:-3] < 15).all()
 
@@ -424,59 +426,16 @@ def test_downscale_is_antialiased():
     # mid-grey; nearest-neighbour would alias it to pure black or white.
     checker = (np.indices((64, 64)).sum(axis=0) % 2 * 255).astype(np.uint8)
     img = Image.fromarray(checker).convert("RGB")
-    t = preprocess(img, 32)
+    t = to_tensor(resize_shorter(img, 32))
     assert t.shape == (3, 32, 32)
     assert t[:, 4:-4, 4:-4].abs().max() < 0.05
 
 
 def test_portrait_resize_and_upscale():
-    t = preprocess(Image.new("RGB", (10, 30), (255, 255, 255)), 32)
-    assert t.shape == (3, 32, 32)
+    img = resize_shorter(Image.new("RGB", (10, 30), (255, 255, 255)), 32)
+    assert img.size == (32, 96)
+    t = to_tensor(img)
     assert torch.allclose(t, torch.ones_like(t), atol=1e-6)
-
-
-def _column_ramp() -> Image.Image:
-    # 40x10, column x has value 6x: a crop's first column tells its offset.
-    arr = np.repeat((np.arange(40, dtype=np.uint8) * 6)[None, :, None], 10, axis=0)
-    return Image.fromarray(np.repeat(arr, 3, axis=2))
-
-
-@pytest.mark.parametrize("portrait", [False, True])
-def test_random_crop_is_reproducible_and_varies(portrait):
-    img = _column_ramp()
-    if portrait:  # exercises the random *top* offset; read rows as columns
-        img = img.transpose(Image.Transpose.TRANSPOSE)
-    outs = [preprocess(img, 10, center_crop=False, generator=torch.Generator().manual_seed(s)) for s in range(8)]
-    again = [preprocess(img, 10, center_crop=False, generator=torch.Generator().manual_seed(s)) for s in range(8)]
-    assert all(torch.equal(a, b) for a, b in zip(outs, again, strict=True))
-    lefts = set()
-    for t in outs:
-        if portrait:
-            t = t.transpose(1, 2)
-        vals = ((t[0, 0] + 1) * 127.5).round().long()
-        left = int(vals[0]) // 6
-        lefts.add(left)
-        # It is a real 10-wide window of the ramp at that offset.
-        assert torch.equal(vals, torch.arange(left, left + 10) * 6)
-    assert len(lefts) > 1  # different seeds give different crops
-    assert all(0 <= x <= 30 for x in lefts)
-
-
-def test_random_flip_is_reproducible_and_uses_hflip():
-    img = _column_ramp()
-    base = preprocess(img, 10)  # unflipped centre crop
-    assert torch.equal(hflip(hflip(base)), base)
-    assert torch.equal(hflip(base)[:, :, 0], base[:, :, -1])
-    flipped = 0
-    for s in range(16):
-        a = preprocess(img, 10, random_flip=True, generator=torch.Generator().manual_seed(s))
-        b = preprocess(img, 10, random_flip=True, generator=torch.Generator().manual_seed(s))
-        assert torch.equal(a, b)
-        if torch.equal(a, hflip(base)):
-            flipped += 1
-        else:
-            assert torch.equal(a, base)
-    assert 0 < flipped < 16
 
 
 # --------------------------------------------------------------------------- #
@@ -498,17 +457,3 @@ def test_recursive_discovery_is_sorted_and_skips_hidden(tmp_path):
     assert images == expected
     assert images[0] == tmp_path / "a.png" and images[-1] == tmp_path / "b" / "deep" / "z.png"
     assert skipped == []
-
-
-def test_dataset_items_and_dataloader(tmp_path):
-    a = _solid(tmp_path / "a.png", size=(48, 32), color=(255, 0, 0))
-    b = _solid(tmp_path / "sub" / "b.bmp", size=(32, 32), color=(0, 0, 255), fmt="BMP")
-    ds = ImageFolderDataset(tmp_path, resolution=32)
-    item = ds[0]
-    assert set(item) == {"pixel_values", "path"}
-    assert item["path"] == str(a)
-    assert torch.allclose(item["pixel_values"][:, 16, 16], torch.tensor([1.0, -1.0, -1.0]))
-    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
-    assert batch["pixel_values"].shape == (2, 3, 32, 32)
-    assert batch["path"] == [str(a), str(b)]
-    assert torch.allclose(batch["pixel_values"][1, :, 0, 0], torch.tensor([-1.0, -1.0, 1.0]))

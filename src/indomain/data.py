@@ -21,9 +21,10 @@ Conversion to RGB (:func:`load_rgb`, :func:`to_rgb`)
     * EXIF orientation is applied first, so a portrait phone photo stays
       portrait.
     * Transparency (RGBA, LA, PA, palette or grayscale/RGB with a ``tRNS``
-      transparent colour) is alpha-composited on **white**. An alpha channel
-      that is 0 everywhere is treated as "unset" and the image as opaque
-      (some 32-bit BMP writers leave alpha at 0).
+      transparent colour) is alpha-composited on **white**
+      (:func:`composite_on_white`, the one compositing rule of the project).
+      An alpha channel that is 0 everywhere is treated as "unset" and the
+      image as opaque (some 32-bit BMP writers leave alpha at 0).
     * Grayscale (``1``, ``L``) is replicated to three channels; CMYK and other
       modes use Pillow's conversion (embedded ICC profiles are not applied).
     * 16-bit grayscale (``I;16*``) and ``I`` are assumed to span 0..65535 and
@@ -33,14 +34,17 @@ Conversion to RGB (:func:`load_rgb`, :func:`to_rgb`)
       as ``I;16``; older versions gave ``I``. ``F`` never comes out of the
       accepted formats and is handled for completeness.
 
-Preprocessing (:func:`preprocess`, :func:`hflip`)
+Preprocessing (:func:`resize_shorter`, :func:`to_tensor`)
     The shorter side is resized to ``resolution`` with **bicubic**
-    resampling (Pillow's resize filters anti-alias when downscaling), then a
-    ``resolution x resolution`` square is cropped: centred, or at a random
-    offset drawn from the given ``torch.Generator``; then an optional random
-    horizontal flip. The result is a float tensor of shape ``(3, R, R)`` with
-    values in ``[-1, 1]`` (0 -> -1, 255 -> 1). A latent cache can encode both
-    orientations with ``t = preprocess(img, R)`` and ``hflip(t)``.
+    resampling (Pillow's resize filters anti-alias when downscaling), keeping
+    the aspect ratio; :func:`to_tensor` gives a float ``(3, H, W)`` tensor in
+    ``[-1, 1]`` (0 -> -1, 255 -> 1). Cropping and flipping happen later, in
+    latent space: ``indomain.train.build_latent_cache`` trims each resized
+    image to a multiple of the VAE factor (centred), encodes it and, with
+    flips on, its mirror image, and stores each VAE posterior (mean and
+    log-variance) in one safetensors file; training batches crop those
+    latents (centred, or at a seeded random offset) and, with flips on, take
+    either orientation at random.
 
 Image size (:class:`ImageFolderDataset`)
     An image whose shorter side is below ``resolution *``
@@ -74,7 +78,6 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import Dataset
 
 __all__ = [
     "ACCEPTED_FORMATS",
@@ -87,10 +90,11 @@ __all__ = [
     "SmallImagesWarning",
     "MinSizePolicy",
     "find_images",
+    "composite_on_white",
     "load_rgb",
     "to_rgb",
-    "preprocess",
-    "hflip",
+    "resize_shorter",
+    "to_tensor",
     "ImageFolderDataset",
 ]
 
@@ -251,12 +255,26 @@ def find_images(root: str | os.PathLike[str]) -> tuple[list[Path], list[tuple[Pa
 # --------------------------------------------------------------------------- #
 
 
-def _composite_on_white(rgba: Image.Image) -> Image.Image:
-    alpha = rgba.getchannel("A")
-    if alpha.getextrema() == (0, 0):
-        # Alpha 0 everywhere is "unset", not "invisible" (32-bit BMPs); a
-        # blank white training image is never what the user meant.
-        return rgba.convert("RGB")
+# Modes with an alpha channel; palette alpha and tRNS keys show in ``info["transparency"]``.
+_ALPHA_MODES: tuple[str, ...] = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def composite_on_white(img: Image.Image) -> Image.Image:
+    """``img`` as RGB with its transparency alpha-composited on white.
+
+    Transparency is an alpha channel, a palette's alpha or a ``tRNS``
+    transparent colour; an image without any is only converted to RGB.
+
+    Args:
+        img: A Pillow image (8-bit modes; see :func:`to_rgb` for the others).
+
+    Returns:
+        A mode ``"RGB"`` image of the same size.
+    """
+    if img.mode not in _ALPHA_MODES and "transparency" not in img.info:
+        return img if img.mode == "RGB" else img.convert("RGB")
+    # Pillow's RGBA conversion applies P palettes' alpha and tRNS keys.
+    rgba = img.convert("RGBA")
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(white, rgba).convert("RGB")
 
@@ -284,9 +302,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
         grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
         # A tRNS key on a 16-bit image is rare enough to ignore.
         return Image.fromarray(grey, mode="L").convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        # Pillow's RGBA conversion applies P palettes' alpha and tRNS keys.
-        return _composite_on_white(img.convert("RGBA"))
+    if mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        if rgba.getchannel("A").getextrema() == (0, 0):
+            # Alpha 0 everywhere is "unset", not "invisible" (32-bit BMPs); a
+            # blank white training image is never what the user meant.
+            return rgba.convert("RGB")
+        return composite_on_white(rgba)
     if mode == "RGB":
         return img
     # L, 1, P, CMYK, YCbCr, LAB, HSV: Pillow's conversions are correct here.
@@ -324,11 +346,6 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
 # --------------------------------------------------------------------------- #
 
 
-def hflip(t: torch.Tensor) -> torch.Tensor:
-    """Mirror an image tensor (``(..., H, W)``) left-right."""
-    return t.flip(-1)
-
-
 def resize_shorter(img: Image.Image, resolution: int) -> Image.Image:
     """RGB copy of ``img`` with its shorter side resized to ``resolution`` (bicubic)."""
     if img.mode != "RGB":
@@ -349,52 +366,6 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32) / 127.5 - 1.0
 
 
-def preprocess(
-    img: Image.Image,
-    resolution: int,
-    center_crop: bool = True,
-    random_flip: bool = False,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Resize, crop and normalise an image for the VAE.
-
-    The shorter side is resized to ``resolution`` (bicubic, see
-    :data:`RESAMPLE`), then a square is cropped from the centre or, with
-    ``center_crop=False``, at a random offset. With ``random_flip`` the crop
-    is mirrored with probability 1/2. Random draws, in this order: crop top,
-    crop left (only for a random crop), flip (only with ``random_flip``); all
-    come from ``generator`` (torch's global RNG when ``None``), so a seeded
-    generator reproduces them exactly.
-
-    Args:
-        img: A Pillow image; converted with :func:`to_rgb` if not RGB.
-        resolution: Output side length ``R``.
-        center_crop: Centre crop if true, else random crop.
-        random_flip: Randomly mirror the result horizontally.
-        generator: Source of randomness for crop and flip.
-
-    Returns:
-        A float32 tensor of shape ``(3, R, R)`` with values in ``[-1, 1]``.
-    """
-    if resolution <= 0:
-        raise ValueError(f"resolution must be positive, got {resolution}")
-    img = resize_shorter(img, resolution)
-    new_w, new_h = img.size
-
-    if center_crop:
-        top = (new_h - resolution) // 2
-        left = (new_w - resolution) // 2
-    else:
-        top = int(torch.randint(0, new_h - resolution + 1, (1,), generator=generator))
-        left = int(torch.randint(0, new_w - resolution + 1, (1,), generator=generator))
-    img = img.crop((left, top, left + resolution, top + resolution))
-
-    t = to_tensor(img)  # (3, R, R)
-    if random_flip and bool(torch.rand(1, generator=generator) < 0.5):
-        t = hflip(t)
-    return t.contiguous()
-
-
 # --------------------------------------------------------------------------- #
 # Dataset
 # --------------------------------------------------------------------------- #
@@ -413,16 +384,12 @@ def _format_list(items: Sequence[tuple[Path, str]], root: Path) -> str:
     return "\n".join(lines)
 
 
-class ImageFolderDataset(Dataset):
-    """Unlabeled images from a folder (recursive), ready for the VAE.
+class ImageFolderDataset:
+    """The training images of a folder (recursive), checked once, with the min-size policy applied.
 
     The folder is scanned once in the constructor (see :func:`find_images`);
-    problems are reported there, not during training. Items are
-    ``{"pixel_values": (3, R, R) float tensor in [-1, 1], "path": str}``.
-
-    Random crops and flips use torch's global RNG, which ``DataLoader``
-    seeds differently (and reproducibly, under ``torch.manual_seed``) in each
-    worker.
+    problems are reported there, not during training. The trainer reads
+    :attr:`paths` with :func:`load_rgb` into its latent cache.
 
     Attributes:
         root: The scanned folder.
@@ -436,8 +403,6 @@ class ImageFolderDataset(Dataset):
         self,
         root: str | os.PathLike[str],
         resolution: int,
-        center_crop: bool = True,
-        random_flip: bool = False,
         min_size_policy: MinSizePolicy = "warn-skip",
     ) -> None:
         """Scan ``root`` and apply the min-size policy.
@@ -445,8 +410,6 @@ class ImageFolderDataset(Dataset):
         Args:
             root: Folder of images, searched recursively.
             resolution: Training resolution ``R``.
-            center_crop: Centre crop if true, else random crop.
-            random_flip: Randomly mirror images horizontally.
             min_size_policy: What to do with images whose shorter side is
                 below ``resolution * MIN_SIZE_FRACTION``: ``"warn-skip"``,
                 ``"error"`` or ``"allow"`` (see the module docstring).
@@ -465,8 +428,6 @@ class ImageFolderDataset(Dataset):
         if min_size_policy not in _POLICIES:
             raise ValueError(f"min_size_policy must be one of {_POLICIES}, got {min_size_policy!r}")
         self.resolution = resolution
-        self.center_crop = center_crop
-        self.random_flip = random_flip
         self.min_size_policy = min_size_policy
 
         root_path, good, skipped = _scan(root)
@@ -525,14 +486,3 @@ class ImageFolderDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
-        path = self.paths[index]
-        img = load_rgb(path)
-        pixel_values = preprocess(
-            img,
-            self.resolution,
-            center_crop=self.center_crop,
-            random_flip=self.random_flip,
-        )
-        return {"pixel_values": pixel_values, "path": str(path)}

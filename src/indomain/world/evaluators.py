@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data import composite_on_white
 from ..evaluate import Scorer
 from ..metrics import MissingWeightsError, frechet_distance
 from ..metrics import _state_dict_digest  # private but same package: one definition of "the weights' hash"
@@ -177,10 +178,7 @@ class EmojiFeatureExtractor(nn.Module):
 
 
 def _pil_to_array(image: PIL.Image.Image) -> np.ndarray:
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        image = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    image = image.convert("RGB")
+    image = composite_on_white(image)
     if image.size != (INPUT_SIZE, INPUT_SIZE):
         image = image.resize((INPUT_SIZE, INPUT_SIZE), PIL.Image.Resampling.BICUBIC)
     return np.asarray(image, dtype=np.uint8)

@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..data import composite_on_white
+
 __all__ = [
     "STYLES",
     "Emoji",
@@ -205,11 +207,6 @@ def _has_colour_glyph(font: ImageFont.FreeTypeFont, char: str, canvas: int) -> b
     return bool(np.array_equal(a, b))
 
 
-def _on_white(rgba: Image.Image) -> Image.Image:
-    bg = Image.new("RGBA", rgba.size, _WHITE + (255,))
-    return Image.alpha_composite(bg, rgba).convert("RGB")
-
-
 def _check_style(style: str) -> None:
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
@@ -235,7 +232,7 @@ def render(emoji: Emoji, style: str, size: int = 64) -> Image.Image:
         if not rgba.getchannel("A").getbbox():
             raise KeyError(f"{style} has no glyph for {emoji.codepoint} ({emoji.name})")
     # Composite before resizing so that LANCZOS never blends in the colour of transparent pixels.
-    img = _on_white(rgba)
+    img = composite_on_white(rgba)
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.LANCZOS)
     return img
