@@ -129,42 +129,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
-        help="re-save a pickle (.bin) diffusers folder as safetensors",
-        description="Load a diffusers pipeline or model folder whose weights are pickles (.bin) with "
-        "torch.load(weights_only=True), and save it again with safetensors. Only convert files you trust.",
+        help="copy a model folder with its pickle weights (.bin/.ckpt/.pt) re-saved as safetensors",
+        description="Copy SRC to DST, re-saving every pickle weights file as safetensors. Each file is read with "
+        "torch.load(weights_only=True), which refuses anything but tensors; a file that holds more is refused "
+        "with its name. Works on pipeline folders, single model folders and folders that mix both formats.",
     )
     p.add_argument("src", help="source folder (a pipeline with model_index.json, or a single model with config.json)")
-    p.add_argument("dst", help="destination folder")
+    p.add_argument("dst", help="destination folder (new or empty)")
     p.set_defaults(func=cmd_convert)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    import json
+    from .outputs import claim_output_dir
+    from .safeload import convert_folder
 
-    src = Path(args.src)
-    if (src / "model_index.json").is_file():
-        from diffusers import DiffusionPipeline
-
-        index = json.loads((src / "model_index.json").read_text())
-        if index.get("_class_name") == "InDomainPipeline":
-            from .pipeline import InDomainPipeline as cls
-        else:
-            cls = DiffusionPipeline
-        obj = cls.from_pretrained(src, use_safetensors=False) if cls is DiffusionPipeline else cls.from_pretrained(src, allow_pickle=True)
-    elif (src / "config.json").is_file():
-        class_name = json.loads((src / "config.json").read_text()).get("_class_name")
-        import diffusers
-
-        from . import nulltext
-
-        cls = getattr(nulltext, class_name, None) or getattr(diffusers, class_name, None)
-        if cls is None:
-            raise SystemExit(f"error: {src} holds an unknown model class {class_name!r}")
-        obj = cls.from_pretrained(src, use_safetensors=False)
-    else:
-        raise SystemExit(f"error: {src} is neither a pipeline folder (model_index.json) nor a model folder (config.json)")
-    obj.save_pretrained(args.dst, safe_serialization=True)
-    print(f"saved safetensors copy of {src} to {args.dst}")
+    if not Path(args.src).is_dir():
+        raise FileNotFoundError(f"{args.src!r} is not a folder")
+    claim_output_dir(args.dst, "convert", owned=(), inputs={"SRC": args.src}, flag="DST")
+    for line in convert_folder(args.src, args.dst):
+        print(line)
+    print(f"saved safetensors copy of {args.src} to {args.dst}")
     return 0
 
 

@@ -68,6 +68,7 @@ Errors and warnings
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from collections.abc import Sequence
@@ -189,20 +190,33 @@ def _open_verified(path: Path) -> Image.Image:
         raise _BadImage(f"corrupt or truncated: {type(e).__name__}: {e}") from None
 
 
-def _walk(root: Path) -> list[Path]:
-    """All non-hidden regular files under ``root``, sorted by relative path."""
+def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Non-hidden regular files under ``root`` sorted by relative path, and the links that lead nowhere."""
     found: list[Path] = []
+    odd: list[tuple[Path, str]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         # Prune hidden dirs in place so os.walk does not descend into them.
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for d in dirnames:
+            if (Path(dirpath) / d).is_symlink():
+                odd.append((Path(dirpath) / d, "symlinked folder: not followed (links could loop)"))
         for name in filenames:
             if name.startswith("."):
                 continue
             p = Path(dirpath) / name
-            if p.is_file():  # skips broken symlinks, sockets, fifos
+            if p.is_file():
                 found.append(p)
+            elif p.is_symlink():
+                try:
+                    p.stat()
+                    odd.append((p, "not a regular file"))
+                except OSError as e:  # ELOOP for a loop, ENOENT for a dangling link
+                    odd.append((p, "symlink loop" if e.errno == errno.ELOOP else "dangling symlink"))
+            else:
+                odd.append((p, "not a regular file (socket, fifo or device)"))
     # Sort on the relative POSIX path so the order is the same on any machine.
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    key = lambda p: p.relative_to(root).as_posix()  # noqa: E731
+    return sorted(found, key=key), sorted(odd, key=lambda s: key(s[0]))
 
 
 def _check_root(root: str | os.PathLike[str]) -> Path:
@@ -217,14 +231,15 @@ def _check_root(root: str | os.PathLike[str]) -> Path:
 def _scan(root: str | os.PathLike[str]) -> tuple[Path, list[_Probe], list[tuple[Path, str]]]:
     root_path = _check_root(root)
     good: list[_Probe] = []
-    skipped: list[tuple[Path, str]] = []
-    for path in _walk(root_path):
+    files, skipped = _walk(root_path)
+    for path in files:
         try:
             img = _open_verified(path)
         except _BadImage as e:
             skipped.append((path, str(e.args[0])))
         else:
             good.append(_Probe(path, img.size))
+    skipped.sort(key=lambda s: s[0].relative_to(root_path).as_posix())
     return root_path, good, skipped
 
 

@@ -42,7 +42,15 @@ def pickle_only_folders(root: str | Path) -> list[Path]:
 def check_safe(path: str | Path, allow_pickle: bool = False) -> None:
     """Raise `UnsafeCheckpointError` if a local ``path`` would need pickle loading and that was not allowed."""
     path = Path(path)
-    if allow_pickle or not path.exists():
+    if not path.exists():
+        return
+    if allow_pickle:
+        # read every pickle once with weights_only=True ourselves, so a refusal names the file and never
+        # suggests the unsafe weights_only=False that torch's own message offers
+        files = [path] if path.is_file() else [p for p in sorted(path.glob("**/*")) if p.is_file()]
+        for file in files:
+            if file.suffix in PICKLE_SUFFIXES:
+                load_pickle_weights(file)
         return
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES:
@@ -89,3 +97,78 @@ def check_prior(path: str | os.PathLike, allow_pickle: bool = False) -> None:
     for name in WEIGHTED_COMPONENTS:
         if not any(f.suffix in suffixes for f in (p / name).iterdir()):
             raise ValueError(f"prior {str(path)!r}: {name}/ has no weights file (expected *.safetensors)")
+
+
+def _safetensors_name(name: str) -> str:
+    """The safetensors file name diffusers/transformers look for in place of a pickle file ``name``."""
+    stem, _, suffix = name.partition(".")  # "pytorch_model.fp16.bin" -> "pytorch_model", "fp16.bin"
+    rest = suffix.rsplit(".", 1)[0] if "." in suffix else ""  # the variant ("fp16") or nothing
+    stem = stem.replace("pytorch_model", "model", 1) if stem.startswith("pytorch_model") else stem
+    return ".".join(x for x in (stem, rest, "safetensors") if x)
+
+
+def load_pickle_weights(path: str | Path) -> dict:
+    """A pickle weights file as a flat {name: tensor} dict, through ``torch.load(weights_only=True)`` only.
+
+    A file that holds anything other than tensors and plain containers is refused with an error naming it.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as e:
+        # keep torch's diagnosis ("Unsupported global: GLOBAL posix.system"), not its advice to load unsafely
+        found = re.search(r"WeightsUnpickler error:\s*([^\n]+?)(?: was not an allowed global|\.? *$)", str(e), re.M)
+        reason = found.group(1) if found else type(e).__name__
+        raise UnsafeCheckpointError(
+            f"{path}: refused: it does not load as plain tensors ({reason[:200]}). It may be corrupt, or hold code; "
+            "indomain never loads such a file. Ask its author for a .safetensors version"
+        ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]  # original Stable Diffusion .ckpt layout
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
+    if not tensors:
+        raise UnsafeCheckpointError(f"{path}: holds no tensors; not a weights file")
+    return tensors
+
+
+def convert_folder(src: str | Path, dst: str | Path) -> list[str]:
+    """Copy ``src`` to ``dst`` with every pickle weights file re-saved as safetensors; returns what it did.
+
+    Files are converted one by one (``torch.load(weights_only=True)``), so a folder that mixes
+    safetensors and pickle files works: a pickle whose safetensors twin exists is left out.
+    """
+    import shutil
+
+    from safetensors.torch import save_file
+
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise FileNotFoundError(f"{str(src)!r} is not a folder")
+    report: list[str] = []
+    for file in sorted(p for p in src.rglob("*") if p.is_file()):
+        rel = file.relative_to(src)
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if file.name.endswith(".bin.index.json"):  # sharded pickle index: point it at the safetensors shards
+            index = json.loads(file.read_text())
+            index["weight_map"] = {k: _safetensors_name(v) for k, v in index.get("weight_map", {}).items()}
+            name = _safetensors_name(file.name[: -len(".index.json")]) + ".index.json"
+            (target.parent / name).write_text(json.dumps(index, indent=2))
+            report.append(f"{rel}: index rewritten as {name}")
+        elif file.suffix in PICKLE_SUFFIXES:
+            name = _safetensors_name(file.name)
+            if (file.parent / name).exists():
+                report.append(f"{rel}: left out, {name} is already there")
+                continue
+            tensors = load_pickle_weights(file)
+            save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, target.parent / name)
+            report.append(f"{rel}: converted to {name} ({len(tensors)} tensors)")
+        else:
+            shutil.copy2(file, target)
+    if not report:
+        report.append("no pickle weights found: the copy is identical")
+    return report

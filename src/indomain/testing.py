@@ -40,8 +40,11 @@ def write_byte_level_clip_vocab(folder: str | Path) -> Path:
 
 
 def tiny_tokenizer(folder: str | Path | None = None) -> CLIPTokenizer:
-    """A CLIPTokenizer built from files written to `folder` (a fresh temp dir by default)."""
-    folder = write_byte_level_clip_vocab(folder or tempfile.mkdtemp(prefix="indomain-tok-"))
+    """A CLIPTokenizer built from files written to `folder` (by default a temp dir, removed afterwards)."""
+    if folder is None:
+        with tempfile.TemporaryDirectory(prefix="indomain-tok-") as tmp:
+            return tiny_tokenizer(tmp)
+    write_byte_level_clip_vocab(folder)
     # model_max_length must be given: without it transformers reports 1e30 and SD pads to that.
     return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
 

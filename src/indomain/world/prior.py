@@ -105,6 +105,15 @@ def build_unet():
     )
 
 
+def _load_state(path: Path) -> dict:
+    """A resume file, read with ``weights_only=True``: tensors, numbers and strings only, never code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, EOFError, RuntimeError all mean "not safe or not whole"
+        raise ValueError(f"{path}: refused: it does not load as plain tensors and numbers ({type(e).__name__}); "
+                         "delete it to restart that stage") from None
+
+
 def _save_state(path: Path, **state) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -122,7 +131,7 @@ def train_vae(config: PriorConfig, images: torch.Tensor, out: Path):
     opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
     step, state_file = 0, out / "vae_state.pt"
     if state_file.is_file():
-        state = torch.load(state_file, weights_only=False)
+        state = _load_state(state_file)
         vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
         step = state["step"]
     bar = tqdm(total=config.vae_steps, initial=step, desc="VAE")
@@ -176,7 +185,7 @@ def train_unet(config: PriorConfig, latents: torch.Tensor, text: torch.Tensor, n
     ema = EMAModel(unet.parameters(), decay=config.ema_decay)
     step, state_file = 0, out / "unet_state.pt"
     if state_file.is_file():
-        state = torch.load(state_file, weights_only=False)
+        state = _load_state(state_file)
         unet.load_state_dict(state["model"]), opt.load_state_dict(state["opt"]), ema.load_state_dict(state["ema"])
         step = state["step"]
     log = (out / "unet_log.jsonl").open("a")
@@ -259,7 +268,7 @@ def train_prior(config: PriorConfig) -> Path:
     (out / "prior_config.json").write_text(json.dumps(asdict(config), indent=2))
     data_file = out / "data.pt"
     if data_file.is_file():
-        data = torch.load(data_file, weights_only=False)
+        data = _load_state(data_file)
         images, names = data["images"], data["names"]
     else:
         images, names = render_prior_images(config.resolution, config.limit)
