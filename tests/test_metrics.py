@@ -77,7 +77,8 @@ def real_dir(tmp_path: Path) -> Path:
 
 
 def test_fid_of_a_set_against_itself_is_zero(real_dir: Path, tmp_path: Path) -> None:
-    res = M.compute_fid(real_dir, real_dir, TinyFeatures(), resolution=RES, cache_dir=tmp_path / "cache")
+    res = M.image_metrics(real_dir, real_dir, TinyFeatures(), metrics=("fid",), resolution=RES,
+                          cache_dir=tmp_path / "cache")["fid"]
     assert res.metric == "fid"
     assert abs(res.value) < 1e-3
     assert res.n_real == res.n_generated == 48
@@ -90,7 +91,9 @@ def test_fid_grows_with_noise(real_dir: Path, tmp_path: Path) -> None:
     values = []
     for level in (0.05, 0.15, 0.4):
         perturbed = (base + level * noise).clamp(0, 1)
-        values.append(M.compute_fid(real_dir, perturbed, extractor, resolution=RES, cache_dir=tmp_path / "c").value)
+        res = M.image_metrics(real_dir, perturbed, extractor, metrics=("fid",), resolution=RES,
+                              cache_dir=tmp_path / "c")
+        values.append(res["fid"].value)
     assert values[0] > 1e-3
     assert values[0] < values[1] < values[2], values
 
@@ -98,7 +101,7 @@ def test_fid_grows_with_noise(real_dir: Path, tmp_path: Path) -> None:
 def test_torchmetrics_fid_matches_pure_frechet_helper(real_dir: Path, tmp_path: Path) -> None:
     extractor = TinyFeatures()
     other = smooth_images(40, seed=2)
-    res = M.compute_fid(real_dir, other, extractor, resolution=RES, cache_dir=tmp_path / "c")
+    res = M.image_metrics(real_dir, other, extractor, metrics=("fid",), resolution=RES, cache_dir=tmp_path / "c")["fid"]
     real = M.real_image_stats(real_dir, extractor, RES, cache_dir=tmp_path / "c")
     fake = M.FeatureStats.from_features(M.extract_features(extractor, M.iter_image_batches(other, RES)))
     helper = M.frechet_distance(real.mu.numpy(), real.sigma.numpy(), fake.mu, fake.sigma)  # numpy and torch mixed
@@ -126,7 +129,8 @@ def test_kid_refuses_subset_larger_than_either_set(real_dir: Path, tmp_path: Pat
     extractor = TinyFeatures()
     generated = smooth_images(12, seed=3)
     with pytest.raises(ValueError) as err:
-        M.compute_kid(real_dir, generated, extractor, subset_size=20, resolution=RES, cache_dir=tmp_path / "c")
+        M.image_metrics(real_dir, generated, extractor, metrics=("kid",), kid_subset_size=20, resolution=RES,
+                        cache_dir=tmp_path / "c")
     msg = str(err.value)
     assert "subset_size=20" in msg and "48 real" in msg and "12 generated" in msg
     assert extractor.calls == 0  # refused before any feature extraction
@@ -134,17 +138,17 @@ def test_kid_refuses_subset_larger_than_either_set(real_dir: Path, tmp_path: Pat
 
 def test_kid_small_for_same_distribution_and_large_for_noise(real_dir: Path, tmp_path: Path) -> None:
     extractor = TinyFeatures()
-    same = M.compute_kid(real_dir, smooth_images(40, seed=1), extractor, subset_size=20, subsets=20,
-                         resolution=RES, cache_dir=tmp_path / "c")
+    same = M.image_metrics(real_dir, smooth_images(40, seed=1), extractor, metrics=("kid",), kid_subset_size=20,
+                           kid_subsets=20, resolution=RES, cache_dir=tmp_path / "c")["kid"]
     noisy_imgs = (smooth_images(40, seed=1) + 0.5 * torch.randn(40, 3, RES, RES)).clamp(0, 1)
-    noisy = M.compute_kid(real_dir, noisy_imgs, extractor, subset_size=20, subsets=20,
-                          resolution=RES, cache_dir=tmp_path / "c")
+    noisy = M.image_metrics(real_dir, noisy_imgs, extractor, metrics=("kid",), kid_subset_size=20, kid_subsets=20,
+                            resolution=RES, cache_dir=tmp_path / "c")["kid"]
     assert same.std is not None and math.isfinite(same.std)
     assert noisy.value > 10 * abs(same.value)
     assert same.params["subset_size"] == 20 and same.params["subsets"] == 20
     # Seeded subsets: the same call gives the same number.
-    again = M.compute_kid(real_dir, noisy_imgs, extractor, subset_size=20, subsets=20,
-                          resolution=RES, cache_dir=tmp_path / "c")
+    again = M.image_metrics(real_dir, noisy_imgs, extractor, metrics=("kid",), kid_subset_size=20, kid_subsets=20,
+                            resolution=RES, cache_dir=tmp_path / "c")["kid"]
     assert again.value == noisy.value
 
 
@@ -180,9 +184,10 @@ def test_real_stats_cache_hit_and_invalidation(real_dir: Path, tmp_path: Path) -
 def test_fid_uses_cached_real_stats(real_dir: Path, tmp_path: Path) -> None:
     extractor = TinyFeatures()
     gen = smooth_images(10, seed=4)
-    first = M.compute_fid(real_dir, gen, extractor, resolution=RES, cache_dir=tmp_path / "c")
+    first = M.image_metrics(real_dir, gen, extractor, metrics=("fid",), resolution=RES, cache_dir=tmp_path / "c")["fid"]
     seen = extractor.images_seen
-    second = M.compute_fid(real_dir, gen, extractor, resolution=RES, cache_dir=tmp_path / "c")
+    second = M.image_metrics(real_dir, gen, extractor, metrics=("fid",), resolution=RES,
+                             cache_dir=tmp_path / "c")["fid"]
     assert extractor.images_seen - seen == 10  # only the generated images
     assert second.params["real_stats"]["cache"] == "hit" and first.params["real_stats"]["cache"] == "miss"
     assert second.value == pytest.approx(first.value, rel=1e-9)
@@ -192,11 +197,12 @@ def test_precomputed_real_stats_must_match_the_extractor(real_dir: Path, tmp_pat
     extractor = TinyFeatures()
     stats = M.real_image_stats(real_dir, extractor, RES, cache_dir=tmp_path / "c")
     gen = smooth_images(8, seed=6)
-    from_stats = M.compute_fid(stats, gen, extractor, resolution=RES)
-    from_folder = M.compute_fid(real_dir, gen, extractor, resolution=RES, cache_dir=tmp_path / "c")
+    from_stats = M.image_metrics(stats, gen, extractor, metrics=("fid",), resolution=RES)["fid"]
+    from_folder = M.image_metrics(real_dir, gen, extractor, metrics=("fid",), resolution=RES,
+                                  cache_dir=tmp_path / "c")["fid"]
     assert from_stats.value == pytest.approx(from_folder.value, rel=1e-9) and from_stats.n_real == 48
     with pytest.raises(ValueError, match="computed with"):
-        M.compute_fid(stats, gen, TinyFeatures(seed=3), resolution=RES)
+        M.image_metrics(stats, gen, TinyFeatures(seed=3), metrics=("fid",), resolution=RES)
 
 
 def test_default_cache_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -239,7 +245,8 @@ def test_empty_missing_and_unreadable_folders(tmp_path: Path) -> None:
         M.real_image_stats(empty, TinyFeatures(), RES, cache_dir=tmp_path / "c")
     assert str(empty) in str(err.value)
     with pytest.raises(M.ImageFolderError, match="does-not-exist"):
-        M.compute_fid(tmp_path / "does-not-exist", smooth_images(4, 0), TinyFeatures(), resolution=RES)
+        M.image_metrics(tmp_path / "does-not-exist", smooth_images(4, 0), TinyFeatures(), metrics=("fid",),
+                        resolution=RES)
     broken = tmp_path / "broken"
     write_folder(broken, smooth_images(2, seed=0))
     (broken / "bad.png").write_bytes(b"not a png")

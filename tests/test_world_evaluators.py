@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import indomain.world.evaluators as E
-from indomain.metrics import MissingWeightsError, _state_dict_digest, extract_features
+from indomain.metrics import MissingWeightsError, extract_features, weights_digest
 from indomain.world.render import STYLES
 
 N = 40
@@ -70,7 +70,7 @@ def test_shipped_weights_and_card(ev: E.EmojiEvaluators) -> None:
     n_params = sum(p.numel() for p in ev.net.parameters())
     assert card["parameters_shipped"] == n_params and 300_000 <= n_params <= 1_000_000
     assert card["weights_bytes"] == weights.stat().st_size
-    assert card["weights_tensors_sha256"] == _state_dict_digest(ev.net)  # the card describes these very weights
+    assert card["weights_tensors_sha256"] == weights_digest(ev.net)  # the card describes these very weights
     for key in ("training_data", "training", "hardware", "validation", "command"):
         assert key in card
     assert card["training"]["train_seconds"] > 0 and card["hardware"]["cpu_cores_visible"] >= 1

@@ -64,8 +64,7 @@ from torch import Tensor, nn
 
 from ..data import composite_on_white
 from ..evaluate import Scorer
-from ..metrics import MissingWeightsError, frechet_distance
-from ..metrics import _state_dict_digest  # private but same package: one definition of "the weights' hash"
+from ..metrics import MissingWeightsError, frechet_distance, weights_digest
 from .render import RENDER_VERSION, STYLES, Emoji, list_emoji, render, split_emoji
 
 __all__ = [
@@ -700,7 +699,7 @@ def train_evaluators(
             "weights_sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
             # Training is deterministic (seed, 1 thread, same machine): the tensors are bit-identical between runs,
             # the file bytes are not (safetensors writes its metadata in hash-map order). This digest is the stable one.
-            "weights_tensors_sha256": _state_dict_digest(net),
+            "weights_tensors_sha256": weights_digest(net),
             "input": "32x32 RGB in [0, 1]; PIL inputs resized with bicubic, tensors with antialiased bicubic",
             "training_data": {
                 "world_size": len(world),

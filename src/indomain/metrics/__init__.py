@@ -1,0 +1,80 @@
+"""Scores for in-domain image generation: FID, KID and CLIP score, all through torchmetrics.
+
+Protocol (the same for every metric, and recorded in every :class:`MetricResult`)
+---------------------------------------------------------------------------------
+* **Image convention.** Images enter as float tensors in ``[0, 1]`` of shape ``(N, 3, H, W)`` (uint8 tensors in
+  ``[0, 255]`` are accepted and divided by 255), as PIL images, or as a folder. Float tensors outside ``[0, 1]``
+  (for example diffusers' ``[-1, 1]``) are refused rather than silently clipped.
+* **Folders.** Every ``.png .jpg .jpeg .webp .bmp`` file below the folder (recursive, hidden paths skipped), in
+  sorted order. Each file becomes RGB; transparency is composited on **white** (emoji and icons are RGBA).
+* **Images of different sizes** (the rule, see :func:`preprocess_image`): a non-square image is center-cropped to
+  its largest square, then every image whose size differs from the evaluation resolution ``R`` is resized to
+  ``R x R`` with PIL **bicubic**. Real and generated images follow the same rule, so both sets reach the feature
+  extractor at the same size. Tensors already at ``R x R`` pass through untouched.
+* **Feature space.** FID and KID are computed on the features of a pluggable extractor: any ``nn.Module`` that maps
+  a float ``(N, 3, R, R)`` batch in ``[0, 1]`` to ``(N, D)`` features (the emoji world uses its own classifier), or
+  :class:`FIDInceptionV3`, the standard FID network (pool3, 2048-d), loaded from a weights file the user supplies.
+  The statistic itself (Fréchet distance, polynomial-kernel MMD) is torchmetrics' ``FrechetInceptionDistance`` /
+  ``KernelInceptionDistance`` fed with those features.
+* **Real-image statistics are cached** per (folder content, extractor identity, resolution) as safetensors; see
+  :func:`real_image_stats`.
+
+FID values are only comparable when library, extractor, resize mode, resolution and sample counts all match
+(torchmetrics >= 1.8 resizes with antialiasing, torch-fidelity/TF FID without): that is why each result records
+them.
+
+Layout: ``images`` (reading and preprocessing), ``stats`` (features, statistics, Fréchet distance, the cache),
+``image_metrics`` (FID/KID), ``clip`` (CLIP score), ``inception`` (the vendored FID network), ``result``
+(:class:`MetricResult`). Import from here: ``from indomain.metrics import image_metrics``.
+"""
+
+from __future__ import annotations
+
+from .clip import clip_score
+from .image_metrics import check_kid_subset, image_metrics
+from .images import (
+    IMAGE_EXTENSIONS,
+    ImageFolderError,
+    ImageSource,
+    iter_image_batches,
+    list_images,
+    load_image,
+    preprocess_image,
+)
+from .inception import INCEPTION_WEIGHTS_FILENAME, INCEPTION_WEIGHTS_URL, FIDInceptionV3, inception_extractor
+from .result import MetricResult, MissingWeightsError
+from .stats import (
+    FeatureStats,
+    default_cache_dir,
+    describe_extractor,
+    extract_features,
+    frechet_distance,
+    real_image_stats,
+    weights_digest,
+)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "INCEPTION_WEIGHTS_FILENAME",
+    "INCEPTION_WEIGHTS_URL",
+    "FIDInceptionV3",
+    "FeatureStats",
+    "ImageFolderError",
+    "ImageSource",
+    "MetricResult",
+    "MissingWeightsError",
+    "check_kid_subset",
+    "clip_score",
+    "default_cache_dir",
+    "describe_extractor",
+    "extract_features",
+    "frechet_distance",
+    "image_metrics",
+    "inception_extractor",
+    "iter_image_batches",
+    "list_images",
+    "load_image",
+    "preprocess_image",
+    "real_image_stats",
+    "weights_digest",
+]
