@@ -133,12 +133,16 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     odd = sorted(p for p in model_dir.iterdir() if not any(fnmatch.fnmatch(p.name, g) for g in MODEL_FILES))
     if odd:
         raise CheckpointError(f"{odd[0]}: unexpected file in a checkpoint; refusing to resume from {path}")
+    for file in model_dir.glob("*.json"):
+        try:
+            json.loads(file.read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{file}: not valid JSON ({e}); this checkpoint cannot be resumed") from None
+    model: dict[str, torch.Tensor] = {}
+    for file in sorted(model_dir.glob("*.safetensors")):  # every file is checked, even where LoRA reads model.safetensors
+        model.update(_safetensors(file)[0])
     if (path / "model.safetensors").exists():
         model = _safetensors(path / "model.safetensors")[0]
-    else:
-        model = {}
-        for file in sorted(model_dir.glob("*.safetensors")):
-            model.update(_safetensors(file)[0])
     ema = None
     if (path / "ema.safetensors").exists():
         shadow, meta = _safetensors(path / "ema.safetensors")

@@ -14,11 +14,13 @@ import html
 import time
 from pathlib import Path
 
+from .cliargs import positive_int
+
 DEFAULTS = {"train_steps": 300, "num_prompts": 12, "images_per_setting": 24, "sample_steps": 20, "seed": 0}
 
 
 def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: int, sample_steps: int, seed: int,
-             prior: str | None = None, num_domain_images: int | None = None) -> Path:
+             prior: str | None = None, num_domain_images: int | None = None, overwrite: bool = False) -> Path:
     """Run the demo into ``out``; returns the index page."""
     import torch
 
@@ -35,7 +37,7 @@ def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: 
     config = BenchmarkConfig(prior=prior, out=str(out), train_steps=train_steps, num_prompts=num_prompts,
                              images_per_setting=images_per_setting, sample_steps=sample_steps,
                              domain_scales=[0.0, 2.5], guidance_scales=[2.5], seed=seed,
-                             num_domain_images=num_domain_images)
+                             num_domain_images=num_domain_images, overwrite=overwrite)
     run_benchmark(config, scorer=load_evaluators().scorer(k=10))
 
     # an overview picture: unconditional in-domain samples, then held-out prompts under each method
@@ -78,10 +80,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/demo", help="output folder (default: %(default)s)")
     p.add_argument("--prior", default=None, help="emoji prior pipeline folder (default: the shipped one)")
-    p.add_argument("--train-steps", type=int, default=DEFAULTS["train_steps"], help="steps per trained model (default: %(default)s)")
-    p.add_argument("--num-prompts", type=int, default=DEFAULTS["num_prompts"], help="prompts per set, seen and held-out (default: %(default)s)")
-    p.add_argument("--images-per-setting", type=int, default=DEFAULTS["images_per_setting"], help="images per scored setting (default: %(default)s)")
-    p.add_argument("--sample-steps", type=int, default=DEFAULTS["sample_steps"], help="sampler steps (default: %(default)s)")
+    p.add_argument("--train-steps", type=positive_int, default=DEFAULTS["train_steps"], help="steps per trained model (default: %(default)s)")
+    p.add_argument("--num-prompts", type=positive_int, default=DEFAULTS["num_prompts"], help="prompts per set, seen and held-out (default: %(default)s)")
+    p.add_argument("--images-per-setting", type=positive_int, default=DEFAULTS["images_per_setting"], help="images per scored setting (default: %(default)s)")
+    p.add_argument("--sample-steps", type=positive_int, default=DEFAULTS["sample_steps"], help="sampler steps (default: %(default)s)")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="start over in --out (default: continue an earlier demo there)")
     p.set_defaults(func=lambda a: run_demo(Path(a.out), a.train_steps, a.num_prompts, a.images_per_setting,
-                                           a.sample_steps, a.seed, a.prior) and 0)
+                                           a.sample_steps, a.seed, a.prior, overwrite=a.overwrite) and 0)

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cliargs import finite_float, positive_int
+
 DOMAIN_CAPTION = "openmoji style"
 
 
@@ -43,6 +45,11 @@ class BenchmarkConfig:
     domain_scales: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.5])
     guidance_scales: list[float] = field(default_factory=lambda: [2.5, 5.0])
     seed: int = 0
+    overwrite: bool = False  # replace an earlier benchmark (or demo) in `out` instead of continuing it
+
+
+BENCHMARK_OUTPUTS = ("domain_images", "latent_cache", "ours", "finetune", "finetune-lora", "eval-*", "RESULTS.md",
+                     "overview.png", "index.html")  # all that `--overwrite` may remove
 
 
 def render_domain(out: Path, resolution: int, limit: int | None, seed: int) -> tuple[Path, list[str], list[str]]:
@@ -69,9 +76,11 @@ def run_benchmark(config: BenchmarkConfig, scorer: Any = None) -> Path:
     from ..evaluate import EvalConfig, Method, Sweep, evaluate
     from ..train import TrainConfig, train
 
+    from ..outputs import claim_output_dir
+
     start = time.time()
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_dir(config.out, "world benchmark", owned=BENCHMARK_OUTPUTS, record="RESULTS.md",
+                           overwrite=config.overwrite, reuse=True)  # a rerun continues: trained models are kept
     domain, seen, held_out = render_domain(out, config.resolution, config.num_domain_images, config.seed)
 
     def fit(name: str, **kw: Any) -> Path:
@@ -105,7 +114,7 @@ def run_benchmark(config: BenchmarkConfig, scorer: Any = None) -> Path:
         eval_config = EvalConfig(out=out / f"eval-{split}", num_images=config.images_per_setting, prompts=prompts,
                                  seed=config.seed, scheduler="dpm++", steps=config.sample_steps, batch_size=16,
                                  metrics=(), plot_x="control_top1" if scorer else None,
-                                 plot_y="openmoji_share" if scorer else None)
+                                 plot_y="openmoji_share" if scorer else None, overwrite=True)
         results[split] = evaluate(methods, sweep, eval_config, scorer=scorer)
     write_results(out, config, results, time.time() - start)
     return out
@@ -136,15 +145,16 @@ def add_parser(wsub: argparse._SubParsersAction) -> None:
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prior", required=True, help="the emoji prior pipeline folder")
     p.add_argument("--out", required=True, help="output folder (models, reports, RESULTS.md)")
-    p.add_argument("--train-steps", type=int, default=d.train_steps, help="training steps per model (default: %(default)s)")
-    p.add_argument("--num-domain-images", type=int, default=None, help="domain images (default: every seen emoji)")
-    p.add_argument("--num-prompts", type=int, default=d.num_prompts, help="prompts per set (default: %(default)s)")
-    p.add_argument("--images-per-setting", type=int, default=d.images_per_setting, help="images per setting (default: %(default)s)")
-    p.add_argument("--sample-steps", type=int, default=d.sample_steps, help="sampler steps (default: %(default)s)")
-    p.add_argument("--domain-scales", type=float, nargs="*", default=d.domain_scales, help="w_d sweep (default: %(default)s)")
-    p.add_argument("--guidance-scales", type=float, nargs="*", default=d.guidance_scales, help="w_c sweep (default: %(default)s)")
+    p.add_argument("--train-steps", type=positive_int, default=d.train_steps, help="training steps per model (default: %(default)s)")
+    p.add_argument("--num-domain-images", type=positive_int, default=None, help="domain images (default: every seen emoji)")
+    p.add_argument("--num-prompts", type=positive_int, default=d.num_prompts, help="prompts per set (default: %(default)s)")
+    p.add_argument("--images-per-setting", type=positive_int, default=d.images_per_setting, help="images per setting (default: %(default)s)")
+    p.add_argument("--sample-steps", type=positive_int, default=d.sample_steps, help="sampler steps (default: %(default)s)")
+    p.add_argument("--domain-scales", type=finite_float, nargs="*", default=d.domain_scales, help="w_d sweep (default: %(default)s)")
+    p.add_argument("--guidance-scales", type=finite_float, nargs="*", default=d.guidance_scales, help="w_c sweep (default: %(default)s)")
     p.add_argument("--no-evaluators", action="store_true", help="skip the emoji evaluators (smoke runs)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="start over in --out (default: continue an earlier run there)")
     p.set_defaults(func=_cmd)
 
 
@@ -157,7 +167,8 @@ def _cmd(args: argparse.Namespace) -> int:
     config = BenchmarkConfig(prior=args.prior, out=args.out, train_steps=args.train_steps,
                              num_domain_images=args.num_domain_images, num_prompts=args.num_prompts,
                              images_per_setting=args.images_per_setting, sample_steps=args.sample_steps,
-                             domain_scales=args.domain_scales, guidance_scales=args.guidance_scales, seed=args.seed)
+                             domain_scales=args.domain_scales, guidance_scales=args.guidance_scales, seed=args.seed,
+                             overwrite=args.overwrite)
     out = run_benchmark(config, scorer)
     print(f"results: {out / 'RESULTS.md'}")
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..cliargs import positive_float, positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     world = sub.add_parser("world", help="the emoji world: an offline miniature of the paper's experiment")
@@ -13,8 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = wsub.add_parser("render", help="render emoji in the three styles to PNG folders, with the held-out split")
     p.add_argument("--out", required=True, help="output folder: <out>/<style>/<CODEPOINT>.png plus index files")
     p.add_argument("--styles", nargs="*", default=["noto", "twemoji", "openmoji"], help="styles (default: all three)")
-    p.add_argument("--size", type=int, default=32, help="image size in pixels (default: %(default)s)")
-    p.add_argument("--limit", type=int, default=None, help="render only this many emoji, evenly spaced")
+    p.add_argument("--size", type=positive_int, default=32, help="image size in pixels (default: %(default)s)")
+    p.add_argument("--limit", type=positive_int, default=None, help="render only this many emoji, evenly spaced")
     p.set_defaults(func=_render)
 
     from .prior import PriorConfig
@@ -25,12 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         description=prior_doc,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="run folder; rerun the same command to resume")
-    p.add_argument("--vae-steps", type=int, default=d.vae_steps, help="VAE steps (default: %(default)s)")
-    p.add_argument("--unet-steps", type=int, default=d.unet_steps, help="UNet steps (default: %(default)s)")
-    p.add_argument("--unet-batch", type=int, default=d.unet_batch, help="UNet batch size (default: %(default)s)")
-    p.add_argument("--unet-lr", type=float, default=d.unet_lr, help="UNet learning rate (default: %(default)s)")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints (default: %(default)s)")
-    p.add_argument("--limit", type=int, default=None, help="use only this many emoji (smoke tests)")
+    p.add_argument("--vae-steps", type=positive_int, default=d.vae_steps, help="VAE steps (default: %(default)s)")
+    p.add_argument("--unet-steps", type=positive_int, default=d.unet_steps, help="UNet steps (default: %(default)s)")
+    p.add_argument("--unet-batch", type=positive_int, default=d.unet_batch, help="UNet batch size (default: %(default)s)")
+    p.add_argument("--unet-lr", type=positive_float, default=d.unet_lr, help="UNet learning rate (default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every, help="steps between checkpoints (default: %(default)s)")
+    p.add_argument("--limit", type=positive_int, default=None, help="use only this many emoji (smoke tests)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     p.set_defaults(func=_train_prior)
 
@@ -40,16 +42,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _render(args: argparse.Namespace) -> int:
+    from ..outputs import claim_output_dir
     from .render import render_dataset
 
+    # a rerun adds what is missing; a folder that holds something else is refused
+    claim_output_dir(args.out, "world render", owned=(), record="index.json", reuse=True)
     counts = render_dataset(args.out, styles=args.styles, size=args.size, limit=args.limit)
     print(f"rendered {counts} into {args.out}")
     return 0
 
 
 def _train_prior(args: argparse.Namespace) -> int:
+    from ..outputs import claim_output_dir
     from .prior import PriorConfig, train_prior
 
+    claim_output_dir(args.out, "world train-prior", owned=(), record="prior_config.json", reuse=True)  # rerun = resume
     out = train_prior(PriorConfig(out=args.out, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
                                   unet_batch=args.unet_batch, unet_lr=args.unet_lr,
                                   checkpoint_every=args.checkpoint_every, limit=args.limit, seed=args.seed))
