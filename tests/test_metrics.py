@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from indomain import metrics as M
+from indomain.data import SkippedImagesWarning
 
 RES = 16
 
@@ -250,8 +251,9 @@ def test_empty_missing_and_unreadable_folders(tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     write_folder(broken, smooth_images(2, seed=0))
     (broken / "bad.png").write_bytes(b"not a png")
-    with pytest.raises(M.ImageFolderError, match="bad.png"):
-        M.real_image_stats(broken, TinyFeatures(), RES, use_cache=False)
+    # The training rules (indomain.data): a file that is not an image is left out, with a warning naming it.
+    with pytest.warns(SkippedImagesWarning, match="bad.png"):
+        assert M.real_image_stats(broken, TinyFeatures(), RES, use_cache=False).n == 2
 
 
 def test_mixed_size_images_follow_the_documented_rule(tmp_path: Path) -> None:
@@ -261,8 +263,11 @@ def test_mixed_size_images_follow_the_documented_rule(tmp_path: Path) -> None:
     wide = Image.new("RGB", (40, 24), (0, 0, 255))
     wide.paste((255, 0, 0), (8, 0, 32, 24))
     wide.save(folder / "wide.png")
-    # Fully transparent RGBA: must become white, not black.
-    Image.new("RGBA", (9, 9), (0, 0, 0, 0)).save(folder / "sub" / "clear.webp", lossless=True)
+    # Transparent RGBA: must become white, not black. (One opaque white pixel: an alpha channel that is 0
+    # everywhere counts as unset, as in training; see indomain.data.)
+    clear = Image.new("RGBA", (9, 9), (0, 0, 0, 0))
+    clear.putpixel((4, 4), (255, 255, 255, 255))
+    clear.save(folder / "sub" / "clear.webp", lossless=True)
     Image.new("RGB", (RES, RES), (0, 255, 0)).save(folder / "exact.jpg", quality=95)
     Image.new("L", (30, 30), 128).save(folder / "gray.bmp")
     (folder / ".hidden").mkdir()
@@ -286,6 +291,36 @@ def test_mixed_size_images_follow_the_documented_rule(tmp_path: Path) -> None:
 
     stats = M.real_image_stats(folder, TinyFeatures(), RES, cache_dir=tmp_path / "c")
     assert stats.n == 4
+
+
+def test_folders_are_read_like_training(tmp_path: Path) -> None:
+    """indomain.data reads FID folders: files judged by content, 16-bit scaled (not white), EXIF orientation."""
+    from indomain.data import load_rgb
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    Image.fromarray(np.full((RES, RES), 32896, dtype=np.uint16)).save(folder / "grey16.png")  # 32896 / 257 = 128
+    Image.new("RGB", (RES, RES), (255, 0, 0)).save(folder / "red.image", format="PNG")  # no image extension
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation: stored portrait, shown landscape
+    Image.new("RGB", (RES, 2 * RES), (0, 0, 255)).save(folder / "rotated.jpg", exif=exif, quality=95)
+    files = M.list_images(folder)
+    assert [p.name for p in files] == ["grey16.png", "red.image", "rotated.jpg"]
+    assert load_rgb(files[2]).size == (2 * RES, RES)
+    batch = next(M.iter_image_batches(folder, RES, batch_size=10))
+    assert torch.allclose(batch[0], torch.full_like(batch[0], 128 / 255))
+    for image, path in zip(batch, files, strict=True):
+        torch.testing.assert_close(image, M.preprocess_image(load_rgb(path), RES))
+
+
+def test_as_image_batch_channels_and_dtypes() -> None:
+    rgba = torch.zeros(1, 4, 2, 2)
+    rgba[0, 3, 0, 0] = 1.0  # one opaque black pixel, the rest transparent
+    out = M.as_image_batch(rgba)
+    assert out.shape == (1, 3, 2, 2) and (out[0, :, 0, 0] == 0).all() and (out[0, :, 1, 1] == 1).all()
+    assert M.as_image_batch(torch.full((2, 2), 255, dtype=torch.uint8).expand(1, 1, 2, 2)).eq(1).all()
+    with pytest.raises(TypeError):
+        M.as_image_batch(torch.zeros(1, 3, 2, 2, dtype=torch.int64))
 
 
 def test_float_images_outside_unit_range_are_refused() -> None:

@@ -51,6 +51,7 @@ import PIL.Image
 import torch
 from torch import nn
 
+from .data import load_rgb
 from .metrics import (
     FeatureStats,
     MetricResult,
@@ -59,7 +60,6 @@ from .metrics import (
     image_metrics,
     inception_extractor,
     list_images,
-    load_image,
     real_image_stats,
 )
 from .metrics import check_kid_subset  # KID size rule and message live in one place
@@ -325,7 +325,7 @@ def image_files(out: Path, setting: Setting, n: int) -> list[Path]:
 def _png_batches(files: Sequence[Path], batch_size: int = 50) -> Iterator[torch.Tensor]:
     """uint8 (B, 3, H, W) batches read lazily, so 10k images never sit in memory at once."""
     for start in range(0, len(files), batch_size):
-        arrays = [np.asarray(load_image(p)) for p in files[start : start + batch_size]]
+        arrays = [np.asarray(load_rgb(p)) for p in files[start : start + batch_size]]
         yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
 
 
@@ -357,7 +357,7 @@ def score_setting(
         if result.std is not None:
             values[f"{name}_std"] = result.std
     if scorer is not None:
-        images = [load_image(p) for p in files]
+        images = [load_rgb(p) for p in files]
         extra = scorer(images, [config.prompt_for(i) for i in range(len(files))])
         clash = sorted(set(extra) & (set(values) | {"method", "w_d", "w_c", "setting", "n_generated", "images"}))
         if clash:
@@ -467,7 +467,7 @@ def evaluate(
         )
         rows.append({"method": setting.method.name, "w_d": setting.w_d, "w_c": setting.w_c, "setting": setting.name,
                      "n_generated": config.num_images, **values, "images": f"images/{setting.name}"})
-        grid = make_grid([load_image(p) for p in files[: config.grid_images]])
+        grid = make_grid([load_rgb(p) for p in files[: config.grid_images]])
         (out / "grids").mkdir(parents=True, exist_ok=True)
         grid.save(out / "grids" / f"{setting.name}.png")
 

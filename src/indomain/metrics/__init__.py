@@ -5,8 +5,10 @@ Protocol (the same for every metric, and recorded in every :class:`MetricResult`
 * **Image convention.** Images enter as float tensors in ``[0, 1]`` of shape ``(N, 3, H, W)`` (uint8 tensors in
   ``[0, 255]`` are accepted and divided by 255), as PIL images, or as a folder. Float tensors outside ``[0, 1]``
   (for example diffusers' ``[-1, 1]``) are refused rather than silently clipped.
-* **Folders.** Every ``.png .jpg .jpeg .webp .bmp`` file below the folder (recursive, hidden paths skipped), in
-  sorted order. Each file becomes RGB; transparency is composited on **white** (emoji and icons are RGBA).
+* **Folders** are read exactly as training reads them (:mod:`indomain.data`): recursive, hidden paths skipped,
+  sorted; a file is judged by its content (PNG, JPEG, WebP, BMP), and other or broken files are left out with one
+  warning. Each file becomes RGB with its EXIF orientation applied, transparency composited on **white** (emoji and
+  icons are RGBA) and 16-bit images scaled, not clipped. PIL images and RGBA tensors get the same conversion.
 * **Images of different sizes** (the rule, see :func:`preprocess_image`): a non-square image is center-cropped to
   its largest square, then every image whose size differs from the evaluation resolution ``R`` is resized to
   ``R x R`` with PIL **bicubic**. Real and generated images follow the same rule, so both sets reach the feature
@@ -33,12 +35,11 @@ from __future__ import annotations
 from .clip import clip_score
 from .image_metrics import check_kid_subset, image_metrics
 from .images import (
-    IMAGE_EXTENSIONS,
     ImageFolderError,
     ImageSource,
+    as_image_batch,
     iter_image_batches,
     list_images,
-    load_image,
     preprocess_image,
 )
 from .inception import INCEPTION_WEIGHTS_FILENAME, INCEPTION_WEIGHTS_URL, FIDInceptionV3, inception_extractor
@@ -54,7 +55,6 @@ from .stats import (
 )
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "INCEPTION_WEIGHTS_FILENAME",
     "INCEPTION_WEIGHTS_URL",
     "FIDInceptionV3",
@@ -63,6 +63,7 @@ __all__ = [
     "ImageSource",
     "MetricResult",
     "MissingWeightsError",
+    "as_image_batch",
     "check_kid_subset",
     "clip_score",
     "default_cache_dir",
@@ -73,7 +74,6 @@ __all__ = [
     "inception_extractor",
     "iter_image_batches",
     "list_images",
-    "load_image",
     "preprocess_image",
     "real_image_stats",
     "weights_digest",

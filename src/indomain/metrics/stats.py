@@ -37,7 +37,8 @@ __all__ = [
 
 STATS_CACHE_ENV = "INDOMAIN_STATS_CACHE"
 # Part of the cache key: bump it whenever the loading/preprocessing rule changes, so stale statistics are not reused.
-PREPROCESS_VERSION = "1"
+# 2: folders are read by indomain.data (files judged by content, EXIF orientation, 16-bit scaled, not clipped).
+PREPROCESS_VERSION = "2"
 
 
 @dataclass(frozen=True)

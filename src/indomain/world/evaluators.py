@@ -19,8 +19,9 @@ noise) so that the heads hold up on the blur and colour drift of generated image
 Choices, documented once here
 -----------------------------
 * **Inputs.** PIL images (any size and mode; transparency composited on white; resized to 32x32 with PIL bicubic) or
-  float tensors in ``[0, 1]`` of shape ``(N, 3, H, W)`` / ``(3, H, W)`` (resized with antialiased bicubic when not
-  32x32; uint8 tensors are divided by 255).
+  float tensors in ``[0, 1]`` of shape ``(N, 3, H, W)`` / ``(3, H, W)``, checked by
+  :func:`indomain.metrics.as_image_batch` (uint8 tensors are divided by 255) and resized with antialiased bicubic
+  when not 32x32.
 * **Controllability** (:meth:`EmojiEvaluators.retrieval_top1`): for image ``i`` prompted with emoji ``t``, the
   candidates are ``t`` plus ``k - 1`` other emoji of the world drawn with ``numpy.random.default_rng(seed)``, one draw
   per image in input order (so the same prompt list gives the same candidates in every setting). Each candidate is
@@ -64,7 +65,7 @@ from torch import Tensor, nn
 
 from ..data import composite_on_white
 from ..evaluate import Scorer
-from ..metrics import MissingWeightsError, frechet_distance, weights_digest
+from ..metrics import MissingWeightsError, as_image_batch, frechet_distance, weights_digest
 from .render import RENDER_VERSION, STYLES, Emoji, list_emoji, render, split_emoji
 
 __all__ = [
@@ -184,20 +185,7 @@ def _pil_to_array(image: PIL.Image.Image) -> np.ndarray:
 
 
 def _tensor_batch(x: Tensor) -> Tensor:
-    if x.ndim == 3:
-        x = x.unsqueeze(0)
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"image tensors must be (N, 3, H, W) or (3, H, W), got {tuple(x.shape)}")
-    if x.dtype == torch.uint8:
-        x = x.float() / 255
-    elif not x.is_floating_point():
-        raise TypeError(f"image tensors must be float in [0, 1] or uint8, got {x.dtype}")
-    x = x.detach().float().cpu()
-    if x.numel() and (x.min() < -1e-3 or x.max() > 1 + 1e-3):
-        raise ValueError(
-            f"float image tensors must be in [0, 1], got [{x.min():.3f}, {x.max():.3f}] "
-            "(diffusers outputs in [-1, 1] need (x + 1) / 2)"
-        )
+    x = as_image_batch(x).cpu()
     if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
         x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bicubic", align_corners=False, antialias=True)
     return x.clamp(0, 1)
