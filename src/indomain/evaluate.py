@@ -63,7 +63,8 @@ from .metrics import (
     real_image_stats,
 )
 from .metrics import check_kid_subset  # KID size rule and message live in one place
-from .outputs import make_grid, write_record
+from .cliargs import finite_float, positive_int
+from .outputs import claim_output_dir, make_grid, write_record
 
 __all__ = [
     "EvalConfig",
@@ -171,6 +172,7 @@ class EvalConfig:
     plot_x: str | None = None  # default: clip_score, else the first scorer column, else w_d
     plot_y: str | None = None  # default: fid, else kid, else the first scorer column
     grid_images: int = 8  # images per sample grid in the report
+    overwrite: bool = False  # replace an earlier `indomain evaluate` output in `out`
 
     def prompt_for(self, index: int) -> str | None:
         return self.prompts[index % len(self.prompts)] if self.prompts else None
@@ -407,6 +409,10 @@ def _check_config(methods: Sequence[Method], config: EvalConfig, extractor: nn.M
     return n_real
 
 
+EVALUATE_OUTPUTS = ("images", "grids", "results.csv", "results.json", "results.md", "plot.png", "settings.json",
+                    "report.html")  # all that `evaluate --overwrite` may remove
+
+
 def evaluate(
     methods: Method | Sequence[Method],
     sweep: Sweep,
@@ -431,6 +437,10 @@ def evaluate(
     # cpu=True without a GPU turns torchrun's environment into a gloo run on CPU processes.
     state = PartialState(cpu=not torch.cuda.is_available())
     out = Path(config.out)
+    if state.is_main_process:
+        claim_output_dir(out, "evaluate", owned=EVALUATE_OUTPUTS, record="settings.json", overwrite=config.overwrite,
+                         inputs={"--real": config.real})
+    state.wait_for_everyone()
     conditional = config.prompts is not None
     settings = [Setting(m, wd, wc) for m in methods for wd, wc in sweep.weights(m, conditional)]
 
@@ -671,18 +681,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "domain_prompt, weighted_prompts, domain_scales, guidance_scales, allow_pickle")
     g.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (weights_only loading); only for files you trust")
     g = p.add_argument_group("sweep and sampling")
-    g.add_argument("--domain-scales", type=float, nargs="+", default=[2.5], metavar="W", help="domain weights w_d (default: %(default)s; methods without a domain model use 0)")
-    g.add_argument("--guidance-scales", type=float, nargs="+", default=[2.5], metavar="W", help="control weights w_c (default: %(default)s; unconditional runs use 0)")
+    g.add_argument("--domain-scales", type=finite_float, nargs="+", default=[2.5], metavar="W", help="domain weights w_d (default: %(default)s; methods without a domain model use 0)")
+    g.add_argument("--guidance-scales", type=finite_float, nargs="+", default=[2.5], metavar="W", help="control weights w_c (default: %(default)s; unconditional runs use 0)")
     prompts = g.add_mutually_exclusive_group()
     prompts.add_argument("--prompts", nargs="+", default=None, metavar="TEXT", help="generation prompts; image i uses prompt i mod P (default: none = unconditional)")
     prompts.add_argument("--prompts-file", default=None, metavar="FILE", help="text file with one prompt per line (blank lines skipped)")
-    g.add_argument("--num-images", type=int, default=1000, metavar="N", help="images per setting (default: %(default)s, the paper's in-training eval; 10000 recommended for final numbers)")
+    g.add_argument("--num-images", type=positive_int, default=1000, metavar="N", help="images per setting (default: %(default)s, the paper's in-training eval; 10000 recommended for final numbers)")
     g.add_argument("--seed", type=int, default=0, help="image i uses seed+i, in every setting (default: %(default)s)")
     g.add_argument("--scheduler", default="dpm++", help=f"sampler: {', '.join(SCHEDULERS)} (default: %(default)s, DPM-Solver++ as in the paper)")
-    g.add_argument("--steps", type=int, default=25, help="sampler steps (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=8, help="images per pipeline call per process (default: %(default)s)")
-    g.add_argument("--height", type=int, default=None, help="image height (default: the prior's native size)")
-    g.add_argument("--width", type=int, default=None, help="image width (default: the prior's native size)")
+    g.add_argument("--steps", type=positive_int, default=25, help="sampler steps (default: %(default)s)")
+    g.add_argument("--batch-size", type=positive_int, default=8, help="images per pipeline call per process (default: %(default)s)")
+    g.add_argument("--height", type=positive_int, default=None, help="image height (default: the prior's native size)")
+    g.add_argument("--width", type=positive_int, default=None, help="image width (default: the prior's native size)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model precision (default: %(default)s)")
     g = p.add_argument_group("metrics")
     g.add_argument("--real", default=None, metavar="DIR", help="real-image folder for FID/KID (recursive; default: no FID/KID)")
@@ -693,8 +703,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--inception-resize", default="antialias", choices=["antialias", "legacy-tf"], help="Inception's internal resize to 299 (default: %(default)s, torchmetrics>=1.8; legacy-tf = TF FID/torch-fidelity)")
     g.add_argument("--resolution", type=int, default=None, help="images are center-cropped and bicubic-resized to this before the extractor (default: the extractor's, 299 for Inception, 64 for random-conv)")
     g.add_argument("--metrics", nargs="+", default=["fid", "kid"], choices=["fid", "kid"], help="image metrics against --real (default: %(default)s)")
-    g.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size, at most N and N real (default: %(default)s)")
-    g.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default: %(default)s)")
+    g.add_argument("--kid-subset-size", type=positive_int, default=1000, help="KID subset size, at most N and N real (default: %(default)s)")
+    g.add_argument("--kid-subsets", type=positive_int, default=100, help="KID subsets (default: %(default)s)")
     g.add_argument("--stats-cache", default=None, metavar="DIR", help="real-statistics cache (default: $INDOMAIN_STATS_CACHE or ~/.cache/indomain/stats)")
     g.add_argument("--no-stats-cache", action="store_true", help="recompute the real statistics instead of caching them")
     g.add_argument("--clip-model", default=None, metavar="DIR", help="local CLIP folder (e.g. openai/clip-vit-large-patch14) for CLIP score (default: no CLIP score)")
@@ -703,9 +713,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     clip.add_argument("--clip-text-file", default=None, metavar="FILE", help="scored texts, one per line, aligned with the prompts file")
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="output folder (images/, grids/, results.*, plot.png, report.html, settings.json)")
+    g.add_argument("--overwrite", action="store_true", help="replace an earlier `indomain evaluate` output in --out")
     g.add_argument("--plot-x", default=None, help="x column of plot.png (default: clip_score, else w_d)")
     g.add_argument("--plot-y", default=None, help="y column of plot.png (default: fid, else kid)")
-    g.add_argument("--grid-images", type=int, default=8, help="images per sample grid in the report (default: %(default)s)")
+    g.add_argument("--grid-images", type=positive_int, default=8, help="images per sample grid in the report (default: %(default)s)")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -742,7 +753,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         dtype=args.dtype, real=args.real, metrics=tuple(args.metrics), resolution=args.resolution,
         kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets, stats_cache=args.stats_cache,
         use_stats_cache=not args.no_stats_cache, clip_model=args.clip_model, plot_x=args.plot_x, plot_y=args.plot_y,
-        grid_images=args.grid_images,
+        grid_images=args.grid_images, overwrite=args.overwrite,
     )
     if args.real is None and (args.inception_weights or args.extractor is not None):
         raise ValueError("--inception-weights/--extractor need --real DIR, the real images FID/KID compare against")
