@@ -1,4 +1,4 @@
-"""Tests of the emoji world's evaluators (indomain.world.evaluators), with the shipped weights.
+"""Tests of the emoji world's evaluators (indomain.world.evaluators, .evaluator_training), with the shipped weights.
 
 Fast slices: 40 emoji of each set of renders the evaluators never trained on (``evaluator_holdout``). The thresholds
 are set below what the shipped weights measure (see ``assets/evaluators/card.json``) and well above what a broken
@@ -15,6 +15,7 @@ import PIL.Image
 import pytest
 import torch
 
+import indomain.world.evaluator_training as T
 import indomain.world.evaluators as E
 from indomain.metrics import MissingWeightsError, extract_features, weights_digest
 from indomain.world.render import STYLES
@@ -141,7 +142,7 @@ def test_heldout_openmoji_retrieval(ev: E.EmojiEvaluators, held) -> None:
     # The query's own render is left out of the gallery: the match has to come through Noto and Twemoji.
     assert ev.retrieval_top1(x, emojis, k=K, styles=("noto", "twemoji")) >= MIN_TOP1_OPENMOJI
     # With the default three-style gallery, on degraded copies (the exact render would match itself).
-    degraded = E._augment(x, torch.Generator().manual_seed(0), p_clean=0.0)
+    degraded = T._augment(x, torch.Generator().manual_seed(0), p_clean=0.0)
     assert ev.retrieval_top1(degraded, [e.name for e in emojis], k=K) >= MIN_TOP1_OPENMOJI
 
 
@@ -240,11 +241,11 @@ def test_scorer_in_evaluate(ev: E.EmojiEvaluators, held, tmp_path) -> None:
 
 def test_train_and_validate_smoke(tmp_path) -> None:
     """A 2-step training run writes loadable weights and a card; validation adds its figures."""
-    file = E.train_evaluators(tmp_path, steps=2, batch_size=8, validate=False, log=None)
+    file = T.train_evaluators(tmp_path, steps=2, batch_size=8, validate=False, log=None)
     assert file == tmp_path / E.WEIGHTS_FILENAME
     small = E.load_evaluators(tmp_path)
     assert small.net.config == E.EmojiNet().config
-    res = E.validate_evaluators(small, limit=5, n_noise=10, log=None)
+    res = T.validate_evaluators(small, limit=5, n_noise=10, log=None)
     card = json.loads((tmp_path / E.CARD_FILENAME).read_text(encoding="utf-8"))
     assert card["training"]["steps"] == 2 and card["validation"]["noise"]["n"] == 10
     assert set(res) >= {"heldout_openmoji", "heldout_noto", "heldout_twemoji", "noise"}
