@@ -26,10 +26,10 @@ def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: 
 
     from .outputs import make_grid
     from .pipeline import InDomainPipeline
-    from .world.benchmark import BenchmarkConfig, run_benchmark
+    from .world.benchmark import DOMAIN_CAPTION, BenchmarkConfig, run_benchmark
     from .world.evaluators import load_evaluators
     from .world.prior import emoji_prior_dir
-    from .world.render import list_emoji, split_emoji
+    from .world.render import evenly_spaced, list_emoji, split_emoji
 
     start = time.time()
     prior = prior or str(emoji_prior_dir())
@@ -42,7 +42,7 @@ def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: 
 
     # an overview picture: unconditional in-domain samples, then held-out prompts under each method
     _, held_out = split_emoji(list_emoji(), seed=seed)
-    names = [e.name for e in held_out[:: max(1, len(held_out) // 8)][:8]]
+    names = [e.name for e in evenly_spaced(held_out, 8)]
     gens = lambda: [torch.Generator().manual_seed(seed + i) for i in range(8)]  # noqa: E731
     ours = InDomainPipeline.from_pretrained(prior, domain_unet=out / "ours")
     ours.set_progress_bar_config(disable=True)
@@ -52,7 +52,7 @@ def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: 
     rows["ours, held-out prompts (w_d=2.5, w_c=2.5)"] = ours(names, generator=gens(), num_inference_steps=sample_steps).images
     ft = InDomainPipeline.from_pretrained(prior, unet=ours.unet.__class__.from_pretrained(out / "finetune"))
     ft.set_progress_bar_config(disable=True)
-    rows["fine-tune + CFG, held-out prompts"] = ft([f"openmoji style, {n}" for n in names], domain_guidance_scale=0, guidance_scale=2.5, generator=gens(), num_inference_steps=sample_steps).images
+    rows["fine-tune + CFG, held-out prompts"] = ft([f"{DOMAIN_CAPTION}, {n}" for n in names], domain_guidance_scale=0, guidance_scale=2.5, generator=gens(), num_inference_steps=sample_steps).images
     grid = make_grid([im.resize((64, 64)) for r in rows.values() for im in r], ncols=8)
     grid.save(out / "overview.png")
     body = "<p>Rows, top to bottom: " + "; ".join(html.escape(k) for k in rows) + f". Held-out prompts: {html.escape(', '.join(names))}.</p>"
@@ -71,8 +71,10 @@ def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: 
 def _real(out: Path, n: int) -> list:
     from PIL import Image
 
+    from .world.render import evenly_spaced
+
     files = sorted((out / "domain_images").glob("*.png"))
-    return [Image.open(p).convert("RGB") for p in files[:: max(1, len(files) // n)][:n]]
+    return [Image.open(p).convert("RGB") for p in evenly_spaced(files, n)]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -257,7 +257,8 @@ def load_method(method: Method, config: EvalConfig, device: torch.device) -> Any
     from diffusers import UNet2DConditionModel
 
     from .nulltext import check_compatible
-    from .pipeline import InDomainPipeline, load_domain_unet
+    from .loading import load_domain_model
+    from .pipeline import InDomainPipeline
     from .schedulers import make_scheduler
 
     dtype = getattr(torch, config.dtype)
@@ -268,7 +269,7 @@ def load_method(method: Method, config: EvalConfig, device: torch.device) -> Any
         # Swapped in after loading, so a LoRA domain model is rebuilt on the prior's weights, not the fine-tune's.
         unet = method.unet
         if not isinstance(unet, nn.Module):
-            unet = load_domain_unet(unet, allow_pickle=method.allow_pickle, torch_dtype=dtype)
+            unet = load_domain_model(unet, allow_pickle=method.allow_pickle, torch_dtype=dtype)
         if type(unet) is not UNet2DConditionModel:
             raise ValueError(f"method {method.name!r}: unet must be a text-conditioned UNet2DConditionModel, "
                              f"got a {type(unet).__name__} (a domain model goes in domain=)")

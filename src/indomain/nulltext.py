@@ -28,9 +28,7 @@ and values are zero, so its output is exactly ``to_out``'s bias and the constant
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,7 +37,6 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 MODES = ("constant", "exact")
@@ -76,7 +73,7 @@ def _cross_attention_blocks(unet: nn.Module) -> list[tuple[str, BasicTransformer
     ]
 
 
-def _json_config(config: Any) -> dict:
+def json_config(config: Any) -> dict:
     """A plain-JSON copy of a diffusers config (tuples -> lists, private keys dropped)."""
 
     def plain(v: Any) -> Any:
@@ -187,7 +184,7 @@ class NullTextUNet(ModelMixin, ConfigMixin):
         calibration: dict | None = None,
         lora: dict | None = None,
     ) -> None:
-        # `lora` only records the adapter settings of an adapter-only folder (see `save_lora`).
+        # `lora` only records the adapter settings of an adapter-only folder (see `indomain.loading.save_lora`).
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -228,7 +225,7 @@ class NullTextUNet(ModelMixin, ConfigMixin):
             prior: where the prior came from (hub id or path), recorded in the config.
             scheduler, latents, num_timesteps, batch_size, seed: calibration inputs (module docstring).
         """
-        config = _json_config(unet.config)
+        config = json_config(unet.config)
         null_embedding = null_embedding.detach()
         if null_embedding.dim() != 3 or null_embedding.shape[0] != 1:
             raise ValueError(f"null_embedding must have shape (1, L, D), got {tuple(null_embedding.shape)}")
@@ -298,63 +295,6 @@ class NullTextUNet(ModelMixin, ConfigMixin):
             cross_attention_kwargs=cross_attention_kwargs,
             return_dict=return_dict,
         )
-
-
-LORA_FILE = "lora_weights.safetensors"
-
-
-def save_lora(model: NullTextUNet, folder: str | Path, lora_state: dict[str, torch.Tensor]) -> None:
-    """Save an adapter-only domain model: config, calibrated buffers and LoRA weights (no base weights).
-
-    It loads with `load_lora(folder, prior_unet)`, which takes the base weights from the prior.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    peft_config = model.unet.peft_config["default"]
-    lora = {
-        "r": peft_config.r,
-        "lora_alpha": peft_config.lora_alpha,
-        "target_modules": sorted(peft_config.target_modules),
-    }
-    config = dict(model.config)
-    config["lora"] = lora
-    (folder / "config.json").write_text(json.dumps({"_class_name": type(model).__name__, **_json_config(config)}, indent=2))
-    tensors = {f"lora.{k}": v.detach().contiguous().cpu() for k, v in lora_state.items()}
-    tensors.update({f"buffer.{k}": v.detach().contiguous().cpu() for k, v in model.named_buffers()})
-    save_file(tensors, folder / LORA_FILE)
-
-
-def is_lora_folder(folder: str | Path) -> bool:
-    return (Path(folder) / LORA_FILE).is_file()
-
-
-def load_lora(folder: str | Path, prior_unet: UNet2DConditionModel) -> NullTextUNet:
-    """Rebuild a domain model from an adapter-only folder and the prior's UNet, LoRA fused into the weights."""
-    from peft import LoraConfig
-    from peft.utils import set_peft_model_state_dict
-
-    folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
-    lora = config.pop("lora")
-    init = {k: v for k, v in config.items() if not k.startswith("_")}
-    model = NullTextUNet(**init)
-    own = model.unet.state_dict()
-    prior_state = prior_unet.state_dict()
-    mismatch = [k for k in own if k in prior_state and prior_state[k].shape != own[k].shape]
-    if mismatch:
-        raise ValueError(f"LoRA domain model {str(folder)!r} does not fit the prior: shape mismatch at {mismatch[0]}")
-    model.unet.load_state_dict({k: v for k, v in prior_state.items() if k in own}, strict=False)
-    tensors = load_file(folder / LORA_FILE)
-    buffers = dict(model.named_buffers())
-    for k, v in tensors.items():
-        if k.startswith("buffer."):
-            buffers[k[len("buffer."):]].copy_(v)
-    model.unet.add_adapter(LoraConfig(init_lora_weights="gaussian", **lora))
-    set_peft_model_state_dict(model.unet, {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")})
-    model.unet.fuse_lora()
-    model.unet.unload_lora()
-    model.register_to_config(lora=None)
-    return model.to(prior_unet.device, prior_unet.dtype)
 
 
 def check_compatible(prior_unet: nn.Module, domain_unet: nn.Module, prior_prediction_type: str) -> None:

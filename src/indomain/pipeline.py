@@ -15,7 +15,6 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,8 +29,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .guidance import DOMAIN, PRIOR, Branch, Guidance, GuidancePlan, MultiGuidance
-from .nulltext import NullTextUNet, check_compatible, is_lora_folder, load_lora
-from .safeload import check_prior, check_safe
+from .loading import is_lora_folder, load_domain_model
+from .nulltext import NullTextUNet, check_compatible
+from .safeload import check_prior
 
 
 @dataclass
@@ -39,35 +39,6 @@ class InDomainPipelineOutput(BaseOutput):
     """``images``: a list of PIL images, a numpy array (N, H, W, 3), a tensor, or latents."""
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
-
-
-def load_domain_unet(
-    path: str | os.PathLike, prior_unet: UNet2DConditionModel | None = None, allow_pickle: bool = False, **kwargs: Any
-) -> NullTextUNet | UNet2DConditionModel:
-    """Load a domain model folder written by `indomain train`, with an error naming the problem.
-
-    Accepted: a full `NullTextUNet`; an adapter-only (LoRA) `NullTextUNet`, which needs ``prior_unet``
-    for its base weights; or a text-conditioned `UNet2DConditionModel` (a conventional fine-tune).
-    """
-    import json
-
-    path = Path(path)
-    config_file = path / "config.json"
-    if not path.is_dir() or not config_file.is_file():
-        raise ValueError(
-            f"domain model {str(path)!r} is not a model folder: expected a directory with config.json and "
-            "diffusion_pytorch_model.safetensors, as written by `indomain train` or NullTextUNet.save_pretrained"
-        )
-    cls_name = json.loads(config_file.read_text()).get("_class_name")
-    if cls_name not in (NullTextUNet.__name__, UNet2DConditionModel.__name__):
-        raise ValueError(f"domain model {str(path)!r} holds a {cls_name!r}, not a NullTextUNet or UNet2DConditionModel")
-    if is_lora_folder(path):
-        if prior_unet is None:
-            raise ValueError(f"domain model {str(path)!r} holds LoRA adapters only; it needs the prior's UNet to load")
-        return load_lora(path, prior_unet)
-    check_safe(path, allow_pickle)
-    cls = NullTextUNet if cls_name == NullTextUNet.__name__ else UNet2DConditionModel
-    return cls.from_pretrained(path, use_safetensors=None if allow_pickle else True, **kwargs)
 
 
 class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin):
@@ -119,12 +90,12 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         kwargs.setdefault("use_safetensors", None if allow_pickle else True)
         if isinstance(domain_unet, (str, os.PathLike)) and is_lora_folder(domain_unet):
             pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-            domain = load_domain_unet(domain_unet, pipe.unet)
+            domain = load_domain_model(domain_unet, pipe.unet)
             check_compatible(pipe.unet, domain, pipe.scheduler.config.prediction_type)
             pipe.register_modules(domain_unet=domain)
             return pipe
         if isinstance(domain_unet, (str, os.PathLike)):
-            domain_unet = load_domain_unet(domain_unet, allow_pickle=allow_pickle, torch_dtype=kwargs.get("torch_dtype"))
+            domain_unet = load_domain_model(domain_unet, allow_pickle=allow_pickle, torch_dtype=kwargs.get("torch_dtype"))
         if domain_unet is not None:
             kwargs["domain_unet"] = domain_unet
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)

@@ -17,6 +17,7 @@ order: batches, noise and timesteps are pure functions of ``(seed, step, rank)``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,10 +25,9 @@ import math
 import os
 import shutil
 import time
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -35,11 +35,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .cliargs import finite_float, nonnegative_int, positive_float, positive_int
 from .checkpoint import (
     Checkpoint, check_fits, checkpoint_step, list_checkpoints, read_checkpoint, restore, weights_are_finite, write_checkpoint,
 )
+from .cliargs import add_options, finite_float, from_args, nonnegative_int, option, positive_float, positive_int
 from .data import ImageFolderDataset, load_rgb, resize_shorter, to_tensor
+from .loading import load_prior_components, save_lora
 from .outputs import atomic_write_text, claim_output_dir
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
@@ -47,52 +48,69 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.n
 
 @dataclass
 class TrainConfig:
-    """Every setting of a run. Saved as ``train_config.json`` next to the model and in each checkpoint."""
+    """Every setting of a run. Saved as ``train_config.json`` next to the model and in each checkpoint.
 
-    prior: str  # prior pipeline folder or hub id (SD 1.x/2.x layout)
-    images: str  # folder of domain images, read recursively; no captions
-    output: str  # output folder: the final model, checkpoints, logs, samples
-    resolution: int = 512  # training resolution in pixels (shorter side resized, then cropped)
-    center_crop: bool = True  # False: random crop (done in latent space on the cached latents)
-    random_flip: bool = True  # horizontal flips; the cache stores both flips
-    train_batch_size: int = 16  # per device
-    gradient_accumulation_steps: int = 1
-    max_train_steps: int = 10_000  # optimizer steps
-    learning_rate: float = 1e-5  # the paper's value for full fine-tuning
-    lr_scheduler: str = "constant"  # any diffusers.optimization.get_scheduler name
-    lr_warmup_steps: int = 0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    use_8bit_adam: bool = False  # bitsandbytes AdamW8bit, as the official run
-    max_grad_norm: float = 1.0
-    use_ema: bool = True
-    ema_decay: float = 0.9999
-    snr_gamma: float | None = None  # min-SNR-gamma loss weighting (5.0 is common); None = plain MSE
-    lora_rank: int | None = None  # train LoRA adapters of this rank instead of all weights
-    lora_alpha: float | None = None  # defaults to the rank
-    baseline: bool = False  # conventional fine-tune of the text-conditioned prior UNet (for comparisons)
-    caption: str = ""  # the fixed caption of the baseline ("" = empty prompt)
-    mode: str = "constant"  # null-text mode: "constant" (paper) or "exact"
-    mixed_precision: str = "no"  # no | fp16 | bf16
-    gradient_checkpointing: bool = False
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = None
-    resume: str | None = None  # "latest" or a checkpoint folder
-    overwrite: bool = False
-    validation_steps: int = 0  # 0 = no validation grids
-    validation_prompts: list[str] = field(default_factory=list)
-    num_validation_images: int = 4
-    validation_inference_steps: int = 25
-    domain_guidance_scale: float = 2.5
-    guidance_scale: float = 2.5
-    min_size_policy: str = "warn-skip"  # for images far smaller than the resolution; see indomain.data
-    latent_cache: str | None = None  # folder of the VAE latent cache (default: <output>/latent_cache); shareable
-    seed: int = 0
-    allow_pickle: bool = False
-    log_every: int = 10
+    Each field is also an option of ``indomain train`` (``--field-name`` unless ``flag`` says otherwise).
+    """
 
+    prior: str = option(help="prior pipeline folder or hub id (SD 1.x/2.x layout)")
+    images: str = option(help="folder of domain images (PNG/JPEG/WebP/BMP, read recursively, no captions)")
+    output: str = option(help="output folder for the model, checkpoints, samples and logs")
+    resolution: int = option(512, "training resolution in pixels (shorter side resized, then cropped)", type=positive_int)
+    center_crop: bool = option(True, "center crops; --random-crop takes random ones (in latent space, on the cached latents)",
+                               flag="--random-crop")
+    random_flip: bool = option(True, "random horizontal flips (the cache stores both flips); --no-flip turns them off",
+                               flag="--no-flip")
+    train_batch_size: int = option(16, "batch size per device", type=positive_int)
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step", type=positive_int)
+    max_train_steps: int = option(10_000, "optimizer steps", type=positive_int)
+    learning_rate: float | None = option(None, "AdamW learning rate (default: 1e-5 for all weights, the paper's "
+                                         "value; 1e-4 with --lora-rank)", type=positive_float)
+    lr_scheduler: str = option("constant", "LR schedule: any diffusers.optimization.get_scheduler name")
+    lr_warmup_steps: int = option(0, "LR warm-up steps", type=nonnegative_int)
+    adam_beta1: float = option(0.9, "AdamW beta1, in [0, 1)", type=finite_float)
+    adam_beta2: float = option(0.999, "AdamW beta2, in [0, 1)", type=finite_float)
+    adam_weight_decay: float = option(1e-2, "AdamW weight decay", type=finite_float)
+    adam_epsilon: float = option(1e-8, "AdamW epsilon", type=positive_float)
+    use_8bit_adam: bool = option(False, "bitsandbytes AdamW8bit, as the official run (needs bitsandbytes and a CUDA GPU)")
+    max_grad_norm: float = option(1.0, "gradient clipping norm", type=positive_float)
+    use_ema: bool = option(True, "keep an EMA of the weights, as the paper; --no-ema turns it off", flag="--no-ema")
+    ema_decay: float = option(0.9999, "EMA decay", type=finite_float)
+    snr_gamma: float | None = option(None, "min-SNR-gamma loss weighting, e.g. 5.0 (default: plain MSE)", type=positive_float)
+    lora_rank: int | None = option(None, "train LoRA adapters of this rank (peft) instead of all weights (default: all "
+                                   "weights)", type=positive_int)
+    lora_alpha: float | None = option(None, "LoRA alpha (default: the rank)", type=positive_float)
+    baseline: bool = option(False, "conventional fine-tune of the text-conditioned prior UNet with a fixed --caption "
+                            "(for comparisons)")
+    caption: str = option("", "the baseline's fixed caption, e.g. 'a photo of <domain>' (default: empty)")
+    mode: str = option("constant", "null-text mode; constant is the paper's", choices=["constant", "exact"])
+    mixed_precision: str = option("no", "accelerate mixed precision", choices=["no", "fp16", "bf16"])
+    gradient_checkpointing: bool = option(False, "gradient checkpointing: trade compute for memory")
+    checkpointing_steps: int = option(500, "save a resumable checkpoint every N steps", type=positive_int)
+    checkpoints_total_limit: int | None = option(None, "keep only the newest N checkpoints (default: all)", type=positive_int)
+    resume: str | None = option(None, "'latest' or a checkpoint folder to continue from (default: start afresh)")
+    overwrite: bool = option(False, "replace an existing run in --output")
+    validation_steps: int = option(0, "write sample grids every N steps (default: 0, never)", type=nonnegative_int)
+    validation_prompts: list[str] = option([], "prompts for text-controlled validation grids (default: unconditional "
+                                           "grids only)", nargs="*")
+    num_validation_images: int = option(4, "images per validation grid", type=positive_int)
+    validation_inference_steps: int = option(25, "sampler steps of the validation grids", type=positive_int)
+    domain_guidance_scale: float = option(2.5, "domain weight w_d of the validation grids", type=finite_float)
+    guidance_scale: float = option(2.5, "control weight w_c of the prompted validation grids", type=finite_float)
+    min_size_policy: str = option("warn-skip", "images far smaller than the resolution (see indomain.data)",
+                                  choices=["warn-skip", "error", "allow"])
+    latent_cache: str | None = option(None, "folder of the VAE latent cache, shareable between runs on the same images "
+                                      "(default: <output>/latent_cache)")
+    seed: int = option(0, "seed of everything random")
+    allow_pickle: bool = option(False, "allow pickle checkpoints for the prior (weights_only loading); only for files "
+                                "you trust")
+    log_every: int = option(10, "append a line to train_log.jsonl every N steps", type=positive_int)
+
+    def __post_init__(self) -> None:
+        # The one learning-rate rule, resolved here so train_config.json records the value used: the paper's 1e-5
+        # for all weights, the usual 1e-4 for LoRA adapters (a low-rank update needs larger steps).
+        if self.learning_rate is None:
+            self.learning_rate = 1e-4 if self.lora_rank else 1e-5
 
     def validate(self) -> None:
         """Refuse settings that would crash later or silently train nothing; errors name the CLI flag."""
@@ -221,28 +239,6 @@ class LatentBatches:
 
 # ----------------------------------------------------------------------------------------------------
 # Model
-
-
-def load_prior_parts(config: TrainConfig, need_text: bool = True) -> dict:
-    """The prior's UNet, VAE and noise scheduler; with ``need_text``, also its tokenizer and text encoder."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-
-    from .safeload import check_prior
-
-    check_prior(config.prior, config.allow_pickle)
-    safe = None if config.allow_pickle else True
-    parts = {
-        "unet": UNet2DConditionModel.from_pretrained(config.prior, subfolder="unet", use_safetensors=safe),
-        "vae": AutoencoderKL.from_pretrained(config.prior, subfolder="vae", use_safetensors=safe),
-        "noise_scheduler": DDPMScheduler.from_pretrained(config.prior, subfolder="scheduler"),
-    }
-    if need_text:
-        from transformers import AutoModel, AutoTokenizer
-
-        # AutoModel: CLIP for Stable Diffusion, but any text encoder a prior ships (the emoji prior: MiniLM)
-        parts["tokenizer"] = AutoTokenizer.from_pretrained(config.prior, subfolder="tokenizer")
-        parts["text_encoder"] = AutoModel.from_pretrained(config.prior, subfolder="text_encoder", use_safetensors=safe)
-    return parts
 
 
 @torch.no_grad()
@@ -409,8 +405,6 @@ def save_model(model: torch.nn.Module, folder: Path, config: TrainConfig) -> Non
 
     folder.mkdir(parents=True, exist_ok=True)
     if config.lora_rank and not config.baseline:
-        from .nulltext import save_lora
-
         save_lora(model, folder, get_peft_model_state_dict(model.unet))
     elif config.lora_rank:
         save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}, folder / "adapter_model.safetensors")
@@ -497,7 +491,7 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
     accelerator.wait_for_everyone()
 
     # 2. Models: the trainable one from the prior; the VAE only for the cache
-    parts = load_prior_parts(config)
+    parts = load_prior_components(config.prior, allow_pickle=config.allow_pickle)
     noise_scheduler = parts["noise_scheduler"]
     prediction_type = noise_scheduler.config.prediction_type
     model, caption = build_model(config, parts)
@@ -655,20 +649,18 @@ def _set_learning_rate(optimizer: Any, lr_scheduler: Any, old: float | None, new
     print(f"learning rate {old:g} -> {new:g} (from this run's settings, not the checkpoint's)")
 
 
-class _ema_weights:
-    """Context: swap the EMA weights into the model, restore the raw ones afterwards."""
-
-    def __init__(self, ema: Any, params: list) -> None:
-        self.ema, self.params = ema, params
-
-    def __enter__(self) -> None:
-        if self.ema is not None:
-            self.ema.store(self.params)
-            self.ema.copy_to(self.params)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.ema is not None:
-            self.ema.restore(self.params)
+@contextlib.contextmanager
+def _ema_weights(ema: Any, params: list) -> Iterator[None]:
+    """Swap the EMA weights into the model for the block; the raw ones come back afterwards."""
+    if ema is None:
+        yield
+        return
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -682,66 +674,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    defaults = TrainConfig(prior="", images="", output="")
-    p.add_argument("--prior", required=True, help="prior pipeline folder or hub id")
-    p.add_argument("--images", required=True, help="folder of domain images (PNG/JPEG/WebP/BMP, recursive, no captions)")
-    p.add_argument("--output", required=True, help="output folder for the model, checkpoints, samples and logs")
-    p.add_argument("--resolution", type=positive_int, default=defaults.resolution, help="training resolution in pixels (default: %(default)s)")
-    p.add_argument("--random-crop", action="store_true", help="random instead of center crops (taken in latent space)")
-    p.add_argument("--no-flip", action="store_true", help="disable random horizontal flips")
-    p.add_argument("--train-batch-size", type=positive_int, default=defaults.train_batch_size, help="batch size per device (default: %(default)s)")
-    p.add_argument("--gradient-accumulation-steps", type=positive_int, default=1, help="micro-batches per optimizer step (default: %(default)s)")
-    p.add_argument("--max-train-steps", type=positive_int, default=defaults.max_train_steps, help="optimizer steps (default: %(default)s)")
-    p.add_argument("--learning-rate", type=positive_float, default=None, help="AdamW learning rate (default: 1e-5 full, 1e-4 LoRA)")
-    p.add_argument("--lr-scheduler", default="constant", help="diffusers LR schedule name (default: %(default)s)")
-    p.add_argument("--lr-warmup-steps", type=nonnegative_int, default=0, help="LR warm-up steps (default: %(default)s)")
-    p.add_argument("--adam-weight-decay", type=finite_float, default=defaults.adam_weight_decay, help="AdamW weight decay (default: %(default)s)")
-    p.add_argument("--use-8bit-adam", action="store_true", help="bitsandbytes AdamW8bit (needs bitsandbytes and a CUDA GPU)")
-    p.add_argument("--max-grad-norm", type=positive_float, default=defaults.max_grad_norm, help="gradient clipping norm (default: %(default)s)")
-    p.add_argument("--no-ema", action="store_true", help="disable the EMA of the weights (on by default, as the paper)")
-    p.add_argument("--ema-decay", type=finite_float, default=defaults.ema_decay, help="EMA decay (default: %(default)s)")
-    p.add_argument("--snr-gamma", type=positive_float, default=None, help="min-SNR-gamma loss weighting, e.g. 5.0 (default: plain MSE)")
-    p.add_argument("--lora-rank", type=positive_int, default=None, help="train LoRA adapters of this rank (peft) instead of all weights")
-    p.add_argument("--lora-alpha", type=positive_float, default=None, help="LoRA alpha (default: the rank)")
-    p.add_argument("--baseline", action="store_true", help="conventional fine-tune of the text-conditioned prior UNet with a fixed --caption")
-    p.add_argument("--caption", default="", help="the baseline's fixed caption, e.g. 'a photo of <domain>' (default: empty)")
-    p.add_argument("--mode", default="constant", choices=["constant", "exact"], help="null-text mode (default: %(default)s, the paper's)")
-    p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="accelerate mixed precision (default: %(default)s)")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
-    p.add_argument("--checkpointing-steps", type=positive_int, default=defaults.checkpointing_steps, help="save a resumable checkpoint every N steps (default: %(default)s)")
-    p.add_argument("--checkpoints-total-limit", type=positive_int, default=None, help="keep only the newest N checkpoints")
-    p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder to continue from")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
-    p.add_argument("--validation-steps", type=nonnegative_int, default=0, help="write sample grids every N steps (default: never)")
-    p.add_argument("--validation-prompts", nargs="*", default=[], help="prompts for text-controlled validation grids")
-    p.add_argument("--num-validation-images", type=positive_int, default=defaults.num_validation_images, help="images per validation grid (default: %(default)s)")
-    p.add_argument("--min-size-policy", default="warn-skip", choices=["warn-skip", "error", "allow"], help="images far smaller than the resolution (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of everything random (default: %(default)s)")
-    p.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints for the prior (weights_only loading)")
+    add_options(p, TrainConfig)
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
     p.set_defaults(func=cmd_train)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    lr = args.learning_rate if args.learning_rate is not None else (1e-4 if args.lora_rank else 1e-5)
-    return TrainConfig(
-        prior=args.prior, images=args.images, output=args.output, resolution=args.resolution,
-        center_crop=not args.random_crop, random_flip=not args.no_flip, train_batch_size=args.train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps, max_train_steps=args.max_train_steps,
-        learning_rate=lr, lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
-        adam_weight_decay=args.adam_weight_decay, use_8bit_adam=args.use_8bit_adam, max_grad_norm=args.max_grad_norm,
-        use_ema=not args.no_ema, ema_decay=args.ema_decay, snr_gamma=args.snr_gamma, lora_rank=args.lora_rank,
-        lora_alpha=args.lora_alpha, baseline=args.baseline, caption=args.caption, mode=args.mode,
-        mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
-        checkpointing_steps=args.checkpointing_steps, checkpoints_total_limit=args.checkpoints_total_limit,
-        resume=args.resume, overwrite=args.overwrite, validation_steps=args.validation_steps,
-        validation_prompts=args.validation_prompts, num_validation_images=args.num_validation_images,
-        min_size_policy=args.min_size_policy, seed=args.seed, allow_pickle=args.allow_pickle,
-    )
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config = from_args(TrainConfig, args)
     if args.dry_run:
         print(json.dumps(dataclasses.asdict(config), indent=2))
         return 0

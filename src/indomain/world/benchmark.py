@@ -54,12 +54,12 @@ BENCHMARK_OUTPUTS = ("domain_images", "latent_cache", "ours", "finetune", "finet
 
 def render_domain(out: Path, resolution: int, limit: int | None, seed: int) -> tuple[Path, list[str], list[str]]:
     """OpenMoji renders of the seen emoji (the only domain data) plus the seen and held-out prompt names."""
-    from .render import list_emoji, render, split_emoji
+    from .render import evenly_spaced, list_emoji, render, split_emoji
 
     seen, held_out = split_emoji(list_emoji(), seed=seed)
     folder = out / "domain_images"
     folder.mkdir(parents=True, exist_ok=True)
-    chosen = seen if limit is None else seen[:: max(1, len(seen) // limit)][:limit]
+    chosen = evenly_spaced(seen, limit)
     for emoji in chosen:
         path = folder / f"{emoji.codepoint}.png"
         if not path.exists():
@@ -67,14 +67,11 @@ def render_domain(out: Path, resolution: int, limit: int | None, seed: int) -> t
     return folder, [e.name for e in seen], [e.name for e in held_out]
 
 
-def _spread(names: list[str], n: int) -> list[str]:
-    return names[:: max(1, len(names) // n)][:n]
-
-
 def run_benchmark(config: BenchmarkConfig, scorer: Any = None) -> Path:
     """Train every method, evaluate them on seen and held-out prompts, write the reports and RESULTS.md."""
     from ..evaluate import EvalConfig, Method, Sweep, evaluate
     from ..train import TrainConfig, train
+    from .render import evenly_spaced
 
     from ..outputs import claim_output_dir
 
@@ -110,7 +107,7 @@ def run_benchmark(config: BenchmarkConfig, scorer: Any = None) -> Path:
     sweep = Sweep(domain_scales=config.domain_scales, guidance_scales=config.guidance_scales)
     results = {}
     for split, names in (("seen", seen), ("held-out", held_out)):
-        prompts = _spread(names, config.num_prompts)
+        prompts = evenly_spaced(names, config.num_prompts)
         eval_config = EvalConfig(out=out / f"eval-{split}", num_images=config.images_per_setting, prompts=prompts,
                                  seed=config.seed, scheduler="dpm++", steps=config.sample_steps, batch_size=16,
                                  metrics=(), plot_x="control_top1" if scorer else None,

@@ -70,11 +70,11 @@ def load_text_encoder():
 
 def render_prior_images(resolution: int, limit: int | None = None) -> tuple[torch.Tensor, list[str]]:
     """All emoji (or ``limit`` of them) in the prior's styles: images (N, 3, R, R) in [-1, 1] and their names."""
-    from .render import list_emoji, render
+    from .render import evenly_spaced, list_emoji, render
 
     emojis = list_emoji()
     if limit is not None:
-        emojis = emojis[:: max(1, len(emojis) // limit)][:limit]
+        emojis = evenly_spaced(emojis, limit)
     images, names = [], []
     for emoji in tqdm(emojis, desc="rendering prior data", unit="emoji"):
         for style in PRIOR_STYLES:
@@ -316,10 +316,10 @@ def measure_prior(prior_dir: str | Path, num_prompts: int = 200, guidance_scale:
     whole world) and score it with the shipped evaluators (top-1 among 10 candidates; chance 0.1)."""
     from ..pipeline import InDomainPipeline
     from .evaluators import load_evaluators
-    from .render import list_emoji
+    from .render import evenly_spaced, list_emoji
 
     emojis = list_emoji()
-    names = [e.name for e in emojis[:: max(1, len(emojis) // num_prompts)][:num_prompts]]
+    names = [e.name for e in evenly_spaced(emojis, num_prompts)]
     pipe = InDomainPipeline.from_pretrained(prior_dir)
     pipe.set_progress_bar_config(disable=True)
     images = []

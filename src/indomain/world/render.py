@@ -43,7 +43,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -93,6 +93,8 @@ MIN_HELD_OUT_FRACTION = 0.2
 
 _WHITE = (255, 255, 255)
 _SPLITS = ("seen", "held_out")
+
+T = TypeVar("T")
 
 
 class EmojiAssetError(FileNotFoundError):
@@ -384,15 +386,20 @@ def _write_text_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _select(emojis: Sequence[Emoji], limit: int | None) -> list[Emoji]:
-    items = sorted(emojis, key=_by_codepoint)
-    if limit is None or limit >= len(items):
+def evenly_spaced(items: Sequence[T], n: int | None) -> list[T]:
+    """``n`` items spread evenly over ``items`` (first and last included), in order; all of them if ``n`` is None or larger."""
+    items = list(items)
+    if n is None or n >= len(items):
         return items
-    if limit < 1:
-        raise ValueError(f"limit must be positive, got {limit}")
-    # Evenly spaced over the sorted list: the first N codepoints would be all arrows and signs.
-    idx = np.linspace(0, len(items) - 1, limit).round().astype(int)
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    idx = np.linspace(0, len(items) - 1, n).round().astype(int)
     return [items[i] for i in sorted(set(idx.tolist()))]
+
+
+def _select(emojis: Sequence[Emoji], limit: int | None) -> list[Emoji]:
+    # Evenly spaced over the sorted list: the first N codepoints would be all arrows and signs.
+    return evenly_spaced(sorted(emojis, key=_by_codepoint), limit)
 
 
 def render_dataset(

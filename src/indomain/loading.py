@@ -1,0 +1,129 @@
+"""Opening priors and domain models from disk, safely: the one place that loads them.
+
+- `load_prior_components`: a Stable Diffusion prior's UNet, VAE, noise scheduler and (optionally) text
+  encoder, after `indomain.safeload.check_prior` has checked the folder; used by the trainer.
+  `InDomainPipeline.from_pretrained` runs the same check before diffusers' own loader.
+- `load_domain_model`: a domain model folder as `indomain train` writes it: a `NullTextUNet`, an
+  adapter-only (LoRA) `NullTextUNet`, or a text-conditioned fine-tune; used by the pipeline and evaluator.
+- The adapter-only folder format: `save_lora` / `load_lora` / `is_lora_folder`.
+
+Weights load from safetensors; pickle files only with ``allow_pickle`` (see `indomain.safeload`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+
+from .nulltext import NullTextUNet, json_config
+from .safeload import check_prior, check_safe
+
+
+def load_prior_components(prior: str | os.PathLike, *, allow_pickle: bool = False, need_text: bool = True) -> dict:
+    """The prior's ``unet``, ``vae`` and ``noise_scheduler`` (DDPM); with ``need_text``, ``tokenizer`` and ``text_encoder``."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+    check_prior(prior, allow_pickle)
+    safe = None if allow_pickle else True
+    parts = {
+        "unet": UNet2DConditionModel.from_pretrained(prior, subfolder="unet", use_safetensors=safe),
+        "vae": AutoencoderKL.from_pretrained(prior, subfolder="vae", use_safetensors=safe),
+        "noise_scheduler": DDPMScheduler.from_pretrained(prior, subfolder="scheduler"),
+    }
+    if need_text:
+        from transformers import AutoModel, AutoTokenizer
+
+        # AutoModel: CLIP for Stable Diffusion, but any text encoder a prior ships (the emoji prior: MiniLM)
+        parts["tokenizer"] = AutoTokenizer.from_pretrained(prior, subfolder="tokenizer")
+        parts["text_encoder"] = AutoModel.from_pretrained(prior, subfolder="text_encoder", use_safetensors=safe)
+    return parts
+
+
+def load_domain_model(
+    path: str | os.PathLike, prior_unet: UNet2DConditionModel | None = None, allow_pickle: bool = False, **kwargs: Any
+) -> NullTextUNet | UNet2DConditionModel:
+    """Load a domain model folder written by `indomain train`, with an error naming the problem.
+
+    Accepted: a full `NullTextUNet`; an adapter-only (LoRA) `NullTextUNet`, which needs ``prior_unet``
+    for its base weights; or a text-conditioned `UNet2DConditionModel` (a conventional fine-tune).
+    """
+    path = Path(path)
+    config_file = path / "config.json"
+    if not path.is_dir() or not config_file.is_file():
+        raise ValueError(
+            f"domain model {str(path)!r} is not a model folder: expected a directory with config.json and "
+            "diffusion_pytorch_model.safetensors, as written by `indomain train` or NullTextUNet.save_pretrained"
+        )
+    cls_name = json.loads(config_file.read_text()).get("_class_name")
+    if cls_name not in (NullTextUNet.__name__, UNet2DConditionModel.__name__):
+        raise ValueError(f"domain model {str(path)!r} holds a {cls_name!r}, not a NullTextUNet or UNet2DConditionModel")
+    if is_lora_folder(path):
+        if prior_unet is None:
+            raise ValueError(f"domain model {str(path)!r} holds LoRA adapters only; it needs the prior's UNet to load")
+        return load_lora(path, prior_unet)
+    check_safe(path, allow_pickle)
+    cls = NullTextUNet if cls_name == NullTextUNet.__name__ else UNet2DConditionModel
+    return cls.from_pretrained(path, use_safetensors=None if allow_pickle else True, **kwargs)
+
+
+LORA_FILE = "lora_weights.safetensors"
+
+
+def save_lora(model: NullTextUNet, folder: str | Path, lora_state: dict[str, torch.Tensor]) -> None:
+    """Save an adapter-only domain model: config, calibrated buffers and LoRA weights (no base weights).
+
+    It loads with `load_lora(folder, prior_unet)`, which takes the base weights from the prior.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    peft_config = model.unet.peft_config["default"]
+    lora = {
+        "r": peft_config.r,
+        "lora_alpha": peft_config.lora_alpha,
+        "target_modules": sorted(peft_config.target_modules),
+    }
+    config = dict(model.config)
+    config["lora"] = lora
+    (folder / "config.json").write_text(json.dumps({"_class_name": type(model).__name__, **json_config(config)}, indent=2))
+    tensors = {f"lora.{k}": v.detach().contiguous().cpu() for k, v in lora_state.items()}
+    tensors.update({f"buffer.{k}": v.detach().contiguous().cpu() for k, v in model.named_buffers()})
+    save_file(tensors, folder / LORA_FILE)
+
+
+def is_lora_folder(folder: str | Path) -> bool:
+    return (Path(folder) / LORA_FILE).is_file()
+
+
+def load_lora(folder: str | Path, prior_unet: UNet2DConditionModel) -> NullTextUNet:
+    """Rebuild a domain model from an adapter-only folder and the prior's UNet, LoRA fused into the weights."""
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    lora = config.pop("lora")
+    init = {k: v for k, v in config.items() if not k.startswith("_")}
+    model = NullTextUNet(**init)
+    own = model.unet.state_dict()
+    prior_state = prior_unet.state_dict()
+    mismatch = [k for k in own if k in prior_state and prior_state[k].shape != own[k].shape]
+    if mismatch:
+        raise ValueError(f"LoRA domain model {str(folder)!r} does not fit the prior: shape mismatch at {mismatch[0]}")
+    model.unet.load_state_dict({k: v for k, v in prior_state.items() if k in own}, strict=False)
+    tensors = load_file(folder / LORA_FILE)
+    buffers = dict(model.named_buffers())
+    for k, v in tensors.items():
+        if k.startswith("buffer."):
+            buffers[k[len("buffer."):]].copy_(v)
+    model.unet.add_adapter(LoraConfig(init_lora_weights="gaussian", **lora))
+    set_peft_model_state_dict(model.unet, {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")})
+    model.unet.fuse_lora()
+    model.unet.unload_lora()
+    model.register_to_config(lora=None)
+    return model.to(prior_unet.device, prior_unet.dtype)
