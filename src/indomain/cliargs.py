@@ -1,9 +1,16 @@
-"""argparse value types shared by every command: a bad number is refused before any work starts."""
+"""The command line shared by every command: argparse value types (a bad number is refused before any work
+starts) and options built from a config dataclass, so each setting is written once."""
 
 from __future__ import annotations
 
 import argparse
+import collections.abc
+import dataclasses
 import math
+import types
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 
 def positive_int(text: str) -> int:
@@ -45,3 +52,80 @@ def positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
+
+
+# ----------------------------------------------------------------------------------------------------
+# A config dataclass is its own command line: each field carries its help (and, where needed, its flag and
+# value type) in its metadata, `add_options` turns the fields into options and `from_args` reads them back.
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None, type: Callable | None = None,
+           choices: Sequence[str] | None = None, nargs: str | None = None, metavar: str | None = None) -> Any:
+    """A dataclass field that is also a command-line option; no ``default`` makes the option required.
+
+    ``flag`` replaces the default spelling ``--field-name`` (for a bool that defaults to True: ``--no-field-name``,
+    which sets it False); ``type`` validates the value (for a list, each item; default: the field's int/float/str).
+    A list default is copied for each instance.
+    """
+    meta = {"help": help, "flag": flag, "type": type, "choices": choices, "nargs": nargs, "metavar": metavar}
+    meta = {k: v for k, v in meta.items() if v is not None}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _value_type(hint: Any) -> tuple[Any, bool]:
+    """(item type, is a sequence) of a field's type hint: ``int | None`` -> (int, False), ``list[float]`` -> (float, True)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return _value_type(args[0])  # the first choice: str for ``str | os.PathLike | None``
+    if typing.get_origin(hint) in (list, tuple, collections.abc.Sequence):
+        return args[0], True
+    return hint, False
+
+
+def add_options(parser: Any, cls: type, names: Iterable[str] | None = None) -> dict[str, argparse.Action]:
+    """Add an option to ``parser`` (or argument group) for each field of dataclass ``cls``, or for the fields ``names``.
+
+    Each option stores into ``args.<field name>``; the help shows the default unless it already speaks of one.
+    Returns the new actions by field name.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    actions = {}
+    for name in names if names is not None else fields:
+        f, meta = fields[name], fields[name].metadata
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        kind, is_sequence = _value_type(hints[name])
+        kw: dict[str, Any] = {"dest": name, "help": meta["help"]}
+        if kind is bool:  # a switch that turns the default around
+            flag = meta.get("flag") or "--" + ("no-" if default else "") + name.replace("_", "-")
+            actions[name] = parser.add_argument(flag, action="store_false" if default else "store_true", **kw)
+            continue
+        kw["type"] = meta.get("type") or (kind if kind in (int, float) else None)
+        for key in ("choices", "metavar"):
+            if key in meta:
+                kw[key] = meta[key]
+        if is_sequence:
+            kw["nargs"] = meta.get("nargs", "+")
+        if default is dataclasses.MISSING:
+            kw["required"] = True
+        else:
+            kw["default"] = list(default) if is_sequence and default is not None else default
+            if "default" not in kw["help"]:
+                kw["help"] += " (default: %(default)s)"
+        actions[name] = parser.add_argument(meta.get("flag") or "--" + name.replace("_", "-"), **kw)
+    return actions
+
+
+T = TypeVar("T")
+
+
+def from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """An instance of dataclass ``cls`` from the options `add_options` added; fields without one keep their default."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if hasattr(args, f.name):
+            value = getattr(args, f.name)
+            values[f.name] = tuple(value) if isinstance(f.default, tuple) and value is not None else value
+    return cls(**values)
