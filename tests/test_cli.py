@@ -86,3 +86,57 @@ def test_convert_pickle_folder_to_safetensors(prior_and_domain, tmp_path):
     m.save_pretrained(tmp_path / "pickled", safe_serialization=False)
     assert main(["convert", str(tmp_path / "pickled"), str(tmp_path / "safe")]) == 0
     assert (tmp_path / "safe" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+# -- one source for each config: every field is an option, and the options read back into the dataclass ----------
+
+
+def _subcommand(*names):
+    from indomain.cli import build_parser
+
+    parser = build_parser()
+    for name in names:
+        parser = next(a for a in parser._actions if a.dest in ("command", "world_command")).choices[name]
+    return parser
+
+
+def _config_classes():
+    from indomain.train import TrainConfig
+
+    return [(("train",), TrainConfig)]
+
+
+@pytest.mark.parametrize("command,cls", _config_classes(), ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
+def test_every_config_field_is_an_option_with_help(command, cls):
+    import dataclasses
+
+    actions = {a.dest: a for a in _subcommand(*command)._actions}
+    for f in dataclasses.fields(cls):
+        assert f.name in actions, f"{cls.__name__}.{f.name} has no option in `indomain {' '.join(command)}`"
+        assert actions[f.name].help, f.name
+    for a in actions.values():
+        assert a.help, a.dest
+
+
+def _dry_run(capsys, *argv):
+    assert main(["train", "--prior", "p", "--images", "i", "--output", "o", "--dry-run", *argv]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_train_options_keep_their_spelling_and_the_learning_rate_has_one_rule(capsys):
+    from indomain.train import TrainConfig
+
+    config = _dry_run(capsys)
+    assert config["learning_rate"] == 1e-5 and config["center_crop"] and config["random_flip"] and config["use_ema"]
+    assert _dry_run(capsys, "--lora-rank", "4")["learning_rate"] == 1e-4
+    assert _dry_run(capsys, "--lora-rank", "4", "--learning-rate", "3e-4")["learning_rate"] == 3e-4
+    assert TrainConfig(prior="p", images="i", output="o").learning_rate == 1e-5  # the Python API follows the same rule
+    assert TrainConfig(prior="p", images="i", output="o", lora_rank=4).learning_rate == 1e-4
+    config = _dry_run(capsys, "--random-crop", "--no-flip", "--no-ema", "--validation-prompts", "a", "b",
+                      "--adam-beta1", "0.8", "--guidance-scale", "-1", "--latent-cache", "c", "--log-every", "3")
+    assert not (config["center_crop"] or config["random_flip"] or config["use_ema"])
+    assert config["validation_prompts"] == ["a", "b"] and config["adam_beta1"] == 0.8 and config["guidance_scale"] == -1
+    assert config["latent_cache"] == "c" and config["log_every"] == 3
+    with pytest.raises(SystemExit):
+        main(["train", "--prior", "p", "--images", "i", "--output", "o", "--log-every", "0"])
+    assert "--log-every" in capsys.readouterr().err
