@@ -102,8 +102,9 @@ def _subcommand(*names):
 
 def _config_classes():
     from indomain.train import TrainConfig
+    from indomain.world.benchmark import BenchmarkConfig
 
-    return [(("train",), TrainConfig)]
+    return [(("train",), TrainConfig), (("world", "benchmark"), BenchmarkConfig)]
 
 
 @pytest.mark.parametrize("command,cls", _config_classes(), ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
@@ -140,3 +141,12 @@ def test_train_options_keep_their_spelling_and_the_learning_rate_has_one_rule(ca
     with pytest.raises(SystemExit):
         main(["train", "--prior", "p", "--images", "i", "--output", "o", "--log-every", "0"])
     assert "--log-every" in capsys.readouterr().err
+
+
+def test_demo_options_default_to_the_benchmark_demo_preset():
+    from indomain.demo import DEMO_OPTIONS
+    from indomain.world.benchmark import BenchmarkConfig
+
+    args, preset = _subcommand("demo").parse_args([]), BenchmarkConfig.demo(prior="p", out="o")
+    assert {name: getattr(args, name) for name in DEMO_OPTIONS} == {name: getattr(preset, name) for name in DEMO_OPTIONS}
+    assert preset.train_steps < BenchmarkConfig(prior="p", out="o").train_steps  # the demo is the shorter run

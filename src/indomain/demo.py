@@ -14,9 +14,10 @@ import html
 import time
 from pathlib import Path
 
-from .cliargs import positive_int
+from .cliargs import add_options
+from .world.benchmark import BenchmarkConfig
 
-DEFAULTS = {"train_steps": 300, "num_prompts": 12, "images_per_setting": 24, "sample_steps": 20, "seed": 0}
+DEMO_OPTIONS = ("train_steps", "num_prompts", "images_per_setting", "sample_steps", "seed", "overwrite")  # the rest: preset
 
 
 def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: int, sample_steps: int, seed: int,
@@ -26,7 +27,7 @@ def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: 
 
     from .outputs import make_grid
     from .pipeline import InDomainPipeline
-    from .world.benchmark import DOMAIN_CAPTION, BenchmarkConfig, run_benchmark
+    from .world.benchmark import DOMAIN_CAPTION, run_benchmark
     from .world.evaluators import load_evaluators
     from .world.prior import emoji_prior_dir
     from .world.render import evenly_spaced, list_emoji, split_emoji
@@ -34,10 +35,9 @@ def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: 
     start = time.time()
     prior = prior or str(emoji_prior_dir())
     print(f"prior: {prior}")
-    config = BenchmarkConfig(prior=prior, out=str(out), train_steps=train_steps, num_prompts=num_prompts,
-                             images_per_setting=images_per_setting, sample_steps=sample_steps,
-                             domain_scales=[0.0, 2.5], guidance_scales=[2.5], seed=seed,
-                             num_domain_images=num_domain_images, overwrite=overwrite)
+    config = BenchmarkConfig.demo(prior, str(out), train_steps=train_steps, num_prompts=num_prompts,
+                                  images_per_setting=images_per_setting, sample_steps=sample_steps, seed=seed,
+                                  num_domain_images=num_domain_images, overwrite=overwrite)
     run_benchmark(config, scorer=load_evaluators().scorer(k=10))
 
     # an overview picture: unconditional in-domain samples, then held-out prompts under each method
@@ -82,11 +82,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/demo", help="output folder (default: %(default)s)")
     p.add_argument("--prior", default=None, help="emoji prior pipeline folder (default: the shipped one)")
-    p.add_argument("--train-steps", type=positive_int, default=DEFAULTS["train_steps"], help="steps per trained model (default: %(default)s)")
-    p.add_argument("--num-prompts", type=positive_int, default=DEFAULTS["num_prompts"], help="prompts per set, seen and held-out (default: %(default)s)")
-    p.add_argument("--images-per-setting", type=positive_int, default=DEFAULTS["images_per_setting"], help="images per scored setting (default: %(default)s)")
-    p.add_argument("--sample-steps", type=positive_int, default=DEFAULTS["sample_steps"], help="sampler steps (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="start over in --out (default: continue an earlier demo there)")
+    add_options(p, BenchmarkConfig, DEMO_OPTIONS)
+    preset = BenchmarkConfig.demo(prior="", out="")
+    p.set_defaults(**{name: getattr(preset, name) for name in DEMO_OPTIONS})  # also the defaults --help shows
     p.set_defaults(func=lambda a: run_demo(Path(a.out), a.train_steps, a.num_prompts, a.images_per_setting,
                                            a.sample_steps, a.seed, a.prior, overwrite=a.overwrite) and 0)

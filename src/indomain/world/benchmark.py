@@ -20,32 +20,44 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..cliargs import finite_float, positive_int
+from ..cliargs import add_options, finite_float, from_args, option, positive_float, positive_int
 
 DOMAIN_CAPTION = "openmoji style"
 
 
 @dataclass
 class BenchmarkConfig:
-    prior: str  # the emoji prior pipeline folder
-    out: str
-    resolution: int = 32
-    train_steps: int = 400  # domain model and each baseline
-    train_batch_size: int = 16
-    learning_rate: float = 1e-4  # full weights; LoRA uses 10x
-    lora_rank: int = 8
-    num_domain_images: int | None = None  # None: every seen emoji
-    num_prompts: int = 24  # per prompt set (seen / held-out)
-    images_per_setting: int = 48
-    sample_steps: int = 20
-    domain_scales: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.5])
-    guidance_scales: list[float] = field(default_factory=lambda: [2.5, 5.0])
-    seed: int = 0
-    overwrite: bool = False  # replace an earlier benchmark (or demo) in `out` instead of continuing it
+    """Every setting of `indomain world benchmark` (each field is also its option ``--field-name``)."""
+
+    prior: str = option(help="the emoji prior pipeline folder")
+    out: str = option(help="output folder (models, reports, RESULTS.md)")
+    resolution: int = option(32, "image size in pixels of the domain renders and of training (the emoji prior's size)",
+                             type=positive_int)
+    train_steps: int = option(400, "training steps per model: the domain model and each baseline", type=positive_int)
+    train_batch_size: int = option(16, "training batch size", type=positive_int)
+    learning_rate: float = option(1e-4, "learning rate of the full-weight models; the LoRA baseline uses 10x",
+                                  type=positive_float)
+    lora_rank: int = option(8, "LoRA rank of the LoRA baseline", type=positive_int)
+    num_domain_images: int | None = option(None, "domain images (default: every seen emoji)", type=positive_int)
+    num_prompts: int = option(24, "prompts per set (seen and held-out)", type=positive_int)
+    images_per_setting: int = option(48, "images per scored setting", type=positive_int)
+    sample_steps: int = option(20, "sampler steps", type=positive_int)
+    domain_scales: list[float] = option([0.0, 1.0, 2.5], "w_d sweep", type=finite_float, nargs="*")
+    guidance_scales: list[float] = option([2.5, 5.0], "w_c sweep", type=finite_float, nargs="*")
+    seed: int = option(0, "seed of the split, the training runs and the sampling")
+    overwrite: bool = option(False, "start over in --out, replacing an earlier benchmark or demo (default: continue "
+                             "an earlier run there)")
+
+    @classmethod
+    def demo(cls, prior: str, out: str, **changes: Any) -> BenchmarkConfig:
+        """The `indomain demo` preset: shorter training and fewer images (CPU minutes), one w_d > 0 and one w_c."""
+        preset = dict(train_steps=300, num_prompts=12, images_per_setting=24, domain_scales=[0.0, 2.5],
+                      guidance_scales=[2.5])
+        return cls(prior=prior, out=out, **(preset | changes))
 
 
 BENCHMARK_OUTPUTS = ("domain_images", "latent_cache", "ours", "finetune", "finetune-lora", "eval-*", "RESULTS.md",
@@ -137,21 +149,10 @@ def write_results(out: Path, config: BenchmarkConfig, results: dict, seconds: fl
 
 
 def add_parser(wsub: argparse._SubParsersAction) -> None:
-    d = BenchmarkConfig(prior="", out="")
     p = wsub.add_parser("benchmark", help="compare prior, fine-tuning (CFG, LoRA, rectified) and ours in the emoji world",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prior", required=True, help="the emoji prior pipeline folder")
-    p.add_argument("--out", required=True, help="output folder (models, reports, RESULTS.md)")
-    p.add_argument("--train-steps", type=positive_int, default=d.train_steps, help="training steps per model (default: %(default)s)")
-    p.add_argument("--num-domain-images", type=positive_int, default=None, help="domain images (default: every seen emoji)")
-    p.add_argument("--num-prompts", type=positive_int, default=d.num_prompts, help="prompts per set (default: %(default)s)")
-    p.add_argument("--images-per-setting", type=positive_int, default=d.images_per_setting, help="images per setting (default: %(default)s)")
-    p.add_argument("--sample-steps", type=positive_int, default=d.sample_steps, help="sampler steps (default: %(default)s)")
-    p.add_argument("--domain-scales", type=finite_float, nargs="*", default=d.domain_scales, help="w_d sweep (default: %(default)s)")
-    p.add_argument("--guidance-scales", type=finite_float, nargs="*", default=d.guidance_scales, help="w_c sweep (default: %(default)s)")
+    add_options(p, BenchmarkConfig)
     p.add_argument("--no-evaluators", action="store_true", help="skip the emoji evaluators (smoke runs)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="start over in --out (default: continue an earlier run there)")
     p.set_defaults(func=_cmd)
 
 
@@ -161,11 +162,6 @@ def _cmd(args: argparse.Namespace) -> int:
         from .evaluators import load_evaluators
 
         scorer = load_evaluators().scorer(k=10)
-    config = BenchmarkConfig(prior=args.prior, out=args.out, train_steps=args.train_steps,
-                             num_domain_images=args.num_domain_images, num_prompts=args.num_prompts,
-                             images_per_setting=args.images_per_setting, sample_steps=args.sample_steps,
-                             domain_scales=args.domain_scales, guidance_scales=args.guidance_scales, seed=args.seed,
-                             overwrite=args.overwrite)
-    out = run_benchmark(config, scorer)
+    out = run_benchmark(from_args(BenchmarkConfig, args), scorer)
     print(f"results: {out / 'RESULTS.md'}")
     return 0
