@@ -103,8 +103,9 @@ def _subcommand(*names):
 def _config_classes():
     from indomain.train import TrainConfig
     from indomain.world.benchmark import BenchmarkConfig
+    from indomain.world.prior import PriorConfig
 
-    return [(("train",), TrainConfig), (("world", "benchmark"), BenchmarkConfig)]
+    return [(("train",), TrainConfig), (("world", "benchmark"), BenchmarkConfig), (("world", "train-prior"), PriorConfig)]
 
 
 @pytest.mark.parametrize("command,cls", _config_classes(), ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")

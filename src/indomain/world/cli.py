@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cliargs import positive_float, positive_int
+from ..cliargs import add_options, from_args, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,18 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from .prior import PriorConfig
     from .prior import __doc__ as prior_doc
 
-    d = PriorConfig(out="")
     p = wsub.add_parser("train-prior", help="train the emoji prior (VAE, then text-conditioned UNet); resumable",
                         description=prior_doc,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="run folder; rerun the same command to resume")
-    p.add_argument("--vae-steps", type=positive_int, default=d.vae_steps, help="VAE steps (default: %(default)s)")
-    p.add_argument("--unet-steps", type=positive_int, default=d.unet_steps, help="UNet steps (default: %(default)s)")
-    p.add_argument("--unet-batch", type=positive_int, default=d.unet_batch, help="UNet batch size (default: %(default)s)")
-    p.add_argument("--unet-lr", type=positive_float, default=d.unet_lr, help="UNet learning rate (default: %(default)s)")
-    p.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every, help="steps between checkpoints (default: %(default)s)")
-    p.add_argument("--limit", type=positive_int, default=None, help="use only this many emoji (smoke tests)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    add_options(p, PriorConfig)
     p.set_defaults(func=_train_prior)
 
     from .benchmark import add_parser as add_benchmark
@@ -57,8 +49,6 @@ def _train_prior(args: argparse.Namespace) -> int:
     from .prior import PriorConfig, train_prior
 
     claim_output_dir(args.out, "world train-prior", owned=(), record="prior_config.json", reuse=True)  # rerun = resume
-    out = train_prior(PriorConfig(out=args.out, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
-                                  unet_batch=args.unet_batch, unet_lr=args.unet_lr,
-                                  checkpoint_every=args.checkpoint_every, limit=args.limit, seed=args.seed))
+    out = train_prior(from_args(PriorConfig, args))
     print(f"prior pipeline: {Path(out) / 'pipeline'}")
     return 0

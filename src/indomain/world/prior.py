@@ -31,25 +31,32 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..cliargs import finite_float, option, positive_float, positive_int
+
 PRIOR_STYLES = ("noto", "twemoji")
 MAX_TOKENS = 16
 
 
 @dataclass
 class PriorConfig:
-    out: str
-    resolution: int = 32
-    vae_steps: int = 2000
-    vae_batch: int = 64
-    vae_lr: float = 1e-3
-    unet_steps: int = 30000
-    unet_batch: int = 64
-    unet_lr: float = 3e-4
-    caption_dropout: float = 0.1
-    ema_decay: float = 0.999
-    checkpoint_every: int = 500
-    limit: int | None = None  # use only this many emoji (evenly spaced), for smoke tests
-    seed: int = 0
+    """Every setting of `indomain world train-prior` (each field is also its option ``--field-name``); saved as
+    ``prior_config.json`` in the run folder."""
+
+    out: str = option(help="run folder; rerun the same command to resume")
+    resolution: int = option(32, "image size in pixels; the VAE maps it to a latent 4x smaller", type=positive_int)
+    vae_steps: int = option(2000, "VAE steps", type=positive_int)
+    vae_batch: int = option(64, "VAE batch size", type=positive_int)
+    vae_lr: float = option(1e-3, "VAE learning rate (AdamW)", type=positive_float)
+    unet_steps: int = option(30000, "UNet steps", type=positive_int)
+    unet_batch: int = option(64, "UNet batch size", type=positive_int)
+    unet_lr: float = option(3e-4, "UNet learning rate (AdamW)", type=positive_float)
+    caption_dropout: float = option(0.1, "share of captions replaced by the empty prompt, so that the empty prompt "
+                                    "is a real unconditional model", type=finite_float)
+    ema_decay: float = option(0.999, "EMA decay of the UNet weights", type=finite_float)
+    checkpoint_every: int = option(500, "steps between checkpoints (of either stage)", type=positive_int)
+    limit: int | None = option(None, "use only this many emoji, evenly spaced, for smoke tests (default: all)",
+                               type=positive_int)
+    seed: int = option(0, "seed of the data order, noise and caption dropout")
 
 
 def minilm_dir() -> Path:
