@@ -60,7 +60,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
 def _build_world(root: Path) -> dict[str, Path]:
     prior = save_tiny_prior(root / "prior")
     pipe = InDomainPipeline.from_pretrained(prior)
-    null = pipe.encode_prompt([""], torch.device("cpu"))
+    null = pipe.encode_text([""], torch.device("cpu"))
     NullTextUNet.from_prior(pipe.unet, null, prior=str(prior)).save_pretrained(root / "domain")
     tiny_unet(seed=1).save_pretrained(root / "finetune")
     real = root / "real"

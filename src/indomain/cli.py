@@ -77,15 +77,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline import InDomainPipeline
     from .schedulers import make_scheduler
 
+    from .loading import resolve_domain_path
     from .safeload import check_prior
 
     device = _device(args.device)
     dtype = getattr(torch, args.dtype)
-    if args.domain is not None and not Path(args.domain).is_dir():
-        raise FileNotFoundError(f"--domain {args.domain!r} is not a folder")
+    domain = None if args.domain is None else resolve_domain_path(args.domain)  # a folder, or a hub id in the cache
     check_prior(args.prior, args.allow_pickle)
     out = claim_output_dir(args.out, "generate", owned=GENERATE_OUTPUTS, record="settings.json", overwrite=args.overwrite)
-    pipe = InDomainPipeline.from_pretrained(args.prior, domain_unet=args.domain, allow_pickle=args.allow_pickle, torch_dtype=dtype)
+    pipe = InDomainPipeline.from_pretrained(args.prior, domain_unet=domain, allow_pickle=args.allow_pickle, dtype=dtype)
     pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
     pipe.to(device)
     if pipe.domain_unet is None and args.domain_scale != 0:

@@ -57,7 +57,7 @@ from .metrics import (
     real_image_stats,
 )
 from .metrics import check_kid_subset  # KID size rule and message live in one place
-from .cliargs import finite_float, positive_int
+from .cliargs import add_options, finite_float, from_args, option, positive_int
 from .outputs import claim_output_dir, make_grid
 from .report import write_outputs
 
@@ -141,31 +141,45 @@ class Sweep:
 
 @dataclass
 class EvalConfig:
-    """The protocol shared by every method and setting (written to settings.json)."""
+    """The protocol shared by every method and setting (written to settings.json).
 
-    out: str | os.PathLike
-    num_images: int = 1000  # the paper's in-training eval: 1,000 generated vs 1,000 real
-    prompts: list[str] | None = None  # image i gets prompts[i % len(prompts)]; None = unconditional
-    clip_texts: list[str] | None = None  # scored text, aligned with prompts; default: the prompts themselves
-    seed: int = 0  # image i uses seed + i
-    scheduler: str = "dpm++"
-    steps: int = 25
-    batch_size: int = 8
-    height: int | None = None
-    width: int | None = None
-    dtype: str = "float32"
-    real: str | os.PathLike | None = None  # real-image folder for FID/KID
-    metrics: tuple[str, ...] = ("fid", "kid")
-    resolution: int | None = None  # FID/KID evaluation resolution; default: the extractor's (299 for Inception)
-    kid_subset_size: int = 1000
-    kid_subsets: int = 100
-    stats_cache: str | os.PathLike | None = None  # default: indomain.metrics.default_cache_dir()
-    use_stats_cache: bool = True
-    clip_model: str | os.PathLike | None = None  # local CLIP folder; None = no CLIP score
-    plot_x: str | None = None  # default: clip_score, else the first scorer column, else w_d
-    plot_y: str | None = None  # default: fid, else kid, else the first scorer column
-    grid_images: int = 8  # images per sample grid in the report
-    overwrite: bool = False  # replace an earlier `indomain evaluate` output in `out`
+    Each field is also an option of ``indomain evaluate`` (``--field-name`` unless ``flag`` says otherwise).
+    """
+
+    out: str | os.PathLike = option(help="output folder (images/, grids/, results.*, plot.png, report.html, "
+                                         "settings.json)")
+    num_images: int = option(1000, "images per setting (default: %(default)s, the paper's in-training eval: 1,000 "
+                             "generated vs 1,000 real; 10000 recommended for final numbers)", type=positive_int,
+                             metavar="N")
+    prompts: list[str] | None = option(None, "generation prompts; image i uses prompt i mod P (default: none = "
+                                       "unconditional)", metavar="TEXT")
+    clip_texts: list[str] | None = option(None, "scored texts aligned with --prompts, e.g. the control phrase only "
+                                          "(default: the prompts)", flag="--clip-text", metavar="TEXT")
+    seed: int = option(0, "image i uses seed+i, in every setting")
+    scheduler: str = option("dpm++", "sampler (default: %(default)s, DPM-Solver++ as in the paper)")
+    steps: int = option(25, "sampler steps", type=positive_int)
+    batch_size: int = option(8, "images per pipeline call per process", type=positive_int)
+    height: int | None = option(None, "image height (default: the prior's native size)", type=positive_int)
+    width: int | None = option(None, "image width (default: the prior's native size)", type=positive_int)
+    dtype: str = option("float32", "model precision", choices=["float32", "float16", "bfloat16"])
+    real: str | os.PathLike | None = option(None, "real-image folder for FID/KID (recursive; default: no FID/KID)",
+                                            metavar="DIR")
+    metrics: tuple[str, ...] = option(("fid", "kid"), "image metrics against --real", choices=["fid", "kid"])
+    resolution: int | None = option(None, "images are center-cropped and bicubic-resized to this before the extractor "
+                                    "(default: the extractor's, 299 for Inception, 64 for random-conv)", type=int)
+    kid_subset_size: int = option(1000, "KID subset size, at most N and N real", type=positive_int)
+    kid_subsets: int = option(100, "KID subsets", type=positive_int)
+    stats_cache: str | os.PathLike | None = option(None, "real-statistics cache (default: $INDOMAIN_STATS_CACHE or "
+                                                   "~/.cache/indomain/stats)", metavar="DIR")
+    use_stats_cache: bool = option(True, "cache the real statistics; --no-stats-cache recomputes them",
+                                   flag="--no-stats-cache")
+    clip_model: str | os.PathLike | None = option(None, "local CLIP folder (e.g. openai/clip-vit-large-patch14) for "
+                                                  "CLIP score (default: no CLIP score)", metavar="DIR")
+    plot_x: str | None = option(None, "x column of plot.png (default: clip_score, else the first scorer column, "
+                                "else w_d)")
+    plot_y: str | None = option(None, "y column of plot.png (default: fid, else kid, else the first scorer column)")
+    grid_images: int = option(8, "images per sample grid in the report", type=positive_int)
+    overwrite: bool = option(False, "replace an earlier `indomain evaluate` output in --out")
 
     def prompt_for(self, index: int) -> str | None:
         return self.prompts[index % len(self.prompts)] if self.prompts else None
@@ -263,13 +277,13 @@ def load_method(method: Method, config: EvalConfig, device: torch.device) -> Any
 
     dtype = getattr(torch, config.dtype)
     pipe = InDomainPipeline.from_pretrained(
-        method.prior, domain_unet=method.domain, allow_pickle=method.allow_pickle, torch_dtype=dtype
+        method.prior, domain_unet=method.domain, allow_pickle=method.allow_pickle, dtype=dtype
     )
     if method.unet is not None:
         # Swapped in after loading, so a LoRA domain model is rebuilt on the prior's weights, not the fine-tune's.
         unet = method.unet
         if not isinstance(unet, nn.Module):
-            unet = load_domain_model(unet, allow_pickle=method.allow_pickle, torch_dtype=dtype)
+            unet = load_domain_model(unet, allow_pickle=method.allow_pickle, dtype=dtype)
         if type(unet) is not UNet2DConditionModel:
             raise ValueError(f"method {method.name!r}: unet must be a text-conditioned UNet2DConditionModel, "
                              f"got a {type(unet).__name__} (a domain model goes in domain=)")
@@ -524,39 +538,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--domain-scales", type=finite_float, nargs="+", default=[2.5], metavar="W", help="domain weights w_d (default: %(default)s; methods without a domain model use 0)")
     g.add_argument("--guidance-scales", type=finite_float, nargs="+", default=[2.5], metavar="W", help="control weights w_c (default: %(default)s; unconditional runs use 0)")
     prompts = g.add_mutually_exclusive_group()
-    prompts.add_argument("--prompts", nargs="+", default=None, metavar="TEXT", help="generation prompts; image i uses prompt i mod P (default: none = unconditional)")
+    add_options(prompts, EvalConfig, ["prompts"])
     prompts.add_argument("--prompts-file", default=None, metavar="FILE", help="text file with one prompt per line (blank lines skipped)")
-    g.add_argument("--num-images", type=positive_int, default=1000, metavar="N", help="images per setting (default: %(default)s, the paper's in-training eval; 10000 recommended for final numbers)")
-    g.add_argument("--seed", type=int, default=0, help="image i uses seed+i, in every setting (default: %(default)s)")
-    g.add_argument("--scheduler", default="dpm++", help=f"sampler: {', '.join(SCHEDULERS)} (default: %(default)s, DPM-Solver++ as in the paper)")
-    g.add_argument("--steps", type=positive_int, default=25, help="sampler steps (default: %(default)s)")
-    g.add_argument("--batch-size", type=positive_int, default=8, help="images per pipeline call per process (default: %(default)s)")
-    g.add_argument("--height", type=positive_int, default=None, help="image height (default: the prior's native size)")
-    g.add_argument("--width", type=positive_int, default=None, help="image width (default: the prior's native size)")
-    g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model precision (default: %(default)s)")
+    sampling = add_options(g, EvalConfig, ["num_images", "seed", "scheduler", "steps", "batch_size", "height", "width", "dtype"])
+    sampling["scheduler"].help += f"; one of {', '.join(SCHEDULERS)}"  # the names live in schedulers.py (imports diffusers)
     g = p.add_argument_group("metrics")
-    g.add_argument("--real", default=None, metavar="DIR", help="real-image folder for FID/KID (recursive; default: no FID/KID)")
+    add_options(g, EvalConfig, ["real"])
     ext = g.add_mutually_exclusive_group()
     ext.add_argument("--inception-weights", default=None, metavar="FILE", help="FID Inception weights file (pt_inception-2015-12-05-6726825d.pth or weights-inception-2015-12-05-6726825d.pth); needed with --real")
     ext.add_argument("--extractor", type=_random_conv_seed, default=None, metavar="random-conv:SEED",
                      help="instead of Inception: a fixed random conv net, for smoke tests/CI only (its 'FID' is not comparable with any published FID)")
     g.add_argument("--inception-resize", default="antialias", choices=["antialias", "legacy-tf"], help="Inception's internal resize to 299 (default: %(default)s, torchmetrics>=1.8; legacy-tf = TF FID/torch-fidelity)")
-    g.add_argument("--resolution", type=int, default=None, help="images are center-cropped and bicubic-resized to this before the extractor (default: the extractor's, 299 for Inception, 64 for random-conv)")
-    g.add_argument("--metrics", nargs="+", default=["fid", "kid"], choices=["fid", "kid"], help="image metrics against --real (default: %(default)s)")
-    g.add_argument("--kid-subset-size", type=positive_int, default=1000, help="KID subset size, at most N and N real (default: %(default)s)")
-    g.add_argument("--kid-subsets", type=positive_int, default=100, help="KID subsets (default: %(default)s)")
-    g.add_argument("--stats-cache", default=None, metavar="DIR", help="real-statistics cache (default: $INDOMAIN_STATS_CACHE or ~/.cache/indomain/stats)")
-    g.add_argument("--no-stats-cache", action="store_true", help="recompute the real statistics instead of caching them")
-    g.add_argument("--clip-model", default=None, metavar="DIR", help="local CLIP folder (e.g. openai/clip-vit-large-patch14) for CLIP score (default: no CLIP score)")
+    add_options(g, EvalConfig, ["resolution", "metrics", "kid_subset_size", "kid_subsets", "stats_cache", "use_stats_cache",
+                                "clip_model"])
     clip = g.add_mutually_exclusive_group()
-    clip.add_argument("--clip-text", nargs="+", default=None, metavar="TEXT", help="scored texts aligned with --prompts, e.g. the control phrase only (default: the prompts)")
+    add_options(clip, EvalConfig, ["clip_texts"])
     clip.add_argument("--clip-text-file", default=None, metavar="FILE", help="scored texts, one per line, aligned with the prompts file")
     g = p.add_argument_group("output")
-    g.add_argument("--out", required=True, help="output folder (images/, grids/, results.*, plot.png, report.html, settings.json)")
-    g.add_argument("--overwrite", action="store_true", help="replace an earlier `indomain evaluate` output in --out")
-    g.add_argument("--plot-x", default=None, help="x column of plot.png (default: clip_score, else w_d)")
-    g.add_argument("--plot-y", default=None, help="y column of plot.png (default: fid, else kid)")
-    g.add_argument("--grid-images", type=positive_int, default=8, help="images per sample grid in the report (default: %(default)s)")
+    add_options(g, EvalConfig, ["out", "overwrite", "plot_x", "plot_y", "grid_images"])
+    g.add_argument("--dry-run", action="store_true", help="print the resolved configuration (config, methods, sweep, extractor) as JSON and exit")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -585,18 +585,20 @@ def methods_from_args(args: argparse.Namespace) -> list[Method]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    prompts = read_lines(args.prompts_file) if args.prompts_file else args.prompts
-    clip_texts = read_lines(args.clip_text_file) if args.clip_text_file else args.clip_text
-    config = EvalConfig(
-        out=args.out, num_images=args.num_images, prompts=prompts, clip_texts=clip_texts, seed=args.seed,
-        scheduler=args.scheduler, steps=args.steps, batch_size=args.batch_size, height=args.height, width=args.width,
-        dtype=args.dtype, real=args.real, metrics=tuple(args.metrics), resolution=args.resolution,
-        kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets, stats_cache=args.stats_cache,
-        use_stats_cache=not args.no_stats_cache, clip_model=args.clip_model, plot_x=args.plot_x, plot_y=args.plot_y,
-        grid_images=args.grid_images, overwrite=args.overwrite,
-    )
+    config = from_args(EvalConfig, args)
+    if args.prompts_file:  # argparse lets only one of --prompts / --prompts-file through
+        config.prompts = read_lines(args.prompts_file)
+    if args.clip_text_file:
+        config.clip_texts = read_lines(args.clip_text_file)
     if args.real is None and (args.inception_weights or args.extractor is not None):
         raise ValueError("--inception-weights/--extractor need --real DIR, the real images FID/KID compare against")
+    if args.dry_run:
+        resolved = {"config": dataclasses.asdict(config), "methods": [m.record() for m in methods_from_args(args)],
+                    "sweep": dataclasses.asdict(Sweep(args.domain_scales, args.guidance_scales)),
+                    "extractor": {"inception_weights": args.inception_weights, "inception_resize": args.inception_resize,
+                                  "random_conv_seed": args.extractor}}
+        print(json.dumps(resolved, indent=2, default=str))
+        return 0
     extractor = None
     if args.extractor is not None:
         extractor = RandomConvFeatures(args.extractor)

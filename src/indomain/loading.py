@@ -22,7 +22,7 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
 from .nulltext import NullTextUNet, json_config
-from .safeload import check_prior, check_safe
+from .safeload import HUB_ID, check_prior, check_safe
 
 
 def load_prior_components(prior: str | os.PathLike, *, allow_pickle: bool = False, need_text: bool = True) -> dict:
@@ -45,8 +45,31 @@ def load_prior_components(prior: str | os.PathLike, *, allow_pickle: bool = Fals
     return parts
 
 
+def resolve_domain_path(path: str | os.PathLike, **hub_kwargs: Any) -> Path:
+    """A local domain model folder, or a hub id resolved to its folder in the hub's local cache.
+
+    Hub ids download through `huggingface_hub.snapshot_download` (only from the local cache when
+    ``HF_HUB_OFFLINE=1`` or ``local_files_only=True``); a folder holding pickle weights is then refused
+    like a local one.
+    """
+    local = Path(path).expanduser()
+    if local.exists() or not HUB_ID.match(str(path)) or str(path).startswith("."):
+        return local
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(path), **hub_kwargs))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
+        raise FileNotFoundError(
+            f"domain model {str(path)!r} is neither a local folder nor a hub id found in the hub's cache "
+            f"({type(e).__name__}); download it first or pass a folder"
+        ) from None
+
+
 def load_domain_model(
-    path: str | os.PathLike, prior_unet: UNet2DConditionModel | None = None, allow_pickle: bool = False, **kwargs: Any
+    path: str | os.PathLike, prior_unet: UNet2DConditionModel | None = None, allow_pickle: bool = False,
+    dtype: torch.dtype | None = None, **kwargs: Any
 ) -> NullTextUNet | UNet2DConditionModel:
     """Load a domain model folder written by `indomain train`, with an error naming the problem.
 
@@ -69,6 +92,8 @@ def load_domain_model(
         return load_lora(path, prior_unet)
     check_safe(path, allow_pickle)
     cls = NullTextUNet if cls_name == NullTextUNet.__name__ else UNet2DConditionModel
+    if dtype is not None:
+        kwargs["dtype"] = dtype
     return cls.from_pretrained(path, use_safetensors=None if allow_pickle else True, **kwargs)
 
 

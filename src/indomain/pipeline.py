@@ -21,15 +21,17 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg, retrieve_timesteps
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .guidance import DOMAIN, PRIOR, Branch, Guidance, GuidancePlan, MultiGuidance
-from .loading import is_lora_folder, load_domain_model
+from .loading import is_lora_folder, load_domain_model, resolve_domain_path
 from .nulltext import NullTextUNet, check_compatible
 from .safeload import check_prior
 
@@ -88,6 +90,12 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             raise ValueError("trust_remote_code is not supported: indomain never runs code shipped with a model")
         check_prior(pretrained_model_name_or_path, allow_pickle)
         kwargs.setdefault("use_safetensors", None if allow_pickle else True)
+        # `dtype` (diffusers >= 0.36) or the older `torch_dtype`; it reaches every component, the domain model too
+        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        if isinstance(domain_unet, (str, os.PathLike)):
+            domain_unet = resolve_domain_path(domain_unet, **{k: kwargs[k] for k in ("local_files_only", "token", "revision", "cache_dir") if k in kwargs})
         if isinstance(domain_unet, (str, os.PathLike)) and is_lora_folder(domain_unet):
             pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
             domain = load_domain_model(domain_unet, pipe.unet)
@@ -95,23 +103,102 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             pipe.register_modules(domain_unet=domain)
             return pipe
         if isinstance(domain_unet, (str, os.PathLike)):
-            domain_unet = load_domain_model(domain_unet, allow_pickle=allow_pickle, torch_dtype=kwargs.get("torch_dtype"))
+            domain_unet = load_domain_model(domain_unet, allow_pickle=allow_pickle, dtype=dtype)
+        elif domain_unet is not None and dtype is not None and domain_unet.dtype != dtype:
+            domain_unet = domain_unet.to(dtype)
         if domain_unet is not None:
             kwargs["domain_unet"] = domain_unet
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
+    # -- the properties diffusers' callbacks and users read, as in StableDiffusionPipeline ----------------
+
+    @property
+    def guidance_scale(self) -> float:
+        """The control weight w_c of the current call; a callback may change it (``pipe._guidance_scale``)."""
+        return self._guidance_scale
+
+    @property
+    def domain_guidance_scale(self) -> float:
+        """The domain weight w_d of the current call; a callback may change it (``pipe._domain_guidance_scale``)."""
+        return self._domain_guidance_scale
+
+    @property
+    def guidance_rescale(self) -> float:
+        return self._guidance_rescale
+
+    @property
+    def clip_skip(self) -> int | None:
+        return self._clip_skip
+
+    @property
+    def cross_attention_kwargs(self) -> dict | None:
+        return self._cross_attention_kwargs
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` (e.g. from a callback) to skip the remaining steps."""
+        return self._interrupt
+
     # ------------------------------------------------------------------------------------------------
 
-    def encode_prompt(self, prompts: Sequence[str], device: torch.device) -> torch.Tensor:
-        """Text embeddings (len(prompts), L, D), as `StableDiffusionPipeline.encode_prompt` (no clip_skip)."""
+    def encode_text(self, prompts: Sequence[str], device: torch.device, clip_skip: int | None = None) -> torch.Tensor:
+        """Text embeddings (len(prompts), L, D) of the prior's text encoder, as Stable Diffusion computes them.
+
+        ``clip_skip`` takes the output of that many layers before the last (then the final LayerNorm), as
+        `StableDiffusionPipeline`; it needs a CLIP text encoder.
+        """
         prompts = self.maybe_convert_prompt(list(prompts), self.tokenizer)
         ids = self.tokenizer(
             prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
         )
         use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
         mask = ids.attention_mask.to(device) if use_mask else None
-        emb = self.text_encoder(ids.input_ids.to(device), attention_mask=mask)[0]
+        if clip_skip is None:
+            emb = self.text_encoder(ids.input_ids.to(device), attention_mask=mask)[0]
+        else:
+            # transformers 5 flattened CLIPTextModel (no .text_model); 4.x keeps it one level down
+            final_norm = getattr(getattr(self.text_encoder, "text_model", self.text_encoder), "final_layer_norm", None)
+            if final_norm is None:
+                raise ValueError(f"clip_skip needs a CLIP text encoder; this prior's is a {type(self.text_encoder).__name__}")
+            hidden = self.text_encoder(ids.input_ids.to(device), attention_mask=mask, output_hidden_states=True).hidden_states
+            emb = final_norm(hidden[-(clip_skip + 1)])
         return emb.to(dtype=self.text_encoder.dtype, device=device)
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        device: torch.device,
+        num_images_per_prompt: int,
+        do_classifier_free_guidance: bool,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        lora_scale: float | None = None,
+        clip_skip: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`StableDiffusionPipeline.encode_prompt`'s signature and result: ``(prompt_embeds, negative_prompt_embeds)``,
+        each repeated ``num_images_per_prompt`` times (the negative one None without classifier-free guidance)."""
+        from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
+
+        scaled = lora_scale is not None and USE_PEFT_BACKEND and self.text_encoder is not None
+        if scaled:
+            scale_lora_layers(self.text_encoder, lora_scale)
+        try:
+            if prompt_embeds is None:
+                prompt_embeds = self.encode_text([prompt] if isinstance(prompt, str) else prompt, device, clip_skip)
+            if do_classifier_free_guidance and negative_prompt_embeds is None:
+                n = prompt_embeds.shape[0]
+                negatives = [negative_prompt or ""] * n if not isinstance(negative_prompt, list) else negative_prompt
+                negative_prompt_embeds = self.encode_text(negatives, device)
+        finally:
+            if scaled:
+                unscale_lora_layers(self.text_encoder, lora_scale)
+        repeat = lambda e: None if e is None else e.repeat_interleave(num_images_per_prompt, dim=0)  # noqa: E731
+        return repeat(prompt_embeds), repeat(negative_prompt_embeds if do_classifier_free_guidance else None)
 
     def check_inputs(
         self,
@@ -179,6 +266,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int = 25,
+        timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
         guidance_scale: float = 2.5,
         domain_guidance_scale: float = 2.5,
         weighted_prompts: Sequence[tuple[str, float]] | None = None,
@@ -196,7 +285,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict | None = None,
-        callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
+        guidance_rescale: float = 0.0,
+        clip_skip: int | None = None,
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict] | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> InDomainPipelineOutput | tuple:
         """Generate in-domain images.
@@ -205,7 +296,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             prompt: control prompt(s); one image batch entry per prompt. None gives unconditional
                 in-domain generation (the prior's unconditional prediction plus domain guidance).
             negative_prompt: replaces the empty prompt in the prior's unconditional branch, as in SD.
-            guidance_scale: control weight w_c on ``prompt`` (official default 2.5).
+            guidance_scale: control weight w_c on ``prompt`` (official default 2.5). Unlike
+                `StableDiffusionPipeline`, w_c <= 1 does not switch to the conditional prediction alone:
+                the formula ``eps_u + w_c (eps_c - eps_u)`` holds for every value (w_c = 1 gives ``eps_c``).
             domain_guidance_scale: domain weight w_d (official default 2.5); 0 gives plain SD CFG.
             weighted_prompts: extra ``(text, weight)`` control terms shared by the whole batch (GCFG);
                 a negative weight pushes away from the text.
@@ -213,8 +306,21 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
                 gives rectified CFG); defaults to ``prompt``. A `NullTextUNet` ignores it.
             control_guidance_start/end, domain_guidance_start/end: the fraction of the trajectory in
                 which the control terms / the domain term are active.
+            guidance_rescale: as in SD (Lin et al. 2023, §3.4), the combined prediction is rescaled towards
+                the standard deviation of the control prompt's prior prediction ``eps_prior(x, c)`` (SD's
+                ``noise_pred_text``); without a prompt, towards the domain prediction.
+            callback_on_step_end: a function or a diffusers `PipelineCallback`, called after every step with
+                the tensors named in ``callback_on_step_end_tensor_inputs``: ``latents``, ``prompt_embeds``
+                (the control prompt's embeddings, one row per image) and ``negative_prompt_embeds`` (the
+                unconditional branch's). Returned tensors replace them; a callback may also set
+                ``pipe._guidance_scale``, ``pipe._domain_guidance_scale`` or ``pipe._interrupt``. diffusers'
+                ``SDCFGCutoffCallback`` thus sets w_c = 0 after its cutoff: the control term stops (SD instead
+                continues with the conditional prediction alone).
             Other arguments as in `StableDiffusionPipeline.__call__`.
         """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+
         # 1. Check inputs
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
@@ -222,6 +328,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             prompt, negative_prompt, height, width, guidance_scale, domain_guidance_scale, weighted_prompts,
             prompt_embeds, callback_on_step_end_tensor_inputs,
         )
+        self._guidance_scale, self._domain_guidance_scale = guidance_scale, domain_guidance_scale
+        self._guidance_rescale, self._clip_skip = guidance_rescale, clip_skip
+        self._cross_attention_kwargs, self._interrupt = cross_attention_kwargs, False
 
         # 2. Define call parameters
         if prompt_embeds is not None:
@@ -238,53 +347,62 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             return emb.repeat_interleave(num_images_per_prompt, dim=0)
 
         if prompt is not None:
-            prompt_embeds = self.encode_prompt([prompt] if isinstance(prompt, str) else prompt, device)
+            prompt_embeds = self.encode_text([prompt] if isinstance(prompt, str) else prompt, device, clip_skip)
+        if prompt_embeds is not None:
+            prompt_embeds = per_image(prompt_embeds)
         if negative_prompt_embeds is None:
             negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * batch_size
-            negative_prompt_embeds = self.encode_prompt(negatives, device)
-        null = per_image(negative_prompt_embeds)
-        terms = []
-        if domain_guidance_scale != 0:
-            domain_cond = None
-            if isinstance(self.domain_unet, UNet2DConditionModel):  # text-conditioned fine-tune
-                text = domain_prompt if domain_prompt is not None else prompt
-                texts = [text] * batch_size if text is None or isinstance(text, str) else text
-                domain_cond = per_image(self.encode_prompt([t or "" for t in texts], device))
-            terms.append(Guidance(DOMAIN, domain_cond, domain_guidance_scale, domain_guidance_start, domain_guidance_end))
-        if prompt_embeds is not None:
-            terms.append(Guidance(PRIOR, per_image(prompt_embeds), guidance_scale, control_guidance_start, control_guidance_end))
-        for text, weight in weighted_prompts or []:
-            emb = self.encode_prompt([text], device).expand(n, -1, -1)
-            terms.append(Guidance(PRIOR, emb, weight, control_guidance_start, control_guidance_end))
-        guided = MultiGuidance(
-            {
-                PRIOR: lambda x, t, emb: self.unet(
-                    x, t, encoder_hidden_states=emb, cross_attention_kwargs=cross_attention_kwargs, return_dict=False
-                )[0],
-                DOMAIN: lambda x, t, emb: self.domain_unet(x, t, emb, return_dict=False)[0],
-            },
-            GuidancePlan(Branch(PRIOR, null), terms),
-        )
+            negative_prompt_embeds = self.encode_text(negatives, device)
+        negative_prompt_embeds = per_image(negative_prompt_embeds)
+        domain_cond = None
+        if isinstance(self.domain_unet, UNet2DConditionModel):  # text-conditioned fine-tune: rectified CFG
+            text = domain_prompt if domain_prompt is not None else prompt
+            texts = [text] * batch_size if text is None or isinstance(text, str) else text
+            domain_cond = per_image(self.encode_text([t or "" for t in texts], device))
+        extra = [(self.encode_text([text], device).expand(n, -1, -1), weight) for text, weight in weighted_prompts or []]
+        models = {
+            PRIOR: lambda x, t, emb: self.unet(
+                x, t, encoder_hidden_states=emb, cross_attention_kwargs=self.cross_attention_kwargs, return_dict=False
+            )[0],
+            DOMAIN: lambda x, t, emb: self.domain_unet(x, t, emb, return_dict=False)[0],
+        }
 
-        # 4. Prepare timesteps
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
+        def plan() -> GuidancePlan:
+            """Eq. C for the current weights and embeddings (a callback may have changed them)."""
+            terms = []
+            if self.domain_guidance_scale != 0:
+                terms.append(Guidance(DOMAIN, domain_cond, self.domain_guidance_scale, domain_guidance_start, domain_guidance_end))
+            if prompt_embeds is not None:
+                terms.append(Guidance(PRIOR, prompt_embeds, self.guidance_scale, control_guidance_start, control_guidance_end))
+            terms += [Guidance(PRIOR, emb, w, control_guidance_start, control_guidance_end) for emb, w in extra]
+            return GuidancePlan(Branch(PRIOR, negative_prompt_embeds), terms)
+
+        # 4. Prepare timesteps (custom `timesteps` or `sigmas` through diffusers' retrieve_timesteps)
+        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps, sigmas)
 
         # 5. Prepare latent variables
-        latents = self.prepare_latents(n, height, width, null.dtype, device, generator, latents)
+        latents = self.prepare_latents(n, height, width, negative_prompt_embeds.dtype, device, generator, latents)
         step_kwargs = self._step_kwargs(generator, eta)
 
         # 6. Denoising loop: eps = eps_u + Σ_k w_k (eps_k - eps_u), then the scheduler's update
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
                 x_in = self.scheduler.scale_model_input(latents, t)
-                eps = guided(x_in, t, i, len(timesteps)).pred
+                out = MultiGuidance(models, plan())(x_in, t, i, len(timesteps))
+                eps = out.pred
+                if self.guidance_rescale > 0 and out.terms:
+                    eps = rescale_noise_cfg(eps, _rescale_reference(out, prompt_embeds), guidance_rescale=self.guidance_rescale)
                 latents = self.scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     values = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
-                    out = callback_on_step_end(self, i, t, {k: values[k] for k in callback_on_step_end_tensor_inputs})
-                    latents = out.pop("latents", latents)
+                    changed = callback_on_step_end(self, i, t, {k: values[k] for k in callback_on_step_end_tensor_inputs})
+                    latents = changed.pop("latents", latents)
+                    prompt_embeds = _rows(changed.pop("prompt_embeds", prompt_embeds), n, "prompt_embeds")
+                    negative_prompt_embeds = _rows(changed.pop("negative_prompt_embeds", negative_prompt_embeds), n,
+                                                   "negative_prompt_embeds")
                 progress_bar.update()
 
         # 7. Decode
@@ -297,3 +415,20 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         if not return_dict:
             return (images,)
         return InDomainPipelineOutput(images=images)
+
+
+def _rows(emb: torch.Tensor | None, n: int, name: str) -> torch.Tensor | None:
+    """A callback's replacement embeddings: one row per image (a single row is shared by all)."""
+    if emb is None or emb.shape[0] == n:
+        return emb
+    if emb.shape[0] == 1:
+        return emb.expand(n, -1, -1)
+    raise ValueError(f"callback returned {name} with {emb.shape[0]} rows; expected {n} (one per image) or 1")
+
+
+def _rescale_reference(out: Any, prompt_embeds: torch.Tensor | None) -> torch.Tensor:
+    """What ``guidance_rescale`` matches the spread of: the control prompt's prediction, else the first term's."""
+    for term, eps in zip(out.terms, out.eps_k):
+        if prompt_embeds is not None and term.cond is prompt_embeds:
+            return eps
+    return out.eps_k[0]

@@ -63,7 +63,7 @@ def check_safe(path: str | Path, allow_pickle: bool = False) -> None:
 
 
 # A hub repo id: "name" or "org/name", letters, digits, "-", "_", "."; never a path that starts with / . or ~.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 WEIGHTED_COMPONENTS = ("unet", "vae", "text_encoder")  # components whose folder must hold a weights file
 
 
@@ -75,7 +75,7 @@ def check_prior(path: str | os.PathLike, allow_pickle: bool = False) -> None:
     """
     p = Path(path).expanduser()
     if not p.exists():
-        if _HUB_ID.match(str(path)) and not str(path).startswith("."):
+        if HUB_ID.match(str(path)) and not str(path).startswith("."):
             return  # a hub id: resolved by diffusers (from its local cache when offline)
         raise FileNotFoundError(f"prior {str(path)!r} does not exist (neither a local folder nor a hub id like 'org/name')")
     if not p.is_dir():
