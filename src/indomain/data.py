@@ -219,6 +219,11 @@ def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     return sorted(found, key=key), sorted(odd, key=lambda s: key(s[0]))
 
 
+def list_files(root: str | os.PathLike[str]) -> list[Path]:
+    """Every non-hidden regular file under ``root``, sorted, without opening any: a cheap content key."""
+    return _walk(_check_root(root))[0]
+
+
 def _check_root(root: str | os.PathLike[str]) -> Path:
     path = Path(root).expanduser()
     if not path.exists():

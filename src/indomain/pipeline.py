@@ -28,7 +28,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import resca
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .guidance import DOMAIN, PRIOR, Branch, Guidance, GuidancePlan, MultiGuidance
 from .loading import is_lora_folder, load_domain_model, resolve_domain_path
@@ -58,8 +58,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
     def __init__(
         self,
         vae: AutoencoderKL,
-        text_encoder: CLIPTextModel,
-        tokenizer: CLIPTokenizer,
+        text_encoder: PreTrainedModel,  # CLIP for Stable Diffusion; any transformers text encoder a prior ships
+        tokenizer: PreTrainedTokenizerBase,
         unet: UNet2DConditionModel,
         scheduler: KarrasDiffusionSchedulers,
         domain_unet: NullTextUNet | UNet2DConditionModel | None = None,

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..data import list_files
 from .images import iter_file_batches, list_images
 
 __all__ = [
@@ -241,9 +242,11 @@ def real_image_stats(
     """
     resolution = resolve_resolution(extractor, resolution)
     root = Path(folder).expanduser()
-    files = list_images(root)
     info = describe_extractor(extractor)
-    key = _stats_cache_key(root, files, info.identity, resolution)
+    if not root.is_dir():
+        list_images(root)  # raises the ImageFolderError that names the problem
+    # the key lists files without decoding them, so a cache hit costs no pass over the images
+    key = _stats_cache_key(root, list_files(root), info.identity, resolution)
     metadata = {
         "folder": str(root.resolve()),
         "extractor": info.identity,
@@ -265,6 +268,7 @@ def real_image_stats(
                 if stats.metadata.get("key") == key:  # guards against a 24-hex-digit prefix collision
                     stats.metadata.update(cache="hit", cache_file=str(cache_file))
                     return stats
+    files = list_images(root)
     features = extract_features(extractor, iter_file_batches(files, resolution, batch_size), device)
     stats = FeatureStats.from_features(features, metadata)
     if cache_file is not None:
