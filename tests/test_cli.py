@@ -101,11 +101,13 @@ def _subcommand(*names):
 
 
 def _config_classes():
+    from indomain.evaluate import EvalConfig
     from indomain.train import TrainConfig
     from indomain.world.benchmark import BenchmarkConfig
     from indomain.world.prior import PriorConfig
 
-    return [(("train",), TrainConfig), (("world", "benchmark"), BenchmarkConfig), (("world", "train-prior"), PriorConfig)]
+    return [(("train",), TrainConfig), (("evaluate",), EvalConfig), (("world", "benchmark"), BenchmarkConfig),
+            (("world", "train-prior"), PriorConfig)]
 
 
 @pytest.mark.parametrize("command,cls", _config_classes(), ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
@@ -151,3 +153,15 @@ def test_demo_options_default_to_the_benchmark_demo_preset():
     args, preset = _subcommand("demo").parse_args([]), BenchmarkConfig.demo(prior="p", out="o")
     assert {name: getattr(args, name) for name in DEMO_OPTIONS} == {name: getattr(preset, name) for name in DEMO_OPTIONS}
     assert preset.train_steps < BenchmarkConfig(prior="p", out="o").train_steps  # the demo is the shorter run
+
+
+def test_evaluate_dry_run_prints_the_resolved_run_and_writes_nothing(tmp_path, capsys):
+    prompts, out = tmp_path / "prompts.txt", tmp_path / "eval"
+    prompts.write_text("a cat\n\na dog\n")
+    assert main(["evaluate", "--prior", "p", "--domain", "d", "--prompts-file", str(prompts), "--clip-text", "cat", "dog",
+                 "--no-stats-cache", "--metrics", "kid", "--out", str(out), "--dry-run"]) == 0
+    run = json.loads(capsys.readouterr().out)
+    assert run["config"]["prompts"] == ["a cat", "a dog"] and run["config"]["clip_texts"] == ["cat", "dog"]
+    assert run["config"]["use_stats_cache"] is False and run["config"]["metrics"] == ["kid"]
+    assert run["methods"][0]["name"] == "ours" and run["sweep"] == {"domain_scales": [2.5], "guidance_scales": [2.5]}
+    assert not out.exists()
