@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..data import list_files
+from ..outputs import atomic_path
 from .images import iter_file_batches, list_images
 
 __all__ = [
@@ -141,18 +142,17 @@ class FeatureStats:
         )
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write atomically (tmp file + rename) so a killed run never leaves a truncated cache entry."""
+        """Write atomically, so a killed run never leaves a truncated cache entry."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         tensors = {
             "mu": self.mu.contiguous(),
             "sigma": self.sigma.contiguous(),
             "n": torch.tensor(self.n, dtype=torch.int64),
             "features": self.features.contiguous(),
         }
-        save_file(tensors, str(tmp), metadata={**self.metadata, "n": str(self.n)})
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            save_file(tensors, str(tmp), metadata={**self.metadata, "n": str(self.n)})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStats:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..metrics import weights_digest
+from ..outputs import atomic_path, atomic_write_text
 from .evaluators import (
     CARD_FILENAME,
     INPUT_SIZE,
@@ -212,10 +213,9 @@ def train_evaluators(
             "steps": str(steps),
         }
         file = out / WEIGHTS_FILENAME
-        tmp = file.with_name(file.name + ".tmp")
-        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
-        os.chmod(tmp, 0o644)  # safetensors writes 0600; shipped package data must be readable by every user
-        tmp.replace(file)
+        with atomic_path(file) as tmp:
+            save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
+            os.chmod(tmp, 0o644)  # safetensors writes 0600; shipped package data must be readable by every user
 
         counts = {s: len(world) - len(holdout[s]) for s in STYLES}
         card = {
@@ -286,9 +286,7 @@ def _version(pkg: str) -> str | None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 # --------------------------------------------------------------------------- validation

@@ -49,6 +49,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..data import composite_on_white
+from ..outputs import atomic_path, atomic_write_text
 
 __all__ = [
     "STYLES",
@@ -380,12 +381,6 @@ def render_params(style: str, size: int) -> dict[str, Any]:
     return params
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def evenly_spaced(items: Sequence[T], n: int | None) -> list[T]:
     """``n`` items spread evenly over ``items`` (first and last included), in order; all of them if ``n`` is None or larger."""
     items = list(items)
@@ -453,9 +448,8 @@ def render_dataset(
             png = sdir / f"{e.codepoint}.png"
             if reuse and png.is_file():
                 continue
-            tmp = png.with_name(png.name + ".tmp")
-            render(e, style, size).save(tmp, format="PNG")
-            tmp.replace(png)
+            with atomic_path(png) as tmp:
+                render(e, style, size).save(tmp, format="PNG")
             n += 1
         written[style] = n
         rows = [
@@ -469,10 +463,10 @@ def render_dataset(
             }
             for e in chosen
         ]
-        _write_text_atomic(
+        atomic_write_text(
             sdir / "metadata.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         )
-        _write_text_atomic(pfile, json.dumps(params, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(pfile, json.dumps(params, indent=1, sort_keys=True) + "\n")
 
     index_path = out / "index.json"
     index: dict[str, Any] = (
@@ -490,7 +484,7 @@ def render_dataset(
     index.setdefault("styles", {})
     for style in styles:
         index["styles"][style] = {"size": size, "count": len(chosen), "metadata": f"{style}/metadata.jsonl"}
-    _write_text_atomic(index_path, json.dumps(index, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+    atomic_write_text(index_path, json.dumps(index, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
     return written
 
 
