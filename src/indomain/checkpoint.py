@@ -13,15 +13,13 @@ that could execute code on load. ``checkpoint-N/`` holds exactly these files:
 - ``train_state.json``: the step and the run's configuration (the prior it was made with included).
 
 `read_checkpoint` refuses any other file, and any file that fails to load, with an error naming it.
-Written into ``checkpoint-N.tmp`` and renamed, so a kill mid-save never leaves a half checkpoint.
+Written into a hidden temporary folder and renamed (`indomain.outputs.atomic_path`), so a kill mid-save never leaves a half checkpoint.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from .outputs import atomic_path
 
 FILES = {"model.safetensors", "ema.safetensors", "optimizer.pt", "rng.safetensors", "train_state.json", "model"}
 REQUIRED = {"model", "optimizer.pt", "train_state.json"}
@@ -70,29 +70,24 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def write_checkpoint(folder: Path, step: int, config: dict[str, Any], model: torch.nn.Module, optimizer: Any,
                      lr_scheduler: Any, ema: Any | None, scaler: Any | None, save_model: Any) -> Path:
     """Write ``folder`` (``.../checkpoint-N``) atomically; ``save_model(model, dir)`` writes the hand-loadable copy."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    state = trainable_state(model)
-    if any(not p.requires_grad for p in model.parameters()):  # LoRA: model/ holds adapters under other names
-        save_file(state, tmp / "model.safetensors")
-    if ema is not None:
-        names = list(state)
-        counters = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
-        save_file({n: s.detach().cpu().contiguous() for n, s in zip(names, ema.shadow_params)}, tmp / "ema.safetensors",
-                  metadata={"counters": json.dumps(counters)})
-    torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
-                "scaler": None if scaler is None else scaler.state_dict()}, tmp / "optimizer.pt")
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(rng, tmp / "rng.safetensors")
-    save_model(model, tmp / "model")
-    (tmp / "train_state.json").write_text(json.dumps({"global_step": step, "config": config}, indent=2))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with atomic_path(folder) as tmp:
+        tmp.mkdir(parents=True)
+        state = trainable_state(model)
+        if any(not p.requires_grad for p in model.parameters()):  # LoRA: model/ holds adapters under other names
+            save_file(state, tmp / "model.safetensors")
+        if ema is not None:
+            names = list(state)
+            counters = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
+            save_file({n: s.detach().cpu().contiguous() for n, s in zip(names, ema.shadow_params)}, tmp / "ema.safetensors",
+                      metadata={"counters": json.dumps(counters)})
+        torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                    "scaler": None if scaler is None else scaler.state_dict()}, tmp / "optimizer.pt")
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        save_file(rng, tmp / "rng.safetensors")
+        save_model(model, tmp / "model")
+        (tmp / "train_state.json").write_text(json.dumps({"global_step": step, "config": config}, indent=2))
     return folder
 
 

@@ -58,7 +58,7 @@ from .metrics import (
 )
 from .metrics import check_kid_subset  # KID size rule and message live in one place
 from .cliargs import add_options, finite_float, from_args, option, positive_int
-from .outputs import claim_output_dir, make_grid
+from .outputs import atomic_path, claim_output_dir, make_grid
 from .report import write_outputs
 
 __all__ = [
@@ -316,9 +316,8 @@ def generate_batch(pipe: Any, setting: Setting, indices: Sequence[int], config: 
 
 def _save_png(image: PIL.Image.Image, path: Path) -> None:
     # Write then rename: a killed run never leaves a truncated PNG that a later scoring pass would read.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 def image_files(out: Path, setting: Setting, n: int) -> list[Path]:

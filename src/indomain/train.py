@@ -41,7 +41,7 @@ from .checkpoint import (
 from .cliargs import add_options, finite_float, from_args, nonnegative_int, option, positive_float, positive_int
 from .data import ImageFolderDataset, load_rgb, resize_shorter, to_tensor
 from .loading import load_prior_components, save_lora
-from .outputs import atomic_write_text, claim_output_dir
+from .outputs import atomic_path, atomic_write_text, claim_output_dir
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 
@@ -192,9 +192,8 @@ def build_latent_cache(paths: list[Path], vae: Any, config: TrainConfig, cache_f
             dist = vae.encode(x.to(device, vae.dtype)).latent_dist
             tensors[name] = torch.cat([dist.mean, dist.logvar], 1)[0].float().cpu().contiguous()
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp")
-    save_file(tensors, tmp, metadata={"key": key, "n": str(len(paths)), "flip": str(config.random_flip)})
-    os.replace(tmp, cache_file)
+    with atomic_path(cache_file) as tmp:
+        save_file(tensors, tmp, metadata={"key": key, "n": str(len(paths)), "flip": str(config.random_flip)})
     return cache_file
 
 
@@ -363,7 +362,7 @@ def resolve_resume(config: TrainConfig) -> Path | None:
 
 def _clean_leftovers(out: Path) -> None:
     """Remove what a kill left behind: half-written checkpoints and final saves."""
-    for p in [*out.glob("checkpoint-*.tmp"), *out.glob(".tmp*")]:
+    for p in [*out.glob("checkpoint-*.tmp"), *out.glob(".tmp*"), *out.glob(".*.tmp")]:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
@@ -625,9 +624,8 @@ def _save_aside(out: Path, sub: str | None, save: Callable[[Path], None]) -> Non
         shutil.rmtree(tmp)
     save(tmp)
     if sub is not None:
-        if (out / sub).exists():
-            shutil.rmtree(out / sub)
-        os.replace(tmp, out / sub)
+        with atomic_path(out / sub) as final:
+            os.replace(tmp, final)
         return
     for f in tmp.iterdir():
         os.replace(f, out / f.name)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..cliargs import finite_float, option, positive_float, positive_int
+from ..outputs import atomic_path
 
 PRIOR_STYLES = ("noto", "twemoji")
 MAX_TOKENS = 16
@@ -122,9 +123,8 @@ def _load_state(path: Path) -> dict:
 
 
 def _save_state(path: Path, **state) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def train_vae(config: PriorConfig, images: torch.Tensor, out: Path):
@@ -236,11 +236,8 @@ def export_unet(unet, ema, out: Path) -> None:
 
     shipped = copy.deepcopy(unet)
     ema.copy_to(shipped.parameters())
-    tmp = out / "unet.tmp"
-    shipped.to(torch.float16).save_pretrained(tmp)
-    if (out / "unet").exists():
-        shutil.rmtree(out / "unet")
-    os.replace(tmp, out / "unet")
+    with atomic_path(out / "unet") as tmp:
+        shipped.to(torch.float16).save_pretrained(tmp)
 
 
 def assemble_pipeline(out: Path, target: Path) -> Path:
