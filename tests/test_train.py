@@ -138,12 +138,37 @@ def test_non_finite_loss_points_to_the_checkpoint_before_the_diverging_step(worl
 
 def test_lora_domain_model_is_small_and_loads(world, tmp_path):
     out = train(config(world, tmp_path / "lora", lora_rank=4, max_train_steps=2))
-    lora_size = (out / "lora_weights.safetensors").stat().st_size
+    lora_size = sum((out / f).stat().st_size for f in ("pytorch_lora_weights.safetensors", "null_text_buffers.safetensors"))
     full_size = (world[0] / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
     assert lora_size < 0.3 * full_size
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 4  # peft's standard adapter config
     pipe = InDomainPipeline.from_pretrained(world[0], domain_unet=out)
     pipe.set_progress_bar_config(disable=True)
     assert pipe(num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 3)
+
+    # the adapter is diffusers' standard format: it loads onto a null-text copy with load_lora_adapter ...
+    from safetensors.torch import load_file as load
+
+    from indomain.loading import load_lora
+
+    fused = load_lora(out, pipe.unet)
+    # ... and indomain 0.1's single-file format still loads to the same weights
+    old = tmp_path / "old-format"
+    old.mkdir()
+    (old / "config.json").write_text((out / "config.json").read_text())
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from indomain import NullTextUNet
+
+    probe = NullTextUNet(**{k: v for k, v in json.loads((out / "config.json").read_text()).items()
+                            if not k.startswith("_") and k != "lora"})
+    probe.unet.load_lora_adapter(str(out), weight_name="pytorch_lora_weights.safetensors", prefix=None, adapter_name="default")
+    tensors = {f"lora.{k}": v.contiguous() for k, v in get_peft_model_state_dict(probe.unet).items()}
+    tensors |= {f"buffer.{k}": v for k, v in load(out / "null_text_buffers.safetensors").items()}
+    save_file(tensors, old / "lora_weights.safetensors")
+    again = load_lora(old, pipe.unet)
+    assert all(torch.equal(a, b) for a, b in zip(fused.state_dict().values(), again.state_dict().values()))
 
 
 @pytest.mark.parametrize("lora", [None, 4])

@@ -32,7 +32,7 @@ from .outputs import atomic_path
 
 FILES = {"model.safetensors", "ema.safetensors", "optimizer.pt", "rng.safetensors", "train_state.json", "model"}
 REQUIRED = {"model", "optimizer.pt", "train_state.json"}
-MODEL_FILES = ("*.safetensors", "config.json")  # all that model/ may hold
+MODEL_FILES = ("*.safetensors", "*.json")  # all that model/ may hold (configs, adapter config, weights)
 
 
 class CheckpointError(ValueError):

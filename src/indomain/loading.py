@@ -97,32 +97,39 @@ def load_domain_model(
     return cls.from_pretrained(path, use_safetensors=None if allow_pickle else True, **kwargs)
 
 
-LORA_FILE = "lora_weights.safetensors"
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' save_lora_adapter file (LoRA config in its metadata)
+BUFFERS_FILE = "null_text_buffers.safetensors"  # the calibrated constants, which are not LoRA weights
+OLD_LORA_FILE = "lora_weights.safetensors"  # indomain 0.1's single-file format, still read
 
 
-def save_lora(model: NullTextUNet, folder: str | Path, lora_state: dict[str, torch.Tensor]) -> None:
-    """Save an adapter-only domain model: config, calibrated buffers and LoRA weights (no base weights).
+def save_lora(model: NullTextUNet, folder: str | Path) -> None:
+    """Save an adapter-only null-text domain model in the standard diffusers/peft adapter format.
 
-    It loads with `load_lora(folder, prior_unet)`, which takes the base weights from the prior.
+    The folder holds ``pytorch_lora_weights.safetensors`` (``UNet2DConditionModel.save_lora_adapter``),
+    ``adapter_config.json`` (peft's `LoraConfig`), the calibrated constants in ``null_text_buffers.safetensors``
+    and the model ``config.json``. It loads with `load_lora(folder, prior_unet)`, which takes the base weights
+    from the prior; the adapter alone also loads onto a null-text copy with ``unet.load_lora_adapter(folder, prefix=None)``.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     peft_config = model.unet.peft_config["default"]
-    lora = {
-        "r": peft_config.r,
-        "lora_alpha": peft_config.lora_alpha,
-        "target_modules": sorted(peft_config.target_modules),
-    }
     config = dict(model.config)
-    config["lora"] = lora
+    config["lora"] = {"r": peft_config.r, "lora_alpha": peft_config.lora_alpha,
+                      "target_modules": sorted(peft_config.target_modules)}
     (folder / "config.json").write_text(json.dumps({"_class_name": type(model).__name__, **json_config(config)}, indent=2))
-    tensors = {f"lora.{k}": v.detach().contiguous().cpu() for k, v in lora_state.items()}
-    tensors.update({f"buffer.{k}": v.detach().contiguous().cpu() for k, v in model.named_buffers()})
-    save_file(tensors, folder / LORA_FILE)
+    model.unet.save_lora_adapter(folder, weight_name=LORA_WEIGHTS)
+    peft_config.save_pretrained(folder)  # adapter_config.json, for peft tools
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.named_buffers()}, folder / BUFFERS_FILE)
 
 
 def is_lora_folder(folder: str | Path) -> bool:
-    return (Path(folder) / LORA_FILE).is_file()
+    """An adapter-only null-text folder (new or old format); a merged fine-tune that also ships its adapter is not."""
+    folder = Path(folder)
+    if (folder / OLD_LORA_FILE).is_file():
+        return True
+    if not (folder / LORA_WEIGHTS).is_file() or not (folder / "config.json").is_file():
+        return False
+    return json.loads((folder / "config.json").read_text()).get("_class_name") == NullTextUNet.__name__
 
 
 def load_lora(folder: str | Path, prior_unet: UNet2DConditionModel) -> NullTextUNet:
@@ -141,13 +148,18 @@ def load_lora(folder: str | Path, prior_unet: UNet2DConditionModel) -> NullTextU
     if mismatch:
         raise ValueError(f"LoRA domain model {str(folder)!r} does not fit the prior: shape mismatch at {mismatch[0]}")
     model.unet.load_state_dict({k: v for k, v in prior_state.items() if k in own}, strict=False)
-    tensors = load_file(folder / LORA_FILE)
     buffers = dict(model.named_buffers())
-    for k, v in tensors.items():
-        if k.startswith("buffer."):
-            buffers[k[len("buffer."):]].copy_(v)
-    model.unet.add_adapter(LoraConfig(init_lora_weights="gaussian", **lora))
-    set_peft_model_state_dict(model.unet, {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")})
+    if (folder / OLD_LORA_FILE).is_file():  # indomain 0.1: "lora.*" and "buffer.*" keys in one file
+        tensors = load_file(folder / OLD_LORA_FILE)
+        for k, v in tensors.items():
+            if k.startswith("buffer."):
+                buffers[k[len("buffer."):]].copy_(v)
+        model.unet.add_adapter(LoraConfig(init_lora_weights="gaussian", **lora))
+        set_peft_model_state_dict(model.unet, {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")})
+    else:
+        for k, v in load_file(folder / BUFFERS_FILE).items():
+            buffers[k].copy_(v)
+        model.unet.load_lora_adapter(str(folder), weight_name=LORA_WEIGHTS, prefix=None, adapter_name="default")
     model.unet.fuse_lora()
     model.unet.unload_lora()
     model.register_to_config(lora=None)

@@ -40,7 +40,7 @@ from .checkpoint import (
 )
 from .cliargs import add_options, finite_float, from_args, nonnegative_int, option, positive_float, positive_int
 from .data import ImageFolderDataset, load_rgb, resize_shorter, to_tensor
-from .loading import load_prior_components, save_lora
+from .loading import LORA_WEIGHTS, load_prior_components, save_lora
 from .outputs import atomic_path, atomic_write_text, claim_output_dir
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
@@ -400,15 +400,13 @@ def check_inputs(config: TrainConfig) -> tuple[list[Path], list[tuple[Path, str]
 
 def save_model(model: torch.nn.Module, folder: Path, config: TrainConfig) -> None:
     """Save the trained model in a form `InDomainPipeline.from_pretrained(prior, domain_unet=folder)` loads."""
-    from peft.utils import get_peft_model_state_dict
-
     folder.mkdir(parents=True, exist_ok=True)
     if config.lora_rank and not config.baseline:
-        save_lora(model, folder, get_peft_model_state_dict(model.unet))
+        save_lora(model, folder)
     elif config.lora_rank:
-        save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}, folder / "adapter_model.safetensors")
-        merged = _merged_copy(model)
-        merged.save_pretrained(folder, safe_serialization=True)
+        model.save_lora_adapter(folder, weight_name=LORA_WEIGHTS)  # the adapter, in diffusers' format ...
+        model.peft_config["default"].save_pretrained(folder)
+        _merged_copy(model).save_pretrained(folder, safe_serialization=True)  # ... and merged: loads as a plain UNet
     else:
         model.save_pretrained(folder, safe_serialization=True)
 
