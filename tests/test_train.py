@@ -254,3 +254,24 @@ def test_non_finite_validation_image_stops_before_checkpointing_it(world, tmp_pa
     with pytest.raises(NonFiniteError, match="non-finite pixels.*checkpoint-2"):
         train(config(world, tmp_path / "v", max_train_steps=4, validation_steps=4, num_validation_images=2))
     assert [p.name for p in list_checkpoints(tmp_path / "v")] == ["checkpoint-2"]
+
+
+def test_model_card_and_tensorboard(world, tmp_path):
+    from huggingface_hub import ModelCard
+
+    out = train(config(world, tmp_path / "card", max_train_steps=2, report_to="tensorboard", log_every=1))
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == str(world[0]) and "indomain" in card.data.tags
+    assert "6 unlabeled images" in card.text and "2 optimizer steps" in card.text
+    events = list((out / "logs").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_report_to_a_tracker_that_is_not_installed_says_what_to_install(world, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    with pytest.raises(ValueError, match="pip install wandb"):
+        train(config(world, tmp_path / "w", report_to="wandb"))
+    assert not (tmp_path / "w").exists()

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -105,6 +106,9 @@ class TrainConfig:
     allow_pickle: bool = option(False, "allow pickle checkpoints for the prior (weights_only loading); only for files "
                                 "you trust")
     log_every: int = option(10, "append a line to train_log.jsonl every N steps", type=positive_int)
+    report_to: str = option("none", "also log to an experiment tracker through accelerate (train_log.jsonl is always "
+                            "written): tensorboard (pip install tensorboard; logs in <output>/logs) or wandb",
+                            choices=["none", "tensorboard", "wandb"])
 
     def __post_init__(self) -> None:
         # The one learning-rate rule, resolved here so train_config.json records the value used: the paper's 1e-5
@@ -146,6 +150,10 @@ class TrainConfig:
             raise ValueError("--mode applies to the null-text domain model, not to --baseline")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.report_to not in ("none", "tensorboard", "wandb"):
+            raise ValueError(f"--report-to must be none, tensorboard or wandb, got {self.report_to!r}")
+        if self.report_to != "none" and importlib.util.find_spec(self.report_to) is None:
+            raise ValueError(f"--report-to {self.report_to} needs the {self.report_to} package: pip install {self.report_to}")
 
 
 class NonFiniteError(RuntimeError):
@@ -477,7 +485,8 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
         cpu=not torch.cuda.is_available(),
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        project_config=ProjectConfiguration(project_dir=str(out)),
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        log_with=None if config.report_to == "none" else config.report_to,
     )
     if accelerator.is_main_process:
         claim_output_dir(out, "train", owned=TRAIN_OUTPUTS, record="train_config.json", overwrite=config.overwrite,
@@ -485,6 +494,10 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
         _clean_leftovers(out)
         atomic_write_text(out / "train_config.json", json.dumps(dataclasses.asdict(config), indent=2))
         atomic_write_text(out / "skipped.json", json.dumps([{"file": str(p), "reason": r} for p, r in skipped], indent=2))
+    if config.report_to != "none":
+        # trackers take flat scalars and strings
+        flat = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in dataclasses.asdict(config).items()}
+        accelerator.init_trackers("indomain", config=flat)
     accelerator.wait_for_everyone()
 
     # 2. Models: the trainable one from the prior; the VAE only for the cache
@@ -584,8 +597,11 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
         t_last = now
         bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{speed:.1f}")
         if accelerator.is_main_process and (global_step % config.log_every == 0 or global_step == config.max_train_steps):
+            record = {"step": global_step, "world_size": world, "loss": last_loss, "lr": lr_scheduler.get_last_lr()[0],
+                      "images_per_s": round(speed, 2), "time": now}
             with log_file.open("a") as f:
-                f.write(json.dumps({"step": global_step, "world_size": world, "loss": last_loss, "lr": lr_scheduler.get_last_lr()[0], "images_per_s": round(speed, 2), "time": now}) + "\n")
+                f.write(json.dumps(record) + "\n")
+            accelerator.log({k: record[k] for k in ("loss", "lr", "images_per_s")}, step=global_step)
         # validate first: weights that decode to NaN never become a checkpoint
         if config.validation_steps and global_step % config.validation_steps == 0 and accelerator.is_main_process:
             with _ema_weights(ema, params):
@@ -609,10 +625,51 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
         _save_aside(out, "raw", lambda d: save_model(unwrapped, d, config))
         with _ema_weights(ema, params):
             _save_aside(out, None, lambda d: save_model(unwrapped, d, config))
+        atomic_write_text(out / "README.md", model_card(config, len(paths), global_step))
     accelerator.end_training()
     # Forget this run's precision settings so a later train() in the same process may choose others.
     AcceleratorState._reset_state(reset_partial_state=False)
     return out
+
+
+def model_card(config: TrainConfig, num_images: int, steps: int) -> str:
+    """``README.md`` for the trained model: YAML metadata (Hugging Face model-card format) and how to use it."""
+    from huggingface_hub import ModelCardData
+
+    import indomain
+
+    kind = "conventional fine-tune (baseline)" if config.baseline else f"null-text domain model ({config.mode} mode)"
+    kind += f", LoRA rank {config.lora_rank}" if config.lora_rank else ", all weights"
+    data = ModelCardData(library_name="diffusers", base_model=str(config.prior), pipeline_tag="text-to-image",
+                         tags=["indomain", "null-text", "domain-adaptation", "text-to-image"])
+    settings = ["resolution", "train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler",
+                "use_ema", "ema_decay", "mixed_precision", "snr_gamma", "seed"]
+    rows = "\n".join(f"| `{k}` | `{getattr(config, k)}` |" for k in settings)
+    use = ("from diffusers import UNet2DConditionModel\nfrom indomain import InDomainPipeline\n\n"
+           f"pipe = InDomainPipeline.from_pretrained(\"{config.prior}\", unet=UNet2DConditionModel.from_pretrained(\"{config.output}\"))"
+           if config.baseline else
+           f"from indomain import InDomainPipeline\n\npipe = InDomainPipeline.from_pretrained(\"{config.prior}\", "
+           f"domain_unet=\"{config.output}\")\nimages = pipe(\"a prompt\", domain_guidance_scale=2.5, guidance_scale=2.5).images")
+    return f"""---
+{data.to_yaml()}
+---
+
+# Domain model: {Path(config.images).name}
+
+A {kind} for the prior `{config.prior}`, trained with [indomain](https://arxiv.org/abs/2312.08195) {indomain.__version__}
+on {num_images} unlabeled images from `{config.images}` for {steps} optimizer steps. Every setting is in
+`train_config.json`; the training curve in `train_log.jsonl`; files that were skipped in `skipped.json`.
+
+| setting | value |
+|---|---|
+{rows}
+
+## Use
+
+```python
+{use}
+```
+"""
 
 
 def _save_aside(out: Path, sub: str | None, save: Callable[[Path], None]) -> None:
