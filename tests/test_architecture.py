@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "indomain"
 FLOORS = {
     # 0. leaves: no indomain imports at all
     "guidance": 0, "nulltext": 0, "safeload": 0, "schedulers": 0, "data": 0, "outputs": 0, "cliargs": 0,
-    "checkpoint": 0,
+    "checkpoint": 0, "console": 0,
     # 1. the core: open models, sample
     "loading": 1, "pipeline": 1,
     # 2. learn and measure

@@ -22,7 +22,7 @@ from PIL import Image
 
 from indomain import cli
 from indomain import evaluate as E
-from indomain.metrics import ImageFolderError, MissingWeightsError, clip_score
+from indomain.metrics import ImageFolderError, MissingWeightsError, RandomConvFeatures, clip_score
 from indomain.nulltext import NullTextUNet
 from indomain.pipeline import InDomainPipeline
 from indomain.testing import save_tiny_clip, save_tiny_prior, tiny_unet
@@ -103,7 +103,7 @@ def test_sweep_writes_tables_plot_and_report(world, tmp_path):
     ours = E.Method("ours", world["prior"], domain=world["domain"])
     finetune = E.Method("finetune", world["prior"], unet=world["finetune"])
     result = E.evaluate([ours, finetune], E.Sweep([0, 2.5], [0, 2.5]), config(tmp_path / "ev", real=world["real"]),
-                        extractor=E.RandomConvFeatures(0), scorer=red_score)
+                        extractor=RandomConvFeatures(0), scorer=red_score)
     out = tmp_path / "ev"
     # a row per (method, w_d, w_c); the fine-tune has no domain term, so its w_d is 0
     keys = [(r["method"], r["w_d"], r["w_c"]) for r in result.rows]
@@ -209,7 +209,7 @@ def test_bad_input_fails_before_generation_with_clear_errors(world, tmp_path, ca
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
     prior = E.Method("prior", world["prior"])
-    sweep, conv = E.Sweep(), E.RandomConvFeatures(0)
+    sweep, conv = E.Sweep(), RandomConvFeatures(0)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImageFolderError, match="holds no image"):
         E.evaluate(prior, sweep, config(tmp_path / "o3", real=tmp_path / "empty"), extractor=conv)

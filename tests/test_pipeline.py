@@ -181,3 +181,25 @@ def test_pickle_only_checkpoint_is_refused_unless_allowed(tmp_path, domain):
     assert isinstance(pipe.domain_unet, NullTextUNet)
     with pytest.raises(ValueError, match="trust_remote_code"):
         InDomainPipeline.from_pretrained(prior, trust_remote_code=True)
+
+
+def test_copied_diffusers_helpers_match_the_original():
+    """pipeline.py copies two helpers rather than import diffusers' SD pipeline module (and its image-processor
+    warnings); a diffusers upgrade that changes them shows here."""
+    import inspect
+
+    from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion as sd
+
+    from indomain import pipeline
+
+    for name in ("rescale_noise_cfg", "retrieve_timesteps"):
+        assert inspect.getsource(getattr(pipeline, name)) == inspect.getsource(getattr(sd, name)), name
+
+
+def test_the_sampler_bar_is_labelled(components, capfd):
+    pipe = InDomainPipeline(**components)
+    pipe(num_inference_steps=2, domain_guidance_scale=0, output_type="latent")
+    assert "sampling" in capfd.readouterr().err
+    pipe.set_progress_bar_config(disable=True)
+    pipe(num_inference_steps=2, domain_guidance_scale=0, output_type="latent")
+    assert capfd.readouterr().err == ""

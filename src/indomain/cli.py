@@ -1,12 +1,18 @@
-"""The `indomain` command line: generate, train, convert, demo, ..."""
+"""The `indomain` command line: generate, train, convert, demo, ...
+
+It starts fast: this module imports no torch, and `build_parser` imports only the module of the command being
+run; the others appear in ``indomain --help`` by name and one line of help (`COMMANDS`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from . import console
 from .cliargs import finite_float, positive_int
 
 DESCRIPTION = """\
@@ -44,7 +50,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "generate",
-        help="sample in-domain images from a prior plus a domain model",
+        help=COMMANDS["generate"][0],
         description=DESCRIPTION + "\nWrites one PNG per image, grid.png and settings.json into --out.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -67,6 +73,8 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle checkpoints (.bin/.ckpt), with weights_only loading; only for files you trust")
     p.add_argument("--out", required=True, help="output folder (new, empty, or an earlier `generate` output with --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier `indomain generate` output in --out")
+    p.add_argument("--json", action="store_true", help="print the settings.json record (settings, images, environment) "
+                   "as JSON on stdout instead of the summary line, for scripts")
     p.set_defaults(func=cmd_generate)
 
 
@@ -114,22 +122,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
             images.append(img)
             files.append({"file": name, "prompt": prompt, "seed": seed})
     make_grid(images, ncols=args.num_images).save(out / "grid.png")
-    settings = {k: v for k, v in vars(args).items() if k != "func"}
-    write_record(
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", "verbosity", "json")}  # not how it printed
+    record = write_record(
         out / "settings.json",
         settings,
         resolved={"device": device, "scheduler": dict(pipe.scheduler.config), "domain_config": dict(pipe.domain_unet.config) if pipe.domain_unet else None},
         images=files,
         seconds=round(time.time() - start, 2),
     )
-    print(f"wrote {len(images)} images, grid.png and settings.json to {out}")
+    if args.json:
+        print(record.read_text(), end="")
+    else:
+        print(f"wrote {len(images)} images, grid.png and settings.json to {out}")
     return 0
 
 
 def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
-        help="copy a model folder with its pickle weights (.bin/.ckpt/.pt) re-saved as safetensors",
+        help=COMMANDS["convert"][0],
         description="Copy SRC to DST, re-saving every pickle weights file as safetensors. Each file is read with "
         "torch.load(weights_only=True), which refuses anything but tensors; a file that holds more is refused "
         "with its name. Works on pipeline folders, single model folders and folders that mix both formats.",
@@ -147,36 +158,100 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.src!r} is not a folder")
     claim_output_dir(args.dst, "convert", owned=(), inputs={"SRC": args.src}, flag="DST")
     for line in convert_folder(args.src, args.dst):
-        print(line)
+        console.info(line)
     print(f"saved safetensors copy of {args.src} to {args.dst}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import demo, evaluate, train
-    from .world import cli as world_cli
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .train import add_parser
 
+    add_parser(sub)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from .demo import add_parser
+
+    add_parser(sub)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from .evaluate import add_parser
+
+    add_parser(sub)
+
+
+def _add_world(sub: argparse._SubParsersAction) -> None:
+    from .world.cli import add_parser
+
+    add_parser(sub)
+
+
+# name -> (the line `indomain --help` shows, what builds the full parser); the line must match the one the command's
+# own add_parser gives (a test compares the two)
+COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None]]] = {
+    "generate": ("sample in-domain images from a prior plus a domain model", add_generate_parser),
+    "train": ("train a domain model (or a conventional fine-tune baseline) on a folder of unlabeled images", _add_train),
+    "convert": ("copy a model folder with its pickle weights (.bin/.ckpt/.pt) re-saved as safetensors", add_convert_parser),
+    "demo": ("run the end-to-end emoji-world demo (offline, CPU, minutes)", _add_demo),
+    "evaluate": ("generate N images per setting (sharded over processes) and score FID/KID/CLIP; sweeps, plot, report",
+                 _add_evaluate),
+    "world": ("the emoji world: an offline miniature of the paper's experiment", _add_world),
+}
+
+
+def _add_output_options(parser: argparse.ArgumentParser, default: str) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=console.QUIET, default=default,
+                       help="print only errors and the result: no progress bars, warnings or messages")
+    group.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=console.VERBOSE, default=default,
+                       help="also show what the libraries print: their warnings, logs and loading bars (hidden by "
+                            "default)")
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every subcommand parser below ``parser`` (``world render`` too)."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += [child, *_subcommands(child)]
+    return found
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The `indomain` parser. With ``argv``, only the command it names is built (its module imported); the others
+    are listed by name and help. Without, every command is built."""
+    named = None if argv is None else next((str(a) for a in argv if not str(a).startswith("-")), "")
     parser = argparse.ArgumentParser(
         prog="indomain", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    _add_output_options(parser, console.DEFAULT)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_generate_parser(sub)
-    train.add_parser(sub)
-    add_convert_parser(sub)
-    demo.add_parser(sub)
-    evaluate.add_parser(sub)
-    world_cli.add_parser(sub)
+    for name, (help, add) in COMMANDS.items():
+        if named is None or name == named:
+            add(sub)
+        else:
+            sub.add_parser(name, help=help)
+    for child in _subcommands(parser):  # --quiet/--verbose also after the command; SUPPRESS keeps an earlier one
+        _add_output_options(child, argparse.SUPPRESS)
     return parser
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures that are the input's fault: one ``error:`` line, not a traceback."""
+    train = sys.modules.get("indomain.train")  # a NonFiniteError comes only from code that imported it
+    return (ValueError, OSError) + ((train.NonFiniteError,) if train else ())
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Expected failures (bad input, divergence, unwritable folders) print one ``error:`` line."""
-    from .train import NonFiniteError
-
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
-        return args.func(args)
-    except (ValueError, OSError, NonFiniteError) as e:
+        with console.output_level(args.verbosity):
+            return args.func(args)
+    except _expected_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -14,6 +14,7 @@ import html
 import time
 from pathlib import Path
 
+from . import console
 from .cliargs import add_options
 from .world.benchmark import BenchmarkConfig
 
@@ -34,7 +35,7 @@ def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: 
 
     start = time.time()
     prior = prior or str(emoji_prior_dir())
-    print(f"prior: {prior}")
+    console.info(f"prior: {prior}")
     config = BenchmarkConfig.demo(prior, str(out), train_steps=train_steps, num_prompts=num_prompts,
                                   images_per_setting=images_per_setting, sample_steps=sample_steps, seed=seed,
                                   num_domain_images=num_domain_images, overwrite=overwrite)
@@ -63,7 +64,7 @@ def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: 
         "<a href='eval-seen/report.html'>seen prompts report</a> · <a href='eval-held-out/report.html'>held-out prompts report</a></p>"
         f"<p>Took {time.time() - start:.0f} s.</p></body></html>"
     )
-    print((out / "RESULTS.md").read_text())
+    console.info((out / "RESULTS.md").read_text())
     print(f"report: {index.resolve()}")
     return index
 

@@ -38,34 +38,23 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import PIL.Image
-import torch
-from torch import nn
 
-from .data import load_rgb
-from .metrics import (
-    FeatureStats,
-    MetricResult,
-    MissingWeightsError,
-    clip_score,
-    image_metrics,
-    inception_extractor,
-    list_images,
-    real_image_stats,
-)
-from .metrics import check_kid_subset  # KID size rule and message live in one place
 from .cliargs import add_options, finite_float, from_args, option, positive_int
 from .outputs import atomic_path, claim_output_dir, make_grid
-from .report import write_outputs
+
+if TYPE_CHECKING:  # torch, numpy and the metrics load in the functions that use them, so `--help` starts at once
+    import torch
+    from torch import nn
+
+    from .metrics import FeatureStats, MetricResult
 
 __all__ = [
     "EvalConfig",
     "EvalResult",
     "Method",
-    "RandomConvFeatures",
     "Scorer",
     "Setting",
     "Sweep",
@@ -74,6 +63,7 @@ __all__ = [
     "generate_batch",
     "load_method",
     "read_lines",
+    "result_record",
     "score_setting",
     "shard_batches",
 ]
@@ -114,6 +104,8 @@ class Method:
 
     def record(self) -> dict[str, Any]:
         """JSON-ready fields; model instances are named by class (their repr is the whole network)."""
+
+        from torch import nn
 
         def describe(value: Any) -> Any:
             return f"<{type(value).__name__} instance>" if isinstance(value, nn.Module) else value
@@ -212,34 +204,6 @@ class EvalResult:
     metrics: dict[str, dict[str, MetricResult]] = field(default_factory=dict)
 
 
-class RandomConvFeatures(nn.Module):
-    """A fixed random conv net (weights drawn from ``seed``): a feature space for smoke tests and CI ONLY.
-
-    It lets the whole FID/KID path run without the Inception weights file. Its "FID" measures nothing
-    perceptual and is not comparable with any published FID; results record it as ``random-conv:<seed>``.
-    """
-
-    input_resolution = 64
-    resize_mode = "none"
-
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
-        self.display_name = f"random-conv:{seed} (smoke tests only, not Inception FID)"
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )  # fmt: skip
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in self.net.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-        self.requires_grad_(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
 def read_lines(path: str | os.PathLike) -> list[str]:
     """Non-empty lines of a UTF-8 text file (trailing whitespace stripped): prompts or CLIP texts."""
     path = Path(path)
@@ -268,7 +232,9 @@ def shard_batches(n: int, batch_size: int, rank: int = 0, world: int = 1) -> lis
 
 def load_method(method: Method, config: EvalConfig, device: torch.device) -> Any:
     """The method's `InDomainPipeline` on ``device`` with the configured scheduler."""
+    import torch
     from diffusers import UNet2DConditionModel
+    from torch import nn
 
     from .nulltext import check_compatible
     from .loading import load_domain_model
@@ -297,6 +263,8 @@ def load_method(method: Method, config: EvalConfig, device: torch.device) -> Any
 
 def generate_batch(pipe: Any, setting: Setting, indices: Sequence[int], config: EvalConfig) -> list[PIL.Image.Image]:
     """Images ``indices`` of ``setting``: each from its own prompt and its own generator seeded ``seed + i``."""
+    import torch
+
     # CPU generators: the initial noise is then the same on any device and any number of devices.
     generators = [torch.Generator("cpu").manual_seed(config.seed + i) for i in indices]
     conditional = config.prompts is not None
@@ -333,6 +301,11 @@ def image_files(out: Path, setting: Setting, n: int) -> list[Path]:
 
 def _png_batches(files: Sequence[Path], batch_size: int = 50) -> Iterator[torch.Tensor]:
     """uint8 (B, 3, H, W) batches read lazily, so 10k images never sit in memory at once."""
+    import numpy as np
+    import torch
+
+    from .data import load_rgb
+
     for start in range(0, len(files), batch_size):
         arrays = [np.asarray(load_rgb(p)) for p in files[start : start + batch_size]]
         yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
@@ -349,6 +322,9 @@ def score_setting(
     device: torch.device | None = None,
 ) -> tuple[dict[str, float], dict[str, MetricResult]]:
     """Score one setting's saved images: (row values, full metric records)."""
+    from .data import load_rgb
+    from .metrics import clip_score, image_metrics
+
     values: dict[str, float] = {}
     records: dict[str, MetricResult] = {}
     if real_stats is not None and extractor is not None:
@@ -382,6 +358,8 @@ def score_setting(
 
 def _check_config(methods: Sequence[Method], config: EvalConfig, extractor: nn.Module | None) -> int | None:
     """Everything that can fail before generation fails here, on every process alike; returns N real."""
+    from .metrics import MissingWeightsError, check_kid_subset, list_images
+
     names = [m.name for m in methods]
     if not methods or len(set(names)) != len(names):
         raise ValueError(f"methods need distinct names, got {names}")
@@ -436,8 +414,13 @@ def evaluate(
     ``extractor`` is the FID/KID feature network (any ``nn.Module`` mapping [0, 1] images to features; needed with
     ``config.real``); ``scorer`` adds columns, see :data:`Scorer`.
     """
+    import torch
     from accelerate import PartialState
-    from tqdm.auto import tqdm
+
+    from .console import progress
+    from .data import load_rgb
+    from .metrics import real_image_stats
+    from .report import write_outputs
 
     methods = [methods] if isinstance(methods, Method) else list(methods)
     n_real = _check_config(methods, config, extractor)
@@ -459,7 +442,7 @@ def evaluate(
 
     batches = shard_batches(config.num_images, config.batch_size, state.process_index, state.num_processes)
     mine = sum(len(b) for b in batches)
-    with tqdm(total=mine * len(settings), desc="generating", unit="img", disable=not state.is_main_process) as bar:
+    with progress(total=mine * len(settings), desc="generating", unit="img", disable=not state.is_main_process) as bar:
         for method in methods:
             if not batches:
                 break  # more processes than batches: this one has nothing to make
@@ -556,6 +539,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("output")
     add_options(g, EvalConfig, ["out", "overwrite", "plot_x", "plot_y", "grid_images"])
     g.add_argument("--dry-run", action="store_true", help="print the resolved configuration (config, methods, sweep, extractor) as JSON and exit")
+    g.add_argument("--json", action="store_true", help="print the results rows and the output paths as JSON on stdout "
+                   "instead of the summary line, for scripts")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -600,16 +585,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     extractor = None
     if args.extractor is not None:
+        from .metrics import RandomConvFeatures
+
         extractor = RandomConvFeatures(args.extractor)
     elif args.real is not None:
+        import torch
         from accelerate import PartialState
+
+        from .metrics import inception_extractor
 
         # Every process loads it (so a missing file fails everywhere at once), each on its own device.
         device = PartialState(cpu=not torch.cuda.is_available()).device
         extractor = inception_extractor(args.inception_weights, resize=args.inception_resize, device=device)
     result = evaluate(methods_from_args(args), Sweep(args.domain_scales, args.guidance_scales), config,
                       extractor=extractor)
-    if result is not None:
+    if result is not None and args.json:
+        print(json.dumps(result_record(result), indent=2, default=str))
+    elif result is not None:
         print(f"wrote {len(result.rows)} settings x {config.num_images} images, results.csv/json/md, plot.png and "
               f"report.html to {result.out}")
     return 0
+
+
+def result_record(result: EvalResult) -> dict[str, Any]:
+    """What `indomain evaluate --json` prints: the results rows and where every output is."""
+    out = result.out
+    files = {name: str(out / name) for name in EVALUATE_OUTPUTS if (out / name).is_file()}
+    settings = {row["setting"]: {"images": str(out / row["images"]), "grid": str(out / "grids" / f"{row['setting']}.png")}
+                for row in result.rows}
+    return {"out": str(out), "rows": result.rows, "files": files, "settings": settings}

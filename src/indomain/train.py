@@ -34,14 +34,13 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from .checkpoint import (
     Checkpoint, check_fits, checkpoint_step, list_checkpoints, read_checkpoint, restore, weights_are_finite, write_checkpoint,
 )
 from .cliargs import add_options, finite_float, from_args, nonnegative_int, option, positive_float, positive_int
+from .console import progress as tqdm  # tqdm.auto, hidden by `indomain --quiet`
 from .data import ImageFolderDataset, load_rgb, resize_shorter, to_tensor
-from .loading import LORA_WEIGHTS, load_prior_components, save_lora
 from .outputs import atomic_path, atomic_write_text, claim_output_dir
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
@@ -408,6 +407,8 @@ def check_inputs(config: TrainConfig) -> tuple[list[Path], list[tuple[Path, str]
 
 def save_model(model: torch.nn.Module, folder: Path, config: TrainConfig) -> None:
     """Save the trained model in a form `InDomainPipeline.from_pretrained(prior, domain_unet=folder)` loads."""
+    from .loading import LORA_WEIGHTS, save_lora
+
     folder.mkdir(parents=True, exist_ok=True)
     if config.lora_rank and not config.baseline:
         save_lora(model, folder)
@@ -476,6 +477,8 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
     from accelerate.utils import ProjectConfiguration
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel, compute_snr
+
+    from .loading import load_prior_components
 
     # 1. Check every input, then claim the output folder: nothing is written before the checks pass
     paths, skipped, ckpt = check_inputs(config)

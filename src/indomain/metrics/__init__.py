@@ -26,8 +26,8 @@ FID values are only comparable when library, extractor, resize mode, resolution 
 them.
 
 Layout: ``images`` (reading and preprocessing), ``stats`` (features, statistics, Fréchet distance, the cache),
-``image_metrics`` (FID/KID), ``clip`` (CLIP score), ``inception`` (the vendored FID network), ``result``
-(:class:`MetricResult`). Import from here: ``from indomain.metrics import image_metrics``.
+``image_metrics`` (FID/KID), ``clip`` (CLIP score), ``inception`` (the vendored FID network), ``random_conv``
+(:class:`RandomConvFeatures`, a feature space for smoke tests), ``result`` (:class:`MetricResult`). Import from here: ``from indomain.metrics import image_metrics``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from .images import (
     preprocess_image,
 )
 from .inception import INCEPTION_WEIGHTS_FILENAME, INCEPTION_WEIGHTS_URL, FIDInceptionV3, inception_extractor
+from .random_conv import RandomConvFeatures
 from .result import MetricResult, MissingWeightsError
 from .stats import (
     FeatureStats,
@@ -63,6 +64,7 @@ __all__ = [
     "ImageSource",
     "MetricResult",
     "MissingWeightsError",
+    "RandomConvFeatures",
     "as_image_batch",
     "check_kid_subset",
     "clip_score",

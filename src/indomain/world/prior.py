@@ -25,14 +25,14 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import numpy as np
-import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING
 
 from ..cliargs import finite_float, option, positive_float, positive_int
+from ..console import progress
 from ..outputs import atomic_path
+
+if TYPE_CHECKING:  # torch loads in the functions that train, so `indomain world --help` starts at once
+    import torch
 
 PRIOR_STYLES = ("noto", "twemoji")
 MAX_TOKENS = 16
@@ -78,13 +78,16 @@ def load_text_encoder():
 
 def render_prior_images(resolution: int, limit: int | None = None) -> tuple[torch.Tensor, list[str]]:
     """All emoji (or ``limit`` of them) in the prior's styles: images (N, 3, R, R) in [-1, 1] and their names."""
+    import numpy as np
+    import torch
+
     from .render import evenly_spaced, list_emoji, render
 
     emojis = list_emoji()
     if limit is not None:
         emojis = evenly_spaced(emojis, limit)
     images, names = [], []
-    for emoji in tqdm(emojis, desc="rendering prior data", unit="emoji"):
+    for emoji in progress(emojis, desc="rendering prior data", unit="emoji"):
         for style in PRIOR_STYLES:
             arr = np.asarray(render(emoji, style, size=resolution), dtype=np.float32)
             images.append(torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1)
@@ -115,6 +118,8 @@ def build_unet():
 
 def _load_state(path: Path) -> dict:
     """A resume file, read with ``weights_only=True``: tensors, numbers and strings only, never code."""
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - UnpicklingError, EOFError, RuntimeError all mean "not safe or not whole"
@@ -123,12 +128,16 @@ def _load_state(path: Path) -> dict:
 
 
 def _save_state(path: Path, **state) -> None:
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
 def train_vae(config: PriorConfig, images: torch.Tensor, out: Path):
     """Stage 1: the VAE. Resumes from ``out/vae_state.pt``."""
+    import torch
+    import torch.nn.functional as F
     from diffusers import AutoencoderKL
 
     if (out / "vae" / "config.json").is_file():
@@ -141,7 +150,7 @@ def train_vae(config: PriorConfig, images: torch.Tensor, out: Path):
         state = _load_state(state_file)
         vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
         step = state["step"]
-    bar = tqdm(total=config.vae_steps, initial=step, desc="VAE")
+    bar = progress(total=config.vae_steps, initial=step, desc="VAE")
     while step < config.vae_steps:
         gen = torch.Generator().manual_seed(config.seed * 7919 + step)
         x = images[torch.randint(0, len(images), (config.vae_batch,), generator=gen)]
@@ -165,9 +174,10 @@ def train_vae(config: PriorConfig, images: torch.Tensor, out: Path):
     return vae
 
 
-@torch.no_grad()
 def encode_names(names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """MiniLM embeddings (N, 16, 384) of ``names`` and of the empty prompt (1, 16, 384)."""
+    import torch
+
     tok, te = load_text_encoder()
 
     def enc(texts: list[str]) -> torch.Tensor:
@@ -175,13 +185,16 @@ def encode_names(names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return te(ids)[0]
 
     unique = sorted(set(names))
-    table = torch.cat([enc(unique[i : i + 256]) for i in range(0, len(unique), 256)])
     index = {n: i for i, n in enumerate(unique)}
-    return table[[index[n] for n in names]], enc([""])
+    with torch.no_grad():
+        table = torch.cat([enc(unique[i : i + 256]) for i in range(0, len(unique), 256)])
+        return table[[index[n] for n in names]], enc([""])
 
 
 def train_unet(config: PriorConfig, latents: torch.Tensor, text: torch.Tensor, null: torch.Tensor, out: Path):
     """Stage 2: the text-conditioned UNet on cached latent posteriors. Resumes from ``out/unet_state.pt``."""
+    import torch
+    import torch.nn.functional as F
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
@@ -196,7 +209,7 @@ def train_unet(config: PriorConfig, latents: torch.Tensor, text: torch.Tensor, n
         unet.load_state_dict(state["model"]), opt.load_state_dict(state["opt"]), ema.load_state_dict(state["ema"])
         step = state["step"]
     log = (out / "unet_log.jsonl").open("a")
-    bar = tqdm(total=config.unet_steps, initial=step, desc="UNet")
+    bar = progress(total=config.unet_steps, initial=step, desc="UNet")
     t_last = time.time()
     while step < config.unet_steps:
         gen = torch.Generator().manual_seed(config.seed * 104729 + step)
@@ -234,6 +247,8 @@ def export_unet(unet, ema, out: Path) -> None:
     """Write the EMA weights as ``out/unet`` (fp16 safetensors: small enough to ship)."""
     import copy
 
+    import torch
+
     shipped = copy.deepcopy(unet)
     ema.copy_to(shipped.parameters())
     with atomic_path(out / "unet") as tmp:
@@ -267,6 +282,8 @@ def assemble_pipeline(out: Path, target: Path) -> Path:
 
 def train_prior(config: PriorConfig) -> Path:
     """Both stages, resumable; returns the output folder."""
+    import torch
+
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "prior_config.json").write_text(json.dumps(asdict(config), indent=2))
@@ -313,11 +330,12 @@ def emoji_prior_dir(cache_dir: str | Path | None = None) -> Path:
     return target
 
 
-@torch.no_grad()
 def measure_prior(prior_dir: str | Path, num_prompts: int = 200, guidance_scale: float = 5.0, steps: int = 20,
                   seed: int = 0, batch_size: int = 50) -> dict:
     """Controllability of the prior in its own styles: generate one image per emoji name (spread over the
     whole world) and score it with the shipped evaluators (top-1 among 10 candidates; chance 0.1)."""
+    import torch
+
     from ..pipeline import InDomainPipeline
     from .evaluators import load_evaluators
     from .render import evenly_spaced, list_emoji
@@ -327,12 +345,13 @@ def measure_prior(prior_dir: str | Path, num_prompts: int = 200, guidance_scale:
     pipe = InDomainPipeline.from_pretrained(prior_dir)
     pipe.set_progress_bar_config(disable=True)
     images = []
-    for i in tqdm(range(0, len(names), batch_size), desc="measuring prior"):
-        chunk = names[i : i + batch_size]
-        gens = [torch.Generator().manual_seed(seed + i + k) for k in range(len(chunk))]
-        images += pipe(chunk, domain_guidance_scale=0, guidance_scale=guidance_scale, num_inference_steps=steps,
-                       generator=gens).images
-    ev = load_evaluators()
-    scores = ev.scorer(k=10, seed=seed)(images, names)
+    with torch.no_grad():
+        for i in progress(range(0, len(names), batch_size), desc="measuring prior"):
+            chunk = names[i : i + batch_size]
+            gens = [torch.Generator().manual_seed(seed + i + k) for k in range(len(chunk))]
+            images += pipe(chunk, domain_guidance_scale=0, guidance_scale=guidance_scale, num_inference_steps=steps,
+                           generator=gens).images
+        ev = load_evaluators()
+        scores = ev.scorer(k=10, seed=seed)(images, names)
     return {"num_prompts": len(names), "guidance_scale": guidance_scale, "steps": steps, "scheduler": "DDIM",
             **{k: float(v) for k, v in scores.items()}, "chance_top1": 0.1}

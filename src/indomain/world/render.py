@@ -419,7 +419,7 @@ def render_dataset(
     Args:
         emojis: the emoji to render (default: the whole world); ``limit`` keeps that many, evenly spaced.
     """
-    from tqdm.auto import tqdm
+    from ..console import progress
 
     for style in styles:
         _check_style(style)
@@ -444,7 +444,7 @@ def render_dataset(
             # Mark the folder stale first, so an interrupted run never pairs old PNGs with new params.
             pfile.unlink(missing_ok=True)
         n = 0
-        for e in tqdm(chosen, desc=f"render {style}", unit="img", disable=not progress):
+        for e in progress(chosen, desc=f"render {style}", unit="img", disable=not progress):
             png = sdir / f"{e.codepoint}.png"
             if reuse and png.is_file():
                 continue
