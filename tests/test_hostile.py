@@ -213,7 +213,7 @@ def test_resume_with_a_lower_learning_rate_uses_it(world, runs, tmp_path, capsys
     train(cfg(world, run, max_train_steps=3, resume=str(run / "checkpoint-1"), learning_rate=1e-5))
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 3 and log[-1]["lr"] == pytest.approx(1e-5)
-    assert "learning rate 0.001 -> 1e-05" in capsys.readouterr().out
+    assert "learning rate 0.001 -> 1e-05" in capsys.readouterr().err
 
 
 # -- 4 and 5. numbers that would crash later or silently do nothing --------------------------------------------
@@ -246,7 +246,7 @@ def test_train_config_validation_covers_the_python_api(world, tmp_path):
 
 def test_resume_latest_without_checkpoint_says_so(world, tmp_path, capsys):
     train(cfg(world, tmp_path / "fresh", max_train_steps=1, resume="latest"))
-    assert "no checkpoint in" in capsys.readouterr().out
+    assert "no checkpoint in" in capsys.readouterr().err
 
 
 def test_missing_prior_writes_nothing_and_the_rerun_works(world, tmp_path, capsys):

@@ -39,6 +39,7 @@ from .checkpoint import (
     Checkpoint, check_fits, checkpoint_step, list_checkpoints, read_checkpoint, restore, weights_are_finite, write_checkpoint,
 )
 from .cliargs import add_options, finite_float, from_args, nonnegative_int, option, positive_float, positive_int
+from .console import info
 from .console import progress as tqdm  # tqdm.auto, hidden by `indomain --quiet`
 from .data import ImageFolderDataset, load_rgb, resize_shorter, to_tensor
 from .outputs import atomic_path, atomic_write_text, claim_output_dir
@@ -359,7 +360,7 @@ def resolve_resume(config: TrainConfig) -> Path | None:
     if config.resume == "latest":
         found = list_checkpoints(Path(config.output))
         if not found:
-            print(f"--resume latest: no checkpoint in {config.output}; starting from scratch")
+            info(f"--resume latest: no checkpoint in {config.output}; starting from scratch")
         return found[-1] if found else None
     path = Path(config.resume)
     if not (path / "train_state.json").is_file():
@@ -554,7 +555,8 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
         global_step = ckpt.step
         if accelerator.is_main_process:
             _truncate_log(log_file, global_step)
-        accelerator.print(f"resumed from {ckpt.path} at step {global_step}")
+        if accelerator.is_main_process:
+            info(f"resumed from {ckpt.path} at step {global_step}")
         del ckpt
     if ema is not None:
         ema.to(accelerator.device)
@@ -702,7 +704,7 @@ def _set_learning_rate(optimizer: Any, lr_scheduler: Any, old: float | None, new
         group["lr"] *= ratio
         if "initial_lr" in group:
             group["initial_lr"] *= ratio
-    print(f"learning rate {old:g} -> {new:g} (from this run's settings, not the checkpoint's)")
+    info(f"learning rate {old:g} -> {new:g} (from this run's settings, not the checkpoint's)")
 
 
 @contextlib.contextmanager
