@@ -339,7 +339,49 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         self._guidance_rescale, self._clip_skip = guidance_rescale, clip_skip
         self._cross_attention_kwargs, self._interrupt = cross_attention_kwargs, False
 
-        # 2. Define call parameters
+        # 2-3. Encode prompts: one row per image, prompts repeated num_images_per_prompt times as SD does
+        device = self._execution_device
+        cond = self.prepare_conditioning(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, domain_prompt, weighted_prompts,
+            num_images_per_prompt, clip_skip, device,
+            control_window=(control_guidance_start, control_guidance_end),
+            domain_window=(domain_guidance_start, domain_guidance_end),
+        )
+
+        # 4. Prepare timesteps (custom `timesteps` or `sigmas` through diffusers' retrieve_timesteps)
+        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps, sigmas)
+
+        # 5. Prepare latent variables
+        latents = self.prepare_latents(cond.n, height, width, cond.negative_prompt_embeds.dtype, device, generator, latents)
+
+        # 6. Denoising loop: eps = eps_u + Σ_k w_k (eps_k - eps_u), then the scheduler's update
+        latents = self.denoise(latents, timesteps, cond, self._step_kwargs(generator, eta), callback_on_step_end,
+                               callback_on_step_end_tensor_inputs)
+
+        # 7. Decode
+        images = self.latents_to_images(latents, output_type, generator)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return InDomainPipelineOutput(images=images)
+
+    # -- the sampling core, shared by every pipeline built on this one (img2img, inversion, inpainting) ----------
+
+    def prepare_conditioning(
+        self,
+        prompt: str | list[str] | None,
+        negative_prompt: str | list[str] | None,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        domain_prompt: str | list[str] | None,
+        weighted_prompts: Sequence[tuple[str, float]] | None,
+        num_images_per_prompt: int,
+        clip_skip: int | None,
+        device: torch.device,
+        control_window: tuple[float, float] = (0.0, 1.0),
+        domain_window: tuple[float, float] = (0.0, 1.0),
+    ) -> Conditioning:
+        """Every text input of one call as embeddings, one row per image."""
         if prompt_embeds is not None:
             batch_size = prompt_embeds.shape[0]
         elif isinstance(prompt, list):
@@ -347,81 +389,107 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         else:
             batch_size = 1
         n = batch_size * num_images_per_prompt
-        device = self._execution_device
 
-        # 3. Encode prompts: one row per image, prompts repeated num_images_per_prompt times as SD does
         def per_image(emb: torch.Tensor) -> torch.Tensor:
             return emb.repeat_interleave(num_images_per_prompt, dim=0)
 
         if prompt is not None:
             prompt_embeds = self.encode_text([prompt] if isinstance(prompt, str) else prompt, device, clip_skip)
-        if prompt_embeds is not None:
-            prompt_embeds = per_image(prompt_embeds)
         if negative_prompt_embeds is None:
             negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * batch_size
             negative_prompt_embeds = self.encode_text(negatives, device)
-        negative_prompt_embeds = per_image(negative_prompt_embeds)
         domain_cond = None
         if isinstance(self.domain_unet, UNet2DConditionModel):  # text-conditioned fine-tune: rectified CFG
             text = domain_prompt if domain_prompt is not None else prompt
             texts = [text] * batch_size if text is None or isinstance(text, str) else text
             domain_cond = per_image(self.encode_text([t or "" for t in texts], device))
         extra = [(self.encode_text([text], device).expand(n, -1, -1), weight) for text, weight in weighted_prompts or []]
-        models = {
+        return Conditioning(
+            n=n, negative_prompt_embeds=per_image(negative_prompt_embeds),
+            prompt_embeds=None if prompt_embeds is None else per_image(prompt_embeds), domain_cond=domain_cond,
+            extra=extra, control_window=control_window, domain_window=domain_window,
+        )
+
+    def guided(self) -> dict[str, Callable]:
+        """The noise predictors of Eq. C by name: the prior (``unet``) and the domain model."""
+        return {
             PRIOR: lambda x, t, emb: self.unet(
                 x, t, encoder_hidden_states=emb, cross_attention_kwargs=self.cross_attention_kwargs, return_dict=False
             )[0],
             DOMAIN: lambda x, t, emb: self.domain_unet(x, t, emb, return_dict=False)[0],
         }
 
-        def plan() -> GuidancePlan:
-            """Eq. C for the current weights and embeddings (a callback may have changed them)."""
-            terms = []
-            if self.domain_guidance_scale != 0:
-                terms.append(Guidance(DOMAIN, domain_cond, self.domain_guidance_scale, domain_guidance_start, domain_guidance_end))
-            if prompt_embeds is not None:
-                terms.append(Guidance(PRIOR, prompt_embeds, self.guidance_scale, control_guidance_start, control_guidance_end))
-            terms += [Guidance(PRIOR, emb, w, control_guidance_start, control_guidance_end) for emb, w in extra]
-            return GuidancePlan(Branch(PRIOR, negative_prompt_embeds), terms)
+    def predict(self, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning, i: int, num_steps: int) -> torch.Tensor:
+        """The combined prediction ``eps_u + Σ_k w_k (eps_k − eps_u)`` at step ``i`` of ``num_steps``."""
+        x_in = self.scheduler.scale_model_input(latents, t)
+        plan = cond.plan(self.guidance_scale, self.domain_guidance_scale)
+        out = MultiGuidance(self.guided(), plan)(x_in, t, i, num_steps)
+        if self.guidance_rescale > 0 and out.terms:
+            return rescale_noise_cfg(out.pred, _rescale_reference(out, cond.prompt_embeds), guidance_rescale=self.guidance_rescale)
+        return out.pred
 
-        # 4. Prepare timesteps (custom `timesteps` or `sigmas` through diffusers' retrieve_timesteps)
-        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps, sigmas)
-
-        # 5. Prepare latent variables
-        latents = self.prepare_latents(n, height, width, negative_prompt_embeds.dtype, device, generator, latents)
-        step_kwargs = self._step_kwargs(generator, eta)
-
-        # 6. Denoising loop: eps = eps_u + Σ_k w_k (eps_k - eps_u), then the scheduler's update
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        cond: Conditioning,
+        step_kwargs: dict,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        after_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The sampling loop: predict, scheduler step, then ``after_step(i, latents)`` (e.g. inpainting's blend),
+        then the callback, which may replace the latents and ``cond``'s embeddings."""
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
-                x_in = self.scheduler.scale_model_input(latents, t)
-                out = MultiGuidance(models, plan())(x_in, t, i, len(timesteps))
-                eps = out.pred
-                if self.guidance_rescale > 0 and out.terms:
-                    eps = rescale_noise_cfg(eps, _rescale_reference(out, prompt_embeds), guidance_rescale=self.guidance_rescale)
+                eps = self.predict(latents, t, cond, i, len(timesteps))
                 latents = self.scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+                if after_step is not None:
+                    latents = after_step(i, latents)
                 if callback_on_step_end is not None:
-                    values = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
+                    values = {"latents": latents, "prompt_embeds": cond.prompt_embeds,
+                              "negative_prompt_embeds": cond.negative_prompt_embeds}
                     changed = callback_on_step_end(self, i, t, {k: values[k] for k in callback_on_step_end_tensor_inputs})
                     latents = changed.pop("latents", latents)
-                    prompt_embeds = _rows(changed.pop("prompt_embeds", prompt_embeds), n, "prompt_embeds")
-                    negative_prompt_embeds = _rows(changed.pop("negative_prompt_embeds", negative_prompt_embeds), n,
-                                                   "negative_prompt_embeds")
+                    cond.prompt_embeds = _rows(changed.pop("prompt_embeds", cond.prompt_embeds), cond.n, "prompt_embeds")
+                    cond.negative_prompt_embeds = _rows(changed.pop("negative_prompt_embeds", cond.negative_prompt_embeds),
+                                                        cond.n, "negative_prompt_embeds")
                 progress_bar.update()
+        return latents
 
-        # 7. Decode
+    def latents_to_images(self, latents: torch.Tensor, output_type: str, generator: Any = None) -> Any:
+        """Latents to images of ``output_type`` ("pil", "np", "pt" or "latent")."""
         if output_type == "latent":
-            images = latents
-        else:
-            decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
-            images = self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * n)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return InDomainPipelineOutput(images=images)
+            return latents
+        decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+        return self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * len(latents))
+
+
+@dataclass
+class Conditioning:
+    """The text side of one call, one row per image; a callback may replace ``prompt_embeds`` and
+    ``negative_prompt_embeds`` between steps."""
+
+    n: int
+    negative_prompt_embeds: torch.Tensor  # the prior's unconditional branch (∅, or the negative prompt)
+    prompt_embeds: torch.Tensor | None  # the control prompt
+    domain_cond: torch.Tensor | None  # text for a text-conditioned domain model; None for a NullTextUNet
+    extra: list[tuple[torch.Tensor, float]]  # weighted prompts (GCFG terms)
+    control_window: tuple[float, float] = (0.0, 1.0)
+    domain_window: tuple[float, float] = (0.0, 1.0)
+
+    def plan(self, guidance_scale: float, domain_guidance_scale: float) -> GuidancePlan:
+        """Eq. C for these weights: ∅ from the prior, the domain term, the control prompt, the weighted prompts."""
+        terms = []
+        if domain_guidance_scale != 0:
+            terms.append(Guidance(DOMAIN, self.domain_cond, domain_guidance_scale, *self.domain_window))
+        if self.prompt_embeds is not None:
+            terms.append(Guidance(PRIOR, self.prompt_embeds, guidance_scale, *self.control_window))
+        terms += [Guidance(PRIOR, emb, w, *self.control_window) for emb, w in self.extra]
+        return GuidancePlan(Branch(PRIOR, self.negative_prompt_embeds), terms)
 
 
 def _rows(emb: torch.Tensor | None, n: int, name: str) -> torch.Tensor | None:
