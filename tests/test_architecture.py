@@ -16,10 +16,12 @@ FLOORS = {
     # 0. leaves: no indomain imports at all
     "guidance": 0, "nulltext": 0, "safeload": 0, "schedulers": 0, "data": 0, "outputs": 0, "cliargs": 0,
     "checkpoint": 0, "console": 0,
+    "nerf": 0,  # the 3-D scene for score distillation (pure torch)
     # 1. the core: open models, sample
     "loading": 1, "pipeline": 1,
     # 2. learn and measure
     "train": 2, "metrics": 2,
+    "sds": 2, "text3d": 2,  # score distillation and `indomain 3d`
     # 3. evaluation (generation + scoring) and its report
     "evaluate": 3, "report": 3,
     # 4. the emoji world

@@ -187,6 +187,12 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _add_3d(sub: argparse._SubParsersAction) -> None:
+    from .text3d import add_parser
+
+    add_parser(sub)
+
+
 # name -> (the line `indomain --help` shows, what builds the full parser); the line must match the one the command's
 # own add_parser gives (a test compares the two)
 COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None]]] = {
@@ -197,6 +203,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None]]] = 
     "evaluate": ("generate N images per setting (sharded over processes) and score FID/KID/CLIP; sweeps, plot, report",
                  _add_evaluate),
     "world": ("the emoji world: an offline miniature of the paper's experiment", _add_world),
+    "3d": ("text-to-3D: optimise a small voxel radiance field by score distillation (prior + domain model)", _add_3d),
 }
 
 
