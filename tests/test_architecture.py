@@ -18,7 +18,7 @@ FLOORS = {
     "checkpoint": 0, "console": 0,
     "nerf": 0,  # the 3-D scene for score distillation (pure torch)
     # 1. the core: open models, sample
-    "loading": 1, "pipeline": 1,
+    "loading": 1, "pipeline": 1, "editing": 1,
     # 2. learn and measure
     "train": 2, "metrics": 2,
     "sds": 2, "text3d": 2,  # score distillation and `indomain 3d`
@@ -31,7 +31,7 @@ FLOORS = {
     # tests and benchmarks only
     "testing": 6,
 }
-CORE = {"guidance", "nulltext", "safeload", "schedulers", "loading", "pipeline"}
+CORE = {"guidance", "nulltext", "safeload", "schedulers", "loading", "pipeline", "editing"}
 
 
 def room(path: Path) -> str:

@@ -111,10 +111,10 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             kwargs["domain_unet"] = domain_unet
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
-    def progress_bar(self, iterable: Any = None, total: int | None = None) -> Any:
-        """The sampler's bar, labelled "sampling" and hidden by ``indomain --quiet``; ``set_progress_bar_config``
+    def progress_bar(self, iterable: Any = None, total: int | None = None, desc: str = "sampling") -> Any:
+        """The sampler's bar, labelled ``desc`` and hidden by ``indomain --quiet``; ``set_progress_bar_config``
         still sets any tqdm option (``disable=True``, another ``desc``), as in diffusers."""
-        config = {"desc": "sampling", "disable": not is_torch_dist_rank_zero(), **getattr(self, "_progress_bar_config", {})}
+        config = {"desc": desc, "disable": not is_torch_dist_rank_zero(), **getattr(self, "_progress_bar_config", {})}
         return progress(iterable, total=total, **config)
 
     # -- the properties diffusers' callbacks and users read, as in StableDiffusionPipeline ----------------
