@@ -88,3 +88,32 @@ def test_bad_inputs_are_named(pipe, picture):
         pipe(image=picture, method="magic")
     with pytest.raises(ValueError, match="image is required"):
         pipe("a cat")
+
+
+def test_edit_command_writes_edits_grid_and_record(tmp_path, components, null_embedding, picture):
+    import json
+
+    from indomain.cli import main
+    from indomain.testing import save_tiny_prior
+
+    prior = save_tiny_prior(tmp_path / "prior")
+    domain = NullTextUNet.from_prior(tiny_unet(seed=3), null_embedding, scheduler=components["scheduler"])
+    domain.save_pretrained(tmp_path / "domain")
+    images = tmp_path / "images"
+    images.mkdir()
+    picture.save(images / "a.png")
+    picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(images / "b.png")
+    mask = np.zeros((32, 32), dtype="uint8")
+    mask[8:24, 8:24] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    for method, extra in [("sdedit", []), ("invert", ["--mask", tmp_path / "mask.png"])]:
+        out = tmp_path / method
+        argv = ["edit", "--prior", prior, "--domain", tmp_path / "domain", "--image", images, "--prompt", "a cat",
+                "--strength", 0.5, "--steps", 4, "--method", method, "--out", out, *extra]
+        assert main([str(a) for a in argv]) == 0
+        record = json.loads((out / "settings.json").read_text())
+        assert [i["file"] for i in record["images"]] == ["0000_a.png", "0001_b.png"]
+        assert record["settings"]["method"] == method
+        assert Image.open(out / "grid.png").size == (2 * 34 + 2, 2 * 34 + 2)  # before above after, 2 columns
+    assert main(["edit", "--prior", str(prior), "--image", str(images), "--strength", "1.5", "--domain-scale", "0",
+                 "--out", str(tmp_path / "bad")]) == 2

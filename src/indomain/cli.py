@@ -10,6 +10,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 from pathlib import Path
 
 from . import console
@@ -42,21 +43,15 @@ def _weighted(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected TEXT:WEIGHT (e.g. 'blurry:-1.5'), got {text!r}") from None
 
 
-GENERATE_OUTPUTS = ("*.png", "settings.json")  # all that `generate --overwrite` may remove
+GENERATE_OUTPUTS = ("*.png", "settings.json")  # all that `generate --overwrite` / `edit --overwrite` may remove
 
 
-def add_generate_parser(sub: argparse._SubParsersAction) -> None:
+def _add_sampling_options(p: argparse.ArgumentParser, command: str) -> None:
+    """The options `generate` and `edit` share: models, guidance weights, sampler, seed, device, output."""
     from .schedulers import SCHEDULERS
 
-    p = sub.add_parser(
-        "generate",
-        help=COMMANDS["generate"][0],
-        description=DESCRIPTION + "\nWrites one PNG per image, grid.png and settings.json into --out.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
     p.add_argument("--prior", required=True, help="prior pipeline: a local diffusers folder or a hub id (e.g. a Stable Diffusion 1.5 folder)")
-    p.add_argument("--domain", default=None, help="domain model folder written by `indomain train` (a NullTextUNet); omit to sample the prior alone")
-    p.add_argument("--prompt", action="append", default=None, help="control prompt; repeat for a batch of prompts. Omit for unconditional in-domain samples")
+    p.add_argument("--domain", default=None, help="domain model written by `indomain train` (a folder or a hub id); omit to use the prior alone")
     p.add_argument("--negative-prompt", default=None, help="replaces the empty prompt in the prior's unconditional branch (as in Stable Diffusion)")
     p.add_argument("--weighted-prompt", action="append", type=_weighted, default=None, metavar="TEXT:WEIGHT",
                    help="extra guidance term shared by all images; repeatable; a negative weight pushes away (e.g. 'blurry:-1.5')")
@@ -64,41 +59,76 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance-scale", type=finite_float, default=2.5, help="control guidance weight w_c on --prompt (default: %(default)s, the official value)")
     p.add_argument("--steps", type=positive_int, default=25, help="number of sampler steps (default: %(default)s)")
     p.add_argument("--scheduler", default="dpm++", help=f"sampler: {', '.join(SCHEDULERS)} (default: %(default)s, DPM-Solver++ as in the paper)")
-    p.add_argument("--num-images", type=positive_int, default=4, help="images per prompt (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i, so an image depends only on its seed (default: %(default)s)")
-    p.add_argument("--height", type=positive_int, default=None, help="image height in pixels (default: the prior's native size)")
-    p.add_argument("--width", type=positive_int, default=None, help="image width in pixels (default: the prior's native size)")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ... (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model precision (default: %(default)s)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle checkpoints (.bin/.ckpt), with weights_only loading; only for files you trust")
-    p.add_argument("--out", required=True, help="output folder (new, empty, or an earlier `generate` output with --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier `indomain generate` output in --out")
+    p.add_argument("--out", required=True, help=f"output folder (new, empty, or an earlier `{command}` output with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help=f"replace an earlier `indomain {command}` output in --out")
     p.add_argument("--json", action="store_true", help="print the settings.json record (settings, images, environment) "
                    "as JSON on stdout instead of the summary line, for scripts")
+
+
+def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[Any, Path, str]:
+    """Check the inputs, claim --out, then load ``cls`` (a pipeline class) with the scheduler asked for."""
+    import torch
+
+    from .loading import resolve_domain_path
+    from .outputs import claim_output_dir
+    from .safeload import check_prior
+    from .schedulers import make_scheduler
+
+    device = _device(args.device)
+    domain = None if args.domain is None else resolve_domain_path(args.domain)  # a folder, or a hub id in the cache
+    check_prior(args.prior, args.allow_pickle)
+    if domain is None and args.domain_scale != 0:
+        raise ValueError("--domain-scale is nonzero but no --domain model was given (pass --domain DIR or --domain-scale 0)")
+    out = claim_output_dir(args.out, command, owned=GENERATE_OUTPUTS, record="settings.json", overwrite=args.overwrite)
+    pipe = cls.from_pretrained(args.prior, domain_unet=domain, allow_pickle=args.allow_pickle, dtype=getattr(torch, args.dtype))
+    pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
+    return pipe.to(device), out, device
+
+
+def _finish(args: argparse.Namespace, pipe: Any, out: Path, device: str, files: list[dict], start: float, what: str) -> None:
+    """settings.json beside the images, then the result line (or the record, with --json)."""
+    from .outputs import write_record
+
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", "verbosity", "json")}  # not how it printed
+    record = write_record(
+        out / "settings.json",
+        settings,
+        resolved={"device": device, "scheduler": dict(pipe.scheduler.config), "domain_config": dict(pipe.domain_unet.config) if pipe.domain_unet else None},
+        images=files,
+        seconds=round(time.time() - start, 2),
+    )
+    if args.json:
+        print(record.read_text(), end="")
+    else:
+        print(f"wrote {len(files)} {what}, grid.png and settings.json to {out}")
+
+
+def add_generate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help=COMMANDS["generate"][0],
+        description=DESCRIPTION + "\nWrites one PNG per image, grid.png and settings.json into --out.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--prompt", action="append", default=None, help="control prompt; repeat for a batch of prompts. Omit for unconditional in-domain samples")
+    p.add_argument("--num-images", type=positive_int, default=4, help="images per prompt (default: %(default)s)")
+    p.add_argument("--height", type=positive_int, default=None, help="image height in pixels (default: the prior's native size)")
+    p.add_argument("--width", type=positive_int, default=None, help="image width in pixels (default: the prior's native size)")
+    _add_sampling_options(p, "generate")
     p.set_defaults(func=cmd_generate)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from .outputs import claim_output_dir, make_grid, write_record
+    from .outputs import make_grid
     from .pipeline import InDomainPipeline
-    from .schedulers import make_scheduler
 
-    from .loading import resolve_domain_path
-    from .safeload import check_prior
-
-    device = _device(args.device)
-    dtype = getattr(torch, args.dtype)
-    domain = None if args.domain is None else resolve_domain_path(args.domain)  # a folder, or a hub id in the cache
-    check_prior(args.prior, args.allow_pickle)
-    out = claim_output_dir(args.out, "generate", owned=GENERATE_OUTPUTS, record="settings.json", overwrite=args.overwrite)
-    pipe = InDomainPipeline.from_pretrained(args.prior, domain_unet=domain, allow_pickle=args.allow_pickle, dtype=dtype)
-    pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
-    pipe.to(device)
-    if pipe.domain_unet is None and args.domain_scale != 0:
-        raise SystemExit("error: --domain-scale is nonzero but no --domain model was given (pass --domain DIR or --domain-scale 0)")
-
+    pipe, out, device = _open_pipeline(InDomainPipeline, args, "generate")
     prompts = args.prompt or [None]
     images, files = [], []
     start = time.time()
@@ -122,18 +152,67 @@ def cmd_generate(args: argparse.Namespace) -> int:
             images.append(img)
             files.append({"file": name, "prompt": prompt, "seed": seed})
     make_grid(images, ncols=args.num_images).save(out / "grid.png")
-    settings = {k: v for k, v in vars(args).items() if k not in ("func", "verbosity", "json")}  # not how it printed
-    record = write_record(
-        out / "settings.json",
-        settings,
-        resolved={"device": device, "scheduler": dict(pipe.scheduler.config), "domain_config": dict(pipe.domain_unet.config) if pipe.domain_unet else None},
-        images=files,
-        seconds=round(time.time() - start, 2),
+    _finish(args, pipe, out, device, files, start, "images")
+    return 0
+
+
+def add_edit_parser(sub: argparse._SubParsersAction) -> None:
+    from .editing import METHODS
+
+    p = sub.add_parser(
+        "edit",
+        help=COMMANDS["edit"][0],
+        description="Edit images into the domain with decoupled guidance (SDEdit, or DDIM inversion then regeneration; "
+        "optional inpainting mask). Writes one edited PNG per image, grid.png (before above after) and settings.json.",
     )
-    if args.json:
-        print(record.read_text(), end="")
+    p.add_argument("--image", required=True, help="an image file, or a folder of images (read with the training rules)")
+    p.add_argument("--prompt", default=None, help="the edit's control prompt (default: none: only the domain term edits)")
+    p.add_argument("--strength", type=finite_float, default=0.6, help="how far into the noise the edit starts, in (0, 1]: "
+                   "0.3 keeps the layout, 0.9 little of it (default: %(default)s)")
+    p.add_argument("--method", default="sdedit", choices=METHODS, help="sdedit: noise then denoise; invert: DDIM inversion "
+                   "with the prior, then DDIM regeneration, which keeps unedited content better (default: %(default)s)")
+    p.add_argument("--mask", default=None, help="inpainting mask image: white = regenerate, black = keep (default: none)")
+    _add_sampling_options(p, "edit")
+    p.set_defaults(func=cmd_edit)
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import find_images, load_rgb
+    from .editing import InDomainImg2ImgPipeline
+    from .outputs import make_grid
+
+    if not 0.0 < args.strength <= 1.0:
+        raise ValueError(f"--strength must be in (0, 1], got {args.strength}")
+    source = Path(args.image)
+    if source.is_dir():
+        paths = find_images(source)[0]
+        if not paths:
+            raise ValueError(f"--image {args.image!r}: no readable image in that folder")
+    elif source.is_file():
+        paths = [source]
     else:
-        print(f"wrote {len(images)} images, grid.png and settings.json to {out}")
+        raise FileNotFoundError(f"--image {args.image!r} does not exist")
+    mask = None if args.mask is None else load_rgb(args.mask)
+    pipe, out, device = _open_pipeline(InDomainImg2ImgPipeline, args, "edit")
+    before, after, files = [], [], []
+    start = time.time()
+    for i, path in enumerate(paths):
+        image = load_rgb(path)
+        edited = pipe(
+            prompt=args.prompt, image=image, strength=args.strength, method=args.method, mask_image=mask,
+            negative_prompt=args.negative_prompt, weighted_prompts=args.weighted_prompt, num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale, domain_guidance_scale=args.domain_scale,
+            generator=torch.Generator(device).manual_seed(args.seed + i),
+        ).images[0]
+        name = f"{i:04d}_{path.stem}.png"
+        edited.save(out / name)
+        before.append(image.resize(edited.size))
+        after.append(edited)
+        files.append({"file": name, "source": str(path), "seed": args.seed + i})
+    make_grid(before + after, ncols=len(after)).save(out / "grid.png")
+    _finish(args, pipe, out, device, files, start, "edited images")
     return 0
 
 
@@ -197,6 +276,7 @@ def _add_3d(sub: argparse._SubParsersAction) -> None:
 # own add_parser gives (a test compares the two)
 COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None]]] = {
     "generate": ("sample in-domain images from a prior plus a domain model", add_generate_parser),
+    "edit": ("edit images into the domain: SDEdit or inversion, optionally inpainting a mask", add_edit_parser),
     "train": ("train a domain model (or a conventional fine-tune baseline) on a folder of unlabeled images", _add_train),
     "convert": ("copy a model folder with its pickle weights (.bin/.ckpt/.pt) re-saved as safetensors", add_convert_parser),
     "demo": ("run the end-to-end emoji-world demo (offline, CPU, minutes)", _add_demo),
