@@ -88,14 +88,14 @@ class InDomainImg2ImgPipeline(InDomainPipeline):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
-        # 1. Check inputs, record the weights a callback may change
+        # 1. Check inputs; record the weights a callback may change
         pixels = self.image_processor.preprocess(image)
         height, width = pixels.shape[-2:]
-        self.check_inputs(prompt, negative_prompt, height, width, guidance_scale, domain_guidance_scale, weighted_prompts,
-                          prompt_embeds, callback_on_step_end_tensor_inputs)
-        self._guidance_scale, self._domain_guidance_scale = guidance_scale, domain_guidance_scale
-        self._guidance_rescale, self._clip_skip = guidance_rescale, clip_skip
-        self._cross_attention_kwargs, self._interrupt = cross_attention_kwargs, False
+        callback_on_step_end_tensor_inputs = self.begin_call(
+            prompt, negative_prompt, height, width, guidance_scale, domain_guidance_scale, weighted_prompts,
+            prompt_embeds, callback_on_step_end, callback_on_step_end_tensor_inputs, guidance_rescale, clip_skip,
+            cross_attention_kwargs,
+        )
 
         # 2-3. Encode prompts
         device = self._execution_device

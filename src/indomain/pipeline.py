@@ -325,19 +325,14 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
                 continues with the conditional prediction alone).
             Other arguments as in `StableDiffusionPipeline.__call__`.
         """
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-
-        # 1. Check inputs
+        # 1. Check inputs; record the weights a callback may change
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
-        self.check_inputs(
+        callback_on_step_end_tensor_inputs = self.begin_call(
             prompt, negative_prompt, height, width, guidance_scale, domain_guidance_scale, weighted_prompts,
-            prompt_embeds, callback_on_step_end_tensor_inputs,
+            prompt_embeds, callback_on_step_end, callback_on_step_end_tensor_inputs, guidance_rescale, clip_skip,
+            cross_attention_kwargs,
         )
-        self._guidance_scale, self._domain_guidance_scale = guidance_scale, domain_guidance_scale
-        self._guidance_rescale, self._clip_skip = guidance_rescale, clip_skip
-        self._cross_attention_kwargs, self._interrupt = cross_attention_kwargs, False
 
         # 2-3. Encode prompts: one row per image, prompts repeated num_images_per_prompt times as SD does
         device = self._execution_device
@@ -366,6 +361,22 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         return InDomainPipelineOutput(images=images)
 
     # -- the sampling core, shared by every pipeline built on this one (img2img, inversion, inpainting) ----------
+
+    def begin_call(
+        self, prompt: Any, negative_prompt: Any, height: int, width: int, guidance_scale: float,
+        domain_guidance_scale: float, weighted_prompts: Any, prompt_embeds: torch.Tensor | None, callback: Any,
+        tensor_inputs: Sequence[str], guidance_rescale: float, clip_skip: int | None, cross_attention_kwargs: dict | None,
+    ) -> Sequence[str]:
+        """Check a call's inputs and record the settings the properties (and callbacks) read; returns the tensors
+        the callback asks for (a diffusers `PipelineCallback` names its own)."""
+        if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+            tensor_inputs = callback.tensor_inputs
+        self.check_inputs(prompt, negative_prompt, height, width, guidance_scale, domain_guidance_scale, weighted_prompts,
+                          prompt_embeds, tensor_inputs)
+        self._guidance_scale, self._domain_guidance_scale = guidance_scale, domain_guidance_scale
+        self._guidance_rescale, self._clip_skip = guidance_rescale, clip_skip
+        self._cross_attention_kwargs, self._interrupt = cross_attention_kwargs, False
+        return tensor_inputs
 
     def prepare_conditioning(
         self,
