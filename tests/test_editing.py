@@ -117,3 +117,11 @@ def test_edit_command_writes_edits_grid_and_record(tmp_path, components, null_em
         assert Image.open(out / "grid.png").size == (2 * 34 + 2, 2 * 34 + 2)  # before above after, 2 columns
     assert main(["edit", "--prior", str(prior), "--image", str(images), "--strength", "1.5", "--domain-scale", "0",
                  "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_several_images_without_a_prompt_edit_one_each(pipe, picture):
+    flipped = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    out = pipe(image=[picture, flipped], strength=0.5, num_inference_steps=4, generator=[gen(0), gen(1)],
+               output_type="np").images
+    single = pipe(image=flipped, strength=0.5, num_inference_steps=4, generator=gen(1), output_type="np").images
+    assert out.shape == (2, 32, 32, 3) and abs(out[1] - single[0]).max() <= 1e-5

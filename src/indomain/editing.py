@@ -104,6 +104,7 @@ class InDomainImg2ImgPipeline(InDomainPipeline):
             num_images_per_prompt, clip_skip, device,
             control_window=(control_guidance_start, control_guidance_end),
             domain_window=(domain_guidance_start, domain_guidance_end),
+            batch_size=pixels.shape[0],  # without a prompt, one output per image
         )
 
         # 4. Timesteps: the last `strength` of the schedule (DDIM for inversion, the pipeline's scheduler otherwise)

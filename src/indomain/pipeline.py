@@ -391,14 +391,14 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         device: torch.device,
         control_window: tuple[float, float] = (0.0, 1.0),
         domain_window: tuple[float, float] = (0.0, 1.0),
+        batch_size: int = 1,
     ) -> Conditioning:
-        """Every text input of one call as embeddings, one row per image."""
+        """Every text input of one call as embeddings, one row per image; ``batch_size`` counts the images of a
+        call without a prompt (for example several images to edit)."""
         if prompt_embeds is not None:
             batch_size = prompt_embeds.shape[0]
         elif isinstance(prompt, list):
             batch_size = len(prompt)
-        else:
-            batch_size = 1
         n = batch_size * num_images_per_prompt
 
         def per_image(emb: torch.Tensor) -> torch.Tensor:
