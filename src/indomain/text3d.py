@@ -1,7 +1,7 @@
 """`indomain 3d`: text-to-3D by score distillation from a frozen prior plus a null-text domain model.
 
     indomain 3d --prior PRIOR --prompt "red apple" --out runs/apple                                   # plain SDS
-    indomain 3d --prior PRIOR --domain DOMAIN --domain-scale 10 --prompt "red apple" --out runs/apple-d  # + domain term
+    indomain 3d --prior PRIOR --domain DOMAIN --domain-scale 25 --prompt "red apple" --out runs/apple-d  # + domain term
     indomain 3d ... --out runs/apple --resume --steps 800                                             # continue a run
 
 A run, in order: load the prior (and domain model) into an `InDomainPipeline`; build a `VoxelField` (a density blob
@@ -65,7 +65,8 @@ class Text3DConfig:
                                           nargs=2, metavar="DEG")
     azimuth_range: list[float] = option([-180.0, 180.0], "camera azimuth range in degrees (0 = front)",
                                         type=finite_float, nargs=2, metavar="DEG")
-    distance_range: list[float] = option([2.0, 2.4], "camera distance range", type=positive_float, nargs=2)
+    distance_range: list[float] = option([2.0, 2.4], "camera distance range", type=positive_float, nargs=2,
+                                         metavar="D")
     fovy_range: list[float] = option([35.0, 45.0], "vertical field-of-view range in degrees", type=positive_float,
                                      nargs=2, metavar="DEG")
     min_step_percent: float = option(0.02, "smallest SDS timestep, as a fraction of T", type=finite_float)
