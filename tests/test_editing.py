@@ -125,3 +125,10 @@ def test_several_images_without_a_prompt_edit_one_each(pipe, picture):
                output_type="np").images
     single = pipe(image=flipped, strength=0.5, num_inference_steps=4, generator=gen(1), output_type="np").images
     assert out.shape == (2, 32, 32, 3) and abs(out[1] - single[0]).max() <= 1e-5
+
+
+def test_the_cli_offers_every_editing_method():
+    from indomain.cli import EDIT_METHODS
+    from indomain.editing import METHODS
+
+    assert EDIT_METHODS == METHODS

@@ -192,7 +192,7 @@ def test_divergence_names_a_good_state_and_is_one_error_line(world, tmp_path, ca
 
 
 def test_non_finite_weights_are_never_checkpointed(world, tmp_path, monkeypatch):
-    import indomain.train as train_mod
+    import indomain.checkpoint as checkpoint_mod
     from indomain.train import NonFiniteError
 
     calls = []
@@ -201,7 +201,7 @@ def test_non_finite_weights_are_never_checkpointed(world, tmp_path, monkeypatch)
         calls.append(1)
         return len(calls) < 2  # the weights of step 2 are "not finite"
 
-    monkeypatch.setattr(train_mod, "weights_are_finite", poisoned)
+    monkeypatch.setattr(checkpoint_mod, "weights_are_finite", poisoned)
     with pytest.raises(NonFiniteError, match=r"weights after step 2.*checkpoint-1"):
         train(cfg(world, tmp_path / "w", max_train_steps=3))
     assert [p.name for p in list_checkpoints(tmp_path / "w")] == ["checkpoint-1"]

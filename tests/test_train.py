@@ -275,3 +275,12 @@ def test_report_to_a_tracker_that_is_not_installed_says_what_to_install(world, t
     with pytest.raises(ValueError, match="pip install wandb"):
         train(config(world, tmp_path / "w", report_to="wandb"))
     assert not (tmp_path / "w").exists()
+
+
+def test_lora_run_does_not_depend_on_the_global_rng(world, tmp_path):
+    torch.manual_seed(123)
+    a = train(config(world, tmp_path / "a", lora_rank=2, max_train_steps=1))
+    torch.rand(1000)  # whatever ran before in the process
+    b = train(config(world, tmp_path / "b", lora_rank=2, max_train_steps=1))
+    wa, wb = load_file(a / "pytorch_lora_weights.safetensors"), load_file(b / "pytorch_lora_weights.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -156,9 +156,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_edit_parser(sub: argparse._SubParsersAction) -> None:
-    from .editing import METHODS
+EDIT_METHODS = ("sdedit", "invert")  # = indomain.editing.METHODS, written here so `edit --help` loads no torch
 
+
+def add_edit_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "edit",
         help=COMMANDS["edit"][0],
@@ -169,7 +170,7 @@ def add_edit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default=None, help="the edit's control prompt (default: none: only the domain term edits)")
     p.add_argument("--strength", type=finite_float, default=0.6, help="how far into the noise the edit starts, in (0, 1]: "
                    "0.3 keeps the layout, 0.9 little of it (default: %(default)s)")
-    p.add_argument("--method", default="sdedit", choices=METHODS, help="sdedit: noise then denoise; invert: DDIM inversion "
+    p.add_argument("--method", default="sdedit", choices=EDIT_METHODS, help="sdedit: noise then denoise; invert: DDIM inversion "
                    "with the prior, then DDIM regeneration, which keeps unedited content better (default: %(default)s)")
     p.add_argument("--mask", default=None, help="inpainting mask image: white = regenerate, black = keep (default: none)")
     _add_sampling_options(p, "edit")

@@ -74,11 +74,12 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch  # numpy and torch are imported where used, so `indomain train --help` loads neither
 
 __all__ = [
     "ACCEPTED_FORMATS",
@@ -313,6 +314,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """
     mode = img.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
+        import numpy as np
+
         arr = np.asarray(img).astype(np.float64)
         if mode == "F":
             arr = arr * 255.0
@@ -382,6 +385,9 @@ def resize_shorter(img: Image.Image, resolution: int) -> Image.Image:
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """An RGB PIL image as a float32 (3, H, W) tensor in [-1, 1]."""
+    import numpy as np
+    import torch
+
     arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32) / 127.5 - 1.0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
@@ -28,21 +29,22 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import torch
-import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from .checkpoint import (
-    Checkpoint, check_fits, checkpoint_step, list_checkpoints, read_checkpoint, restore, weights_are_finite, write_checkpoint,
-)
 from .cliargs import add_options, finite_float, from_args, nonnegative_int, option, positive_float, positive_int
 from .console import info
 from .console import progress as tqdm  # tqdm.auto, hidden by `indomain --quiet`
 from .data import ImageFolderDataset, load_rgb, resize_shorter, to_tensor
 from .outputs import atomic_path, atomic_write_text, claim_output_dir
+
+if TYPE_CHECKING:
+    import torch
+
+    from .checkpoint import Checkpoint
+
+# torch, safetensors and the checkpoint module are imported where they are used, so that `indomain train --help`
+# (which builds its options from TrainConfig) starts without them.
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 
@@ -160,6 +162,26 @@ class NonFiniteError(RuntimeError):
     """A loss or a validation image was NaN/inf; the last good state was saved first."""
 
 
+def _no_grad(fn: Callable) -> Callable:
+    """``torch.no_grad()`` as a decorator that imports torch only when the function runs."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def list_checkpoints(output: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (`indomain.checkpoint.list_checkpoints`)."""
+    from .checkpoint import list_checkpoints as complete
+
+    return complete(output)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Latent cache
 
@@ -173,7 +195,7 @@ def _cache_key(paths: list[Path], config: TrainConfig, vae_id: str) -> str:
     return h.hexdigest()[:16]
 
 
-@torch.no_grad()
+@_no_grad
 def build_latent_cache(paths: list[Path], vae: Any, config: TrainConfig, cache_file: Path, vae_id: str, device: Any) -> Path:
     """Encode every image once (and its mirror image when flips are on) into ``cache_file``.
 
@@ -181,6 +203,10 @@ def build_latent_cache(paths: list[Path], vae: Any, config: TrainConfig, cache_f
     posterior (mean and log-variance) stored under key ``"{i}"`` (``"{i}_flip"`` for the mirror). A
     matching cache (same files, sizes, mtimes, resolution, flips, VAE) is reused.
     """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
     key = _cache_key(paths, config, vae_id)
     if cache_file.is_file():
         with safe_open(cache_file, "pt") as f:
@@ -214,15 +240,21 @@ class LatentBatches:
     """
 
     def __init__(self, cache_file: Path, n: int, config: TrainConfig, latent_size: int, scaling_factor: float) -> None:
+        from safetensors import safe_open
+
         self.file = safe_open(cache_file, "pt")
         self.n, self.config, self.size, self.scale = n, config, latent_size, scaling_factor
 
     def _index(self, k: int) -> int:
+        import torch
+
         epoch, pos = divmod(k, self.n)
         perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch))
         return int(perm[pos])
 
     def get(self, step: int, micro: int, rank: int, world: int, generator: torch.Generator) -> torch.Tensor:
+        import torch
+
         b = self.config.train_batch_size
         start = ((step * self.config.gradient_accumulation_steps + micro) * world + rank) * b
         out = []
@@ -248,7 +280,7 @@ class LatentBatches:
 # Model
 
 
-@torch.no_grad()
+@_no_grad
 def encode_text(tokenizer: Any, text_encoder: Any, text: str) -> torch.Tensor:
     ids = tokenizer([text], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
     return text_encoder(ids.input_ids)[0]
@@ -260,6 +292,8 @@ def build_model(config: TrainConfig, parts: dict) -> tuple[torch.nn.Module, torc
     The text encoder runs once here (empty prompt for calibration, or the baseline's caption) and is
     dropped from ``parts`` afterwards, so training never holds it.
     """
+    import torch
+
     from .nulltext import NullTextUNet
 
     tokenizer, text_encoder = parts.pop("tokenizer"), parts.pop("text_encoder")
@@ -283,20 +317,26 @@ def build_model(config: TrainConfig, parts: dict) -> tuple[torch.nn.Module, torc
 
         target = model.unet if hasattr(model, "unet") and not config.baseline else model
         target.requires_grad_(False)
-        target.add_adapter(
-            LoraConfig(
-                r=config.lora_rank,
-                lora_alpha=config.lora_alpha or config.lora_rank,
-                init_lora_weights="gaussian",
-                target_modules=LORA_TARGETS,
+        # peft draws the initial adapters from torch's global RNG: seed it, so a run does not depend on what ran before
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            target.add_adapter(
+                LoraConfig(
+                    r=config.lora_rank,
+                    lora_alpha=config.lora_alpha or config.lora_rank,
+                    init_lora_weights="gaussian",
+                    target_modules=LORA_TARGETS,
+                )
             )
-        )
     model.train()
     return model, caption
 
 
 def denoising_loss(pred: torch.Tensor, target: torch.Tensor, snr: torch.Tensor | None, snr_gamma: float | None, prediction_type: str) -> torch.Tensor:
     """Plain MSE, or min-SNR-gamma weighted MSE (Hang et al. 2023, https://arxiv.org/abs/2303.09556)."""
+    import torch
+    import torch.nn.functional as F
+
     if snr_gamma is None:
         return F.mse_loss(pred.float(), target.float())
     weight = torch.clamp(snr, max=snr_gamma) / snr
@@ -319,6 +359,8 @@ TRAIN_OUTPUTS = (  # what `indomain train` writes into --output; `--overwrite` r
 def save_checkpoint(accelerator: Any, output: Path, step: int, config: TrainConfig, model: Any, optimizer: Any,
                     lr_scheduler: Any, ema: Any, params: list) -> Path:
     """Write ``checkpoint-N`` (main process; see `indomain.checkpoint`) and prune old ones."""
+    from .checkpoint import weights_are_finite, write_checkpoint
+
     final = output / f"checkpoint-{step}"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -339,6 +381,8 @@ def _last_good(output: Path, failed_step: int, config: TrainConfig) -> str:
     The weights of step k produced the non-finite value, so only checkpoints before k are good (each was
     checked finite when written).
     """
+    from .checkpoint import checkpoint_step
+
     good = []
     for ckpt in list_checkpoints(output):
         if checkpoint_step(ckpt) >= failed_step:
@@ -398,7 +442,11 @@ def check_inputs(config: TrainConfig) -> tuple[list[Path], list[tuple[Path, str]
         raise ValueError(f"--resolution must be a multiple of the VAE factor {factor}, got {config.resolution}")
     dataset = ImageFolderDataset(config.images, config.resolution, min_size_policy=config.min_size_policy)
     resume_from = resolve_resume(config)
-    ckpt = read_checkpoint(resume_from) if resume_from is not None else None
+    if resume_from is None:
+        return dataset.paths, dataset.skipped, None
+    from .checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(resume_from)
     return dataset.paths, dataset.skipped, ckpt
 
 
@@ -431,9 +479,10 @@ def _merged_copy(unet: torch.nn.Module) -> torch.nn.Module:
     return merged
 
 
-@torch.no_grad()
+@_no_grad
 def validate(model: torch.nn.Module, config: TrainConfig, step: int, device: Any) -> list:
     """Unconditional (and, with prompts, text-controlled) in-domain grids; decoded in fp32."""
+    import torch
     from diffusers.image_processor import VaeImageProcessor
 
     from .outputs import make_grid
@@ -473,12 +522,14 @@ def validate(model: torch.nn.Module, config: TrainConfig, step: int, device: Any
 
 def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> Path:
     """Run training; returns the output folder. ``on_step(global_step)`` is a test hook called after each step."""
+    import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel, compute_snr
 
+    from .checkpoint import check_fits, restore, weights_are_finite
     from .loading import load_prior_components
 
     # 1. Check every input, then claim the output folder: nothing is written before the checks pass
