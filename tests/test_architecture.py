@@ -16,6 +16,7 @@ FLOORS = {
     # 0. leaves: no indomain imports at all
     "guidance": 0, "nulltext": 0, "safeload": 0, "schedulers": 0, "data": 0, "outputs": 0, "cliargs": 0,
     "checkpoint": 0, "console": 0,
+    "control": 0,  # ControlNet / T2I-Adapter residuals for the sampling core
     "nerf": 0,  # the 3-D scene for score distillation (pure torch)
     # 1. the core: open models, sample
     "loading": 1, "pipeline": 1, "editing": 1,
@@ -31,7 +32,7 @@ FLOORS = {
     # tests and benchmarks only
     "testing": 6,
 }
-CORE = {"guidance", "nulltext", "safeload", "schedulers", "loading", "pipeline", "editing"}
+CORE = {"guidance", "control", "nulltext", "safeload", "schedulers", "loading", "pipeline", "editing"}
 
 
 def room(path: Path) -> str:

@@ -123,7 +123,9 @@ def test_from_pretrained_prior_dir_plus_domain_dir(domain, tmp_path):
     domain.save_pretrained(tmp_path / "domain")
     pipe = InDomainPipeline.from_pretrained(prior, domain_unet=tmp_path / "domain")
     assert isinstance(pipe.domain_unet, NullTextUNet)
-    assert set(pipe.components) == {"vae", "text_encoder", "tokenizer", "unet", "scheduler", "domain_unet"}
+    assert set(pipe.components) == {"vae", "text_encoder", "tokenizer", "unet", "scheduler", "domain_unet",
+                                    "controlnet", "adapter"}  # the optional spatial control (None here)
+    assert pipe.controlnet is None and pipe.adapter is None
     pipe.set_progress_bar_config(disable=True)
     assert pipe(num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 3)
 

@@ -72,6 +72,10 @@ class InDomainImg2ImgPipeline(InDomainPipeline):
         clip_skip: int | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        control_image: Any = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        adapter_conditioning_scale: float | list[float] = 1.0,
+        controlnet_to_domain: bool = False,
     ) -> InDomainPipelineOutput | tuple:
         """Edit ``image`` (PIL, list of PIL, or a tensor in [-1, 1]) with decoupled guidance.
 
@@ -79,6 +83,8 @@ class InDomainImg2ImgPipeline(InDomainPipeline):
             strength: how far into the noise the edit starts, in (0, 1]: 0.3 keeps the layout, 0.9 little of it.
             method: ``"sdedit"`` (noise, then denoise) or ``"invert"`` (DDIM inversion, then DDIM regeneration).
             mask_image: white = regenerate, black = keep (inpainting); None edits the whole image.
+            control_image: the ControlNet / T2I-Adapter image(s), with the scales and ``controlnet_to_domain`` as
+                `InDomainPipeline`'s ``image=`` (the inversion of ``method="invert"`` runs without control).
             Other arguments as in `InDomainPipeline.__call__` (prompt = the edit's control prompt).
         """
         if image is None:
@@ -105,6 +111,10 @@ class InDomainImg2ImgPipeline(InDomainPipeline):
             control_window=(control_guidance_start, control_guidance_end),
             domain_window=(domain_guidance_start, domain_guidance_end),
             batch_size=pixels.shape[0],  # without a prompt, one output per image
+        )
+        cond.spatial = self.prepare_spatial_control(
+            control_image, height, width, cond, num_images_per_prompt, controlnet_conditioning_scale,
+            adapter_conditioning_scale, controlnet_to_domain, False, (control_guidance_start, control_guidance_end), device,
         )
 
         # 4. Timesteps: the last `strength` of the schedule (DDIM for inversion, the pipeline's scheduler otherwise)

@@ -31,6 +31,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .console import progress
+from .control import (
+    SpatialControl, as_multi_controlnet, check_control_compatible, controlnet_scales, default_size,
+    prepare_adapter_state, prepare_controlnet_images,
+)
 from .guidance import DOMAIN, PRIOR, Branch, Guidance, GuidancePlan, MultiGuidance
 from .loading import is_lora_folder, load_domain_model, resolve_domain_path
 from .nulltext import NullTextUNet, check_compatible
@@ -49,11 +53,13 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
 
     Components: ``unet`` is the frozen prior (LoRA and textual-inversion loaders attach to it),
     ``domain_unet`` the `NullTextUNet`; ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler`` as in
-    `StableDiffusionPipeline`. With ``domain_guidance_scale=0`` it is plain Stable Diffusion CFG.
+    `StableDiffusionPipeline`; optional spatial control: ``controlnet`` (one, a list or a `MultiControlNetModel`)
+    and ``adapter`` (`T2IAdapter` or `MultiAdapter`). With ``domain_guidance_scale=0`` it is plain Stable Diffusion
+    CFG (with a ControlNet or adapter: `StableDiffusionControlNetPipeline` / `StableDiffusionAdapterPipeline`).
     """
 
-    model_cpu_offload_seq = "text_encoder->unet->domain_unet->vae"
-    _optional_components = ["domain_unet"]
+    model_cpu_offload_seq = "text_encoder->adapter->controlnet->unet->domain_unet->vae"
+    _optional_components = ["domain_unet", "controlnet", "adapter"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
@@ -64,14 +70,19 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         unet: UNet2DConditionModel,
         scheduler: KarrasDiffusionSchedulers,
         domain_unet: NullTextUNet | UNet2DConditionModel | None = None,
+        controlnet: Any = None,  # ControlNetModel, MultiControlNetModel or a list of ControlNetModels
+        adapter: Any = None,  # T2IAdapter or MultiAdapter
     ) -> None:
         super().__init__()
         if domain_unet is not None:
             check_compatible(unet, domain_unet, scheduler.config.prediction_type)
-        self.register_modules(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, domain_unet=domain_unet
-        )
+        controlnet = as_multi_controlnet(controlnet)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        check_control_compatible(unet, controlnet, adapter, self.vae_scale_factor)
+        self.register_modules(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, domain_unet=domain_unet,
+            controlnet=controlnet, adapter=adapter,
+        )
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
     @classmethod
@@ -296,6 +307,11 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         clip_skip: int | None = None,
         callback_on_step_end: Callable[[Any, int, Any, dict], dict] | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        image: Any = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        adapter_conditioning_scale: float | list[float] = 1.0,
+        controlnet_to_domain: bool = False,
+        guess_mode: bool = False,
     ) -> InDomainPipelineOutput | tuple:
         """Generate in-domain images.
 
@@ -323,9 +339,20 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
                 ``pipe._guidance_scale``, ``pipe._domain_guidance_scale`` or ``pipe._interrupt``. diffusers'
                 ``SDCFGCutoffCallback`` thus sets w_c = 0 after its cutoff: the control term stops (SD instead
                 continues with the conditional prediction alone).
+            image: the control image(s) of the ``controlnet`` and/or ``adapter`` (PIL, numpy or a tensor in [0, 1];
+                one, or one per prompt; a list with one entry per net for a MultiControlNet / MultiAdapter). It
+                sets the default height and width. See `prepare_spatial_control`.
+            controlnet_conditioning_scale, adapter_conditioning_scale: as in diffusers (a list: one per net).
+            controlnet_to_domain: also send the ControlNet / adapter residuals to the domain branch (default: only
+                the prior's branches get them, as the prior is what the ControlNet was trained with).
+            guess_mode: only False is supported.
+            control_guidance_start/end also gate the ControlNet and adapter residuals (diffusers' window rule).
             Other arguments as in `StableDiffusionPipeline.__call__`.
         """
         # 1. Check inputs; record the weights a callback may change
+        if image is not None and (height is None or width is None):
+            h, w = default_size(image, self.control_size_multiple())
+            height, width = height or h, width or w
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
         callback_on_step_end_tensor_inputs = self.begin_call(
@@ -341,6 +368,10 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             num_images_per_prompt, clip_skip, device,
             control_window=(control_guidance_start, control_guidance_end),
             domain_window=(domain_guidance_start, domain_guidance_end),
+        )
+        cond.spatial = self.prepare_spatial_control(
+            image, height, width, cond, num_images_per_prompt, controlnet_conditioning_scale, adapter_conditioning_scale,
+            controlnet_to_domain, guess_mode, (control_guidance_start, control_guidance_end), device,
         )
 
         # 4. Prepare timesteps (custom `timesteps` or `sigmas` through diffusers' retrieve_timesteps)
@@ -421,20 +452,63 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             extra=extra, control_window=control_window, domain_window=domain_window,
         )
 
-    def guided(self) -> dict[str, Callable]:
-        """The noise predictors of Eq. C by name: the prior (``unet``) and the domain model."""
-        return {
-            PRIOR: lambda x, t, emb: self.unet(
-                x, t, encoder_hidden_states=emb, cross_attention_kwargs=self.cross_attention_kwargs, return_dict=False
-            )[0],
-            DOMAIN: lambda x, t, emb: self.domain_unet(x, t, emb, return_dict=False)[0],
-        }
+    def control_size_multiple(self) -> int:
+        """What the output size implied by a control image is rounded down to (diffusers' rule)."""
+        factor = self.adapter.downscale_factor if getattr(self, "adapter", None) is not None else 1
+        return max(self.vae_scale_factor, factor)
+
+    def prepare_spatial_control(
+        self, image: Any, height: int, width: int, cond: Conditioning, num_images_per_prompt: int,
+        controlnet_conditioning_scale: float | list[float], adapter_conditioning_scale: float | list[float],
+        to_domain: bool, guess_mode: bool, window: tuple[float, float], device: torch.device,
+    ) -> SpatialControl | None:
+        """The control image(s) as one row per output image (diffusers' ``prepare_image``), the adapter's features,
+        the scales, the window and the routing; None without a ControlNet or adapter."""
+        controlnet, adapter = getattr(self, "controlnet", None), getattr(self, "adapter", None)
+        if guess_mode:
+            raise ValueError("guess_mode=True is not supported; only guess_mode=False")
+        if controlnet is None and adapter is None:
+            if image is not None:
+                raise ValueError("image= is a control image, but this pipeline has no controlnet or adapter")
+            return None
+        if image is None:
+            raise ValueError("this pipeline has a controlnet/adapter: pass its control image as image=")
+        check_control_compatible(self.unet, controlnet, adapter, self.vae_scale_factor)
+        images, scales, state = [], [], None
+        if controlnet is not None:
+            scales = controlnet_scales(controlnet, controlnet_conditioning_scale)
+            images = prepare_controlnet_images(controlnet, image, height, width, cond.n, num_images_per_prompt,
+                                               self.vae_scale_factor, device)
+        if adapter is not None:
+            state = prepare_adapter_state(adapter, image, adapter_conditioning_scale, height, width, cond.n,
+                                          num_images_per_prompt, device)
+        return SpatialControl(controlnet, images, scales, state, window, to_domain)
+
+    def guided(self, cond: Conditioning | None = None, step: int = 0, num_steps: int = 1) -> dict[str, Callable]:
+        """The noise predictors of Eq. C by name: the prior (``unet``) and the domain model. With spatial control
+        (``cond.spatial``) each predictor adds the ControlNet / adapter residuals for its own batch; the domain
+        branch only with ``to_domain``, its ControlNet then reading the prior's unconditional text."""
+        spatial = None if cond is None or cond.spatial is None or not cond.spatial.active(step, num_steps) else cond.spatial
+
+        def prior(x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+            extra = spatial.residuals(x, t, emb) if spatial is not None else {}
+            return self.unet(x, t, encoder_hidden_states=emb, cross_attention_kwargs=self.cross_attention_kwargs,
+                             return_dict=False, **extra)[0]
+
+        def domain(x: torch.Tensor, t: torch.Tensor, emb: Any) -> torch.Tensor:
+            extra = {}
+            if spatial is not None and spatial.to_domain:
+                text = emb if isinstance(emb, torch.Tensor) else cond.negative_prompt_embeds
+                extra = spatial.residuals(x, t, torch.cat([text] * (x.shape[0] // text.shape[0])))
+            return self.domain_unet(x, t, emb, return_dict=False, **extra)[0]
+
+        return {PRIOR: prior, DOMAIN: domain}
 
     def predict(self, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning, i: int, num_steps: int) -> torch.Tensor:
         """The combined prediction ``eps_u + Σ_k w_k (eps_k − eps_u)`` at step ``i`` of ``num_steps``."""
         x_in = self.scheduler.scale_model_input(latents, t)
         plan = cond.plan(self.guidance_scale, self.domain_guidance_scale)
-        out = MultiGuidance(self.guided(), plan)(x_in, t, i, num_steps)
+        out = MultiGuidance(self.guided(cond, i, num_steps), plan)(x_in, t, i, num_steps)
         if self.guidance_rescale > 0 and out.terms:
             return rescale_noise_cfg(out.pred, _rescale_reference(out, cond.prompt_embeds), guidance_rescale=self.guidance_rescale)
         return out.pred
@@ -491,6 +565,7 @@ class Conditioning:
     extra: list[tuple[torch.Tensor, float]]  # weighted prompts (GCFG terms)
     control_window: tuple[float, float] = (0.0, 1.0)
     domain_window: tuple[float, float] = (0.0, 1.0)
+    spatial: SpatialControl | None = None  # ControlNet / T2I-Adapter residuals for every branch (see control.py)
 
     def plan(self, guidance_scale: float, domain_guidance_scale: float) -> GuidancePlan:
         """Eq. C for these weights: ∅ from the prior, the domain term, the control prompt, the weighted prompts."""
