@@ -23,6 +23,7 @@ _HOMES = {
     "gcfg": "guidance",
     "rectified": "guidance",
     "NullTextUNet": "nulltext",
+    "DomainModels": "nulltext",
     "InDomainPipeline": "pipeline",
     "InDomainPipelineOutput": "pipeline",
 }
@@ -30,7 +31,7 @@ __all__ = sorted(_HOMES)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` imports on first use
     from .guidance import Branch, Guidance, GuidancePlan, MultiGuidance, cfg, combine, decoupled, gcfg, rectified
-    from .nulltext import NullTextUNet
+    from .nulltext import DomainModels, NullTextUNet
     from .pipeline import InDomainPipeline, InDomainPipelineOutput
 
 

@@ -322,3 +322,43 @@ def check_compatible(prior_unet: nn.Module, domain_unet: nn.Module, prior_predic
             f"domain model predicts {domain_unet.config.prediction_type!r} but the prior's scheduler predicts "
             f"{prior_prediction_type!r}; their predictions cannot be combined"
         )
+
+
+class DomainModels(ModelMixin, ConfigMixin):
+    """Extra domain models of one `InDomainPipeline` (its optional ``extra_domains`` component), each with its own
+    default weight: Eq. C then has one domain term per model, ``+ Σ_j w_j (eps_domain_j(x) − eps_prior(x, ∅))``.
+
+    One registered component, so the models move with ``.to()``, are offloaded as one unit by
+    ``enable_model_cpu_offload`` (every call goes through ``forward(index, ...)``, where the hook sits) and are
+    written by ``save_pretrained`` (one config listing each model's config, one weights file). Build it with
+    `DomainModels.from_models`; every model is a `NullTextUNet`.
+    """
+
+    @register_to_config
+    def __init__(self, domain_configs: Sequence[dict], weights: Sequence[float] | None = None) -> None:
+        super().__init__()
+        if weights is not None and len(weights) != len(domain_configs):
+            raise ValueError(f"DomainModels got {len(domain_configs)} models but {len(weights)} weights")
+        self.models = nn.ModuleList([NullTextUNet.from_config(dict(c)) for c in domain_configs])
+
+    @classmethod
+    def from_models(cls, models: Sequence[NullTextUNet], weights: Sequence[float] | None = None) -> "DomainModels":
+        """Wrap existing models (no copy); ``weights`` default to 1 each."""
+        from accelerate import init_empty_weights
+
+        for i, m in enumerate(models):
+            if not isinstance(m, NullTextUNet):
+                raise TypeError(f"extra domain model {i} must be a NullTextUNet, got {type(m).__name__}")
+        weights = [1.0] * len(models) if weights is None else [float(w) for w in weights]
+        configs = [{k: v for k, v in m.config.items() if not k.startswith("_")} for m in models]
+        with init_empty_weights():  # skip building throw-away weights
+            out = cls(configs, weights)
+        out.models = nn.ModuleList(models)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def forward(self, index: int, sample: torch.Tensor, timestep: Any, encoder_hidden_states: Any = None, **kwargs: Any) -> Any:
+        """Model ``index``'s prediction (see `NullTextUNet.forward`)."""
+        return self.models[index](sample, timestep, encoder_hidden_states, **kwargs)

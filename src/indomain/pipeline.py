@@ -37,7 +37,7 @@ from .control import (
 )
 from .guidance import DOMAIN, PRIOR, Branch, Guidance, GuidancePlan, MultiGuidance
 from .loading import is_lora_folder, load_domain_model, resolve_domain_path
-from .nulltext import NullTextUNet, check_compatible
+from .nulltext import STRUCTURE_KEYS, DomainModels, NullTextUNet, check_compatible
 from .safeload import check_prior
 
 
@@ -54,12 +54,14 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
     Components: ``unet`` is the frozen prior (LoRA and textual-inversion loaders attach to it),
     ``domain_unet`` the `NullTextUNet`; ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler`` as in
     `StableDiffusionPipeline`; optional spatial control: ``controlnet`` (one, a list or a `MultiControlNetModel`)
-    and ``adapter`` (`T2IAdapter` or `MultiAdapter`). With ``domain_guidance_scale=0`` it is plain Stable Diffusion
+    and ``adapter`` (`T2IAdapter` or `MultiAdapter`); ``extra_domains`` (`DomainModels`: more domain models, one
+    domain term each, weighted by the call's ``domain_weights``); ``control_unet`` (another UNet of the prior's
+    architecture, e.g. a community fine-tune, that predicts the control prompt's term while ∅ stays the prior's). With ``domain_guidance_scale=0`` it is plain Stable Diffusion
     CFG (with a ControlNet or adapter: `StableDiffusionControlNetPipeline` / `StableDiffusionAdapterPipeline`).
     """
 
-    model_cpu_offload_seq = "text_encoder->adapter->controlnet->unet->domain_unet->vae"
-    _optional_components = ["domain_unet", "controlnet", "adapter"]
+    model_cpu_offload_seq = "text_encoder->adapter->controlnet->unet->control_unet->domain_unet->extra_domains->vae"
+    _optional_components = ["domain_unet", "controlnet", "adapter", "extra_domains", "control_unet"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
@@ -72,16 +74,26 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         domain_unet: NullTextUNet | UNet2DConditionModel | None = None,
         controlnet: Any = None,  # ControlNetModel, MultiControlNetModel or a list of ControlNetModels
         adapter: Any = None,  # T2IAdapter or MultiAdapter
+        extra_domains: DomainModels | Sequence[NullTextUNet] | None = None,
+        control_unet: UNet2DConditionModel | None = None,
     ) -> None:
         super().__init__()
         if domain_unet is not None:
             check_compatible(unet, domain_unet, scheduler.config.prediction_type)
+        if extra_domains is not None and not isinstance(extra_domains, DomainModels):
+            extra_domains = DomainModels.from_models(list(extra_domains))
+        for j, model in enumerate(extra_domains.models if extra_domains is not None else []):
+            try:
+                check_compatible(unet, model, scheduler.config.prediction_type)
+            except ValueError as err:
+                raise ValueError(f"extra domain model {j + 1}: {err}") from None
+        check_control_unet(unet, control_unet)
         controlnet = as_multi_controlnet(controlnet)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         check_control_compatible(unet, controlnet, adapter, self.vae_scale_factor)
         self.register_modules(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, domain_unet=domain_unet,
-            controlnet=controlnet, adapter=adapter,
+            controlnet=controlnet, adapter=adapter, extra_domains=extra_domains, control_unet=control_unet,
         )
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
@@ -312,6 +324,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         adapter_conditioning_scale: float | list[float] = 1.0,
         controlnet_to_domain: bool = False,
         guess_mode: bool = False,
+        domain_weights: Sequence[float] | None = None,
+        lora_in_uncond: bool = True,
     ) -> InDomainPipelineOutput | tuple:
         """Generate in-domain images.
 
@@ -346,6 +360,13 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             controlnet_to_domain: also send the ControlNet / adapter residuals to the domain branch (default: only
                 the prior's branches get them, as the prior is what the ControlNet was trained with).
             guess_mode: only False is supported.
+            domain_weights: one weight per model of ``extra_domains`` (default: the weights stored with them); each adds
+                ``w_j (eps_domain_j(x) − eps_u)`` within the domain window. Independent of ``domain_guidance_scale``.
+            lora_in_uncond: with a LoRA loaded on the prior (``load_lora_weights``), whether the unconditional branch
+                ∅ comes from the LoRA'd prior (True, the default, as diffusers: ``eps_lora(x, ∅) + w_c (eps_lora(x, c) −
+                eps_lora(x, ∅)) + ...``) or from the pristine prior (False: ``eps_prior(x, ∅) + w_c (eps_lora(x, c) −
+                eps_prior(x, ∅)) + ...``, the UNet's adapters disabled for that branch, which then runs in its own call;
+                the text encoder, if the LoRA touches it, stays LoRA'd).
             control_guidance_start/end also gate the ControlNet and adapter residuals (diffusers' window rule).
             Other arguments as in `StableDiffusionPipeline.__call__`.
         """
@@ -358,7 +379,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         callback_on_step_end_tensor_inputs = self.begin_call(
             prompt, negative_prompt, height, width, guidance_scale, domain_guidance_scale, weighted_prompts,
             prompt_embeds, callback_on_step_end, callback_on_step_end_tensor_inputs, guidance_rescale, clip_skip,
-            cross_attention_kwargs,
+            cross_attention_kwargs, domain_weights=domain_weights, lora_in_uncond=lora_in_uncond,
         )
 
         # 2-3. Encode prompts: one row per image, prompts repeated num_images_per_prompt times as SD does
@@ -397,6 +418,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         self, prompt: Any, negative_prompt: Any, height: int, width: int, guidance_scale: float,
         domain_guidance_scale: float, weighted_prompts: Any, prompt_embeds: torch.Tensor | None, callback: Any,
         tensor_inputs: Sequence[str], guidance_rescale: float, clip_skip: int | None, cross_attention_kwargs: dict | None,
+        domain_weights: Sequence[float] | None = None, lora_in_uncond: bool = True,
     ) -> Sequence[str]:
         """Check a call's inputs and record the settings the properties (and callbacks) read; returns the tensors
         the callback asks for (a diffusers `PipelineCallback` names its own)."""
@@ -407,7 +429,38 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         self._guidance_scale, self._domain_guidance_scale = guidance_scale, domain_guidance_scale
         self._guidance_rescale, self._clip_skip = guidance_rescale, clip_skip
         self._cross_attention_kwargs, self._interrupt = cross_attention_kwargs, False
+        self._domain_weights = self.resolve_domain_weights(domain_weights)
+        if not lora_in_uncond and not getattr(self.unet, "_hf_peft_config_loaded", False):
+            raise ValueError("lora_in_uncond=False disables the prior's LoRA for ∅, but no LoRA is loaded "
+                             "(load one with pipe.load_lora_weights(...))")
+        self._lora_in_uncond = lora_in_uncond
         return tensor_inputs
+
+    def resolve_domain_weights(self, domain_weights: Sequence[float] | None) -> list[float]:
+        """The weights of the extra domain models for this call: ``domain_weights``, else those stored with them."""
+        extras = getattr(self, "extra_domains", None)
+        if extras is None:
+            if domain_weights:
+                raise ValueError("domain_weights= weighs extra domain models, but this pipeline has none "
+                                 "(pass extra_domains= to the pipeline)")
+            return []
+        weights = list(domain_weights) if domain_weights is not None else list(extras.config.weights or [1.0] * len(extras))
+        if len(weights) != len(extras):
+            raise ValueError(f"domain_weights has {len(weights)} entries but the pipeline has {len(extras)} extra domain models")
+        for w in weights:
+            if not isinstance(w, (int, float)) or not math.isfinite(w):
+                raise ValueError(f"domain_weights must be finite numbers, got {w!r}")
+        return [float(w) for w in weights]
+
+    def plan(self, cond: Conditioning) -> GuidancePlan:
+        """This step's Eq. C: the call's weights (a callback may have changed them), its extra domains, which model
+        gives ∅ (the prior, or the prior without its LoRA) and which the control prompt (the prior or ``control_unet``)."""
+        extras = [(f"{DOMAIN}_{j + 1}", w) for j, w in enumerate(getattr(self, "_domain_weights", []))]
+        return cond.plan(
+            self.guidance_scale, self.domain_guidance_scale, extras,
+            uncond_model=PRIOR if getattr(self, "_lora_in_uncond", True) else PRISTINE_PRIOR,
+            control_model=CONTROL if getattr(self, "control_unet", None) is not None else PRIOR,
+        )
 
     def prepare_conditioning(
         self,
@@ -490,24 +543,44 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         branch only with ``to_domain``, its ControlNet then reading the prior's unconditional text."""
         spatial = None if cond is None or cond.spatial is None or not cond.spatial.active(step, num_steps) else cond.spatial
 
-        def prior(x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        def prior(x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, unet: Any = None) -> torch.Tensor:
             extra = spatial.residuals(x, t, emb) if spatial is not None else {}
-            return self.unet(x, t, encoder_hidden_states=emb, cross_attention_kwargs=self.cross_attention_kwargs,
-                             return_dict=False, **extra)[0]
+            return (unet or self.unet)(x, t, encoder_hidden_states=emb, cross_attention_kwargs=self.cross_attention_kwargs,
+                                       return_dict=False, **extra)[0]
+
+        def pristine(x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+            self.unet.disable_lora()  # the prior without its LoRA, for this branch only
+            try:
+                return prior(x, t, emb)
+            finally:
+                self.unet.enable_lora()
+
+        def domain_residuals(x: torch.Tensor, t: torch.Tensor, emb: Any) -> dict:
+            if spatial is None or not spatial.to_domain:
+                return {}
+            text = emb if isinstance(emb, torch.Tensor) else cond.negative_prompt_embeds
+            return spatial.residuals(x, t, torch.cat([text] * (x.shape[0] // text.shape[0])))
 
         def domain(x: torch.Tensor, t: torch.Tensor, emb: Any) -> torch.Tensor:
-            extra = {}
-            if spatial is not None and spatial.to_domain:
-                text = emb if isinstance(emb, torch.Tensor) else cond.negative_prompt_embeds
-                extra = spatial.residuals(x, t, torch.cat([text] * (x.shape[0] // text.shape[0])))
-            return self.domain_unet(x, t, emb, return_dict=False, **extra)[0]
+            return self.domain_unet(x, t, emb, return_dict=False, **domain_residuals(x, t, emb))[0]
 
-        return {PRIOR: prior, DOMAIN: domain}
+        def extra_domain(j: int) -> Callable:
+            def predict(x: torch.Tensor, t: torch.Tensor, emb: Any) -> torch.Tensor:
+                return self.extra_domains(j, x, t, emb, return_dict=False, **domain_residuals(x, t, emb))[0]
+            return predict
+
+        models = {PRIOR: prior, DOMAIN: domain, PRISTINE_PRIOR: pristine}
+        if getattr(self, "control_unet", None) is not None:
+            models[CONTROL] = lambda x, t, emb: prior(x, t, emb, self.control_unet)
+        extras = getattr(self, "extra_domains", None)
+        for j in range(len(extras) if extras is not None else 0):
+            models[f"{DOMAIN}_{j + 1}"] = extra_domain(j)
+        return models
 
     def predict(self, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning, i: int, num_steps: int) -> torch.Tensor:
         """The combined prediction ``eps_u + Σ_k w_k (eps_k − eps_u)`` at step ``i`` of ``num_steps``."""
         x_in = self.scheduler.scale_model_input(latents, t)
-        plan = cond.plan(self.guidance_scale, self.domain_guidance_scale)
+        plan = self.plan(cond)
         out = MultiGuidance(self.guided(cond, i, num_steps), plan)(x_in, t, i, num_steps)
         if self.guidance_rescale > 0 and out.terms:
             return rescale_noise_cfg(out.pred, _rescale_reference(out, cond.prompt_embeds), guidance_rescale=self.guidance_rescale)
@@ -567,15 +640,37 @@ class Conditioning:
     domain_window: tuple[float, float] = (0.0, 1.0)
     spatial: SpatialControl | None = None  # ControlNet / T2I-Adapter residuals for every branch (see control.py)
 
-    def plan(self, guidance_scale: float, domain_guidance_scale: float) -> GuidancePlan:
-        """Eq. C for these weights: ∅ from the prior, the domain term, the control prompt, the weighted prompts."""
+    def plan(
+        self, guidance_scale: float, domain_guidance_scale: float, extra_domains: Sequence[tuple[str, float]] = (),
+        uncond_model: str = PRIOR, control_model: str = PRIOR,
+    ) -> GuidancePlan:
+        """Eq. C for these weights: ∅ from ``uncond_model`` (the prior), the domain term, one term per extra domain
+        model ``(name, weight)``, the control prompt from ``control_model`` (the prior), the weighted prompts."""
         terms = []
         if domain_guidance_scale != 0:
             terms.append(Guidance(DOMAIN, self.domain_cond, domain_guidance_scale, *self.domain_window))
+        terms += [Guidance(name, None, w, *self.domain_window) for name, w in extra_domains]
         if self.prompt_embeds is not None:
-            terms.append(Guidance(PRIOR, self.prompt_embeds, guidance_scale, *self.control_window))
+            terms.append(Guidance(control_model, self.prompt_embeds, guidance_scale, *self.control_window))
         terms += [Guidance(PRIOR, emb, w, *self.control_window) for emb, w in self.extra]
-        return GuidancePlan(Branch(PRIOR, self.negative_prompt_embeds), terms)
+        return GuidancePlan(Branch(uncond_model, self.negative_prompt_embeds), terms)
+
+
+PRISTINE_PRIOR = "prior_without_lora"  # the prior with its LoRA adapters disabled (lora_in_uncond=False)
+CONTROL = "control"  # control_unet: the model of the control prompt's term
+
+
+def check_control_unet(unet: Any, control_unet: Any) -> None:
+    """Raise a ValueError naming the first difference between the prior and a customised control UNet."""
+    if control_unet is None:
+        return
+    if not isinstance(control_unet, UNet2DConditionModel):
+        raise ValueError(f"control_unet must be a UNet2DConditionModel of the prior's architecture, got {type(control_unet).__name__}")
+    for key in (*STRUCTURE_KEYS, "cross_attention_dim", "down_block_types", "up_block_types", "layers_per_block", "attention_head_dim"):
+        a, b = unet.config.get(key), control_unet.config.get(key)
+        a, b = (list(v) if isinstance(v, (tuple, list)) else v for v in (a, b))
+        if a != b:
+            raise ValueError(f"control_unet does not fit this prior: its {key} is {b!r}, the prior UNet's is {a!r}")
 
 
 def _rows(emb: torch.Tensor | None, n: int, name: str) -> torch.Tensor | None:

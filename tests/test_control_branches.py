@@ -1,0 +1,112 @@
+"""Control branches from other models (issue #11, §2): several domain models, a LoRA'd prior with ∅ from the pristine
+or the LoRA'd prior, and a customised checkpoint as the model of the control term."""
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from indomain import DomainModels, NullTextUNet
+from indomain.pipeline import InDomainPipeline
+from indomain.testing import tiny_sd_components, tiny_unet
+
+SD_EXTRAS = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def quiet(*pipes):
+    for p in pipes:
+        p.set_progress_bar_config(disable=True)
+    return pipes
+
+
+def null_text(components, seed):
+    tok, te = components["tokenizer"], components["text_encoder"]
+    ids = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        null = te(ids)[0]
+    return NullTextUNet.from_prior(tiny_unet(seed=seed), null, scheduler=components["scheduler"])
+
+
+@torch.no_grad()
+def reference(pipe, prompt, steps, wc, uncond_unet, control_unet, domains, seed=0):
+    """Eq. C written out by hand: eps_u + w_c (eps_c − eps_u) + Σ_j w_j (d_j − eps_u), then the scheduler's update."""
+    sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    sched.set_timesteps(steps)
+    neg, cond = pipe.encode_text([""], "cpu"), pipe.encode_text([prompt], "cpu")
+    latents = torch.randn((1, 4, 16, 16), generator=gen(seed)) * sched.init_noise_sigma
+    for t in sched.timesteps:
+        x = sched.scale_model_input(latents, t)
+        eps_u = uncond_unet(x, t, encoder_hidden_states=neg).sample
+        eps = eps_u + wc * (control_unet(x, t, encoder_hidden_states=cond).sample - eps_u)
+        for model, w in domains:
+            eps = eps + w * (model(x, t).sample - eps_u)
+        latents = sched.step(eps, t, latents, eta=0.0).prev_sample
+    return latents
+
+
+def diff(a, b):
+    return float(abs(torch.as_tensor(a) - torch.as_tensor(b)).max())
+
+
+def close(out, ref):
+    """Equal up to float32 rounding (batched vs one-by-one UNet calls), relative to the latents' size (~5)."""
+    return diff(out, ref) <= 1e-5 * max(1.0, float(abs(ref).max()))
+
+
+# -- several domain models ------------------------------------------------------------------------------------------
+
+
+def test_two_domain_models_give_eq_c_with_two_domain_terms(components, tmp_path):
+    d1, d2 = null_text(components, 3), null_text(components, 4)
+    (pipe,) = quiet(InDomainPipeline(**components, domain_unet=d1, extra_domains=[d2]))
+    kw = dict(num_inference_steps=3, guidance_scale=2.0, output_type="latent")
+    out = pipe("a cat", domain_guidance_scale=1.5, domain_weights=[0.7], generator=gen(0), **kw).images
+    ref = reference(pipe, "a cat", 3, 2.0, pipe.unet, pipe.unet, [(d1, 1.5), (d2, 0.7)])
+    assert close(out, ref)
+    one = pipe("a cat", domain_guidance_scale=1.5, domain_weights=[0.0], generator=gen(0), **kw).images
+    assert close(one, reference(pipe, "a cat", 3, 2.0, pipe.unet, pipe.unet, [(d1, 1.5)]))
+    assert diff(one, out) > 1e-4
+
+    # only extra domains, no primary one: eps_u + w1 (d1 − eps_u) + w2 (d2 − eps_u)
+    (mix,) = quiet(InDomainPipeline(**components, extra_domains=DomainModels.from_models([d1, d2], [0.6, 0.9])))
+    got = mix("a cat", domain_guidance_scale=0, generator=gen(0), **kw).images  # the stored weights
+    assert close(got, reference(mix, "a cat", 3, 2.0, mix.unet, mix.unet, [(d1, 0.6), (d2, 0.9)]))
+
+    # a registered component: save_pretrained / from_pretrained round trip, weights and models kept
+    mix.save_pretrained(tmp_path / "pipe")
+    (loaded,) = quiet(InDomainPipeline.from_pretrained(tmp_path / "pipe"))
+    assert isinstance(loaded.extra_domains, DomainModels) and list(loaded.extra_domains.config.weights) == [0.6, 0.9]
+    assert diff(loaded("a cat", domain_guidance_scale=0, generator=gen(0), **kw).images, got) <= 1e-6
+    assert "extra_domains" in loaded.components
+
+
+def test_domain_weight_errors(components):
+    d2 = null_text(components, 4)
+    (pipe,) = quiet(InDomainPipeline(**components, extra_domains=[d2]))
+    kw = dict(num_inference_steps=1, output_type="latent", domain_guidance_scale=0)
+    with pytest.raises(ValueError, match="domain_weights has 2 entries but the pipeline has 1"):
+        pipe("a cat", domain_weights=[1.0, 2.0], **kw)
+    with pytest.raises(ValueError, match="has none"):
+        quiet(InDomainPipeline(**components))[0]("a cat", domain_weights=[1.0], **kw)
+    with pytest.raises(ValueError, match="extra domain model 1: domain model does not fit"):
+        wide = NullTextUNet.from_prior(tiny_unet(block_out_channels=(64, 128)), torch.zeros(1, 77, 32),
+                                       scheduler=components["scheduler"])
+        InDomainPipeline(**components, extra_domains=[wide])
+
+
+# -- a customised checkpoint as the control model --------------------------------------------------------------------
+
+
+def test_control_unet_gives_the_control_term(components):
+    d1, custom = null_text(components, 3), tiny_unet(seed=7)
+    (pipe,) = quiet(InDomainPipeline(**components, domain_unet=d1, control_unet=custom))
+    out = pipe("a cat", num_inference_steps=3, guidance_scale=2.0, domain_guidance_scale=1.5, generator=gen(0),
+               output_type="latent").images
+    assert close(out, reference(pipe, "a cat", 3, 2.0, pipe.unet, custom, [(d1, 1.5)]))
+    with pytest.raises(ValueError, match="control_unet does not fit this prior: its cross_attention_dim is 64"):
+        InDomainPipeline(**components, control_unet=tiny_unet(cross_attention_dim=64))
+    with pytest.raises(ValueError, match="control_unet must be a UNet2DConditionModel"):
+        InDomainPipeline(**components, control_unet=d1)
