@@ -110,3 +110,67 @@ def test_control_unet_gives_the_control_term(components):
         InDomainPipeline(**components, control_unet=tiny_unet(cross_attention_dim=64))
     with pytest.raises(ValueError, match="control_unet must be a UNet2DConditionModel"):
         InDomainPipeline(**components, control_unet=d1)
+
+
+# -- a LoRA on the prior: ∅ from the LoRA'd prior (default) or the pristine one ----------------------------------------
+
+
+def save_tiny_lora(folder, seed=11):
+    """A LoRA made with peft on the tiny prior UNet (nonzero B, so that it changes the prediction), written by
+    diffusers' `save_lora_weights` as any SD LoRA is."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    unet = tiny_unet()
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionLoraLoaderMixin.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
+    return folder
+
+
+def test_lora_default_equals_diffusers_at_domain_weight_zero(components, tmp_path):
+    lora = save_tiny_lora(tmp_path / "lora")
+    d1 = null_text(components, 3)
+    ours = InDomainPipeline(**components, domain_unet=d1)
+    sd = StableDiffusionPipeline(**tiny_sd_components(tmp_path / "tok2"), **SD_EXTRAS)
+    quiet(ours, sd)
+    kw = dict(negative_prompt=["blurry", ""], guidance_scale=5.0, num_inference_steps=4, output_type="np")
+    plain = ours(["a red apple", "a dog"], domain_guidance_scale=0, generator=gen(0), **kw).images
+    for p in (ours, sd):
+        p.load_lora_weights(lora)
+    ref = sd(["a red apple", "a dog"], generator=gen(0), **kw).images
+    out = ours(["a red apple", "a dog"], domain_guidance_scale=0, generator=gen(0), **kw).images
+    assert diff(ref, out) <= 1e-5
+    assert diff(plain, out) > 1e-4  # the LoRA matters
+    # the pristine-∅ call leaves the LoRA enabled afterwards
+    ours(["a red apple", "a dog"], domain_guidance_scale=0, lora_in_uncond=False, generator=gen(0), **kw)
+    assert diff(ref, ours(["a red apple", "a dog"], domain_guidance_scale=0, generator=gen(0), **kw).images) <= 1e-5
+
+
+def test_lora_disabled_for_the_unconditional_branch(components, tmp_path):
+    lora = save_tiny_lora(tmp_path / "lora")
+    d1 = null_text(components, 3)
+    (pipe,) = quiet(InDomainPipeline(**components, domain_unet=d1))
+    pristine = tiny_unet()  # the same prior, never LoRA'd
+    with pytest.raises(ValueError, match="no LoRA is loaded"):
+        pipe("a cat", lora_in_uncond=False, num_inference_steps=1, output_type="latent")
+    pipe.load_lora_weights(lora)
+
+    # the ∅ predictor with adapters disabled is the prior without the LoRA; the default one is not
+    x, t, neg = torch.randn(2, 4, 16, 16, generator=gen(1)), torch.tensor(500), pipe.encode_text(["", ""], "cpu")
+    with torch.no_grad():
+        models = pipe.guided()
+        base = pristine(x, t, encoder_hidden_states=neg).sample
+        assert diff(models["prior_without_lora"](x, t, neg), base) <= 1e-5
+        assert diff(models["prior"](x, t, neg), base) > 1e-4
+
+    # and over a whole trajectory: eps_prior(∅) + w_c (eps_lora(c) − eps_prior(∅)) + w_d (d − eps_prior(∅))
+    kw = dict(num_inference_steps=3, guidance_scale=2.0, domain_guidance_scale=1.5, output_type="latent")
+    out = pipe("a cat", lora_in_uncond=False, generator=gen(0), **kw).images
+    assert close(out, reference(pipe, "a cat", 3, 2.0, pristine, pipe.unet, [(d1, 1.5)]))
+    lora_u = pipe("a cat", generator=gen(0), **kw).images
+    assert close(lora_u, reference(pipe, "a cat", 3, 2.0, pipe.unet, pipe.unet, [(d1, 1.5)]))
+    assert diff(out, lora_u) > 1e-4
