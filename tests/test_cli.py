@@ -166,3 +166,68 @@ def test_evaluate_dry_run_prints_the_resolved_run_and_writes_nothing(tmp_path, c
     assert run["config"]["use_stats_cache"] is False and run["config"]["metrics"] == ["kid"]
     assert run["methods"][0]["name"] == "ours" and run["sweep"] == {"domain_scales": [2.5], "guidance_scales": [2.5]}
     assert not out.exists()
+
+
+def _tiny_lora(folder, **unet_overrides):
+    import torch
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    from indomain.testing import tiny_unet
+
+    unet = tiny_unet(**unet_overrides)
+    torch.manual_seed(11)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v"]))
+    StableDiffusionLoraLoaderMixin.save_lora_weights(
+        folder, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)), safe_serialization=True)
+    return str(folder)
+
+
+def test_generate_control_flags(prior_and_domain, tmp_path, capsys):
+    """#11 §3: multi-ControlNet, LoRA with a pristine ∅, a customised control model and two weighted domains in one
+    run; then the errors when pieces do not fit."""
+    import numpy as np
+    import PIL.Image
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from indomain.testing import tiny_unet
+
+    prior, domain = prior_and_domain
+    unet = UNet2DConditionModel.from_pretrained(prior / "unet")
+    for i in (1, 2):
+        ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32)).save_pretrained(tmp_path / f"cn{i}")
+        PIL.Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"c{i}.png")
+    tiny_unet(seed=7).save_pretrained(tmp_path / "custom")
+    lora = _tiny_lora(tmp_path / "lora")
+    base = ["generate", "--prior", str(prior), "--steps", "2", "--num-images", "1", "--scheduler", "ddim"]
+    control = ["--controlnet", str(tmp_path / "cn1"), "--control-image", str(tmp_path / "c1.png"),
+               "--controlnet", str(tmp_path / "cn2"), "--control-image", str(tmp_path / "c2.png"),
+               "--control-scale", "0.8", "--control-scale", "1.2"]
+    rc = main(base + control + ["--prompt", "a cat", "--domain", f"{domain}:1.5", "--domain", f"{domain}:0.5",
+                                "--lora", lora, "--lora-uncond", "prior", "--control-model", str(tmp_path / "custom"),
+                                "--out", str(tmp_path / "ok")])
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "ok" / "p00_seed000000.png").is_file()
+    assert json.loads((tmp_path / "ok" / "settings.json").read_text())["settings"]["domain_scale"] == 1.5
+
+    wide = tiny_unet(block_out_channels=(64, 128))
+    ControlNetModel.from_unet(wide, conditioning_embedding_out_channels=(16, 32)).save_pretrained(tmp_path / "wide_cn")
+    wide.save_pretrained(tmp_path / "wide_unet")
+    wide_lora = _tiny_lora(tmp_path / "wide_lora", block_out_channels=(64, 128))
+    one = ["--domain-scale", "0", "--controlnet", str(tmp_path / "cn1"), "--control-image", str(tmp_path / "c1.png")]
+    cases = {
+        "controlnet does not fit this prior: its block_out_channels": base + ["--domain-scale", "0", "--controlnet",
+            str(tmp_path / "wide_cn"), "--control-image", str(tmp_path / "c1.png")],
+        "2 --controlnet but 1 --control-image": base + control[:6] + ["--domain-scale", "0"],
+        "--control-image needs a --controlnet": base + ["--domain-scale", "0", "--control-image", str(tmp_path / "c1.png")],
+        "--lora .* does not fit this prior": base + one + ["--lora", wide_lora],
+        "control_unet does not fit this prior": base + one + ["--control-model", str(tmp_path / "wide_unet")],
+        "--controlnet .*not a model folder": base + ["--domain-scale", "0", "--controlnet", str(tmp_path),
+                                                    "--control-image", str(tmp_path / "c1.png")],
+    }
+    for i, (message, argv) in enumerate(cases.items()):
+        assert main(argv + ["--out", str(tmp_path / f"bad{i}")]) == 2, message
+        err = capsys.readouterr().err
+        assert __import__("re").search(message, err), (message, err)
+        assert "Traceback" not in err

@@ -7,6 +7,7 @@ run; the others appear in ``indomain --help`` by name and one line of help (`COM
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +44,20 @@ def _weighted(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected TEXT:WEIGHT (e.g. 'blurry:-1.5'), got {text!r}") from None
 
 
+def _domain_spec(text: str) -> tuple[str, float | None]:
+    """``DIR`` or ``DIR:WEIGHT`` (a weight that is not a finite number is an error; a path with no weight keeps its colons)."""
+    path, sep, weight = text.rpartition(":")
+    if not sep:
+        return text, None
+    try:
+        value = float(weight)
+    except ValueError:
+        return text, None
+    if not path or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected DIR or DIR:WEIGHT with a finite weight, got {text!r}")
+    return path, value
+
+
 GENERATE_OUTPUTS = ("*.png", "settings.json")  # all that `generate --overwrite` / `edit --overwrite` may remove
 
 
@@ -51,7 +66,9 @@ def _add_sampling_options(p: argparse.ArgumentParser, command: str) -> None:
     from .schedulers import SCHEDULERS
 
     p.add_argument("--prior", required=True, help="prior pipeline: a local diffusers folder or a hub id (e.g. a Stable Diffusion 1.5 folder)")
-    p.add_argument("--domain", default=None, help="domain model written by `indomain train` (a folder or a hub id); omit to use the prior alone")
+    p.add_argument("--domain", action="append", type=_domain_spec, default=None, metavar="DIR[:WEIGHT]",
+                   help="domain model written by `indomain train` (a folder or a hub id); omit to use the prior alone. "
+                        "Repeat to mix domains, each with its own weight (default weight: --domain-scale)")
     p.add_argument("--negative-prompt", default=None, help="replaces the empty prompt in the prior's unconditional branch (as in Stable Diffusion)")
     p.add_argument("--weighted-prompt", action="append", type=_weighted, default=None, metavar="TEXT:WEIGHT",
                    help="extra guidance term shared by all images; repeatable; a negative weight pushes away (e.g. 'blurry:-1.5')")
@@ -79,14 +96,129 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
     from .schedulers import make_scheduler
 
     device = _device(args.device)
-    domain = None if args.domain is None else resolve_domain_path(args.domain)  # a folder, or a hub id in the cache
+    specs = [(resolve_domain_path(d), w) for d, w in args.domain or []]  # folders, or hub ids in the cache
+    domain = specs[0][0] if specs else None
+    if specs and specs[0][1] is not None:  # --domain DIR:WEIGHT gives the first domain's weight
+        args.domain_scale = specs[0][1]
     check_prior(args.prior, args.allow_pickle)
     if domain is None and args.domain_scale != 0:
         raise ValueError("--domain-scale is nonzero but no --domain model was given (pass --domain DIR or --domain-scale 0)")
+    dtype = getattr(torch, args.dtype)
+    control = _check_control_args(args, dtype)
     out = claim_output_dir(args.out, command, owned=GENERATE_OUTPUTS, record="settings.json", overwrite=args.overwrite)
-    pipe = cls.from_pretrained(args.prior, domain_unet=domain, allow_pickle=args.allow_pickle, dtype=getattr(torch, args.dtype))
+    pipe = cls.from_pretrained(args.prior, domain_unet=domain, allow_pickle=args.allow_pickle, dtype=dtype, **control)
     pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
+    if len(specs) > 1:
+        from .loading import load_domain_model
+        from .nulltext import NullTextUNet
+
+        models = []
+        for path, _ in specs[1:]:
+            model = load_domain_model(path, pipe.unet, allow_pickle=args.allow_pickle, dtype=dtype)
+            if not isinstance(model, NullTextUNet):
+                raise ValueError(f"--domain {path}: a text-conditioned fine-tune can only be the first --domain; "
+                                 "extra domains must be null-text domain models")
+            models.append(model.to(dtype))
+        pipe.set_extra_domains(models, [args.domain_scale if w is None else w for _, w in specs[1:]])
+    if getattr(args, "lora", None):
+        try:
+            pipe.load_lora_weights(args.lora)
+        except (ValueError, RuntimeError, KeyError, OSError) as err:
+            raise ValueError(f"--lora {args.lora} does not fit this prior (or is not a LoRA folder): {err}") from None
     return pipe.to(device), out, device
+
+
+def _add_control_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("control (issue #11)")
+    g.add_argument("--controlnet", action="append", default=None, metavar="DIR",
+                   help="a diffusers ControlNet folder for the prior; repeat for multi-ControlNet (one --control-image each)")
+    g.add_argument("--adapter", default=None, metavar="DIR", help="a diffusers T2I-Adapter folder for the prior (uses --control-image)")
+    g.add_argument("--control-image", action="append", default=None, metavar="IMG",
+                   help="the control image: one per --controlnet, or one for --adapter; it sets the default size")
+    g.add_argument("--control-scale", action="append", type=finite_float, default=None, metavar="S",
+                   help="conditioning scale: one for all, or one per --controlnet (default: 1)")
+    g.add_argument("--control-to-domain", action="store_true",
+                   help="also send the ControlNet/adapter residuals to the domain branch (default: prior branches only)")
+    g.add_argument("--lora", default=None, metavar="DIR", help="a LoRA for the prior, loaded with diffusers' load_lora_weights")
+    g.add_argument("--lora-uncond", default="lora", choices=["lora", "prior"],
+                   help="with --lora, where the unconditional branch comes from: the LoRA'd prior (default, as diffusers) "
+                        "or the pristine prior (the LoRA disabled for that branch)")
+    g.add_argument("--control-model", default=None, metavar="DIR",
+                   help="a customised checkpoint of the prior's architecture (a UNet folder, or a pipeline with unet/) "
+                        "that predicts the control prompt's term; the unconditional branch stays the prior's")
+
+
+def _load_model(cls: Any, path: str, flag: str, allow: tuple[bool, Any], **kwargs: Any) -> Any:
+    """A diffusers model from a local folder, refusing pickle unless allowed, with an error that names the flag."""
+    from .safeload import check_safe
+
+    if not Path(path, "config.json").is_file() and Path(path, "unet", "config.json").is_file() and flag == "--control-model":
+        kwargs["subfolder"] = "unet"
+    if not Path(path, kwargs.get("subfolder", ""), "config.json").is_file():
+        raise ValueError(f"{flag} {path}: not a model folder (no config.json)")
+    allow_pickle, dtype = allow
+    check_safe(path, allow_pickle)
+    try:
+        return cls.from_pretrained(path, use_safetensors=None if allow_pickle else True, torch_dtype=dtype, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{flag} {path}: cannot be loaded as a {cls.__name__}: {err}") from None
+
+
+def _check_control_args(args: argparse.Namespace, dtype: Any) -> dict:
+    """The control components the flags ask for (loaded), after checking that the flags fit together."""
+    nets, adapter, images = getattr(args, "controlnet", None) or [], getattr(args, "adapter", None), getattr(args, "control_image", None) or []
+    scales, model = getattr(args, "control_scale", None) or [], getattr(args, "control_model", None)
+    if nets and adapter:
+        raise ValueError("--controlnet and --adapter cannot be combined in one run; use one kind of spatial control")
+    if (nets or adapter) and not images:
+        raise ValueError("--controlnet/--adapter need a --control-image")
+    if images and not (nets or adapter):
+        raise ValueError("--control-image needs a --controlnet or --adapter to read it")
+    if nets and len(images) != len(nets):
+        raise ValueError(f"{len(nets)} --controlnet but {len(images)} --control-image: give one control image per ControlNet")
+    if adapter and len(images) != 1:
+        raise ValueError(f"--adapter takes one --control-image, got {len(images)}")
+    if scales and len(scales) not in (1, len(nets) or 1):
+        raise ValueError(f"{len(scales)} --control-scale for {len(nets)} --controlnet: give one, or one per ControlNet")
+    if getattr(args, "lora_uncond", "lora") == "prior" and not getattr(args, "lora", None):
+        raise ValueError("--lora-uncond prior needs a --lora")
+    for image in images:
+        if not Path(image).is_file():
+            raise ValueError(f"--control-image {image}: no such file")
+    out: dict = {}
+    if nets or adapter or model:
+        from diffusers import ControlNetModel, T2IAdapter, UNet2DConditionModel
+
+        allow = args.allow_pickle, dtype
+        if nets:
+            loaded = [_load_model(ControlNetModel, n, "--controlnet", allow) for n in nets]
+            out["controlnet"] = loaded[0] if len(loaded) == 1 else loaded
+        if adapter:
+            out["adapter"] = _load_model(T2IAdapter, adapter, "--adapter", allow)
+        if model:
+            out["control_unet"] = _load_model(UNet2DConditionModel, model, "--control-model", allow)
+    return out
+
+
+def _control_call_kwargs(args: argparse.Namespace, pipe: Any) -> dict:
+    """The pipeline call's control arguments from the flags."""
+    from .data import load_rgb
+
+    kw: dict = {"lora_in_uncond": getattr(args, "lora_uncond", "lora") == "lora"} if getattr(args, "lora", None) else {}
+    images = getattr(args, "control_image", None) or []
+    if not images:
+        return kw
+    pictures = [load_rgb(i) for i in images]
+    adapter = getattr(pipe, "adapter", None)
+    if adapter is not None and getattr(adapter.config, "in_channels", 3) == 1:
+        pictures = [p.convert("L") for p in pictures]
+    scales = args.control_scale or [1.0]
+    kw.update(image=pictures[0] if len(pictures) == 1 else pictures, controlnet_to_domain=args.control_to_domain)
+    if adapter is not None:
+        kw["adapter_conditioning_scale"] = scales[0]
+    else:
+        kw["controlnet_conditioning_scale"] = scales[0] if len(scales) == 1 else scales
+    return kw
 
 
 def _finish(args: argparse.Namespace, pipe: Any, out: Path, device: str, files: list[dict], start: float, what: str) -> None:
@@ -119,6 +251,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=positive_int, default=None, help="image height in pixels (default: the prior's native size)")
     p.add_argument("--width", type=positive_int, default=None, help="image width in pixels (default: the prior's native size)")
     _add_sampling_options(p, "generate")
+    _add_control_options(p)
     p.set_defaults(func=cmd_generate)
 
 
@@ -130,6 +263,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     pipe, out, device = _open_pipeline(InDomainPipeline, args, "generate")
     prompts = args.prompt or [None]
+    control = _control_call_kwargs(args, pipe)
     images, files = [], []
     start = time.time()
     for p_idx, prompt in enumerate(prompts):
@@ -145,6 +279,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             height=args.height,
             width=args.width,
             generator=[torch.Generator(device).manual_seed(s) for s in seeds],
+            **control,
         ).images
         for seed, img in zip(seeds, result):
             name = f"p{p_idx:02d}_seed{seed:06d}.png"

@@ -80,13 +80,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         super().__init__()
         if domain_unet is not None:
             check_compatible(unet, domain_unet, scheduler.config.prediction_type)
-        if extra_domains is not None and not isinstance(extra_domains, DomainModels):
-            extra_domains = DomainModels.from_models(list(extra_domains))
-        for j, model in enumerate(extra_domains.models if extra_domains is not None else []):
-            try:
-                check_compatible(unet, model, scheduler.config.prediction_type)
-            except ValueError as err:
-                raise ValueError(f"extra domain model {j + 1}: {err}") from None
+        extra_domains = checked_extra_domains(unet, extra_domains, scheduler.config.prediction_type)
         check_control_unet(unet, control_unet)
         controlnet = as_multi_controlnet(controlnet)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -133,6 +127,11 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         if domain_unet is not None:
             kwargs["domain_unet"] = domain_unet
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def set_extra_domains(self, models: Sequence[NullTextUNet], weights: Sequence[float] | None = None) -> None:
+        """Attach extra domain models (checked against the prior) with their default weights; ``[]`` removes them."""
+        extras = DomainModels.from_models(list(models), weights) if models else None
+        self.register_modules(extra_domains=checked_extra_domains(self.unet, extras, self.scheduler.config.prediction_type))
 
     def progress_bar(self, iterable: Any = None, total: int | None = None, desc: str = "sampling") -> Any:
         """The sampler's bar, labelled ``desc`` and hidden by ``indomain --quiet``; ``set_progress_bar_config``
@@ -658,6 +657,18 @@ class Conditioning:
 
 PRISTINE_PRIOR = "prior_without_lora"  # the prior with its LoRA adapters disabled (lora_in_uncond=False)
 CONTROL = "control"  # control_unet: the model of the control prompt's term
+
+
+def checked_extra_domains(unet: Any, extras: Any, prediction_type: str) -> DomainModels | None:
+    """``extras`` (a `DomainModels`, a list of `NullTextUNet`s or None) as a `DomainModels` that fits the prior."""
+    if extras is not None and not isinstance(extras, DomainModels):
+        extras = DomainModels.from_models(list(extras))
+    for j, model in enumerate(extras.models if extras is not None else []):
+        try:
+            check_compatible(unet, model, prediction_type)
+        except ValueError as err:
+            raise ValueError(f"extra domain model {j + 1}: {err}") from None
+    return extras
 
 
 def check_control_unet(unet: Any, control_unet: Any) -> None:
