@@ -174,3 +174,58 @@ def test_lora_disabled_for_the_unconditional_branch(components, tmp_path):
     lora_u = pipe("a cat", generator=gen(0), **kw).images
     assert close(lora_u, reference(pipe, "a cat", 3, 2.0, pipe.unet, pipe.unet, [(d1, 1.5)]))
     assert diff(out, lora_u) > 1e-4
+
+
+# -- IP-Adapter (image prompts) on the prior ---------------------------------------------------------------------------
+
+
+def tiny_ip_adapter(unet, seed=13):
+    """A CLIP image encoder, its processor, and a random IP-Adapter (diffusers' layout) loaded into ``unet`` with
+    diffusers' own loader (`_load_ip_adapter_weights`, what `load_ip_adapter` calls)."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, projection_dim=32, image_size=32, patch_size=8, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37)).eval()
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    dim = unet.config.cross_attention_dim
+    proj = {"proj.weight": torch.randn(4 * dim, 32) * 0.2, "proj.bias": torch.randn(4 * dim) * 0.1,
+            "norm.weight": torch.ones(dim), "norm.bias": torch.zeros(dim)}
+    ip, key = {}, 1
+    for name in unet.attn_processors:
+        if name.endswith("attn2.processor"):
+            shape = unet.get_submodule(name[: -len(".processor")]).to_k.weight.shape
+            ip[f"{key}.to_k_ip.weight"] = torch.randn(shape) * 0.2
+            ip[f"{key}.to_v_ip.weight"] = torch.randn(shape) * 0.2
+            key += 2  # diffusers numbers the cross-attention layers 1, 3, 5, ...
+    unet._load_ip_adapter_weights([{"image_proj": proj, "ip_adapter": ip}], low_cpu_mem_usage=False)
+    return encoder, processor
+
+
+def test_ip_adapter_equals_diffusers_at_domain_weight_zero(components):
+    import numpy as np
+    import PIL.Image
+
+    d1 = null_text(components, 3)
+    encoder, processor = tiny_ip_adapter(components["unet"])
+    ours = InDomainPipeline(**components, domain_unet=d1, image_encoder=encoder, feature_extractor=processor)
+    sd = StableDiffusionPipeline(**components, image_encoder=encoder, feature_extractor=processor, safety_checker=None,
+                                 requires_safety_checker=False)
+    quiet(ours, sd)
+    picture = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    kw = dict(negative_prompt="blurry", guidance_scale=5.0, num_inference_steps=3, num_images_per_prompt=2,
+              output_type="np")
+    ref = sd("a cat", ip_adapter_image=picture, generator=gen(0), **kw).images
+    out = ours("a cat", ip_adapter_image=picture, domain_guidance_scale=0, generator=gen(0), **kw).images
+    assert diff(ref, out) <= 1e-5
+    embeds = [torch.randn(2, 1, 32, generator=gen(4))]
+    ref = sd("a cat", ip_adapter_image_embeds=embeds, generator=gen(0), **kw).images
+    out2 = ours("a cat", ip_adapter_image_embeds=embeds, domain_guidance_scale=0, generator=gen(0), **kw).images
+    assert diff(ref, out2) <= 1e-5 and diff(out, out2) > 1e-4  # the image prompt matters
+    # in-domain: the domain term joins; the image prompt still steers
+    a = ours("a cat", ip_adapter_image_embeds=embeds, domain_guidance_scale=2.0, generator=gen(0), **kw).images
+    assert diff(a, out2) > 1e-4
+    with pytest.raises(ValueError, match="load one with pipe.load_ip_adapter"):
+        quiet(InDomainPipeline(**tiny_sd_components()))[0]("a cat", ip_adapter_image=picture, domain_guidance_scale=0,
+                                                           num_inference_steps=1, output_type="latent")

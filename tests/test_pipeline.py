@@ -124,7 +124,8 @@ def test_from_pretrained_prior_dir_plus_domain_dir(domain, tmp_path):
     pipe = InDomainPipeline.from_pretrained(prior, domain_unet=tmp_path / "domain")
     assert isinstance(pipe.domain_unet, NullTextUNet)
     assert set(pipe.components) == {"vae", "text_encoder", "tokenizer", "unet", "scheduler", "domain_unet",
-                                    "controlnet", "adapter", "extra_domains", "control_unet"}  # optional (None here)
+                                    "controlnet", "adapter", "extra_domains", "control_unet", "image_encoder",
+                                    "feature_extractor"}  # optional (None here)
     assert pipe.controlnet is None and pipe.adapter is None and pipe.extra_domains is None and pipe.control_unet is None
     pipe.set_progress_bar_config(disable=True)
     assert pipe(num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 3)

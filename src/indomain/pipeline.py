@@ -23,7 +23,8 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
+from diffusers.models.embeddings import ImageProjection
+from diffusers.loaders import IPAdapterMixin, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 from diffusers.utils.distributed_utils import is_torch_dist_rank_zero
@@ -48,7 +49,7 @@ class InDomainPipelineOutput(BaseOutput):
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
 
 
-class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin):
+class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin, IPAdapterMixin):
     """In-domain generation with a frozen prior plus a null-text domain model (Cao et al., CVPR 2025).
 
     Components: ``unet`` is the frozen prior (LoRA and textual-inversion loaders attach to it),
@@ -60,8 +61,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
     CFG (with a ControlNet or adapter: `StableDiffusionControlNetPipeline` / `StableDiffusionAdapterPipeline`).
     """
 
-    model_cpu_offload_seq = "text_encoder->adapter->controlnet->unet->control_unet->domain_unet->extra_domains->vae"
-    _optional_components = ["domain_unet", "controlnet", "adapter", "extra_domains", "control_unet"]
+    model_cpu_offload_seq = "text_encoder->image_encoder->adapter->controlnet->unet->control_unet->domain_unet->extra_domains->vae"
+    _optional_components = ["domain_unet", "controlnet", "adapter", "extra_domains", "control_unet", "image_encoder",
+                            "feature_extractor"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
@@ -76,6 +78,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         adapter: Any = None,  # T2IAdapter or MultiAdapter
         extra_domains: DomainModels | Sequence[NullTextUNet] | None = None,
         control_unet: UNet2DConditionModel | None = None,
+        image_encoder: Any = None,  # CLIPVisionModelWithProjection, for IP-Adapter (load_ip_adapter sets it)
+        feature_extractor: Any = None,  # CLIPImageProcessor, for IP-Adapter
     ) -> None:
         super().__init__()
         if domain_unet is not None:
@@ -88,6 +92,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         self.register_modules(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, domain_unet=domain_unet,
             controlnet=controlnet, adapter=adapter, extra_domains=extra_domains, control_unet=control_unet,
+            image_encoder=image_encoder, feature_extractor=feature_extractor,
         )
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
@@ -325,6 +330,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         guess_mode: bool = False,
         domain_weights: Sequence[float] | None = None,
         lora_in_uncond: bool = True,
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
     ) -> InDomainPipelineOutput | tuple:
         """Generate in-domain images.
 
@@ -361,6 +368,11 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             guess_mode: only False is supported.
             domain_weights: one weight per model of ``extra_domains`` (default: the weights stored with them); each adds
                 ``w_j (eps_domain_j(x) − eps_u)`` within the domain window. Independent of ``domain_guidance_scale``.
+            ip_adapter_image, ip_adapter_image_embeds: the image prompt of IP-Adapters loaded on the prior with
+                ``load_ip_adapter`` (one image, or one per IP-Adapter), or its embeddings in diffusers' CFG layout (one
+                tensor per IP-Adapter, the negative rows stacked before the positive ones). The prior's branches with a
+                prompt (control prompt, weighted prompts) get the image embeddings, ∅ the negative ones, as in
+                `StableDiffusionPipeline`; the domain branch gets none (a `NullTextUNet` has no cross-attention to them).
             lora_in_uncond: with a LoRA loaded on the prior (``load_lora_weights``), whether the unconditional branch
                 ∅ comes from the LoRA'd prior (True, the default, as diffusers: ``eps_lora(x, ∅) + w_c (eps_lora(x, c) −
                 eps_lora(x, ∅)) + ...``) or from the pristine prior (False: ``eps_prior(x, ∅) + w_c (eps_lora(x, c) −
@@ -389,6 +401,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             control_window=(control_guidance_start, control_guidance_end),
             domain_window=(domain_guidance_start, domain_guidance_end),
         )
+        cond.ip_adapter = self.prepare_ip_adapter(ip_adapter_image, ip_adapter_image_embeds, cond, device)
         cond.spatial = self.prepare_spatial_control(
             image, height, width, cond, num_images_per_prompt, controlnet_conditioning_scale, adapter_conditioning_scale,
             controlnet_to_domain, guess_mode, (control_guidance_start, control_guidance_end), device,
@@ -504,6 +517,68 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             extra=extra, control_window=control_window, domain_window=domain_window,
         )
 
+    def prepare_ip_adapter(self, image: Any, embeds: list[torch.Tensor] | None, cond: Conditioning,
+                           device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """(negative, positive) image embeddings per IP-Adapter, one row per output image; None without an image
+        prompt. As diffusers' ``prepare_ip_adapter_image_embeds`` (rows repeated to the call's images)."""
+        if image is None and embeds is None:
+            return None
+        if image is not None and embeds is not None:
+            raise ValueError("pass either ip_adapter_image or ip_adapter_image_embeds, not both")
+        proj = getattr(self.unet, "encoder_hid_proj", None)
+        if proj is None or not hasattr(proj, "image_projection_layers"):
+            raise ValueError("ip_adapter_image needs an IP-Adapter on the prior: load one with pipe.load_ip_adapter(...)")
+        negative, positive = [], []
+        if embeds is None:
+            images = image if isinstance(image, list) else [image]
+            if len(images) != len(proj.image_projection_layers):
+                raise ValueError(f"got {len(images)} ip_adapter_image for {len(proj.image_projection_layers)} IP-Adapters")
+            if getattr(self, "image_encoder", None) is None or getattr(self, "feature_extractor", None) is None:
+                raise ValueError("ip_adapter_image needs the image_encoder and feature_extractor that load_ip_adapter loads")
+            for img, layer in zip(images, proj.image_projection_layers):
+                pos, neg = self.encode_image(img, device, 1, not isinstance(layer, ImageProjection))
+                positive.append(pos[None, :])
+                negative.append(neg[None, :])
+        else:
+            if not isinstance(embeds, list) or any(e.ndim not in (3, 4) for e in embeds):
+                raise ValueError("ip_adapter_image_embeds must be a list of 3-D or 4-D tensors (one per IP-Adapter)")
+            for e in embeds:
+                neg, pos = e.chunk(2)
+                negative.append(neg)
+                positive.append(pos)
+
+        def rows(e: torch.Tensor) -> torch.Tensor:
+            if cond.n % e.shape[0]:
+                raise ValueError(f"IP-Adapter embeddings with {e.shape[0]} rows for {cond.n} images")
+            return torch.cat([e] * (cond.n // e.shape[0])).to(device)
+
+        return [rows(e) for e in negative], [rows(e) for e in positive]
+
+    # Copied from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.encode_image
+    def encode_image(self, image, device, num_images_per_prompt, output_hidden_states=None):
+        dtype = next(self.image_encoder.parameters()).dtype
+
+        if not isinstance(image, torch.Tensor):
+            image = self.feature_extractor(image, return_tensors="pt").pixel_values
+
+        image = image.to(device=device, dtype=dtype)
+        if output_hidden_states:
+            image_enc_hidden_states = self.image_encoder(image, output_hidden_states=True).hidden_states[-2]
+            image_enc_hidden_states = image_enc_hidden_states.repeat_interleave(num_images_per_prompt, dim=0)
+            uncond_image_enc_hidden_states = self.image_encoder(
+                torch.zeros_like(image), output_hidden_states=True
+            ).hidden_states[-2]
+            uncond_image_enc_hidden_states = uncond_image_enc_hidden_states.repeat_interleave(
+                num_images_per_prompt, dim=0
+            )
+            return image_enc_hidden_states, uncond_image_enc_hidden_states
+        else:
+            image_embeds = self.image_encoder(image).image_embeds
+            image_embeds = image_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+            uncond_image_embeds = torch.zeros_like(image_embeds)
+
+            return image_embeds, uncond_image_embeds
+
     def control_size_multiple(self) -> int:
         """What the output size implied by a control image is rounded down to (diffusers' rule)."""
         factor = self.adapter.downscale_factor if getattr(self, "adapter", None) is not None else 1
@@ -542,10 +617,15 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         branch only with ``to_domain``, its ControlNet then reading the prior's unconditional text."""
         spatial = None if cond is None or cond.spatial is None or not cond.spatial.active(step, num_steps) else cond.spatial
 
-        def prior(x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, unet: Any = None) -> torch.Tensor:
+        def prior(x: torch.Tensor, t: torch.Tensor, emb: Any, unet: Any = None) -> torch.Tensor:
+            if isinstance(emb, dict):  # text plus IP-Adapter image embeddings (see Conditioning.prior_cond)
+                added = {"image_embeds": [emb[f"{IP}{j}"] for j in range(len(emb) - 1)]}
+                emb = emb[TEXT]
+            else:
+                added = None
             extra = spatial.residuals(x, t, emb) if spatial is not None else {}
             return (unet or self.unet)(x, t, encoder_hidden_states=emb, cross_attention_kwargs=self.cross_attention_kwargs,
-                                       return_dict=False, **extra)[0]
+                                       added_cond_kwargs=added, return_dict=False, **extra)[0]
 
         def pristine(x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
             self.unet.disable_lora()  # the prior without its LoRA, for this branch only
@@ -638,6 +718,13 @@ class Conditioning:
     control_window: tuple[float, float] = (0.0, 1.0)
     domain_window: tuple[float, float] = (0.0, 1.0)
     spatial: SpatialControl | None = None  # ControlNet / T2I-Adapter residuals for every branch (see control.py)
+    ip_adapter: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # (negative, positive) image embeddings
+
+    def prior_cond(self, emb: torch.Tensor, positive: bool) -> Any:
+        """A prior branch's condition: the text, or with an image prompt {text, ip0, ip1, ...} (batchable)."""
+        if self.ip_adapter is None:
+            return emb
+        return {TEXT: emb, **{f"{IP}{j}": e for j, e in enumerate(self.ip_adapter[int(positive)])}}
 
     def plan(
         self, guidance_scale: float, domain_guidance_scale: float, extra_domains: Sequence[tuple[str, float]] = (),
@@ -650,11 +737,12 @@ class Conditioning:
             terms.append(Guidance(DOMAIN, self.domain_cond, domain_guidance_scale, *self.domain_window))
         terms += [Guidance(name, None, w, *self.domain_window) for name, w in extra_domains]
         if self.prompt_embeds is not None:
-            terms.append(Guidance(control_model, self.prompt_embeds, guidance_scale, *self.control_window))
-        terms += [Guidance(PRIOR, emb, w, *self.control_window) for emb, w in self.extra]
-        return GuidancePlan(Branch(uncond_model, self.negative_prompt_embeds), terms)
+            terms.append(Guidance(control_model, self.prior_cond(self.prompt_embeds, True), guidance_scale, *self.control_window))
+        terms += [Guidance(PRIOR, self.prior_cond(emb, True), w, *self.control_window) for emb, w in self.extra]
+        return GuidancePlan(Branch(uncond_model, self.prior_cond(self.negative_prompt_embeds, False)), terms)
 
 
+TEXT, IP = "text", "ip"  # the keys of a prior condition with IP-Adapter image embeddings
 PRISTINE_PRIOR = "prior_without_lora"  # the prior with its LoRA adapters disabled (lora_in_uncond=False)
 CONTROL = "control"  # control_unet: the model of the control prompt's term
 
@@ -696,7 +784,8 @@ def _rows(emb: torch.Tensor | None, n: int, name: str) -> torch.Tensor | None:
 def _rescale_reference(out: Any, prompt_embeds: torch.Tensor | None) -> torch.Tensor:
     """What ``guidance_rescale`` matches the spread of: the control prompt's prediction, else the first term's."""
     for term, eps in zip(out.terms, out.eps_k):
-        if prompt_embeds is not None and term.cond is prompt_embeds:
+        cond = term.cond[TEXT] if isinstance(term.cond, dict) else term.cond
+        if prompt_embeds is not None and cond is prompt_embeds:
             return eps
     return out.eps_k[0]
 
