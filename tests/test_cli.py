@@ -231,3 +231,40 @@ def test_generate_control_flags(prior_and_domain, tmp_path, capsys):
         err = capsys.readouterr().err
         assert __import__("re").search(message, err), (message, err)
         assert "Traceback" not in err
+
+
+def test_generate_with_an_ip_adapter(prior_and_domain, tmp_path, capsys):
+    """--ip-adapter FILE (diffusers' safetensors layout, image_encoder/ beside it) with --ip-image."""
+    import numpy as np
+    import PIL.Image
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    prior, domain = prior_and_domain
+    unet = UNet2DConditionModel.from_pretrained(prior / "unet")
+    torch.manual_seed(0)
+    CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, projection_dim=32, image_size=32, patch_size=8,
+                                                   num_hidden_layers=1, num_attention_heads=4, intermediate_size=37)
+                                  ).save_pretrained(tmp_path / "ip" / "image_encoder")
+    dim = unet.config.cross_attention_dim
+    weights = {"image_proj.proj.weight": torch.randn(4 * dim, 32) * 0.2, "image_proj.proj.bias": torch.zeros(4 * dim),
+               "image_proj.norm.weight": torch.ones(dim), "image_proj.norm.bias": torch.zeros(dim)}
+    key = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn2.processor"):
+            shape = unet.get_submodule(name[: -len(".processor")]).to_k.weight.shape
+            weights[f"ip_adapter.{key}.to_k_ip.weight"] = torch.randn(shape) * 0.2
+            weights[f"ip_adapter.{key}.to_v_ip.weight"] = torch.randn(shape) * 0.2
+            key += 2
+    save_file(weights, tmp_path / "ip" / "ip-adapter.safetensors")
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "face.png")
+    base = ["generate", "--prior", str(prior), "--domain", str(domain), "--steps", "2", "--num-images", "1",
+            "--scheduler", "ddim", "--prompt", "a cat"]
+    rc = main(base + ["--ip-adapter", str(tmp_path / "ip" / "ip-adapter.safetensors"), "--ip-image", str(tmp_path / "face.png"),
+                      "--ip-scale", "0.7", "--out", str(tmp_path / "ok")])
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "ok" / "p00_seed000000.png").is_file()
+    assert main(base + ["--ip-image", str(tmp_path / "face.png"), "--out", str(tmp_path / "bad")]) == 2
+    assert "--ip-adapter and --ip-image go together" in capsys.readouterr().err

@@ -125,6 +125,13 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
             pipe.load_lora_weights(args.lora)
         except (ValueError, RuntimeError, KeyError, OSError) as err:
             raise ValueError(f"--lora {args.lora} does not fit this prior (or is not a LoRA folder): {err}") from None
+    if getattr(args, "ip_adapter", None):
+        ip = Path(args.ip_adapter)
+        try:
+            pipe.load_ip_adapter(str(ip.parent), subfolder="", weight_name=ip.name, image_encoder_folder="image_encoder")
+        except (ValueError, RuntimeError, KeyError, OSError) as err:
+            raise ValueError(f"--ip-adapter {ip} does not fit this prior (or is not an IP-Adapter): {err}") from None
+        pipe.set_ip_adapter_scale(args.ip_scale)
     return pipe.to(device), out, device
 
 
@@ -139,6 +146,11 @@ def _add_control_options(p: argparse.ArgumentParser) -> None:
                    help="conditioning scale: one for all, or one per --controlnet (default: 1)")
     g.add_argument("--control-to-domain", action="store_true",
                    help="also send the ControlNet/adapter residuals to the domain branch (default: prior branches only)")
+    g.add_argument("--ip-adapter", default=None, metavar="FILE",
+                   help="an IP-Adapter weights file for the prior (diffusers' load_ip_adapter); its CLIP image encoder is "
+                        "read from an image_encoder/ folder beside the file (the h94/IP-Adapter layout)")
+    g.add_argument("--ip-image", default=None, metavar="IMG", help="the image prompt of --ip-adapter")
+    g.add_argument("--ip-scale", type=finite_float, default=1.0, help="the IP-Adapter's scale (default: %(default)s)")
     g.add_argument("--lora", default=None, metavar="DIR", help="a LoRA for the prior, loaded with diffusers' load_lora_weights")
     g.add_argument("--lora-uncond", default="lora", choices=["lora", "prior"],
                    help="with --lora, where the unconditional branch comes from: the LoRA'd prior (default, as diffusers) "
@@ -180,11 +192,24 @@ def _check_control_args(args: argparse.Namespace, dtype: Any) -> dict:
         raise ValueError(f"--adapter takes one --control-image, got {len(images)}")
     if scales and len(scales) not in (1, len(nets) or 1):
         raise ValueError(f"{len(scales)} --control-scale for {len(nets)} --controlnet: give one, or one per ControlNet")
+    ip, ip_image = getattr(args, "ip_adapter", None), getattr(args, "ip_image", None)
+    if bool(ip) != bool(ip_image):
+        raise ValueError("--ip-adapter and --ip-image go together: give both or neither")
+    if ip:
+        from .safeload import check_safe
+
+        if not Path(ip).is_file():
+            raise ValueError(f"--ip-adapter {ip}: no such file (expected an IP-Adapter weights file)")
+        if not Path(ip).parent.joinpath("image_encoder", "config.json").is_file():
+            raise ValueError(f"--ip-adapter {ip}: no image_encoder/ folder beside it (the CLIP image encoder it needs)")
+        check_safe(ip, args.allow_pickle)
+        check_safe(Path(ip).parent / "image_encoder", args.allow_pickle)
+        images = images + [ip_image]
     if getattr(args, "lora_uncond", "lora") == "prior" and not getattr(args, "lora", None):
         raise ValueError("--lora-uncond prior needs a --lora")
     for image in images:
         if not Path(image).is_file():
-            raise ValueError(f"--control-image {image}: no such file")
+            raise ValueError(f"{'--ip-image' if image == ip_image else '--control-image'} {image}: no such file")
     out: dict = {}
     if nets or adapter or model:
         from diffusers import ControlNetModel, T2IAdapter, UNet2DConditionModel
@@ -205,6 +230,8 @@ def _control_call_kwargs(args: argparse.Namespace, pipe: Any) -> dict:
     from .data import load_rgb
 
     kw: dict = {"lora_in_uncond": getattr(args, "lora_uncond", "lora") == "lora"} if getattr(args, "lora", None) else {}
+    if getattr(args, "ip_image", None):
+        kw["ip_adapter_image"] = load_rgb(args.ip_image)
     images = getattr(args, "control_image", None) or []
     if not images:
         return kw
