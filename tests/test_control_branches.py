@@ -229,3 +229,11 @@ def test_ip_adapter_equals_diffusers_at_domain_weight_zero(components):
     with pytest.raises(ValueError, match="load one with pipe.load_ip_adapter"):
         quiet(InDomainPipeline(**tiny_sd_components()))[0]("a cat", ip_adapter_image=picture, domain_guidance_scale=0,
                                                            num_inference_steps=1, output_type="latent")
+
+
+def test_extra_models_move_with_the_pipeline(components):
+    d2, custom = null_text(components, 4), tiny_unet(seed=7)
+    pipe = InDomainPipeline(**components, extra_domains=[d2], control_unet=custom).to(torch.float64)
+    assert pipe.extra_domains.dtype == torch.float64 and d2.dtype == torch.float64 and custom.dtype == torch.float64
+    order = pipe.model_cpu_offload_seq.split("->")
+    assert {"extra_domains", "control_unet", "image_encoder"} <= set(order)
