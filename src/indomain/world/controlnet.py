@@ -1,6 +1,6 @@
 """A small ControlNet for the emoji world's prior (issue #11 §4): edge-map control at 32 px, and its score.
 
-    OMP_NUM_THREADS=1 python -m indomain.world.controlnet --out outputs/emoji-controlnet-run --steps 2000
+    OMP_NUM_THREADS=1 python -m indomain.world.controlnet --out outputs/emoji-controlnet-run --steps 1600 --batch 32 --lr 4e-4
 
 Control: `edge_map` of an emoji render (rule below), white edges on black, RGB. Training data: the *seen* emoji
 (`split_emoji(list_emoji(), seed=0)[0]`) rendered in the prior's own styles, Noto and Twemoji, at 32 px; OpenMoji
@@ -96,7 +96,7 @@ def _data(prior_dir: Path, seed: int):
     return latents, torch.stack(controls).contiguous(), names
 
 
-def train(out: Path, steps: int, batch: int = 64, lr: float = 3e-4, checkpoint_every: int = 100, seed: int = 0,
+def train(out: Path, steps: int, batch: int = 32, lr: float = 4e-4, checkpoint_every: int = 100, seed: int = 0,
           caption_dropout: float = 0.1) -> Path:
     import torch
     import torch.nn.functional as F
@@ -170,9 +170,9 @@ def export(cn, target: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/emoji-controlnet-run")
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--steps", type=int, default=1600)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--checkpoint-every", type=int, default=100)
     args = parser.parse_args()
     train(Path(args.out), args.steps, args.batch, args.lr, args.checkpoint_every)
