@@ -135,9 +135,12 @@ def test_control_window_gates_the_controlnet(components, domain):
     (pipe,) = quiet(InDomainPipeline(**components, domain_unet=domain, controlnet=net))
     calls = []
     handle = net.register_forward_hook(lambda *a: calls.append(1))
-    pipe("a cat", image=control_image(), num_inference_steps=4, control_guidance_end=0.5, output_type="latent")
-    handle.remove()
+    kw = dict(image=control_image(), num_inference_steps=4, control_guidance_end=0.5, output_type="latent")
+    pipe("a cat", controlnet_to_domain=False, **kw)
     assert len(calls) == 2  # steps 0 and 1 of 4; the prior's two branches share one batched call
+    pipe("a cat", **kw)  # the default: the domain branch gets its residuals too, in the same window
+    handle.remove()
+    assert len(calls) == 2 + 4
 
 
 def test_editing_inherits_the_control(components, domain):

@@ -144,8 +144,10 @@ def _add_control_options(p: argparse.ArgumentParser) -> None:
                    help="the control image: one per --controlnet, or one for --adapter; it sets the default size")
     g.add_argument("--control-scale", action="append", type=finite_float, default=None, metavar="S",
                    help="conditioning scale: one for all, or one per --controlnet (default: 1)")
-    g.add_argument("--control-to-domain", action="store_true",
-                   help="also send the ControlNet/adapter residuals to the domain branch (default: prior branches only)")
+    g.add_argument("--control-prior-only", dest="control_to_domain", action="store_false",
+                   help="send the ControlNet/adapter residuals to the prior's branches only (default: every branch, the "
+                        "domain's too: with prior branches only their net weight is 1 - w_d, which pushes away from the "
+                        "control; measured in docs/RESULTS.md)")
     g.add_argument("--ip-adapter", default=None, metavar="FILE",
                    help="an IP-Adapter weights file for the prior (diffusers' load_ip_adapter); its CLIP image encoder is "
                         "read from an image_encoder/ folder beside the file (the h94/IP-Adapter layout)")

@@ -75,7 +75,7 @@ class InDomainImg2ImgPipeline(InDomainPipeline):
         control_image: Any = None,
         controlnet_conditioning_scale: float | list[float] = 1.0,
         adapter_conditioning_scale: float | list[float] = 1.0,
-        controlnet_to_domain: bool = False,
+        controlnet_to_domain: bool = True,
     ) -> InDomainPipelineOutput | tuple:
         """Edit ``image`` (PIL, list of PIL, or a tensor in [-1, 1]) with decoupled guidance.
 

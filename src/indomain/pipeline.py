@@ -326,7 +326,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         image: Any = None,
         controlnet_conditioning_scale: float | list[float] = 1.0,
         adapter_conditioning_scale: float | list[float] = 1.0,
-        controlnet_to_domain: bool = False,
+        controlnet_to_domain: bool = True,
         guess_mode: bool = False,
         domain_weights: Sequence[float] | None = None,
         lora_in_uncond: bool = True,
@@ -363,8 +363,10 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
                 one, or one per prompt; a list with one entry per net for a MultiControlNet / MultiAdapter). It
                 sets the default height and width. See `prepare_spatial_control`.
             controlnet_conditioning_scale, adapter_conditioning_scale: as in diffusers (a list: one per net).
-            controlnet_to_domain: also send the ControlNet / adapter residuals to the domain branch (default: only
-                the prior's branches get them, as the prior is what the ControlNet was trained with).
+            controlnet_to_domain: send the ControlNet / adapter residuals to the domain branch too (default). With
+                the residuals on the prior's branches only, Eq. C gives them a net weight of 1 − w_d (−1.5 at the
+                official 2.5) and the image moves away from the control: in the emoji world edge F1 0.673 against
+                0.912 with every branch (docs/RESULTS.md, "Spatial control"). False sends them to the prior's only.
             guess_mode: only False is supported.
             domain_weights: one weight per model of ``extra_domains`` (default: the weights stored with them); each adds
                 ``w_j (eps_domain_j(x) − eps_u)`` within the domain window. Independent of ``domain_guidance_scale``.
