@@ -413,3 +413,63 @@ def test_clip_score_errors(tiny_clip_dir: Path, tmp_path: Path) -> None:
         M.clip_score(smooth_images(2, 0), ["a", "b"], None)
     with pytest.raises(ValueError, match="2 images and 3 texts"):
         M.clip_score(smooth_images(2, 0), ["a", "b", "c"], tiny_clip_dir)
+
+
+# --------------------------------------------------------------------------- improved precision and recall
+
+
+def _gaussian(n: int, dim: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def test_knn_radii_by_hand() -> None:
+    x = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
+    # neighbours of 0: 1, 3, 7; of 1: 0, 3, 7 (distances 1, 2, 6); of 3: 1, 0, 7 (2, 3, 4); of 7: 3, 1, 0 (4, 6, 7)
+    assert M.knn_radii(x, k=1).tolist() == [1.0, 1.0, 2.0, 4.0]
+    assert M.knn_radii(x, k=2, chunk_size=3).tolist() == [3.0, 2.0, 3.0, 6.0]
+    # 0.5 is in the ball of 0; 5 on the rim of 3's ball (2 <= 2); -1.5 and 11.5 are in none (11.5 is 4.5 from 7)
+    inside = M.in_manifold(torch.tensor([[0.5], [5.0], [-1.5], [11.5]]), x, M.knn_radii(x, k=1), chunk_size=3)
+    assert inside.tolist() == [True, True, False, False]
+
+
+def test_precision_recall_of_identical_sets_is_one() -> None:
+    real = _gaussian(300, 16, 0)
+    pr = M.precision_recall(real, real.clone(), k=3, chunk_size=64)
+    assert (pr.precision, pr.recall) == (1.0, 1.0)
+    assert (pr.k, pr.n_real, pr.n_fake) == (3, 300, 300)
+    # two samples of the same distribution: both shares high, but not 1 (the estimate is not trivially saturated)
+    other = M.precision_recall(real, _gaussian(300, 16, 1))
+    assert 0.6 < other.precision < 1.0 and 0.6 < other.recall < 1.0
+
+
+def test_a_collapsed_set_has_precision_but_no_recall() -> None:
+    real = _gaussian(500, 8, 0)
+    collapsed = real[7] + 1e-3 * _gaussian(200, 8, 1)  # every sample near one real point: realistic, no variety
+    pr = M.precision_recall(real, collapsed)
+    assert pr.precision >= 0.95 and pr.recall <= 0.02
+
+
+def test_a_far_away_set_has_neither() -> None:
+    real = _gaussian(400, 8, 0)
+    pr = M.precision_recall(real, _gaussian(200, 8, 1) + 20.0)
+    assert (pr.precision, pr.recall) == (0.0, 0.0)
+    # half the samples on the reals, half far away: precision about a half, recall stays high
+    half = torch.cat([_gaussian(200, 8, 2), _gaussian(200, 8, 3) + 20.0])
+    mixed = M.precision_recall(real, half)
+    assert 0.35 <= mixed.precision <= 0.55 and mixed.recall > 0.6
+
+
+def test_precision_recall_refuses_small_and_mismatched_sets() -> None:
+    real = _gaussian(10, 4, 0)
+    with pytest.raises(ValueError, match="more than 3 fake"):
+        M.precision_recall(real, real[:3], k=3)
+    with pytest.raises(ValueError, match="more than 10 real"):
+        M.precision_recall(real, real, k=10)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        M.knn_radii(real, k=0)
+    with pytest.raises(ValueError, match="5 features but the manifold has 4"):
+        M.precision_recall(real, _gaussian(10, 5, 1))
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        M.precision_recall(real, torch.zeros(10, 4, 1))
+    with pytest.raises(ValueError, match="non-finite"):
+        M.precision_recall(real, torch.full((10, 4), math.nan))

@@ -1,4 +1,4 @@
-"""Scores for in-domain image generation: FID, KID and CLIP score, all through torchmetrics.
+"""Scores for in-domain image generation: FID, KID and CLIP score through torchmetrics; improved precision/recall.
 
 Protocol (the same for every metric, and recorded in every :class:`MetricResult`)
 ---------------------------------------------------------------------------------
@@ -18,6 +18,9 @@ Protocol (the same for every metric, and recorded in every :class:`MetricResult`
   :class:`FIDInceptionV3`, the standard FID network (pool3, 2048-d), loaded from a weights file the user supplies.
   The statistic itself (Fréchet distance, polynomial-kernel MMD) is torchmetrics' ``FrechetInceptionDistance`` /
   ``KernelInceptionDistance`` fed with those features.
+* **Precision and recall** (:func:`precision_recall`, Kynkäänniemi et al. 2019) take two feature matrices from any
+  such extractor: the share of generated samples inside the real k-NN manifold, and of real samples inside the
+  generated one (pure torch). Blobs with a plausible mean and covariance fool a Fréchet distance, not precision.
 * **Real-image statistics are cached** per (folder content, extractor identity, resolution) as safetensors; see
   :func:`real_image_stats`.
 
@@ -26,8 +29,9 @@ FID values are only comparable when library, extractor, resize mode, resolution 
 them.
 
 Layout: ``images`` (reading and preprocessing), ``stats`` (features, statistics, Fréchet distance, the cache),
-``image_metrics`` (FID/KID), ``clip`` (CLIP score), ``inception`` (the vendored FID network), ``random_conv``
-(:class:`RandomConvFeatures`, a feature space for smoke tests), ``result`` (:class:`MetricResult`). Import from here: ``from indomain.metrics import image_metrics``.
+``image_metrics`` (FID/KID), ``precision_recall`` (k-NN precision and recall), ``clip`` (CLIP score), ``inception``
+(the vendored FID network), ``random_conv`` (:class:`RandomConvFeatures`, a feature space for smoke tests),
+``result`` (:class:`MetricResult`). Import from here: ``from indomain.metrics import image_metrics``.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from .images import (
     preprocess_image,
 )
 from .inception import INCEPTION_WEIGHTS_FILENAME, INCEPTION_WEIGHTS_URL, FIDInceptionV3, inception_extractor
+from .precision_recall import PrecisionRecall, in_manifold, knn_radii, precision_recall
 from .random_conv import RandomConvFeatures
 from .result import MetricResult, MissingWeightsError
 from .stats import (
@@ -64,6 +69,7 @@ __all__ = [
     "ImageSource",
     "MetricResult",
     "MissingWeightsError",
+    "PrecisionRecall",
     "RandomConvFeatures",
     "as_image_batch",
     "check_kid_subset",
@@ -73,9 +79,12 @@ __all__ = [
     "extract_features",
     "frechet_distance",
     "image_metrics",
+    "in_manifold",
     "inception_extractor",
     "iter_image_batches",
+    "knn_radii",
     "list_images",
+    "precision_recall",
     "preprocess_image",
     "real_image_stats",
     "weights_digest",
