@@ -13,13 +13,15 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "indomain"
 
 # floor of each room (a module, or a package by its folder name); docs/ARCHITECTURE.md draws the same table
 FLOORS = {
-    # 0. leaves: no indomain imports at all
+    # 0. leaves: no imports from above floor 0
+    "families": 0,  # the model-family table (SD, SDXL, SD3) and its detection
     "guidance": 0, "nulltext": 0, "safeload": 0, "schedulers": 0, "data": 0, "outputs": 0, "cliargs": 0,
     "checkpoint": 0, "console": 0,
     "control": 0,  # ControlNet / T2I-Adapter residuals for the sampling core
     "nerf": 0,  # the 3-D scene for score distillation (pure torch)
     # 1. the core: open models, sample
     "loading": 1, "pipeline": 1, "editing": 1,
+    "pipeline_xl": 1, "pipeline_sd3": 1, "autopipeline": 1,  # the SDXL / SD3 pipelines on the same core
     # 2. learn and measure
     "train": 2, "metrics": 2,
     "sds": 2, "text3d": 2,  # score distillation and `indomain 3d`
@@ -32,7 +34,8 @@ FLOORS = {
     # tests and benchmarks only
     "testing": 6,
 }
-CORE = {"guidance", "control", "nulltext", "safeload", "schedulers", "loading", "pipeline", "editing"}
+CORE = {"guidance", "control", "nulltext", "safeload", "schedulers", "loading", "pipeline", "editing", "families",
+        "pipeline_xl", "pipeline_sd3", "autopipeline"}
 
 
 def room(path: Path) -> str:

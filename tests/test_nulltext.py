@@ -50,10 +50,25 @@ def test_zero_null_embedding_is_exact_for_sdxl_style_unet():
     )
     added = {"text_embeds": torch.zeros(2, 32), "time_ids": torch.tensor([[32.0, 32, 0, 0, 32, 32]] * 2)}
     zeros = torch.zeros(1, 77, 32)
-    model = NullTextUNet.from_prior(unet, zeros, added_cond_kwargs={k: v[:1].expand(4, -1) for k, v in added.items()})
+    model = NullTextUNet.from_prior(unet, zeros, null_pooled=torch.zeros(1, 32))
     x, t = x_and_t(2)
     ref = unet(x, t, encoder_hidden_states=zeros.expand(2, -1, -1), added_cond_kwargs=added).sample
-    assert torch.equal(model(x, t, added_cond_kwargs=added).sample, ref)
+    # both text paths are constant: cross-attention and the pooled embedding (any text_embeds given is ignored)
+    text = {"text_embeds": torch.randn(2, 32), "time_ids": added["time_ids"]}
+    assert torch.equal(model(x, t, torch.randn(2, 77, 32), added_cond_kwargs=text).sample, ref)
+    # the time ids stay inputs
+    other = {"time_ids": torch.tensor([[64.0, 64, 8, 8, 32, 32]] * 2)}
+    assert not torch.equal(model(x, t, added_cond_kwargs=other).sample, ref)
+    with pytest.raises(ValueError, match="time_ids"):
+        model(x, t)
+    with pytest.raises(ValueError, match="null_pooled"):
+        NullTextUNet.from_prior(unet, zeros)
+    # a non-zero pooled null embedding (an SDXL prior without force_zeros_for_empty_prompt) is held as given
+    pooled = torch.randn(1, 32)
+    model = NullTextUNet.from_prior(unet, zeros, null_pooled=pooled)
+    ref = unet(x, t, encoder_hidden_states=zeros.expand(2, -1, -1),
+               added_cond_kwargs={"text_embeds": pooled.expand(2, -1), "time_ids": added["time_ids"]}).sample
+    assert torch.equal(model(x, t, added_cond_kwargs=text).sample, ref)
 
 
 @torch.no_grad()

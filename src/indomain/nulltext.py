@@ -183,8 +183,10 @@ class NullTextUNet(ModelMixin, ConfigMixin):
         prior: str | None = None,
         calibration: dict | None = None,
         lora: dict | None = None,
+        pooled_dim: int | None = None,
     ) -> None:
         # `lora` only records the adapter settings of an adapter-only folder (see `indomain.loading.save_lora`).
+        # `pooled_dim`: SDXL's pooled text embedding enters through `added_cond_kwargs`; it is held constant too.
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -198,6 +200,11 @@ class NullTextUNet(ModelMixin, ConfigMixin):
             if null_embedding_shape is None:
                 raise ValueError("mode='exact' needs null_embedding_shape, e.g. [1, 77, 768]")
             self.register_buffer("null_embedding", torch.zeros(*null_embedding_shape))
+        if unet_config.get("addition_embed_type") == "text_time":
+            if pooled_dim is None:
+                raise ValueError("an SDXL-style UNet (addition_embed_type='text_time') needs pooled_dim, the size of "
+                                 "its pooled text embedding")
+            self.register_buffer("null_text_embeds", torch.zeros(1, pooled_dim))
 
     @classmethod
     def from_prior(
@@ -214,6 +221,7 @@ class NullTextUNet(ModelMixin, ConfigMixin):
         batch_size: int = 4,
         seed: int = 0,
         added_cond_kwargs: dict | None = None,
+        null_pooled: torch.Tensor | None = None,
     ) -> "NullTextUNet":
         """Convert a prior UNet; in constant mode, calibrate from the empty-prompt embedding.
 
@@ -224,18 +232,32 @@ class NullTextUNet(ModelMixin, ConfigMixin):
             prediction_type: the prior scheduler's prediction type, recorded so mismatches are caught.
             prior: where the prior came from (hub id or path), recorded in the config.
             scheduler, latents, num_timesteps, batch_size, seed: calibration inputs (module docstring).
+            null_pooled: an SDXL prior's pooled empty-prompt embedding, shape (1, P) (all zeros with SDXL's
+                ``force_zeros_for_empty_prompt``); held as the buffer ``null_text_embeds``. The time ids stay inputs;
+                calibration uses ``sample_size * 8`` px, no crop.
         """
         config = json_config(unet.config)
         null_embedding = null_embedding.detach()
         if null_embedding.dim() != 3 or null_embedding.shape[0] != 1:
             raise ValueError(f"null_embedding must have shape (1, L, D), got {tuple(null_embedding.shape)}")
+        sdxl = config.get("addition_embed_type") == "text_time"
+        if sdxl and (null_pooled is None or null_pooled.dim() != 2 or null_pooled.shape[0] != 1):
+            raise ValueError("an SDXL-style prior needs null_pooled, its pooled empty-prompt embedding of shape (1, P)")
         model = cls(
             unet_config=config,
             mode=mode,
             null_embedding_shape=list(null_embedding.shape) if mode == "exact" else None,
             prediction_type=prediction_type,
             prior=prior or unet.config.get("_name_or_path") or None,
+            pooled_dim=null_pooled.shape[1] if sdxl else None,
         )
+        if sdxl:
+            model.null_text_embeds.copy_(null_pooled.detach())
+            if added_cond_kwargs is None:
+                px = [unet.config.sample_size * 8] * 2
+                added_cond_kwargs = {"text_embeds": null_pooled.expand(batch_size, -1).to(unet.device, unet.dtype),
+                                     "time_ids": torch.tensor([px + [0, 0] + px], dtype=unet.dtype,
+                                                              device=unet.device).expand(batch_size, -1)}
         own = model.unet.state_dict()
         model.unet.load_state_dict({k: v for k, v in unet.state_dict().items() if k in own}, strict=False)
         missing = [k for k in own if k not in unet.state_dict() and not k.endswith("null_text_feature")]
@@ -278,11 +300,20 @@ class NullTextUNet(ModelMixin, ConfigMixin):
         cross_attention_kwargs: dict | None = None,
         return_dict: bool = True,
     ) -> UNet2DConditionOutput | tuple:
-        """Predict noise (or v) for ``sample`` at ``timestep``; ``encoder_hidden_states`` is ignored."""
+        """Predict noise (or v) for ``sample`` at ``timestep``; ``encoder_hidden_states`` is ignored.
+
+        An SDXL-style model takes its ``time_ids`` in ``added_cond_kwargs``; any ``text_embeds`` there is replaced by
+        the null pooled embedding."""
         if self.config.mode == "exact":
             text = self.null_embedding.to(sample.dtype).expand(sample.shape[0], -1, -1)
         else:
             text = None
+        if hasattr(self, "null_text_embeds"):
+            if not added_cond_kwargs or "time_ids" not in added_cond_kwargs:
+                raise ValueError("this SDXL domain model needs added_cond_kwargs={'time_ids': ...} (original size, "
+                                 "crop, target size per image), as StableDiffusionXLPipeline passes them")
+            pooled = self.null_text_embeds.to(sample.dtype).expand(sample.shape[0], -1)
+            added_cond_kwargs = {**added_cond_kwargs, "text_embeds": pooled}
         return self.unet(
             sample,
             timestep,
@@ -297,27 +328,121 @@ class NullTextUNet(ModelMixin, ConfigMixin):
         )
 
 
-def check_compatible(prior_unet: nn.Module, domain_unet: nn.Module, prior_prediction_type: str) -> None:
-    """Raise a ValueError naming the first mismatch between a prior UNet and a domain model.
+class NullTextTransformer(ModelMixin, ConfigMixin):
+    """The null-text domain model of a flow-matching MMDiT prior (`SD3Transformer2DModel`, Stable Diffusion 3).
 
-    The domain model is a `NullTextUNet` or, for conventional fine-tunes, a text-conditioned
-    `UNet2DConditionModel`.
+    The prior's transformer with its text input fixed to the prior's empty-prompt embeddings, held as buffers
+    (``null_embedding`` (1, L, D) and ``null_pooled`` (1, P)): the "exact" mode. There is no constant mode. In the
+    MMDiT the text tokens are a second stream that attends to the image tokens in every block, so a text stream
+    held at calibrated per-layer constants is not the prior's null prediction; `benchmarks/nulltext_gap.py
+    --family sd3` measures how far it is (docs/NULLTEXT.md), and it is not offered.
+    ``forward`` accepts and ignores any text input. Build it with `NullTextTransformer.from_prior`.
     """
-    if isinstance(domain_unet, NullTextUNet):
-        dom_cfg = domain_unet.config.unet_config
-    elif isinstance(domain_unet, UNet2DConditionModel):
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        transformer_config: dict,
+        null_embedding_shape: Sequence[int],
+        pooled_dim: int,
+        mode: str = "exact",
+        prediction_type: str = "flow",
+        prior: str | None = None,
+        calibration: dict | None = None,
+        lora: dict | None = None,
+    ) -> None:
+        super().__init__()
+        from diffusers import SD3Transformer2DModel
+
+        if mode != "exact":
+            raise ValueError(f"a transformer domain model has only mode='exact', got {mode!r} (see NullTextTransformer)")
+        self.transformer = SD3Transformer2DModel.from_config(transformer_config)
+        self.register_buffer("null_embedding", torch.zeros(*null_embedding_shape))
+        self.register_buffer("null_pooled", torch.zeros(1, pooled_dim))
+
+    @property
+    def unet(self) -> nn.Module:
+        """The wrapped denoiser (the name the trainer's LoRA and save code use for every domain model)."""
+        return self.transformer
+
+    @classmethod
+    def from_prior(cls, transformer: nn.Module, null_embedding: torch.Tensor, null_pooled: torch.Tensor, *,
+                   prior: str | None = None, mode: str = "exact", **_: Any) -> "NullTextTransformer":
+        """Copy a prior `SD3Transformer2DModel` and fix its text input to the empty prompt's
+        ``null_embedding`` (1, L, D) and ``null_pooled`` (1, P) (from the prior's three text encoders)."""
+        if null_embedding.dim() != 3 or null_embedding.shape[0] != 1:
+            raise ValueError(f"null_embedding must have shape (1, L, D), got {tuple(null_embedding.shape)}")
+        if null_pooled.dim() != 2 or null_pooled.shape[0] != 1:
+            raise ValueError(f"null_pooled must have shape (1, P), got {tuple(null_pooled.shape)}")
+        model = cls(json_config(transformer.config), list(null_embedding.shape), null_pooled.shape[1], mode=mode,
+                    prior=prior or transformer.config.get("_name_or_path") or None,
+                    calibration={"null_prompt": "", "note": "exact mode: the prior's empty-prompt embeddings"})
+        model.transformer.load_state_dict(transformer.state_dict())
+        model.null_embedding.copy_(null_embedding.detach())
+        model.null_pooled.copy_(null_pooled.detach())
+        return model.to(transformer.device, transformer.dtype)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: Any = None,
+        *,
+        pooled_projections: Any = None,
+        joint_attention_kwargs: dict | None = None,
+        block_controlnet_hidden_states: list | None = None,
+        return_dict: bool = True,
+    ) -> Any:
+        """The velocity for ``hidden_states`` at ``timestep`` (a (B,) tensor); text inputs are ignored."""
+        b, dtype = hidden_states.shape[0], hidden_states.dtype
+        return self.transformer(
+            hidden_states=hidden_states, timestep=timestep,
+            encoder_hidden_states=self.null_embedding.to(dtype).expand(b, -1, -1),
+            pooled_projections=self.null_pooled.to(dtype).expand(b, -1),
+            joint_attention_kwargs=joint_attention_kwargs, block_controlnet_hidden_states=block_controlnet_hidden_states,
+            return_dict=return_dict,
+        )
+
+
+TRANSFORMER_STRUCTURE_KEYS = (
+    "in_channels", "out_channels", "sample_size", "patch_size", "num_layers", "attention_head_dim",
+    "num_attention_heads", "joint_attention_dim", "pooled_projection_dim", "caption_projection_dim",
+)
+
+
+def check_compatible(prior_unet: nn.Module, domain_unet: nn.Module, prior_prediction_type: str) -> None:
+    """Raise a ValueError naming the first mismatch between a prior's denoiser and a domain model.
+
+    The domain model is a `NullTextUNet` (a `NullTextTransformer` for a transformer prior) or, for
+    conventional fine-tunes, a text-conditioned model of the prior's class.
+    """
+    keys = STRUCTURE_KEYS
+    if isinstance(domain_unet, (NullTextUNet, NullTextTransformer)):
+        dom_cfg = getattr(domain_unet.config, "unet_config", None) or domain_unet.config.transformer_config
+    elif isinstance(domain_unet, UNet2DConditionModel) or type(domain_unet).__name__ == type(prior_unet).__name__:
         dom_cfg = domain_unet.config
     else:
-        raise TypeError(f"domain_unet must be a NullTextUNet or a UNet2DConditionModel, got {type(domain_unet).__name__}")
+        raise TypeError(f"the domain model must be a NullTextUNet, a NullTextTransformer or a model of the prior's class "
+                        f"({type(prior_unet).__name__}), got {type(domain_unet).__name__}")
+    if not isinstance(prior_unet, UNet2DConditionModel):
+        keys = TRANSFORMER_STRUCTURE_KEYS
+        if isinstance(domain_unet, NullTextUNet):
+            raise ValueError(f"domain model does not fit the prior: a NullTextUNet cannot join a {type(prior_unet).__name__} prior")
+    elif isinstance(domain_unet, NullTextTransformer):
+        raise ValueError("domain model does not fit the prior: a NullTextTransformer cannot join a UNet prior")
     prior_cfg = prior_unet.config
-    for key in STRUCTURE_KEYS:
+    if isinstance(prior_unet, UNet2DConditionModel):
+        keys = (*keys, "addition_embed_type")
+    for key in keys:
         a, b = prior_cfg.get(key), dom_cfg.get(key)
         a = list(a) if isinstance(a, (tuple, list)) else a
         b = list(b) if isinstance(b, (tuple, list)) else b
         if a != b:
             name = {"in_channels": "latent channels", "sample_size": "sample size"}.get(key, key)
             raise ValueError(f"domain model does not fit the prior: {name} ({key}) is {b!r} in the domain model but {a!r} in the prior")
-    if isinstance(domain_unet, NullTextUNet) and domain_unet.config.prediction_type != prior_prediction_type:
+    if isinstance(domain_unet, (NullTextUNet, NullTextTransformer)) and domain_unet.config.prediction_type != prior_prediction_type:
         raise ValueError(
             f"domain model predicts {domain_unet.config.prediction_type!r} but the prior's scheduler predicts "
             f"{prior_prediction_type!r}; their predictions cannot be combined"

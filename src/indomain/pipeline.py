@@ -10,6 +10,7 @@ All prior branches of a step run in one batched UNet call and the domain branch 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
@@ -38,7 +39,7 @@ from .control import (
 )
 from .guidance import DOMAIN, PRIOR, Branch, Guidance, GuidancePlan, MultiGuidance
 from .loading import is_lora_folder, load_domain_model, resolve_domain_path
-from .nulltext import STRUCTURE_KEYS, DomainModels, NullTextUNet, check_compatible
+from .nulltext import STRUCTURE_KEYS, DomainModels, NullTextTransformer, NullTextUNet, check_compatible
 from .safeload import check_prior
 
 
@@ -143,6 +144,46 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         still sets any tqdm option (``disable=True``, another ``desc``), as in diffusers."""
         config = {"desc": desc, "disable": not is_torch_dist_rank_zero(), **getattr(self, "_progress_bar_config", {})}
         return progress(iterable, total=total, **config)
+
+    # -- the family hooks: what an SDXL or SD3 pipeline overrides (see indomain.families) --------------------
+
+    @property
+    def denoiser(self) -> Any:
+        """The prior's noise predictor (``unet``; an SD3 pipeline's ``transformer``)."""
+        return self.unet
+
+    @property
+    def domain_model(self) -> Any:
+        """The domain model (``domain_unet``; an SD3 pipeline's ``domain_transformer``), or None."""
+        return getattr(self, "domain_unet", None)
+
+    @property
+    def prediction_type(self) -> str:
+        """What the prior predicts: ``epsilon`` or ``v_prediction`` (SD3: ``flow``, the velocity)."""
+        return self.scheduler.config.prediction_type
+
+    def encode_negative(self, negative_prompt: str | list[str] | None, batch_size: int, device: torch.device) -> Any:
+        """The unconditional branch's text: the negative prompt, else the empty prompt."""
+        negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * batch_size
+        return self.encode_text(negatives, device)
+
+    def model_inputs(self, emb: Any, batch: int) -> dict:
+        """The denoiser's keyword inputs for one branch batch of ``batch`` rows: the text (a tensor, or a dict
+        with ``text`` and, with an IP-Adapter, ``ip0``, ``ip1``, ...); ``emb`` None for a domain model."""
+        if not isinstance(emb, dict):
+            return {"encoder_hidden_states": emb}
+        ips = [emb[f"{IP}{j}"] for j in range(sum(k.startswith(IP) for k in emb))]
+        return {"encoder_hidden_states": emb[TEXT], "added_cond_kwargs": {"image_embeds": ips} if ips else None}
+
+    def call_denoiser(self, model: Any, x: torch.Tensor, t: torch.Tensor, inputs: dict, extra: dict,
+                      attention_kwargs: dict | None = None) -> torch.Tensor:
+        """One denoiser call: ``inputs`` from `model_inputs`, ``extra`` the ControlNet / adapter residuals,
+        ``attention_kwargs`` the call's ``cross_attention_kwargs`` (the prior's branches only)."""
+        return model(x, t, cross_attention_kwargs=attention_kwargs, return_dict=False, **inputs, **extra)[0]
+
+    def unscale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents in the VAE's own scale, ready to decode."""
+        return latents / self.vae.config.scaling_factor
 
     # -- the properties diffusers' callbacks and users read, as in StableDiffusionPipeline ----------------
 
@@ -253,7 +294,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         ]:
             if not isinstance(w, (int, float)) or not math.isfinite(w):
                 raise ValueError(f"{name} must be a finite number, got {w!r}")
-        if domain_guidance_scale != 0 and self.domain_unet is None:
+        if domain_guidance_scale != 0 and self.domain_model is None:
             raise ValueError(
                 f"domain_guidance_scale={domain_guidance_scale} needs a domain model: pass domain_unet= to from_pretrained, "
                 "or set domain_guidance_scale=0 for the plain prior"
@@ -272,7 +313,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         self, batch_size: int, height: int, width: int, dtype: torch.dtype, device: torch.device, generator: Any, latents: torch.Tensor | None
     ) -> torch.Tensor:
         # Same draw as StableDiffusionPipeline.prepare_latents (diffusers 0.42), so seeds reproduce its images.
-        shape = (batch_size, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        shape = (batch_size, self.denoiser.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"got {len(generator)} generators for an effective batch size of {batch_size}")
         if latents is None:
@@ -281,7 +322,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             if tuple(latents.shape) != shape:
                 raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
             latents = latents.to(device=device, dtype=dtype)
-        return latents * self.scheduler.init_noise_sigma
+        return latents * getattr(self.scheduler, "init_noise_sigma", 1.0)  # flow-matching schedulers have none
 
     def _step_kwargs(self, generator: Any, eta: float) -> dict:
         params = set(inspect.signature(self.scheduler.step).parameters)
@@ -387,8 +428,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         if image is not None and (height is None or width is None):
             h, w = default_size(image, self.control_size_multiple())
             height, width = height or h, width or w
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        height = height or self.denoiser.config.sample_size * self.vae_scale_factor
+        width = width or self.denoiser.config.sample_size * self.vae_scale_factor
         callback_on_step_end_tensor_inputs = self.begin_call(
             prompt, negative_prompt, height, width, guidance_scale, domain_guidance_scale, weighted_prompts,
             prompt_embeds, callback_on_step_end, callback_on_step_end_tensor_inputs, guidance_rescale, clip_skip,
@@ -413,7 +454,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps, sigmas)
 
         # 5. Prepare latent variables
-        latents = self.prepare_latents(cond.n, height, width, cond.negative_prompt_embeds.dtype, device, generator, latents)
+        latents = self.prepare_latents(cond.n, height, width, _text(cond.negative_prompt_embeds).dtype, device, generator,
+                                       latents)
 
         # 6. Denoising loop: eps = eps_u + Σ_k w_k (eps_k - eps_u), then the scheduler's update
         latents = self.denoise(latents, timesteps, cond, self._step_kwargs(generator, eta), callback_on_step_end,
@@ -444,7 +486,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         self._guidance_rescale, self._clip_skip = guidance_rescale, clip_skip
         self._cross_attention_kwargs, self._interrupt = cross_attention_kwargs, False
         self._domain_weights = self.resolve_domain_weights(domain_weights)
-        if not lora_in_uncond and not getattr(self.unet, "_hf_peft_config_loaded", False):
+        if not lora_in_uncond and not getattr(self.denoiser, "_hf_peft_config_loaded", False):
             raise ValueError("lora_in_uncond=False disables the prior's LoRA for ∅, but no LoRA is loaded "
                              "(load one with pipe.load_lora_weights(...))")
         self._lora_in_uncond = lora_in_uncond
@@ -494,25 +536,26 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         """Every text input of one call as embeddings, one row per image; ``batch_size`` counts the images of a
         call without a prompt (for example several images to edit)."""
         if prompt_embeds is not None:
-            batch_size = prompt_embeds.shape[0]
+            batch_size = _text(prompt_embeds).shape[0]
         elif isinstance(prompt, list):
             batch_size = len(prompt)
         n = batch_size * num_images_per_prompt
 
-        def per_image(emb: torch.Tensor) -> torch.Tensor:
-            return emb.repeat_interleave(num_images_per_prompt, dim=0)
+        def per_image(emb: Any) -> Any:
+            return _map(lambda e: e.repeat_interleave(num_images_per_prompt, dim=0), emb)
 
         if prompt is not None:
             prompt_embeds = self.encode_text([prompt] if isinstance(prompt, str) else prompt, device, clip_skip)
         if negative_prompt_embeds is None:
-            negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * batch_size
-            negative_prompt_embeds = self.encode_text(negatives, device)
+            negative_prompt_embeds = self.encode_negative(negative_prompt, batch_size, device)
         domain_cond = None
-        if isinstance(self.domain_unet, UNet2DConditionModel):  # text-conditioned fine-tune: rectified CFG
+        if self.domain_model is not None and not isinstance(self.domain_model, NULL_TEXT_MODELS):
+            # a text-conditioned fine-tune: rectified CFG
             text = domain_prompt if domain_prompt is not None else prompt
             texts = [text] * batch_size if text is None or isinstance(text, str) else text
             domain_cond = per_image(self.encode_text([t or "" for t in texts], device))
-        extra = [(self.encode_text([text], device).expand(n, -1, -1), weight) for text, weight in weighted_prompts or []]
+        extra = [(_map(lambda e: e.expand(n, *e.shape[1:]), self.encode_text([text], device)), weight)
+                 for text, weight in weighted_prompts or []]
         return Conditioning(
             n=n, negative_prompt_embeds=per_image(negative_prompt_embeds),
             prompt_embeds=None if prompt_embeds is None else per_image(prompt_embeds), domain_cond=domain_cond,
@@ -620,34 +663,30 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         spatial = None if cond is None or cond.spatial is None or not cond.spatial.active(step, num_steps) else cond.spatial
 
         def prior(x: torch.Tensor, t: torch.Tensor, emb: Any, unet: Any = None) -> torch.Tensor:
-            if isinstance(emb, dict):  # text plus IP-Adapter image embeddings (see Conditioning.prior_cond)
-                added = {"image_embeds": [emb[f"{IP}{j}"] for j in range(len(emb) - 1)]}
-                emb = emb[TEXT]
-            else:
-                added = None
-            extra = spatial.residuals(x, t, emb) if spatial is not None else {}
-            return (unet or self.unet)(x, t, encoder_hidden_states=emb, cross_attention_kwargs=self.cross_attention_kwargs,
-                                       added_cond_kwargs=added, return_dict=False, **extra)[0]
+            extra = spatial.residuals(x, t, _text(emb)) if spatial is not None else {}
+            return self.call_denoiser(unet or self.denoiser, x, t, self.model_inputs(emb, x.shape[0]), extra,
+                                      self.cross_attention_kwargs)
 
         def pristine(x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-            self.unet.disable_lora()  # the prior without its LoRA, for this branch only
+            self.denoiser.disable_lora()  # the prior without its LoRA, for this branch only
             try:
                 return prior(x, t, emb)
             finally:
-                self.unet.enable_lora()
+                self.denoiser.enable_lora()
 
         def domain_residuals(x: torch.Tensor, t: torch.Tensor, emb: Any) -> dict:
             if spatial is None or not spatial.to_domain:
                 return {}
-            text = emb if isinstance(emb, torch.Tensor) else cond.negative_prompt_embeds
+            text = _text(emb if emb is not None else cond.negative_prompt_embeds)
             return spatial.residuals(x, t, torch.cat([text] * (x.shape[0] // text.shape[0])))
 
         def domain(x: torch.Tensor, t: torch.Tensor, emb: Any) -> torch.Tensor:
-            return self.domain_unet(x, t, emb, return_dict=False, **domain_residuals(x, t, emb))[0]
+            return self.call_denoiser(self.domain_model, x, t, self.model_inputs(emb, x.shape[0]), domain_residuals(x, t, emb))
 
         def extra_domain(j: int) -> Callable:
             def predict(x: torch.Tensor, t: torch.Tensor, emb: Any) -> torch.Tensor:
-                return self.extra_domains(j, x, t, emb, return_dict=False, **domain_residuals(x, t, emb))[0]
+                model = functools.partial(self.extra_domains, j)
+                return self.call_denoiser(model, x, t, self.model_inputs(emb, x.shape[0]), domain_residuals(x, t, emb))
             return predict
 
         models = {PRIOR: prior, DOMAIN: domain, PRISTINE_PRIOR: pristine}
@@ -660,7 +699,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
 
     def predict(self, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning, i: int, num_steps: int) -> torch.Tensor:
         """The combined prediction ``eps_u + Σ_k w_k (eps_k − eps_u)`` at step ``i`` of ``num_steps``."""
-        x_in = self.scheduler.scale_model_input(latents, t)
+        # flow-matching schedulers have no input scaling
+        x_in = self.scheduler.scale_model_input(latents, t) if hasattr(self.scheduler, "scale_model_input") else latents
         plan = self.plan(cond)
         out = MultiGuidance(self.guided(cond, i, num_steps), plan)(x_in, t, i, num_steps)
         if self.guidance_rescale > 0 and out.terms:
@@ -703,7 +743,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         """Latents to images of ``output_type`` ("pil", "np", "pt" or "latent")."""
         if output_type == "latent":
             return latents
-        decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+        decoded = self.vae.decode(self.unscale_latents(latents), return_dict=False, generator=generator)[0]
         return self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * len(latents))
 
 
@@ -726,7 +766,8 @@ class Conditioning:
         """A prior branch's condition: the text, or with an image prompt {text, ip0, ip1, ...} (batchable)."""
         if self.ip_adapter is None:
             return emb
-        return {TEXT: emb, **{f"{IP}{j}": e for j, e in enumerate(self.ip_adapter[int(positive)])}}
+        text = emb if isinstance(emb, dict) else {TEXT: emb}
+        return {**text, **{f"{IP}{j}": e for j, e in enumerate(self.ip_adapter[int(positive)])}}
 
     def plan(
         self, guidance_scale: float, domain_guidance_scale: float, extra_domains: Sequence[tuple[str, float]] = (),
@@ -745,6 +786,7 @@ class Conditioning:
 
 
 TEXT, IP = "text", "ip"  # the keys of a prior condition with IP-Adapter image embeddings
+NULL_TEXT_MODELS = (NullTextUNet, NullTextTransformer)  # domain models that ignore text
 PRISTINE_PRIOR = "prior_without_lora"  # the prior with its LoRA adapters disabled (lora_in_uncond=False)
 CONTROL = "control"  # control_unet: the model of the control prompt's term
 
@@ -774,20 +816,29 @@ def check_control_unet(unet: Any, control_unet: Any) -> None:
             raise ValueError(f"control_unet does not fit this prior: its {key} is {b!r}, the prior UNet's is {a!r}")
 
 
-def _rows(emb: torch.Tensor | None, n: int, name: str) -> torch.Tensor | None:
+def _map(fn: Callable[[torch.Tensor], torch.Tensor], emb: Any) -> Any:
+    """``fn`` on a text condition: a tensor, or each tensor of a dict (SDXL / SD3: text and pooled embeddings)."""
+    return {k: fn(v) for k, v in emb.items()} if isinstance(emb, dict) else fn(emb)
+
+
+def _text(emb: Any) -> Any:
+    """The token embeddings of a text condition (a tensor, or the ``text`` entry of a dict)."""
+    return emb[TEXT] if isinstance(emb, dict) else emb
+
+
+def _rows(emb: Any, n: int, name: str) -> Any:
     """A callback's replacement embeddings: one row per image (a single row is shared by all)."""
-    if emb is None or emb.shape[0] == n:
+    if emb is None or _text(emb).shape[0] == n:
         return emb
-    if emb.shape[0] == 1:
-        return emb.expand(n, -1, -1)
-    raise ValueError(f"callback returned {name} with {emb.shape[0]} rows; expected {n} (one per image) or 1")
+    if _text(emb).shape[0] == 1:
+        return _map(lambda e: e.expand(n, *e.shape[1:]), emb)
+    raise ValueError(f"callback returned {name} with {_text(emb).shape[0]} rows; expected {n} (one per image) or 1")
 
 
 def _rescale_reference(out: Any, prompt_embeds: torch.Tensor | None) -> torch.Tensor:
     """What ``guidance_rescale`` matches the spread of: the control prompt's prediction, else the first term's."""
     for term, eps in zip(out.terms, out.eps_k):
-        cond = term.cond[TEXT] if isinstance(term.cond, dict) else term.cond
-        if prompt_embeds is not None and cond is prompt_embeds:
+        if prompt_embeds is not None and term.cond is not None and _text(term.cond) is _text(prompt_embeds):
             return eps
     return out.eps_k[0]
 

@@ -64,7 +64,6 @@ def check_safe(path: str | Path, allow_pickle: bool = False) -> None:
 
 # A hub repo id: "name" or "org/name", letters, digits, "-", "_", "."; never a path that starts with / . or ~.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-WEIGHTED_COMPONENTS = ("unet", "vae", "text_encoder")  # components whose folder must hold a weights file
 
 
 def check_prior(path: str | os.PathLike, allow_pickle: bool = False) -> None:
@@ -88,13 +87,17 @@ def check_prior(path: str | os.PathLike, allow_pickle: bool = False) -> None:
         listed = json.loads(index.read_text())
     except ValueError as e:
         raise ValueError(f"prior {str(path)!r}: model_index.json is not valid JSON ({e})") from None
-    for name in ("vae", "text_encoder", "tokenizer", "unet", "scheduler"):
+    from .families import family_of
+
+    family = family_of(listed)
+    required = ("vae", *family.text_encoders, *map(family.tokenizer, family.text_encoders), family.denoiser, "scheduler")
+    for name in required:
         if name not in listed:
             raise ValueError(f"prior {str(path)!r} has no {name!r} component in model_index.json")
         if not (p / name).is_dir():
             raise ValueError(f"prior {str(path)!r} lists component {name!r} but its folder {name}/ is missing")
     suffixes = (".safetensors", *PICKLE_SUFFIXES) if allow_pickle else (".safetensors",)
-    for name in WEIGHTED_COMPONENTS:
+    for name in ("vae", family.denoiser, *family.text_encoders):
         if not any(f.suffix in suffixes for f in (p / name).iterdir()):
             raise ValueError(f"prior {str(path)!r}: {name}/ has no weights file (expected *.safetensors)")
 

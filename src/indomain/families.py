@@ -1,0 +1,93 @@
+"""Model families: what differs between Stable Diffusion 1.x/2.x, SDXL and SD3, in one table.
+
+The method is the same for every family: a domain model that ignores text, and Eq. C combined in the prior's
+prediction space. Four things differ, and each lives in one place:
+
+============================  ==========================================  ==========================================
+what differs                   where                                       per family
+============================  ==========================================  ==========================================
+prompt encoding                the pipeline's ``encode_text``              CLIP (SD); two CLIPs + pooled (SDXL);
+                                                                           two CLIPs + T5 + pooled (SD3)
+the model call                 the pipeline's ``model_inputs`` /           UNet with ``added_cond_kwargs`` (SDXL:
+                               ``call_denoiser``                           pooled text + time ids); MMDiT transformer
+the training target            `indomain.train` (``Family.objective``)     epsilon or v (``diffusion``); velocity
+                                                                           ``noise − x0`` (``flow``)
+the null-text conversion       `indomain.nulltext`                         `NullTextUNet` (constant or exact);
+                                                                           `NullTextTransformer` (exact)
+============================  ==========================================  ==========================================
+
+The guidance math (`indomain.guidance`), the sampling loop (`InDomainPipeline.denoise`) and the trainer's loop are
+shared. A family is detected from the prior's ``model_index.json``: its pipeline class name, else its components.
+
+**Adding a family**: a `Family` row here; a pipeline class that subclasses `InDomainPipeline` and overrides the
+family-specific hooks (see `indomain.pipeline_xl` for the smallest example); its null-text wrapper in
+`indomain.nulltext` if its denoiser is not a `UNet2DConditionModel`; its row in `indomain.autopipeline`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family. ``denoiser`` and ``text_encoders`` are component names of its diffusers pipeline folder."""
+
+    name: str
+    title: str
+    pipelines: tuple[str, ...]  # model_index.json `_class_name`s of this family
+    denoiser: str  # "unet" or "transformer"
+    text_encoders: tuple[str, ...]  # required text encoders, in the pipeline's order
+    optional_text_encoders: tuple[str, ...] = ()
+    objective: str = "diffusion"  # "diffusion": epsilon / v-prediction on a DDPM schedule; "flow": flow matching
+
+    def tokenizer(self, encoder: str) -> str:
+        """The tokenizer component of text encoder ``encoder`` ("text_encoder_2" -> "tokenizer_2")."""
+        return encoder.replace("text_encoder", "tokenizer")
+
+
+SD = Family("sd", "Stable Diffusion 1.x / 2.x", ("StableDiffusionPipeline", "InDomainPipeline"), "unet", ("text_encoder",))
+SDXL = Family(
+    "sdxl", "Stable Diffusion XL", ("StableDiffusionXLPipeline", "InDomainXLPipeline"), "unet",
+    ("text_encoder", "text_encoder_2"),
+)
+SD3 = Family(
+    "sd3", "Stable Diffusion 3 / 3.5", ("StableDiffusion3Pipeline", "InDomainSD3Pipeline"), "transformer",
+    ("text_encoder", "text_encoder_2"), optional_text_encoders=("text_encoder_3",), objective="flow",
+)
+FAMILIES = {f.name: f for f in (SD, SDXL, SD3)}
+
+
+def family_of(model_index: dict) -> Family:
+    """The family of a pipeline folder from its ``model_index.json`` contents."""
+    name = model_index.get("_class_name")
+    for family in FAMILIES.values():
+        if name in family.pipelines:
+            return family
+    if "transformer" in model_index and "unet" not in model_index:
+        if "text_encoder_2" in model_index and "text_encoder_3" in model_index:
+            return SD3
+        raise ValueError(f"unsupported prior {name!r}: a transformer prior that is not Stable Diffusion 3 "
+                         f"(supported: {', '.join(f.title for f in FAMILIES.values())})")
+    if "unet" in model_index:
+        return SDXL if "text_encoder_2" in model_index else SD
+    raise ValueError(f"unsupported prior {name!r}: model_index.json names neither a unet nor a transformer "
+                     f"(supported: {', '.join(f.title for f in FAMILIES.values())})")
+
+
+def read_model_index(prior: str | os.PathLike, **hub_kwargs) -> dict:
+    """``model_index.json`` of a local pipeline folder, or of a hub id (from the hub's cache when offline)."""
+    path = Path(prior).expanduser() / "model_index.json"
+    if not path.is_file() and not Path(prior).expanduser().exists():
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(str(prior), "model_index.json", **hub_kwargs))
+    return json.loads(path.read_text())
+
+
+def detect_family(prior: str | os.PathLike, **hub_kwargs) -> Family:
+    """The family of a prior (local folder or hub id)."""
+    return family_of(read_model_index(prior, **hub_kwargs))
