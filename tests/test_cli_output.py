@@ -28,7 +28,8 @@ def _imported_after(code: str) -> set[str]:
 
 @pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["evaluate", "--help"], ["convert", "--help"],
                                   ["demo", "--help"], ["world", "--help"], ["world", "train-prior", "--help"],
-                                  ["world", "benchmark", "--help"], ["train", "--help"], ["edit", "--help"],
+                                  ["world", "benchmark", "--help"], ["world", "evaluator-sanity", "--help"],
+                                  ["train", "--help"], ["edit", "--help"],
                                   ["3d", "--help"]], ids=" ".join)
 def test_help_imports_no_heavy_library(argv):
     code = f"from indomain.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"

@@ -15,6 +15,7 @@ import PIL.Image
 import pytest
 import torch
 
+import indomain.world.evaluator_sanity as S
 import indomain.world.evaluator_training as T
 import indomain.world.evaluators as E
 from indomain.metrics import MissingWeightsError, extract_features, weights_digest
@@ -22,7 +23,7 @@ from indomain.world.render import STYLES
 
 N = 40
 K = 10
-COLUMNS = {"control_top1", "fd_openmoji", "openmoji_share"}
+COLUMNS = {"control_top1", "fd_openmoji", "openmoji_share", "precision_openmoji", "recall_openmoji"}
 
 # Thresholds (measured values of the shipped weights, full held-out sets, are in card.json["validation"]).
 MIN_TOP1_OPENMOJI = 0.6  # held-out OpenMoji renders, retrieved through the other two styles, among 10
@@ -72,7 +73,7 @@ def test_shipped_weights_and_card(ev: E.EmojiEvaluators) -> None:
     assert card["parameters_shipped"] == n_params and 300_000 <= n_params <= 1_000_000
     assert card["weights_bytes"] == weights.stat().st_size
     assert card["weights_tensors_sha256"] == weights_digest(ev.net)  # the card describes these very weights
-    for key in ("training_data", "training", "hardware", "validation", "command"):
+    for key in ("training_data", "training", "hardware", "validation", "command", "sanity"):
         assert key in card
     assert card["training"]["train_seconds"] > 0 and card["hardware"]["cpu_cores_visible"] >= 1
     v = card["validation"]
@@ -80,6 +81,10 @@ def test_shipped_weights_and_card(ev: E.EmojiEvaluators) -> None:
     assert v["heldout_openmoji"]["openmoji_share"] >= MIN_SHARE_OPENMOJI
     assert max(v["heldout_noto"]["openmoji_share"], v["heldout_twemoji"]["openmoji_share"]) <= MAX_SHARE_PRIOR
     assert abs(v["noise"]["top1"] - v["chance"]) <= 4 * v["noise"]["binomial_std_at_chance"]
+    # the sanity table (evaluator_sanity): the Fréchet distance ranks every known case as it should
+    sanity = card["sanity"]
+    assert set(sanity["rows"]) == set(S.CASES) and set(sanity["verdicts"]) == set(S.METRICS)
+    assert sanity["verdicts"]["fd_openmoji"]["trusted"] and sanity["verdicts"]["control_top1"]["trusted"]
 
 
 def test_missing_weights_say_how_to_train(tmp_path) -> None:
@@ -199,6 +204,79 @@ def test_random_weights_fail_the_sanity_checks(ev: E.EmojiEvaluators, held) -> N
     assert share_om < MIN_SHARE_OPENMOJI or share_prior > MAX_SHARE_PRIOR
 
 
+# --------------------------------------------------------------------------- precision, recall and the sanity table
+
+
+def test_precision_recall_in_the_evaluator_space(ev: E.EmojiEvaluators, held) -> None:
+    x = E.render_batch(held["openmoji"], "openmoji")
+    real = ev.precision_recall(x)
+    assert (real.k, real.n_real, real.n_fake) == (3, 1101, N)  # the FD's reference: the seen emoji's OpenMoji renders
+    assert real.precision >= 0.8 and real.recall >= 0.6  # measured 0.93 / 0.78 on the 276
+    # a heavy blur (sigma 3 px) makes blobs: they leave the reference manifold, and cover none of it
+    blob = ev.precision_recall(S.gaussian_blur(x, 3.0))
+    assert blob.precision <= real.precision - 0.25 and blob.recall <= 0.15
+    # another style is off the OpenMoji manifold
+    assert ev.precision_recall(E.render_batch(held["noto"], "noto")).precision <= 0.3
+    # discs of the drawing's mean colour look like OpenMoji's own circle emoji (precision stays high: see the card's
+    # sanity table), but a set of them covers almost none of the reference: recall sees the collapse
+    disc = ev.precision_recall(S.blob_disc(x))
+    assert disc.recall <= 0.05 and real.recall - disc.recall >= 0.5
+    assert ev.precision_recall(x, reference=x)[:2] == (1.0, 1.0)
+    with pytest.raises(ValueError, match="more than 3 images"):
+        ev.precision_recall(x[:3])
+
+
+def test_degradations() -> None:
+    x = torch.ones(2, 3, 32, 32)
+    x[0, :, 8:24, 8:24] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)  # a red square on white
+    x[1, :, 4:12, 20:28] = 0.0  # a small black square, top right
+    assert torch.allclose(S.gaussian_blur(torch.ones(1, 3, 32, 32), 2.0), torch.ones(1, 3, 32, 32))
+    assert torch.allclose(S.gaussian_blur(x, 1.5).mean((2, 3)), x.mean((2, 3)), atol=1e-4)  # ink is kept, spread out
+    assert S.posterise(torch.tensor([0.2, 0.49, 0.51, 0.9]), 2).tolist() == [0.0, 0.0, 1.0, 1.0]
+    disc = S.blob_disc(x)
+    assert torch.allclose(disc[0, :, 16, 16], torch.tensor([1.0, 0.0, 0.0]), atol=0.02)  # its colour, at its centre
+    assert disc[1, :, 8, 24].max() < 0.05 and disc[1, :, 24, 8].min() > 0.99  # the black one stays top right
+    area = (1 - disc[1]).amax(0).sum()
+    assert 50 <= area <= 80  # about the 64 px of ink
+
+
+def test_verdicts_by_hand() -> None:
+    rows = {c: {m: 0.5 for m in S.METRICS} for c in S.CASES}
+    for m in S.METRICS:
+        rows["real"][m], rows["vae"][m] = (1.0, 2.0) if S.METRICS[m] == "lower" else (0.9, 0.8)
+        for c in S.MUST_BE_WORSE[m]:
+            rows[c][m] = 10.0 if S.METRICS[m] == "lower" else 0.1
+    assert all(v["trusted"] for v in S._verdicts(rows).values())
+    rows["blob_disc"]["precision_openmoji"] = 0.8  # ties with the VAE round trip: not strictly worse
+    rows["noise"]["fd_openmoji"] = 1.5  # between real and the VAE round trip
+    v = S._verdicts(rows)
+    assert v["precision_openmoji"]["fooled_by"] == ["blob_disc"] and v["fd_openmoji"]["fooled_by"] == ["noise"]
+    assert v["fd_openmoji"]["ranked_above_vae"] == ["blur", "posterise", "noise"]  # 0.5 beats the VAE's 2.0
+    assert v["recall_openmoji"]["trusted"] and not v["fd_openmoji"]["trusted"]
+
+
+def test_sanity_table_small(ev: E.EmojiEvaluators, tmp_path) -> None:
+    """The whole table on 12 images per case, and writing it into a copy of the card."""
+    from indomain.world.prior import SHIPPED
+
+    table = S.sanity_table(ev, n=12, vae_dir=SHIPPED / "vae")
+    assert list(table["rows"]) == list(S.CASES) and all(row["n"] == 12 for row in table["rows"].values())
+    rows = table["rows"]
+    assert rows["real"]["fd_openmoji"] < rows["noise"]["fd_openmoji"] and rows["noise"]["precision_openmoji"] == 0.0
+    assert rows["vae"]["control_top1"] >= 0.8 and rows["blob_disc"]["control_top1"] <= 0.6
+    assert set(table["real_by_n"]) == {"24", "48", "96", "276"}
+    assert "| blob_disc | 12 |" in S.sanity_markdown(table)
+    card = tmp_path / "card.json"
+    original = json.loads((E.default_evaluator_dir() / E.CARD_FILENAME).read_text(encoding="utf-8"))
+    card.write_text(json.dumps(original), encoding="utf-8")
+    S.write_sanity(table, card)
+    written = json.loads(card.read_text(encoding="utf-8"))
+    assert written["sanity"]["rows"]["real"]["n"] == 12
+    assert {k: v for k, v in written.items() if k != "sanity"} == {k: v for k, v in original.items() if k != "sanity"}
+    with pytest.raises(ValueError, match="n must be in"):
+        S.sanity_cases(ev, n=111)
+
+
 # --------------------------------------------------------------------------- the scorer
 
 
@@ -212,9 +290,14 @@ def test_scorer_columns(ev: E.EmojiEvaluators, held) -> None:
     assert out["control_top1"] == pytest.approx(ev.retrieval_top1(images, prompts, k=K))  # type: ignore[arg-type]
     assert out["openmoji_share"] == pytest.approx(ev.openmoji_share(images))
     assert out["fd_openmoji"] == pytest.approx(ev.frechet_to_openmoji(images), rel=1e-6)
+    pr = ev.precision_recall(images)
+    assert (out["precision_openmoji"], out["recall_openmoji"]) == pytest.approx((pr.precision, pr.recall))
     assert out["openmoji_share"] >= MIN_SHARE_OPENMOJI
     # Unconditional images: no control column value; unknown prompts are refused, or mapped by prompt_to_name.
-    assert math.isnan(scorer(images[:3], [None, None, None])["control_top1"])
+    few = scorer(images[:3], [None, None, None])
+    assert math.isnan(few["control_top1"])
+    assert math.isnan(few["precision_openmoji"]) and math.isnan(few["recall_openmoji"])  # k = 3 needs 4 images
+    assert math.isfinite(scorer(images[:4], [None] * 4)["recall_openmoji"])
     with pytest.raises(KeyError, match="emoji names"):
         scorer(images[:2], ["an emoji of a red apple", None])
     mapped = ev.scorer(k=K, prompt_to_name=lambda p: p.removeprefix("emoji: "))

@@ -1,4 +1,4 @@
-"""`indomain world ...`: build the emoji world (render, train the prior)."""
+"""`indomain world ...`: build the emoji world (render, train the prior), check its evaluators, benchmark."""
 
 from __future__ import annotations
 
@@ -28,6 +28,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_options(p, PriorConfig)
     p.set_defaults(func=_train_prior)
 
+    p = wsub.add_parser("evaluator-sanity", help="score known cases (real, VAE round trip, blur, blobs, other styles, "
+                        "noise) with every evaluator metric; which metrics rank them correctly")
+    p.add_argument("--evaluators", default=None, help="evaluator weights folder (default: the shipped ones)")
+    p.add_argument("--vae", default=None, help="AutoencoderKL folder of the round trip (default: the shipped emoji "
+                   "prior's VAE)")
+    p.add_argument("--n", type=positive_int, default=110, help="images per case (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the noise case and the retrieval candidates (default: %(default)s)")
+    p.add_argument("--write-card", action="store_true",
+                   help="write the table under 'sanity' in the evaluators' card.json")
+    p.set_defaults(func=_evaluator_sanity)
+
     from .benchmark import add_parser as add_benchmark
 
     add_benchmark(wsub)
@@ -51,4 +63,11 @@ def _train_prior(args: argparse.Namespace) -> int:
     claim_output_dir(args.out, "world train-prior", owned=(), record="prior_config.json", reuse=True)  # rerun = resume
     out = train_prior(from_args(PriorConfig, args))
     print(f"prior pipeline: {Path(out) / 'pipeline'}")
+    return 0
+
+
+def _evaluator_sanity(args: argparse.Namespace) -> int:
+    from .evaluator_sanity import run
+
+    run(args.evaluators, n=args.n, seed=args.seed, write_card=args.write_card, vae_dir=args.vae)
     return 0
