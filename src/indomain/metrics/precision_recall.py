@@ -7,10 +7,11 @@ radius is the distance to the point's k-th nearest neighbour in ``Φ`` (itself n
     precision = share of the generated features that lie in the real manifold    (are the samples realistic?)
     recall    = share of the real features that lie in the generated manifold    (do the samples cover the reals?)
 
-A set of blobs far from every real image scores low precision however close its mean and covariance come to the
-reals'. Precision depends on the real set only through its manifold, so it is comparable across generated-set sizes
-(its standard error is binomial); recall grows with the number of generated samples, so compare it at equal N only.
-Pure torch, distances in float64, computed in chunks of ``chunk_size`` query rows.
+Unlike a Fréchet distance, which compares only means and covariances, both look at each sample: samples off the
+real manifold lower precision, a set that misses much of it lowers recall. Both depend on ``k`` and on the set sizes
+(a ball's radius shrinks as its set grows). Against a fixed real set, precision is a per-sample share with a binomial
+standard error, comparable across generated-set sizes; compare recall at equal N and k. Pure torch, distances in
+float64, computed in chunks of ``chunk_size`` query rows.
 """
 
 from __future__ import annotations
