@@ -23,16 +23,23 @@ _HOMES = {
     "gcfg": "guidance",
     "rectified": "guidance",
     "NullTextUNet": "nulltext",
+    "NullTextTransformer": "nulltext",
     "DomainModels": "nulltext",
     "InDomainPipeline": "pipeline",
     "InDomainPipelineOutput": "pipeline",
+    "InDomainXLPipeline": "pipeline_xl",
+    "InDomainSD3Pipeline": "pipeline_sd3",
+    "InDomainAutoPipeline": "autopipeline",
 }
 __all__ = sorted(_HOMES)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` imports on first use
     from .guidance import Branch, Guidance, GuidancePlan, MultiGuidance, cfg, combine, decoupled, gcfg, rectified
-    from .nulltext import DomainModels, NullTextUNet
+    from .autopipeline import InDomainAutoPipeline
+    from .nulltext import DomainModels, NullTextTransformer, NullTextUNet
     from .pipeline import InDomainPipeline, InDomainPipelineOutput
+    from .pipeline_sd3 import InDomainSD3Pipeline
+    from .pipeline_xl import InDomainXLPipeline
 
 
 def __getattr__(name: str) -> Any:

@@ -75,7 +75,8 @@ def _add_sampling_options(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--domain-scale", type=finite_float, default=2.5, help="domain guidance weight w_d (default: %(default)s, the official value; 0 = prior only)")
     p.add_argument("--guidance-scale", type=finite_float, default=2.5, help="control guidance weight w_c on --prompt (default: %(default)s, the official value)")
     p.add_argument("--steps", type=positive_int, default=25, help="number of sampler steps (default: %(default)s)")
-    p.add_argument("--scheduler", default="dpm++", help=f"sampler: {', '.join(SCHEDULERS)} (default: %(default)s, DPM-Solver++ as in the paper)")
+    p.add_argument("--scheduler", default="auto", help=f"sampler: {', '.join(SCHEDULERS)} (default: %(default)s: dpm++, "
+                   "DPM-Solver++ as in the paper; flow-euler for SD3 priors)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i, so an image depends only on its seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ... (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model precision (default: %(default)s)")
@@ -90,8 +91,11 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
     """Check the inputs, claim --out, then load ``cls`` (a pipeline class) with the scheduler asked for."""
     import torch
 
+    from .autopipeline import pipeline_class
+    from .families import detect_family
     from .loading import resolve_domain_path
     from .outputs import claim_output_dir
+    from .pipeline import InDomainPipeline
     from .safeload import check_prior
     from .schedulers import make_scheduler
 
@@ -105,6 +109,15 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
         raise ValueError("--domain-scale is nonzero but no --domain model was given (pass --domain DIR or --domain-scale 0)")
     dtype = getattr(torch, args.dtype)
     control = _check_control_args(args, dtype)
+    family = detect_family(args.prior)
+    if cls is InDomainPipeline:
+        cls = pipeline_class(family)
+    elif family.name != "sd":
+        raise ValueError(f"indomain {command} supports Stable Diffusion 1.x / 2.x priors only; this prior is {family.title}")
+    if control and family.name != "sd":
+        raise ValueError(f"ControlNet / T2I-Adapter control supports Stable Diffusion 1.x / 2.x priors; this prior is {family.title}")
+    if args.scheduler != "auto" and (family.objective == "flow") != (args.scheduler == "flow-euler"):
+        raise ValueError(f"--scheduler {args.scheduler} does not fit a {family.title} prior (use auto)")
     out = claim_output_dir(args.out, command, owned=GENERATE_OUTPUTS, record="settings.json", overwrite=args.overwrite)
     pipe = cls.from_pretrained(args.prior, domain_unet=domain, allow_pickle=args.allow_pickle, dtype=dtype, **control)
     pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
@@ -114,7 +127,7 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
 
         models = []
         for path, _ in specs[1:]:
-            model = load_domain_model(path, pipe.unet, allow_pickle=args.allow_pickle, dtype=dtype)
+            model = load_domain_model(path, pipe.denoiser, allow_pickle=args.allow_pickle, dtype=dtype)
             if not isinstance(model, NullTextUNet):
                 raise ValueError(f"--domain {path}: a text-conditioned fine-tune can only be the first --domain; "
                                  "extra domains must be null-text domain models")
@@ -258,7 +271,7 @@ def _finish(args: argparse.Namespace, pipe: Any, out: Path, device: str, files: 
     record = write_record(
         out / "settings.json",
         settings,
-        resolved={"device": device, "scheduler": dict(pipe.scheduler.config), "domain_config": dict(pipe.domain_unet.config) if pipe.domain_unet else None},
+        resolved={"device": device, "scheduler": dict(pipe.scheduler.config), "domain_config": dict(pipe.domain_model.config) if pipe.domain_model else None},
         images=files,
         seconds=round(time.time() - start, 2),
     )

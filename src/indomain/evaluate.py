@@ -148,7 +148,8 @@ class EvalConfig:
     clip_texts: list[str] | None = option(None, "scored texts aligned with --prompts, e.g. the control phrase only "
                                           "(default: the prompts)", flag="--clip-text", metavar="TEXT")
     seed: int = option(0, "image i uses seed+i, in every setting")
-    scheduler: str = option("dpm++", "sampler (default: %(default)s, DPM-Solver++ as in the paper)")
+    scheduler: str = option("auto", "sampler (default: %(default)s: dpm++, DPM-Solver++ as in the paper; flow-euler for "
+                                    "SD3 priors)")
     steps: int = option(25, "sampler steps", type=positive_int)
     batch_size: int = option(8, "images per pipeline call per process", type=positive_int)
     height: int | None = option(None, "image height (default: the prior's native size)", type=positive_int)
@@ -233,16 +234,15 @@ def shard_batches(n: int, batch_size: int, rank: int = 0, world: int = 1) -> lis
 def load_method(method: Method, config: EvalConfig, device: torch.device) -> Any:
     """The method's `InDomainPipeline` on ``device`` with the configured scheduler."""
     import torch
-    from diffusers import UNet2DConditionModel
     from torch import nn
 
     from .nulltext import check_compatible
     from .loading import load_domain_model
-    from .pipeline import InDomainPipeline
+    from .autopipeline import InDomainAutoPipeline
     from .schedulers import make_scheduler
 
     dtype = getattr(torch, config.dtype)
-    pipe = InDomainPipeline.from_pretrained(
+    pipe = InDomainAutoPipeline.from_pretrained(
         method.prior, domain_unet=method.domain, allow_pickle=method.allow_pickle, dtype=dtype
     )
     if method.unet is not None:
@@ -250,12 +250,13 @@ def load_method(method: Method, config: EvalConfig, device: torch.device) -> Any
         unet = method.unet
         if not isinstance(unet, nn.Module):
             unet = load_domain_model(unet, allow_pickle=method.allow_pickle, dtype=dtype)
-        if type(unet) is not UNet2DConditionModel:
-            raise ValueError(f"method {method.name!r}: unet must be a text-conditioned UNet2DConditionModel, "
-                             f"got a {type(unet).__name__} (a domain model goes in domain=)")
-        if pipe.domain_unet is not None:
-            check_compatible(unet, pipe.domain_unet, pipe.scheduler.config.prediction_type)
-        pipe.register_modules(unet=unet if unet.dtype == dtype else unet.to(dtype))
+        if type(unet) is not type(pipe.denoiser):
+            raise ValueError(f"method {method.name!r}: unet must be a text-conditioned {type(pipe.denoiser).__name__} "
+                             f"(the prior's class), got a {type(unet).__name__} (a domain model goes in domain=)")
+        if pipe.domain_model is not None:
+            check_compatible(unet, pipe.domain_model, pipe.prediction_type)
+        name = "transformer" if pipe.denoiser is getattr(pipe, "transformer", None) else "unet"
+        pipe.register_modules(**{name: unet if unet.dtype == dtype else unet.to(dtype)})
     pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)  # one bar over all images instead (see evaluate)
     return pipe.to(device)

@@ -1,7 +1,7 @@
 """Opening priors and domain models from disk, safely: the one place that loads them.
 
-- `load_prior_components`: a Stable Diffusion prior's UNet, VAE, noise scheduler and (optionally) text
-  encoder, after `indomain.safeload.check_prior` has checked the folder; used by the trainer.
+- `load_prior_components`: a prior's denoiser, VAE, noise scheduler and (optionally) text encoders, for
+  each family of `indomain.families`, after `indomain.safeload.check_prior` has checked the folder; used by the trainer.
   `InDomainPipeline.from_pretrained` runs the same check before diffusers' own loader.
 - `load_domain_model`: a domain model folder as `indomain train` writes it: a `NullTextUNet`, an
   adapter-only (LoRA) `NullTextUNet`, or a text-conditioned fine-tune; used by the pipeline and evaluator.
@@ -21,27 +21,43 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
-from .nulltext import NullTextUNet, json_config
+from .nulltext import NullTextTransformer, NullTextUNet, json_config
 from .safeload import HUB_ID, check_prior, check_safe
 
 
 def load_prior_components(prior: str | os.PathLike, *, allow_pickle: bool = False, need_text: bool = True) -> dict:
-    """The prior's ``unet``, ``vae`` and ``noise_scheduler`` (DDPM); with ``need_text``, ``tokenizer`` and ``text_encoder``."""
-    from diffusers import AutoencoderKL, DDPMScheduler
+    """The prior's denoiser (``unet``, or ``transformer`` for SD3), ``vae`` and training ``noise_scheduler`` (DDPM, or
+    the prior's flow-matching scheduler), its ``family`` and ``model_index``; with ``need_text``, every text encoder
+    and tokenizer under their component names (``text_encoder``, ``tokenizer_2``, ...)."""
+    import transformers
+    from diffusers import AutoencoderKL, DDPMScheduler, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    from .families import family_of, read_model_index
 
     check_prior(prior, allow_pickle)
     safe = None if allow_pickle else True
+    index = read_model_index(prior)
+    family = family_of(index)
+    denoiser_cls = SD3Transformer2DModel if family.denoiser == "transformer" else UNet2DConditionModel
+    scheduler_cls = FlowMatchEulerDiscreteScheduler if family.objective == "flow" else DDPMScheduler
     parts = {
-        "unet": UNet2DConditionModel.from_pretrained(prior, subfolder="unet", use_safetensors=safe),
+        "family": family,
+        "model_index": index,
+        family.denoiser: denoiser_cls.from_pretrained(prior, subfolder=family.denoiser, use_safetensors=safe),
         "vae": AutoencoderKL.from_pretrained(prior, subfolder="vae", use_safetensors=safe),
-        "noise_scheduler": DDPMScheduler.from_pretrained(prior, subfolder="scheduler"),
+        "noise_scheduler": scheduler_cls.from_pretrained(prior, subfolder="scheduler"),
     }
     if need_text:
-        from transformers import AutoModel, AutoTokenizer
-
-        # AutoModel: CLIP for Stable Diffusion, but any text encoder a prior ships (the emoji prior: MiniLM)
-        parts["tokenizer"] = AutoTokenizer.from_pretrained(prior, subfolder="tokenizer")
-        parts["text_encoder"] = AutoModel.from_pretrained(prior, subfolder="text_encoder", use_safetensors=safe)
+        for name in (*family.text_encoders, *family.optional_text_encoders):
+            entry = index.get(name) or [None, None]
+            if entry[1] is None:  # an optional encoder the prior leaves out (SD3 without T5)
+                parts[name] = parts[family.tokenizer(name)] = None
+                continue
+            # the class model_index.json names (CLIPTextModelWithProjection for SDXL's second encoder, T5 for SD3);
+            # AutoModel otherwise (any encoder a prior ships: the emoji prior's is MiniLM)
+            cls = getattr(transformers, entry[1], None) if entry[0] == "transformers" else None
+            parts[family.tokenizer(name)] = transformers.AutoTokenizer.from_pretrained(prior, subfolder=family.tokenizer(name))
+            parts[name] = (cls or transformers.AutoModel).from_pretrained(prior, subfolder=name, use_safetensors=safe)
     return parts
 
 
@@ -84,14 +100,20 @@ def load_domain_model(
             "diffusion_pytorch_model.safetensors, as written by `indomain train` or NullTextUNet.save_pretrained"
         )
     cls_name = json.loads(config_file.read_text()).get("_class_name")
-    if cls_name not in (NullTextUNet.__name__, UNet2DConditionModel.__name__):
-        raise ValueError(f"domain model {str(path)!r} holds a {cls_name!r}, not a NullTextUNet or UNet2DConditionModel")
+    classes = {c.__name__: c for c in (NullTextUNet, UNet2DConditionModel, NullTextTransformer)}
+    if cls_name not in (*classes, "SD3Transformer2DModel"):
+        raise ValueError(f"domain model {str(path)!r} holds a {cls_name!r}, not a NullTextUNet, NullTextTransformer "
+                         "or a fine-tuned UNet2DConditionModel / SD3Transformer2DModel")
     if is_lora_folder(path):
         if prior_unet is None:
             raise ValueError(f"domain model {str(path)!r} holds LoRA adapters only; it needs the prior's UNet to load")
         return load_lora(path, prior_unet)
     check_safe(path, allow_pickle)
-    cls = NullTextUNet if cls_name == NullTextUNet.__name__ else UNet2DConditionModel
+    if cls_name == "SD3Transformer2DModel":
+        from diffusers import SD3Transformer2DModel
+
+        classes[cls_name] = SD3Transformer2DModel
+    cls = classes[cls_name]
     if dtype is not None:
         kwargs["dtype"] = dtype
     return cls.from_pretrained(path, use_safetensors=None if allow_pickle else True, **kwargs)
@@ -129,7 +151,8 @@ def is_lora_folder(folder: str | Path) -> bool:
         return True
     if not (folder / LORA_WEIGHTS).is_file() or not (folder / "config.json").is_file():
         return False
-    return json.loads((folder / "config.json").read_text()).get("_class_name") == NullTextUNet.__name__
+    return json.loads((folder / "config.json").read_text()).get("_class_name") in (NullTextUNet.__name__,
+                                                                                 NullTextTransformer.__name__)
 
 
 def load_lora(folder: str | Path, prior_unet: UNet2DConditionModel) -> NullTextUNet:
@@ -141,7 +164,7 @@ def load_lora(folder: str | Path, prior_unet: UNet2DConditionModel) -> NullTextU
     config = json.loads((folder / "config.json").read_text())
     lora = config.pop("lora")
     init = {k: v for k, v in config.items() if not k.startswith("_")}
-    model = NullTextUNet(**init)
+    model = (NullTextTransformer if config.get("_class_name") == NullTextTransformer.__name__ else NullTextUNet)(**init)
     own = model.unet.state_dict()
     prior_state = prior_unet.state_dict()
     mismatch = [k for k in own if k in prior_state and prior_state[k].shape != own[k].shape]

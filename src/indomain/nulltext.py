@@ -382,7 +382,8 @@ class NullTextTransformer(ModelMixin, ConfigMixin):
         model.transformer.load_state_dict(transformer.state_dict())
         model.null_embedding.copy_(null_embedding.detach())
         model.null_pooled.copy_(null_pooled.detach())
-        return model.to(transformer.device, transformer.dtype)
+        model.to(transformer.device)
+        return model if transformer.dtype == torch.float32 else model.to(dtype=transformer.dtype)
 
     def forward(
         self,

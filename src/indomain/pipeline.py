@@ -66,6 +66,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
     _optional_components = ["domain_unet", "controlnet", "adapter", "extra_domains", "control_unet", "image_encoder",
                             "feature_extractor"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+    domain_component = "domain_unet"  # the domain model's component name (SD3: "domain_transformer")
 
     def __init__(
         self,
@@ -122,22 +123,22 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             domain_unet = resolve_domain_path(domain_unet, **{k: kwargs[k] for k in ("local_files_only", "token", "revision", "cache_dir") if k in kwargs})
         if isinstance(domain_unet, (str, os.PathLike)) and is_lora_folder(domain_unet):
             pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-            domain = load_domain_model(domain_unet, pipe.unet)
-            check_compatible(pipe.unet, domain, pipe.scheduler.config.prediction_type)
-            pipe.register_modules(domain_unet=domain)
+            domain = load_domain_model(domain_unet, pipe.denoiser)
+            check_compatible(pipe.denoiser, domain, pipe.prediction_type)
+            pipe.register_modules(**{cls.domain_component: domain})
             return pipe
         if isinstance(domain_unet, (str, os.PathLike)):
             domain_unet = load_domain_model(domain_unet, allow_pickle=allow_pickle, dtype=dtype)
         elif domain_unet is not None and dtype is not None and domain_unet.dtype != dtype:
             domain_unet = domain_unet.to(dtype)
         if domain_unet is not None:
-            kwargs["domain_unet"] = domain_unet
+            kwargs[cls.domain_component] = domain_unet
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def set_extra_domains(self, models: Sequence[NullTextUNet], weights: Sequence[float] | None = None) -> None:
         """Attach extra domain models (checked against the prior) with their default weights; ``[]`` removes them."""
         extras = DomainModels.from_models(list(models), weights) if models else None
-        self.register_modules(extra_domains=checked_extra_domains(self.unet, extras, self.scheduler.config.prediction_type))
+        self.register_modules(extra_domains=checked_extra_domains(self.denoiser, extras, self.prediction_type))
 
     def progress_bar(self, iterable: Any = None, total: int | None = None, desc: str = "sampling") -> Any:
         """The sampler's bar, labelled ``desc`` and hidden by ``indomain --quiet``; ``set_progress_bar_config``
@@ -155,7 +156,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
     @property
     def domain_model(self) -> Any:
         """The domain model (``domain_unet``; an SD3 pipeline's ``domain_transformer``), or None."""
-        return getattr(self, "domain_unet", None)
+        return getattr(self, self.domain_component, None)
 
     @property
     def prediction_type(self) -> str:
@@ -184,6 +185,10 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
     def unscale_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents in the VAE's own scale, ready to decode."""
         return latents / self.vae.config.scaling_factor
+
+    def scheduler_kwargs(self, height: int, width: int) -> dict:
+        """Extra arguments of the scheduler's ``set_timesteps`` (SD3: the resolution-dependent shift ``mu``)."""
+        return {}
 
     # -- the properties diffusers' callbacks and users read, as in StableDiffusionPipeline ----------------
 
@@ -451,7 +456,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         )
 
         # 4. Prepare timesteps (custom `timesteps` or `sigmas` through diffusers' retrieve_timesteps)
-        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps, sigmas)
+        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps, sigmas,
+                                                            **self.scheduler_kwargs(height, width))
 
         # 5. Prepare latent variables
         latents = self.prepare_latents(cond.n, height, width, _text(cond.negative_prompt_embeds).dtype, device, generator,

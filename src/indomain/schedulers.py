@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 # The names, for --help and argument checks: listing them must not import diffusers (seconds).
-# "dpm++" is the paper's sampler (DPM-Solver++, 25 steps).
-SCHEDULERS = ("dpm++", "dpm", "ddim", "ddpm", "pndm", "euler", "euler-a", "heun", "lms", "unipc")
+# "dpm++" is the paper's sampler (DPM-Solver++, 25 steps); "flow-euler" the flow-matching sampler of SD3 priors;
+# "auto" picks one of these two by the prior's scheduler.
+SCHEDULERS = ("auto", "dpm++", "dpm", "ddim", "ddpm", "pndm", "euler", "euler-a", "heun", "lms", "unipc", "flow-euler")
 
 
 def scheduler_table() -> dict[str, tuple[type, dict[str, Any]]]:
@@ -17,6 +18,7 @@ def scheduler_table() -> dict[str, tuple[type, dict[str, Any]]]:
         DPMSolverMultistepScheduler,
         EulerAncestralDiscreteScheduler,
         EulerDiscreteScheduler,
+        FlowMatchEulerDiscreteScheduler,
         HeunDiscreteScheduler,
         LMSDiscreteScheduler,
         PNDMScheduler,
@@ -34,7 +36,13 @@ def scheduler_table() -> dict[str, tuple[type, dict[str, Any]]]:
         "heun": (HeunDiscreteScheduler, {}),
         "lms": (LMSDiscreteScheduler, {}),
         "unipc": (UniPCMultistepScheduler, {}),
+        "flow-euler": (FlowMatchEulerDiscreteScheduler, {}),
     }
+
+
+def is_flow_matching(config: Any) -> bool:
+    """Whether a scheduler config is a flow-matching one (SD3), whose model predicts a velocity."""
+    return "shift" in dict(config) and "beta_start" not in dict(config)
 
 
 def make_scheduler(name: str, config: Any) -> Any:
@@ -42,5 +50,11 @@ def make_scheduler(name: str, config: Any) -> Any:
     key = name.lower()
     if key not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}")
+    flow = is_flow_matching(config)
+    if key == "auto":
+        key = "flow-euler" if flow else "dpm++"
+    if flow != (key == "flow-euler"):
+        kind = "a flow-matching prior (SD3): use flow-euler" if flow else "a diffusion prior: flow-euler is for SD3 priors"
+        raise ValueError(f"scheduler {name!r} does not fit this prior; it is {kind} (or auto)")
     cls, overrides = scheduler_table()[key]
     return cls.from_config(config, **overrides)

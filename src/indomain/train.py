@@ -86,7 +86,9 @@ class TrainConfig:
     baseline: bool = option(False, "conventional fine-tune of the text-conditioned prior UNet with a fixed --caption "
                             "(for comparisons)")
     caption: str = option("", "the baseline's fixed caption, e.g. 'a photo of <domain>' (default: empty)")
-    mode: str = option("constant", "null-text mode; constant is the paper's", choices=["constant", "exact"])
+    mode: str = option("auto", "null-text mode: constant (the paper's, for UNet priors), exact (the prior fed the "
+                               "empty prompt; the only mode for SD3), auto (constant, or exact for SD3)",
+                       choices=["auto", "constant", "exact"])
     mixed_precision: str = option("no", "accelerate mixed precision", choices=["no", "fp16", "bf16"])
     gradient_checkpointing: bool = option(False, "gradient checkpointing: trade compute for memory")
     checkpointing_steps: int = option(500, "save a resumable checkpoint every N steps", type=positive_int)
@@ -146,9 +148,9 @@ class TrainConfig:
             raise ValueError(f"--snr-gamma must be a finite number > 0, got {self.snr_gamma!r}")
         if self.lora_rank is not None and self.lora_rank < 1:
             raise ValueError(f"--lora-rank must be >= 1, got {self.lora_rank}")
-        if self.mode not in ("constant", "exact"):
-            raise ValueError(f"--mode must be 'constant' or 'exact', got {self.mode!r}")
-        if self.baseline and self.mode != "constant":
+        if self.mode not in ("auto", "constant", "exact"):
+            raise ValueError(f"--mode must be 'auto', 'constant' or 'exact', got {self.mode!r}")
+        if self.baseline and self.mode not in ("auto", "constant"):
             raise ValueError("--mode applies to the null-text domain model, not to --baseline")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
@@ -191,7 +193,7 @@ def _cache_key(paths: list[Path], config: TrainConfig, vae_id: str) -> str:
     for p in paths:
         st = p.stat()
         h.update(f"{p}:{st.st_size}:{st.st_mtime_ns};".encode())
-    h.update(f"{config.resolution}:{config.random_flip}:{vae_id}".encode())
+    h.update(f"{config.resolution}:{config.random_flip}:{vae_id}:sizes".encode())
     return h.hexdigest()[:16]
 
 
@@ -200,7 +202,8 @@ def build_latent_cache(paths: list[Path], vae: Any, config: TrainConfig, cache_f
     """Encode every image once (and its mirror image when flips are on) into ``cache_file``.
 
     Each image is resized on its shorter side, trimmed to a multiple of the VAE factor, and its VAE
-    posterior (mean and log-variance) stored under key ``"{i}"`` (``"{i}_flip"`` for the mirror). A
+    posterior (mean and log-variance) stored under key ``"{i}"`` (``"{i}_flip"`` for the mirror), its original
+    (height, width) under ``"{i}_size"`` (SDXL's size conditioning). A
     matching cache (same files, sizes, mtimes, resolution, flips, VAE) is reused.
     """
     import torch
@@ -215,7 +218,9 @@ def build_latent_cache(paths: list[Path], vae: Any, config: TrainConfig, cache_f
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     tensors = {}
     for i, path in enumerate(tqdm(paths, desc="encoding latents", unit="img")):
-        img = resize_shorter(load_rgb(path), config.resolution)
+        original = load_rgb(path)
+        tensors[f"{i}_size"] = torch.tensor([original.height, original.width])  # SDXL's original_size
+        img = resize_shorter(original, config.resolution)
         w, h = (s - s % factor for s in img.size)
         img = img.crop(((img.width - w) // 2, (img.height - h) // 2, (img.width - w) // 2 + w, (img.height - h) // 2 + h))
         pixels = to_tensor(img)[None]
@@ -239,11 +244,14 @@ class LatentBatches:
     data order survives a resume and shards across processes without a sampler.
     """
 
-    def __init__(self, cache_file: Path, n: int, config: TrainConfig, latent_size: int, scaling_factor: float) -> None:
+    def __init__(self, cache_file: Path, n: int, config: TrainConfig, latent_size: int, scaling_factor: float,
+                 shift_factor: float | None = None, vae_factor: int = 8) -> None:
         from safetensors import safe_open
 
         self.file = safe_open(cache_file, "pt")
         self.n, self.config, self.size, self.scale = n, config, latent_size, scaling_factor
+        self.shift, self.factor = shift_factor, vae_factor
+        self.time_ids: torch.Tensor | None = None  # SDXL's (original size, crop, target size) of the last batch
 
     def _index(self, k: int) -> int:
         import torch
@@ -257,7 +265,7 @@ class LatentBatches:
 
         b = self.config.train_batch_size
         start = ((step * self.config.gradient_accumulation_steps + micro) * world + rank) * b
-        out = []
+        out, ids = [], []
         for k in range(start, start + b):
             i = self._index(k)
             flip = self.config.random_flip and bool(torch.rand(1, generator=generator) < 0.5)
@@ -272,7 +280,10 @@ class LatentBatches:
             mean, logvar = params.chunk(2, 0)
             std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
             z = mean + std * torch.randn(mean.shape, generator=generator)  # a posterior sample, as VAE.encode().sample()
-            out.append(z * self.scale)
+            out.append(z * self.scale if self.shift is None else (z - self.shift) * self.scale)  # SD3's VAE is shifted
+            target = self.size * self.factor
+            ids.append([*self.file.get_tensor(f"{i}_size").tolist(), top * self.factor, left * self.factor, target, target])
+        self.time_ids = torch.tensor(ids, dtype=torch.float32)
         return torch.stack(out)
 
 
@@ -280,38 +291,49 @@ class LatentBatches:
 # Model
 
 
-@_no_grad
-def encode_text(tokenizer: Any, text_encoder: Any, text: str) -> torch.Tensor:
-    ids = tokenizer([text], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
-    return text_encoder(ids.input_ids)[0]
+def build_model(config: TrainConfig, parts: dict) -> tuple[torch.nn.Module, dict]:
+    """The trainable model and the text inputs of its calls: {} for a null-text model, the fixed caption's for the
+    baseline (``encoder_hidden_states``, and SDXL's pooled ``text_embeds`` / SD3's ``pooled_projections``).
 
-
-def build_model(config: TrainConfig, parts: dict) -> tuple[torch.nn.Module, torch.Tensor | None]:
-    """The trainable model and, for the baseline, its fixed caption embedding.
-
-    The text encoder runs once here (empty prompt for calibration, or the baseline's caption) and is
-    dropped from ``parts`` afterwards, so training never holds it.
+    The text encoders run once here (the prior's empty prompt for the null-text conversion, or the baseline's
+    caption), through the family's own pipeline code, and are dropped from ``parts`` afterwards, so training never
+    holds them.
     """
     import torch
 
-    from .nulltext import NullTextUNet
+    from .autopipeline import pipeline_class
+    from .nulltext import NullTextTransformer, NullTextUNet
 
-    tokenizer, text_encoder = parts.pop("tokenizer"), parts.pop("text_encoder")
-    if config.baseline:
-        model, caption = parts["unet"], encode_text(tokenizer, text_encoder, config.caption)
-    else:
-        null = encode_text(tokenizer, text_encoder, "")
-        model = NullTextUNet.from_prior(
-            parts["unet"],
-            null,
-            mode=config.mode,
-            prediction_type=parts["noise_scheduler"].config.prediction_type,
-            prior=str(config.prior),
-            scheduler=parts["noise_scheduler"],
-            seed=config.seed,
-        )
-        caption = None
-    del text_encoder
+    family = parts["family"]
+    text_parts = {k: parts.pop(k) for k in list(parts) if k.startswith(("text_encoder", "tokenizer"))}
+    denoiser = parts[family.denoiser]
+    pipe = pipeline_class(family)(vae=parts["vae"], scheduler=parts["noise_scheduler"], **{family.denoiser: denoiser},
+                                  **text_parts, **({"force_zeros_for_empty_prompt": parts["model_index"].get(
+                                      "force_zeros_for_empty_prompt", True)} if family.name == "sdxl" else {}))
+    with torch.no_grad():
+        if config.baseline:
+            model, text = denoiser, pipe.encode_text([config.caption], denoiser.device)
+        else:
+            null = pipe.encode_negative(None, 1, denoiser.device)
+            text = None
+            if family.denoiser == "transformer":
+                if config.mode == "constant":
+                    raise ValueError(f"--mode constant is for UNet priors; a {family.title} domain model has only "
+                                     "mode exact (see NullTextTransformer)")
+                model = NullTextTransformer.from_prior(denoiser, null["text"], null["pooled"], prior=str(config.prior))
+            else:
+                model = NullTextUNet.from_prior(
+                    denoiser,
+                    null if isinstance(null, torch.Tensor) else null["text"],
+                    null_pooled=None if isinstance(null, torch.Tensor) else null["pooled"],
+                    mode="constant" if config.mode == "auto" else config.mode,
+                    prediction_type=parts["noise_scheduler"].config.prediction_type,
+                    prior=str(config.prior),
+                    scheduler=parts["noise_scheduler"],
+                    seed=config.seed,
+                )
+    caption = {} if text is None else call_inputs(family, text)
+    del pipe, text_parts
     if config.lora_rank:
         from peft import LoraConfig
 
@@ -330,6 +352,46 @@ def build_model(config: TrainConfig, parts: dict) -> tuple[torch.nn.Module, torc
             )
     model.train()
     return model, caption
+
+
+def call_inputs(family: Any, text: Any) -> dict:
+    """A text condition (a tensor, or SDXL / SD3's ``{"text", "pooled"}``) as the denoiser's keyword inputs."""
+    if not isinstance(text, dict):
+        return {"encoder_hidden_states": text}
+    if family.denoiser == "transformer":
+        return {"encoder_hidden_states": text["text"], "pooled_projections": text["pooled"]}
+    return {"encoder_hidden_states": text["text"], "added_cond_kwargs": {"text_embeds": text["pooled"]}}
+
+
+def batch_inputs(inputs: Any, n: int, device: Any) -> Any:
+    """The fixed call inputs (`call_inputs`) repeated for a batch of ``n``."""
+    if isinstance(inputs, dict):
+        return {k: batch_inputs(v, n, device) for k, v in inputs.items()}
+    return inputs.to(device).expand(n, *inputs.shape[1:])
+
+
+def noise_and_target(family: Any, noise_scheduler: Any, latents: torch.Tensor, noise: torch.Tensor,
+                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_t, t, target)`` of the family's training objective.
+
+    Diffusion priors: ``t`` uniform over the training timesteps, ``x_t = add_noise(x0, noise, t)``, target noise or
+    v as the prior's scheduler predicts. Flow-matching priors (SD3): ``t`` from the logit-normal density (Esser et
+    al. 2024; diffusers' ``weighting_scheme="logit_normal"``, unit loss weights), ``x_t = (1 − σ) x0 + σ noise``,
+    target the velocity ``noise − x0``.
+    """
+    import torch
+
+    b = latents.shape[0]
+    if family.objective == "flow":
+        u = torch.sigmoid(torch.randn(b, generator=generator))
+        index = (u * noise_scheduler.config.num_train_timesteps).long().clamp(max=len(noise_scheduler.timesteps) - 1)
+        sigma = noise_scheduler.sigmas[index].to(latents.device, latents.dtype).view(b, 1, 1, 1)
+        t = noise_scheduler.timesteps[index].to(latents.device)
+        return (1.0 - sigma) * latents + sigma * noise, t, noise - latents
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
+    noisy = noise_scheduler.add_noise(latents, noise, t)
+    target = noise if noise_scheduler.config.prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, t)
+    return noisy, t, target
 
 
 def denoising_loss(pred: torch.Tensor, target: torch.Tensor, snr: torch.Tensor | None, snr_gamma: float | None, prediction_type: str) -> torch.Tensor:
@@ -486,10 +548,10 @@ def validate(model: torch.nn.Module, config: TrainConfig, step: int, device: Any
     from diffusers.image_processor import VaeImageProcessor
 
     from .outputs import make_grid
-    from .pipeline import InDomainPipeline
+    from .autopipeline import InDomainAutoPipeline
 
     # LoRA layers stay attached to `model`: its forward already includes them.
-    pipe = InDomainPipeline.from_pretrained(config.prior, domain_unet=model, allow_pickle=config.allow_pickle).to(device)
+    pipe = InDomainAutoPipeline.from_pretrained(config.prior, domain_unet=model, allow_pickle=config.allow_pickle).to(device)
     pipe.vae.to(torch.float32)
     pipe.set_progress_bar_config(disable=True)
     folder = Path(config.output) / "samples"
@@ -557,8 +619,11 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
 
     # 2. Models: the trainable one from the prior; the VAE only for the cache
     parts = load_prior_components(config.prior, allow_pickle=config.allow_pickle)
-    noise_scheduler = parts["noise_scheduler"]
-    prediction_type = noise_scheduler.config.prediction_type
+    noise_scheduler, family = parts["noise_scheduler"], parts["family"]
+    prediction_type = "flow" if family.objective == "flow" else noise_scheduler.config.prediction_type
+    if family.objective == "flow" and config.snr_gamma is not None:
+        raise ValueError(f"--snr-gamma (min-SNR weighting) is for diffusion priors; this prior is {family.title}, "
+                         "trained with the flow-matching loss")
     model, caption = build_model(config, parts)
     if ckpt is not None:
         check_fits(ckpt, model, config.prior)  # before hours of latent encoding
@@ -572,7 +637,8 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
         build_latent_cache(paths, vae, config, cache_file, vae_id=str(config.prior), device=accelerator.device)
     accelerator.wait_for_everyone()
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    batches = LatentBatches(cache_file, len(paths), config, config.resolution // factor, vae.config.scaling_factor)
+    batches = LatentBatches(cache_file, len(paths), config, config.resolution // factor, vae.config.scaling_factor,
+                            vae.config.get("shift_factor") if family.objective == "flow" else None, factor)
     del vae, parts
 
     # 3. Optimizer, LR schedule, EMA
@@ -623,12 +689,16 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
             gen = torch.Generator().manual_seed(((config.seed * 1_000_003 + global_step) * 1009 + micro) * 4099 + rank)
             latents = batches.get(global_step, micro, rank, world, gen).to(accelerator.device)
             noise = torch.randn(latents.shape, generator=gen).to(accelerator.device)
-            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(accelerator.device)
-            noisy = noise_scheduler.add_noise(latents, noise, t)
-            target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, t)
+            noisy, t, target = noise_and_target(family, noise_scheduler, latents, noise, gen)
             with accelerator.accumulate(model):
-                cond = caption.to(accelerator.device).expand(latents.shape[0], -1, -1) if caption is not None else None
-                pred = model(noisy, t, cond).sample
+                inputs = batch_inputs(caption, latents.shape[0], accelerator.device)
+                if family.name == "sdxl":  # the size conditioning of each image: original size, crop, target size
+                    added = {**inputs.get("added_cond_kwargs", {}), "time_ids": batches.time_ids.to(accelerator.device)}
+                    inputs["added_cond_kwargs"] = added
+                if family.denoiser == "transformer":  # the MMDiT's argument order differs from the UNet's
+                    pred = model(hidden_states=noisy, timestep=t, **inputs).sample
+                else:
+                    pred = model(noisy, t, **inputs).sample
                 snr = compute_snr(noise_scheduler, t) if config.snr_gamma is not None else None
                 loss = denoising_loss(pred, target, snr, config.snr_gamma, prediction_type)
                 if not torch.isfinite(loss):
@@ -704,7 +774,7 @@ def model_card(config: TrainConfig, num_images: int, steps: int) -> str:
     use = ("from diffusers import UNet2DConditionModel\nfrom indomain import InDomainPipeline\n\n"
            f"pipe = InDomainPipeline.from_pretrained(\"{config.prior}\", unet=UNet2DConditionModel.from_pretrained(\"{config.output}\"))"
            if config.baseline else
-           f"from indomain import InDomainPipeline\n\npipe = InDomainPipeline.from_pretrained(\"{config.prior}\", "
+           f"from indomain import InDomainAutoPipeline\n\npipe = InDomainAutoPipeline.from_pretrained(\"{config.prior}\", "
            f"domain_unet=\"{config.output}\")\nimages = pipe(\"a prompt\", domain_guidance_scale=2.5, guidance_scale=2.5).images")
     return f"""---
 {data.to_yaml()}

@@ -11,8 +11,10 @@ the *seen* emoji, images only), it trains and compares:
 
 Every method is scored on prompts of *seen* emoji and of *held-out* emoji (never in domain training) with the
 project's emoji evaluators: ``control_top1`` (is it the prompted emoji: top-1 among 10 candidates),
-``openmoji_share`` (share judged OpenMoji style) and ``fd_openmoji`` (Fréchet distance to real OpenMoji renders
-in the evaluator's feature space). Results: one `indomain.evaluate` report per prompt set plus ``RESULTS.md``.
+``openmoji_share`` (share judged OpenMoji style), ``fd_openmoji`` (Fréchet distance to real OpenMoji renders
+in the evaluator's feature space) and ``precision_openmoji`` / ``recall_openmoji`` (k-NN precision and recall in that
+space; which of these to trust for what: the evaluators' card, ``indomain world evaluator-sanity``). Results: one
+`indomain.evaluate` report per prompt set plus ``RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -138,7 +140,8 @@ def write_results(out: Path, config: BenchmarkConfig, results: dict, seconds: fl
              f"Wall time: {seconds / 60:.1f} min.", ""]
     for split, result in results.items():
         rows = result.rows
-        cols = [c for c in ("method", "w_d", "w_c", "control_top1", "openmoji_share", "fd_openmoji") if c in rows[0]]
+        cols = [c for c in ("method", "w_d", "w_c", "control_top1", "openmoji_share", "fd_openmoji", "precision_openmoji",
+                            "recall_openmoji") if c in rows[0]]
         lines += [f"## {split} prompts", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for row in rows:
             lines.append("| " + " | ".join(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in cols) + " |")
