@@ -277,6 +277,22 @@ def test_sanity_table_small(ev: E.EmojiEvaluators, tmp_path) -> None:
         S.sanity_cases(ev, n=111)
 
 
+def test_evaluator_sanity_command(tmp_path, capsys) -> None:
+    """`indomain world evaluator-sanity --write-card` on a copy of the shipped evaluators writes the copy's card."""
+    import shutil
+
+    from indomain.cli import main
+    from indomain.world.prior import SHIPPED
+
+    for name in (E.WEIGHTS_FILENAME, E.CARD_FILENAME):
+        shutil.copy(E.default_evaluator_dir() / name, tmp_path / name)
+    argv = ["world", "evaluator-sanity", "--evaluators", str(tmp_path), "--vae", str(SHIPPED / "vae"), "--n", "8"]
+    assert main([*argv, "--write-card"]) == 0
+    assert "| noise | 8 |" in capsys.readouterr().out
+    sanity = json.loads((tmp_path / E.CARD_FILENAME).read_text(encoding="utf-8"))["sanity"]
+    assert sanity["settings"]["n"] == 8 and sanity["command"] == " ".join(["indomain", *argv, "--write-card"])
+
+
 # --------------------------------------------------------------------------- the scorer
 
 
