@@ -58,9 +58,11 @@ def test_unknown_scheduler_is_named(prior_and_domain, tmp_path, capsys):
 
 
 def test_every_named_scheduler_builds_from_the_prior_config():
-    assert tuple(scheduler_table()) == SCHEDULERS  # the names --help lists without importing diffusers
+    assert ("auto", *scheduler_table()) == SCHEDULERS  # the names --help lists without importing diffusers
     config = tiny_scheduler().config
     for name in SCHEDULERS:
+        if name == "flow-euler":  # for flow-matching priors (tests/test_families.py)
+            continue
         sched = make_scheduler(name, config)
         assert sched.config.num_train_timesteps == 1000 and sched.config.beta_schedule == "scaled_linear"
 

@@ -192,7 +192,8 @@ def test_latent_cache_is_reused_and_holds_both_flips(world, tmp_path):
     out = train(config(world, tmp_path / "c", max_train_steps=1))
     cache = out / "latent_cache" / "latents.safetensors"
     keys = set(load_file(cache))
-    assert keys == {f"{i}" for i in range(6)} | {f"{i}_flip" for i in range(6)}
+    assert keys == {f"{i}" for i in range(6)} | {f"{i}_flip" for i in range(6)} | {f"{i}_size" for i in range(6)}
+    assert load_file(cache)["0_size"].tolist() == [40, 36]  # the original (height, width), for SDXL's time ids
     mtime = cache.stat().st_mtime_ns
     train(config(world, tmp_path / "c", max_train_steps=2, resume="latest"))
     assert cache.stat().st_mtime_ns == mtime
