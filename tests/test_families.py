@@ -70,6 +70,15 @@ def test_check_prior_asks_for_the_components_of_the_family(priors, tmp_path):
         check_prior(broken)
 
 
+def test_a_pipeline_class_refuses_another_family_and_auto_picks_the_right_one(priors):
+    with pytest.raises(ValueError, match="is a Stable Diffusion XL prior.*InDomainAutoPipeline"):
+        InDomainPipeline.from_pretrained(priors["sdxl"])
+    with pytest.raises(ValueError, match="is a Stable Diffusion 1.x / 2.x prior"):
+        InDomainSD3Pipeline.from_pretrained(priors["sd"])
+    kinds = [type(InDomainAutoPipeline.from_pretrained(priors[n])).__name__ for n in ("sd", "sdxl", "sd3")]
+    assert kinds == ["InDomainPipeline", "InDomainXLPipeline", "InDomainSD3Pipeline"]
+
+
 def test_schedulers_fit_the_objective():
     flow = tiny_sd3_components()["scheduler"].config
     ddim = DDIMScheduler().config
@@ -271,3 +280,28 @@ def test_sd3_train_save_load_generate_evaluate(priors, images, tmp_path):
     assert main(["generate", "--prior", str(priors["sd3"]), "--domain", str(out), "--scheduler", "ddim",
                  "--out", str(tmp_path / "gen2"), "--device", "cpu"]) == 2
     assert not (tmp_path / "gen2").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("name", ["sdxl", "sd3"])
+def test_evaluate_opens_every_family(priors, images, tmp_path, name):
+    """`indomain evaluate` generates and scores a weight sweep on an SDXL / SD3 prior (FID/KID against a folder)."""
+    from indomain import evaluate as E
+
+    pipe = InDomainAutoPipeline.from_pretrained(priors[name])
+    null = pipe.encode_negative(None, 1, "cpu")
+    if name == "sd3":
+        model = NullTextTransformer.from_prior(pipe.transformer, null["text"], null["pooled"])
+    else:
+        model = NullTextUNet.from_prior(pipe.unet, null["text"], null_pooled=null["pooled"])
+    model.save_pretrained(tmp_path / "domain")
+    config = E.EvalConfig(out=tmp_path / "ev", num_images=4, prompts=["a cat", "a dog"], steps=2, batch_size=4,
+                          kid_subset_size=4, kid_subsets=4, resolution=32, use_stats_cache=False, real=images)
+    from indomain.metrics import RandomConvFeatures
+
+    result = E.evaluate(E.Method("ours", priors[name], domain=tmp_path / "domain"), E.Sweep([0, 2.5], [2.5]), config,
+                        extractor=RandomConvFeatures(0))
+    assert [row["w_d"] for row in result.rows] == [0, 2.5]
+    assert all(np.isfinite(row["fid"]) for row in result.rows)
+    pipe = E.load_method(E.Method("ours", priors[name], domain=tmp_path / "domain"), config, torch.device("cpu"))
+    expected = {"sdxl": "DPMSolverMultistepScheduler", "sd3": "FlowMatchEulerDiscreteScheduler"}[name]
+    assert type(pipe.scheduler).__name__ == expected  # --scheduler auto

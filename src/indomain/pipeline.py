@@ -16,6 +16,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ from .control import (
     SpatialControl, as_multi_controlnet, check_control_compatible, controlnet_scales, default_size,
     prepare_adapter_state, prepare_controlnet_images,
 )
+from .families import FAMILIES, detect_family
 from .guidance import DOMAIN, PRIOR, Branch, Guidance, GuidancePlan, MultiGuidance
 from .loading import is_lora_folder, load_domain_model, resolve_domain_path
 from .nulltext import STRUCTURE_KEYS, DomainModels, NullTextTransformer, NullTextUNet, check_compatible
@@ -67,6 +69,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
                             "feature_extractor"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
     domain_component = "domain_unet"  # the domain model's component name (SD3: "domain_transformer")
+    family = "sd"  # the model family this class opens (indomain.families)
 
     def __init__(
         self,
@@ -114,6 +117,12 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         if kwargs.pop("trust_remote_code", False):
             raise ValueError("trust_remote_code is not supported: indomain never runs code shipped with a model")
         check_prior(pretrained_model_name_or_path, allow_pickle)
+        if Path(pretrained_model_name_or_path).expanduser().is_dir():
+            found = detect_family(pretrained_model_name_or_path)
+            if found.name != cls.family:
+                raise ValueError(f"{str(pretrained_model_name_or_path)!r} is a {found.title} prior; {cls.__name__} opens "
+                                 f"{FAMILIES[cls.family].title} priors. Use InDomainAutoPipeline.from_pretrained, which "
+                                 "picks the pipeline of the prior's family")
         kwargs.setdefault("use_safetensors", None if allow_pickle else True)
         # `dtype` (diffusers >= 0.36) or the older `torch_dtype`; it reaches every component, the domain model too
         dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)

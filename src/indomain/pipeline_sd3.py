@@ -46,6 +46,7 @@ class InDomainSD3Pipeline(SD3LoraLoaderMixin, InDomainPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->transformer->domain_transformer->vae"
+    family = "sd3"
     _optional_components = ["text_encoder_3", "tokenizer_3", "domain_transformer"]
     domain_component = "domain_transformer"
 

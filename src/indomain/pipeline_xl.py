@@ -44,6 +44,7 @@ class InDomainXLPipeline(StableDiffusionXLLoraLoaderMixin, InDomainPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->unet->control_unet->domain_unet->extra_domains->vae"
+    family = "sdxl"
     _optional_components = ["tokenizer", "text_encoder", "domain_unet", "extra_domains", "control_unet", "image_encoder",
                             "feature_extractor"]
 
