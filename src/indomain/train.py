@@ -6,10 +6,14 @@
     accelerate launch --multi_gpu --num_processes 8 -m indomain.cli train ...   # multi-GPU, no code change
 
 The run happens in this order (as diffusers' ``train_text_to_image.py``): build the accelerator; build
-the model from the prior (the text encoder runs once, for the empty prompt or the fixed caption, and is
+the model from the prior (the text encoders run once, for the empty prompt or the fixed caption, and are
 freed); encode every image once with the VAE into a safetensors latent cache; then one loop: sample a
-batch of cached latents, noise them at uniform timesteps, predict with the model, plain denoising loss
-(optionally min-SNR weighted), backward, clip, step, EMA. Checkpoints are written atomically every
+batch of cached latents, noise them (`noise_and_target`), predict with the model, plain denoising loss
+(optionally min-SNR weighted), backward, clip, step, EMA.
+
+Every family of `indomain.families` trains in this one loop: SD 1.x/2.x (target epsilon or v, as the prior's
+scheduler says), SDXL (the same, with each image's size conditioning as time ids: original size from the cache,
+crop, target size) and SD3 (flow matching: logit-normal timesteps, target the velocity noise − x0). Checkpoints are written atomically every
 ``--checkpointing-steps``; ``--resume latest`` continues exactly (step, optimizer, EMA, RNG and data
 order: batches, noise and timesteps are pure functions of ``(seed, step, rank)``).
 """
