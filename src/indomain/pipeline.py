@@ -365,6 +365,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         control_guidance_end: float = 1.0,
         domain_guidance_start: float = 0.0,
         domain_guidance_end: float = 1.0,
+        domain_guidance_every: int = 1,
         num_images_per_prompt: int = 1,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -404,6 +405,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
                 gives rectified CFG); defaults to ``prompt``. A `NullTextUNet` ignores it.
             control_guidance_start/end, domain_guidance_start/end: the fraction of the trajectory in
                 which the control terms / the domain term are active.
+            domain_guidance_every: compute the domain model every this many steps and reuse its difference to ∅
+                (``eps_domain − eps_u``) in the steps between: an opt-in approximation that skips domain calls (its
+                speed and quality cost: BENCHMARKS.md, "Sampling speed"). 1 (the default) is exact.
             guidance_rescale: as in SD (Lin et al. 2023, §3.4), the combined prediction is rescaled towards
                 the standard deviation of the control prompt's prior prediction ``eps_prior(x, c)`` (SD's
                 ``noise_pred_text``); without a prompt, towards the domain prediction.
@@ -448,6 +452,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             prompt, negative_prompt, height, width, guidance_scale, domain_guidance_scale, weighted_prompts,
             prompt_embeds, callback_on_step_end, callback_on_step_end_tensor_inputs, guidance_rescale, clip_skip,
             cross_attention_kwargs, domain_weights=domain_weights, lora_in_uncond=lora_in_uncond,
+            domain_guidance_every=domain_guidance_every,
         )
 
         # 2-3. Encode prompts: one row per image, prompts repeated num_images_per_prompt times as SD does
@@ -489,7 +494,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         self, prompt: Any, negative_prompt: Any, height: int, width: int, guidance_scale: float,
         domain_guidance_scale: float, weighted_prompts: Any, prompt_embeds: torch.Tensor | None, callback: Any,
         tensor_inputs: Sequence[str], guidance_rescale: float, clip_skip: int | None, cross_attention_kwargs: dict | None,
-        domain_weights: Sequence[float] | None = None, lora_in_uncond: bool = True,
+        domain_weights: Sequence[float] | None = None, lora_in_uncond: bool = True, domain_guidance_every: int = 1,
     ) -> Sequence[str]:
         """Check a call's inputs and record the settings the properties (and callbacks) read; returns the tensors
         the callback asks for (a diffusers `PipelineCallback` names its own)."""
@@ -505,6 +510,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             raise ValueError("lora_in_uncond=False disables the prior's LoRA for ∅, but no LoRA is loaded "
                              "(load one with pipe.load_lora_weights(...))")
         self._lora_in_uncond = lora_in_uncond
+        if not isinstance(domain_guidance_every, int) or domain_guidance_every < 1:
+            raise ValueError(f"domain_guidance_every must be a positive integer, got {domain_guidance_every!r}")
+        self._domain_every, self._domain_delta = domain_guidance_every, {}
         return tensor_inputs
 
     def resolve_domain_weights(self, domain_weights: Sequence[float] | None) -> list[float]:
@@ -713,11 +721,26 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         return models
 
     def predict(self, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning, i: int, num_steps: int) -> torch.Tensor:
-        """The combined prediction ``eps_u + Σ_k w_k (eps_k − eps_u)`` at step ``i`` of ``num_steps``."""
+        """The combined prediction ``eps_u + Σ_k w_k (eps_k − eps_u)`` at step ``i`` of ``num_steps``.
+
+        With ``domain_guidance_every = k > 1`` (an opt-in approximation) the domain terms' differences
+        ``eps_domain − eps_u`` are computed on every k-th step and reused, at the current weights, on the steps between.
+        """
         # flow-matching schedulers have no input scaling
         x_in = self.scheduler.scale_model_input(latents, t) if hasattr(self.scheduler, "scale_model_input") else latents
         plan = self.plan(cond)
+        every, cache = getattr(self, "_domain_every", 1), getattr(self, "_domain_delta", {})
+        reused = []
+        if every > 1 and i % every:
+            reused = [term for term in plan.terms if term.model in cache and term.active(i, num_steps)]
+            plan = GuidancePlan(plan.uncond, [term for term in plan.terms if all(term is not r for r in reused)])
         out = MultiGuidance(self.guided(cond, i, num_steps), plan)(x_in, t, i, num_steps)
+        if every > 1 and out.eps_u is not None:
+            for term, eps in zip(out.terms, out.eps_k):
+                if term.model.startswith(DOMAIN):
+                    cache[term.model] = eps - out.eps_u
+        for term in reused:
+            out.pred = out.pred + term.weight * cache[term.model]
         if self.guidance_rescale > 0 and out.terms:
             return rescale_noise_cfg(out.pred, _rescale_reference(out, cond.prompt_embeds), guidance_rescale=self.guidance_rescale)
         return out.pred

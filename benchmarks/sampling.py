@@ -1,0 +1,186 @@
+"""Sampling speed: in-domain generation against diffusers' plain Stable Diffusion, in one process, alternating.
+
+    python benchmarks/sampling.py --preset cpu-small                         # CPU, small SD-shaped model
+    python benchmarks/sampling.py --preset sd15 --dtype float16 --batch 1 8  # GPU: SD1.5 architecture, 512 px
+    python benchmarks/sampling.py --preset sdxl --dtype float16 --batch 1 8  # GPU: SDXL architecture, 1024 px
+
+Every path generates the same number of images from the same seeds with text encoding and VAE decoding included
+(`output_type="pt"`). Paths run in turn, round after round, so a slow spell of the machine hits all of them alike;
+the table gives the median, the spread (min–max) and the ratio to diffusers. All weights are random (public
+architecture configs, nothing is downloaded): only time and memory are measured. ``--check`` also verifies that
+``ours, w_d = 0`` gives diffusers' images.
+
+Paths (w_c = 2.5 everywhere; ours w_d = 2.5):
+- ``diffusers``: `StableDiffusionPipeline` / `StableDiffusionXLPipeline`, plain CFG, as users run it by default.
+- ``ours w_d=0``: `InDomainPipeline` with the domain term off (equals diffusers).
+- ``ours``: the default in-domain path: ∅ and the prompt batched in one prior call, the domain model in another.
+- ``ours, domain interval 0-0.5``: the domain term on the first half of the trajectory only (opt-in; fewer calls).
+- ``ours, domain every 2``: the domain term recomputed every second step and reused between (opt-in).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from datetime import date
+
+import torch
+
+CPU_SMALL_UNET = dict(sample_size=16, block_out_channels=(64, 128, 128), layers_per_block=1,
+                      down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                      cross_attention_dim=256, attention_head_dim=8, norm_num_groups=32)
+SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+SDXL_UNET = dict(sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                 transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+                 use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816)
+CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+              max_position_embeddings=77, projection_dim=768)
+CLIP_BIG_G = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_attention_heads=20,
+                  num_hidden_layers=32, max_position_embeddings=77, projection_dim=1280, hidden_act="gelu")
+
+
+def build(preset: str, dtype: torch.dtype) -> dict:
+    """The prior's components for ``preset``, random weights."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from indomain.testing import tiny_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    scheduler = DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                            steps_offset=1)
+    if preset == "cpu-small":
+        parts = dict(unet=UNet2DConditionModel(**CPU_SMALL_UNET),
+                     vae=AutoencoderKL(**{**SD_VAE, "block_out_channels": (32, 64, 128, 128)}),
+                     text_encoder=CLIPTextModel(CLIPTextConfig(**{**CLIP_L, "hidden_size": 256, "intermediate_size": 1024,
+                                                                  "num_attention_heads": 4, "num_hidden_layers": 6})))
+    elif preset == "sd15":
+        parts = dict(unet=UNet2DConditionModel(), vae=AutoencoderKL(**SD_VAE),  # UNet defaults = SD1.5's UNet
+                     text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)))
+    elif preset == "sdxl":
+        parts = dict(unet=UNet2DConditionModel(**SDXL_UNET), vae=AutoencoderKL(**SD_VAE, force_upcast=False),
+                     text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)),
+                     text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIG_G)), tokenizer_2=tokenizer)
+    else:
+        raise SystemExit(f"unknown preset {preset!r}")
+    for name, part in parts.items():
+        if isinstance(part, torch.nn.Module):
+            parts[name] = part.eval().to(dtype)
+    return {**parts, "tokenizer": tokenizer, "scheduler": scheduler}
+
+
+def paths(preset: str, parts: dict, device: str) -> dict:
+    """name -> a function (prompts, seeds) -> images, for every path benchmarked."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from indomain import InDomainPipeline, InDomainXLPipeline, NullTextUNet
+
+    xl = preset == "sdxl"
+    ours_cls = InDomainXLPipeline if xl else InDomainPipeline
+    base = ours_cls(**parts)
+    null = base.encode_negative(None, 1, "cpu")
+    if xl:
+        domain = NullTextUNet.from_prior(parts["unet"], null["text"], null_pooled=null["pooled"])
+    else:
+        domain = NullTextUNet.from_prior(parts["unet"], null, scheduler=parts["scheduler"])
+    ours = ours_cls(**parts, domain_unet=domain).to(device)
+    if xl:
+        ref = StableDiffusionXLPipeline(**parts, add_watermarker=False).to(device)
+    else:
+        ref = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                      requires_safety_checker=False).to(device)
+    for p in (ours, ref):
+        p.set_progress_bar_config(disable=True)
+    common = dict(num_inference_steps=25, guidance_scale=2.5, output_type="pt")
+
+    def run(pipe, **kw):
+        def go(prompts: list[str], seeds: list[int]):
+            gens = [torch.Generator(device).manual_seed(s) for s in seeds]
+            return pipe(prompts, generator=gens, **common, **kw).images
+        return go
+
+    return {
+        "diffusers": run(ref),
+        "ours w_d=0": run(ours, domain_guidance_scale=0.0),
+        "ours": run(ours, domain_guidance_scale=2.5),
+        "ours, domain interval 0-0.5": run(ours, domain_guidance_scale=2.5, domain_guidance_end=0.5),
+        "ours, domain every 2": run(ours, domain_guidance_scale=2.5, domain_guidance_every=2),
+    }
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="cpu-small", choices=["cpu-small", "sd15", "sdxl"])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--repeats", type=int, default=3, help="rounds (each path once per round); the table is the median")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--only", nargs="*", default=None, help="benchmark only these paths")
+    ap.add_argument("--check", action="store_true", help="verify that ours at w_d = 0 gives diffusers' images")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = getattr(torch, args.dtype)
+    run = paths(args.preset, build(args.preset, dtype), device)
+    if args.only:
+        run = {k: v for k, v in run.items() if k in args.only or k == "diffusers"}
+    results = []
+    for batch in args.batch:
+        prompts, seeds = ["a photo of a cat"] * batch, list(range(batch))
+        if args.check:
+            diff = (run["diffusers"](prompts, seeds) - run["ours w_d=0"](prompts, seeds)).abs().max().item()
+            print(f"batch {batch}: max |diffusers − ours w_d=0| = {diff:.3g}")
+        for fn in run.values():  # warm-up: first calls allocate and pick kernels
+            fn(prompts, seeds)
+        times: dict[str, list[float]] = {name: [] for name in run}
+        peaks: dict[str, int] = {}
+        for _ in range(args.repeats):
+            for name, fn in run.items():
+                if device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                sync(device)
+                start = time.perf_counter()
+                fn(prompts, seeds)
+                sync(device)
+                times[name].append(time.perf_counter() - start)
+                if device == "cuda":
+                    peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated())
+        ref = statistics.median(times["diffusers"])
+        for name, ts in times.items():
+            row = {"preset": args.preset, "batch": batch, "path": name, "median_s": statistics.median(ts),
+                   "min_s": min(ts), "max_s": max(ts), "ratio": statistics.median(ts) / ref}
+            if name in peaks:
+                row["peak_gib"] = peaks[name] / 2**30
+                row["memory_ratio"] = peaks[name] / peaks["diffusers"]
+            results.append(row)
+    device_name = torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
+    print(f"\n{date.today()} · {device_name} · torch {torch.__version__} · {args.dtype} · 25 DPM-Solver++ steps · "
+          f"median of {args.repeats}\n")
+    mem = device == "cuda"
+    print("| batch | path | median s | min–max s | × diffusers |" + (" peak GiB | × memory |" if mem else ""))
+    print("|---|---|---|---|---|" + ("---|---|" if mem else ""))
+    for r in results:
+        line = f"| {r['batch']} | {r['path']} | {r['median_s']:.3f} | {r['min_s']:.3f}–{r['max_s']:.3f} | {r['ratio']:.2f}× |"
+        if mem:
+            line += f" {r['peak_gib']:.2f} | {r['memory_ratio']:.2f}× |"
+        print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device_name, "args": vars(args), "rows": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
