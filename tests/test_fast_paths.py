@@ -58,3 +58,20 @@ def test_reusing_the_domain_term_changes_a_real_domain_model_and_every_1_is_the_
     assert not np.allclose(pipe(**kw, generator=gen(), domain_guidance_every=2).images, ref, atol=1e-4)
     with pytest.raises(ValueError, match="domain_guidance_every"):
         pipe(**kw, domain_guidance_every=0)
+
+
+def test_the_combined_step_compiles_as_one_graph(pipe):
+    """torch.compile(fullgraph=True) of one whole step of Eq. C (every branch, the batching and the combination)
+    raises on any graph break. The eager backend checks the capture only (CPU CI has no compiler to spare)."""
+    pipe.begin_call("a cat", None, 32, 32, 2.5, 2.5, None, None, None, ("latents",), 0.0, None, None)
+    cond = pipe.prepare_conditioning("a cat", None, None, None, None, [("blurry", -1.0)], 1, None, torch.device("cpu"))
+    pipe.scheduler.set_timesteps(4)
+    x, t = torch.randn(1, 4, 16, 16, generator=gen(1)), pipe.scheduler.timesteps[1]
+
+    def step(x, t):
+        return pipe.predict(x, t, cond, 1, 4)
+
+    with torch.no_grad():
+        ref = step(x, t)
+        out = torch.compile(step, fullgraph=True, backend="eager")(x, t)
+    assert torch.equal(out, ref)
