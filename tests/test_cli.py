@@ -39,6 +39,17 @@ def test_generate_writes_pngs_grid_and_settings(prior_and_domain, tmp_path):
     assert record["resolved"]["scheduler"]["_class_name"] == "DDIMScheduler"
     assert [i["seed"] for i in record["images"]] == [5, 6, 7, 8]
     assert "torch" in record["environment"]
+    assert record["settings"]["domain_every"] == 1
+
+
+def test_domain_every_changes_the_images_and_is_recorded(prior_and_domain, tmp_path):
+    prior, domain = prior_and_domain
+    common = ["generate", "--prior", str(prior), "--domain", str(domain), "--steps", "4", "--scheduler", "ddim"]
+    assert main(common + ["--out", str(tmp_path / "exact")]) == 0
+    assert main(common + ["--domain-every", "2", "--out", str(tmp_path / "fast")]) == 0
+    assert json.loads((tmp_path / "fast" / "settings.json").read_text())["settings"]["domain_every"] == 2
+    exact, fast = ((tmp_path / d / "p00_seed000000.png").read_bytes() for d in ("exact", "fast"))
+    assert exact != fast
 
 
 def test_same_seed_same_image_regardless_of_batch(prior_and_domain, tmp_path):
