@@ -27,6 +27,7 @@ FLOORS = {
     "sds": 2, "text3d": 2,  # score distillation and `indomain 3d`
     # 3. evaluation (generation + scoring) and its report
     "evaluate": 3, "report": 3,
+    "tune": 3,  # `indomain tune`: weights chosen for a goal on probe prompts, validated on held-out ones
     # 4. the emoji world
     "world": 4,
     # 5. entry points

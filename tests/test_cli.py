@@ -117,11 +117,12 @@ def _subcommand(*names):
 def _config_classes():
     from indomain.evaluate import EvalConfig
     from indomain.train import TrainConfig
+    from indomain.tune import TuneConfig
     from indomain.world.benchmark import BenchmarkConfig
     from indomain.world.prior import PriorConfig
 
     return [(("train",), TrainConfig), (("evaluate",), EvalConfig), (("world", "benchmark"), BenchmarkConfig),
-            (("world", "train-prior"), PriorConfig)]
+            (("world", "train-prior"), PriorConfig), (("tune",), TuneConfig)]
 
 
 @pytest.mark.parametrize("command,cls", _config_classes(), ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")

@@ -30,7 +30,7 @@ def _imported_after(code: str) -> set[str]:
                                   ["demo", "--help"], ["world", "--help"], ["world", "train-prior", "--help"],
                                   ["world", "benchmark", "--help"], ["world", "evaluator-sanity", "--help"],
                                   ["train", "--help"], ["edit", "--help"],
-                                  ["3d", "--help"]], ids=" ".join)
+                                  ["3d", "--help"], ["tune", "--help"]], ids=" ".join)
 def test_help_imports_no_heavy_library(argv):
     code = f"from indomain.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
     assert _imported_after(code) == set()

@@ -443,6 +443,19 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    from .tune import add_parser
+
+    add_parser(sub, presets={"emoji": _emoji_tune_preset})
+
+
+def _emoji_tune_preset(config: Any) -> Any:
+    """`tune --scorer emoji`: wired here, since the emoji world sits above `tune` (docs/ARCHITECTURE.md)."""
+    from .world.tuning import emoji_preset
+
+    return emoji_preset(config)
+
+
 def _add_world(sub: argparse._SubParsersAction) -> None:
     from .world.cli import add_parser
 
@@ -465,6 +478,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None]]] = 
     "demo": ("run the end-to-end emoji-world demo (offline, CPU, minutes)", _add_demo),
     "evaluate": ("generate N images per setting (sharded over processes) and score FID/KID/CLIP; sweeps, plot, report",
                  _add_evaluate),
+    "tune": ("choose the weights (w_d, w_c) for a goal on probe prompts and check them on held-out prompts", _add_tune),
     "world": ("the emoji world: an offline miniature of the paper's experiment", _add_world),
     "3d": ("text-to-3D: optimise a small voxel radiance field by score distillation (prior + domain model)", _add_3d),
 }

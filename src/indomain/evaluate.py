@@ -58,8 +58,10 @@ __all__ = [
     "Scorer",
     "Setting",
     "Sweep",
+    "add_extractor_options",
     "add_parser",
     "evaluate",
+    "extractor_from_args",
     "generate_batch",
     "load_method",
     "read_lines",
@@ -406,6 +408,7 @@ def evaluate(
     *,
     extractor: nn.Module | None = None,
     scorer: Scorer | None = None,
+    desc: str = "generating",
 ) -> EvalResult | None:
     """Generate every setting of ``methods`` x ``sweep``, score it and write tables, plot and report.
 
@@ -413,7 +416,7 @@ def evaluate(
     :func:`shard_batches`). Returns the results on the main process, None on the others; the main process scores
     alone once every image exists.
     ``extractor`` is the FID/KID feature network (any ``nn.Module`` mapping [0, 1] images to features; needed with
-    ``config.real``); ``scorer`` adds columns, see :data:`Scorer`.
+    ``config.real``); ``scorer`` adds columns, see :data:`Scorer`; ``desc`` labels the progress bar.
     """
     import torch
     from accelerate import PartialState
@@ -443,7 +446,7 @@ def evaluate(
 
     batches = shard_batches(config.num_images, config.batch_size, state.process_index, state.num_processes)
     mine = sum(len(b) for b in batches)
-    with progress(total=mine * len(settings), desc="generating", unit="img", disable=not state.is_main_process) as bar:
+    with progress(total=mine * len(settings), desc=desc, unit="img", disable=not state.is_main_process) as bar:
         for method in methods:
             if not batches:
                 break  # more processes than batches: this one has nothing to make
@@ -527,11 +530,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sampling["scheduler"].help += f"; one of {', '.join(SCHEDULERS)}"  # the names live in schedulers.py (imports diffusers)
     g = p.add_argument_group("metrics")
     add_options(g, EvalConfig, ["real"])
-    ext = g.add_mutually_exclusive_group()
-    ext.add_argument("--inception-weights", default=None, metavar="FILE", help="FID Inception weights file (pt_inception-2015-12-05-6726825d.pth or weights-inception-2015-12-05-6726825d.pth); needed with --real")
-    ext.add_argument("--extractor", type=_random_conv_seed, default=None, metavar="random-conv:SEED",
-                     help="instead of Inception: a fixed random conv net, for smoke tests/CI only (its 'FID' is not comparable with any published FID)")
-    g.add_argument("--inception-resize", default="antialias", choices=["antialias", "legacy-tf"], help="Inception's internal resize to 299 (default: %(default)s, torchmetrics>=1.8; legacy-tf = TF FID/torch-fidelity)")
+    add_extractor_options(g)
     add_options(g, EvalConfig, ["resolution", "metrics", "kid_subset_size", "kid_subsets", "stats_cache", "use_stats_cache",
                                 "clip_model"])
     clip = g.add_mutually_exclusive_group()
@@ -543,6 +542,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--json", action="store_true", help="print the results rows and the output paths as JSON on stdout "
                    "instead of the summary line, for scripts")
     p.set_defaults(func=cmd_evaluate)
+
+
+def add_extractor_options(group: Any) -> None:
+    """--inception-weights / --extractor / --inception-resize: the FID/KID feature network (`extractor_from_args`)."""
+    ext = group.add_mutually_exclusive_group()
+    ext.add_argument("--inception-weights", default=None, metavar="FILE", help="FID Inception weights file (pt_inception-2015-12-05-6726825d.pth or weights-inception-2015-12-05-6726825d.pth); needed with --real")
+    ext.add_argument("--extractor", type=_random_conv_seed, default=None, metavar="random-conv:SEED",
+                     help="instead of Inception: a fixed random conv net, for smoke tests/CI only (its 'FID' is not comparable with any published FID)")
+    group.add_argument("--inception-resize", default="antialias", choices=["antialias", "legacy-tf"], help="Inception's internal resize to 299 (default: %(default)s, torchmetrics>=1.8; legacy-tf = TF FID/torch-fidelity)")
+
+
+def extractor_from_args(args: argparse.Namespace) -> nn.Module | None:
+    """The FID/KID feature network the options of `add_extractor_options` name (None without --real)."""
+    if args.real is None and (args.inception_weights or args.extractor is not None):
+        raise ValueError("--inception-weights/--extractor need --real DIR, the real images FID/KID compare against")
+    if args.extractor is not None:
+        from .metrics import RandomConvFeatures
+
+        return RandomConvFeatures(args.extractor)
+    if args.real is None:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    from .metrics import inception_extractor
+
+    # Every process loads it (so a missing file fails everywhere at once), each on its own device.
+    device = PartialState(cpu=not torch.cuda.is_available()).device
+    return inception_extractor(args.inception_weights, resize=args.inception_resize, device=device)
 
 
 def methods_from_args(args: argparse.Namespace) -> list[Method]:
@@ -584,20 +612,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                   "random_conv_seed": args.extractor}}
         print(json.dumps(resolved, indent=2, default=str))
         return 0
-    extractor = None
-    if args.extractor is not None:
-        from .metrics import RandomConvFeatures
-
-        extractor = RandomConvFeatures(args.extractor)
-    elif args.real is not None:
-        import torch
-        from accelerate import PartialState
-
-        from .metrics import inception_extractor
-
-        # Every process loads it (so a missing file fails everywhere at once), each on its own device.
-        device = PartialState(cpu=not torch.cuda.is_available()).device
-        extractor = inception_extractor(args.inception_weights, resize=args.inception_resize, device=device)
+    extractor = extractor_from_args(args)
     result = evaluate(methods_from_args(args), Sweep(args.domain_scales, args.guidance_scales), config,
                       extractor=extractor)
     if result is not None and args.json:
