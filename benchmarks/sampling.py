@@ -16,6 +16,12 @@ Paths (w_c = 2.5 everywhere; ours w_d = 2.5):
 - ``ours``: the default in-domain path: ∅ and the prompt batched in one prior call, the domain model in another.
 - ``ours, domain interval 0-0.5``: the domain term on the first half of the trajectory only (opt-in; fewer calls).
 - ``ours, domain every 2``: the domain term recomputed every second step and reused between (opt-in).
+- ``ours, LoRA domain (a second, fused UNet)`` / ``ours, LoRA domain, shared base (one call)``: a rank-16 LoRA domain
+  model loaded as its own UNet, or served from the prior's UNet (`share_base=True`: one batched call per step, the
+  adapter instead of a second UNet in memory). SD-shaped presets.
+
+Peak GPU memory per path is that path's weights (each module once) plus the peak its call allocates above what was
+allocated before it, since every path lives in the same process.
 """
 
 from __future__ import annotations
@@ -106,15 +112,60 @@ def paths(preset: str, parts: dict, device: str) -> dict:
         def go(prompts: list[str], seeds: list[int]):
             gens = [torch.Generator(device).manual_seed(s) for s in seeds]
             return pipe(prompts, generator=gens, **common, **kw).images
+        go.pipe = pipe
         return go
 
+    lora = lora_domain(parts, ours, device)
     return {
         "diffusers": run(ref),
         "ours w_d=0": run(ours, domain_guidance_scale=0.0),
         "ours": run(ours, domain_guidance_scale=2.5),
         "ours, domain interval 0-0.5": run(ours, domain_guidance_scale=2.5, domain_guidance_end=0.5),
         "ours, domain every 2": run(ours, domain_guidance_scale=2.5, domain_guidance_every=2),
+        **({} if lora is None else {
+            "ours, LoRA domain (a second, fused UNet)": run(lora[0], domain_guidance_scale=2.5),
+            "ours, LoRA domain, shared base (one call)": run(lora[1], domain_guidance_scale=2.5),
+        }),
     }
+
+
+def lora_domain(parts: dict, ours, device: str):
+    """Two pipelines with the same rank-16 LoRA null-text domain model (random adapters): loaded as a second, fused
+    UNet, and served from (a copy of) the prior's UNet with `share_base`. SD-shaped presets only."""
+    import copy
+    import tempfile
+
+    from peft import LoraConfig
+
+    from indomain import InDomainPipeline, NullTextUNet
+    from indomain.loading import load_domain_model, save_lora
+    from indomain.train import LORA_TARGETS
+
+    if "text_encoder_2" in parts:
+        return None
+    folder = tempfile.mkdtemp(prefix="indomain-bench-")
+    unet = copy.deepcopy(parts["unet"]).to("cpu", torch.float32)
+    model = NullTextUNet.from_prior(unet, ours.encode_text([""], device).to("cpu", torch.float32))
+    model.unet.add_adapter(LoraConfig(r=16, lora_alpha=16, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+    save_lora(model, folder)
+    separate = InDomainPipeline(**parts, domain_unet=load_domain_model(folder, parts["unet"]))
+    shared = InDomainPipeline(**{**parts, "unet": copy.deepcopy(parts["unet"])})
+    shared.share_domain_base(folder)
+    for pipe in (separate, shared):
+        pipe.set_progress_bar_config(disable=True)
+    return separate.to(device), shared.to(device)
+
+
+def weight_bytes(pipe) -> int:
+    """Bytes of every weight a pipeline holds (each module once)."""
+    seen, total = set(), 0
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            for p in module.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    total += p.numel() * p.element_size()
+    return total
 
 
 def sync(device: str) -> None:
@@ -151,17 +202,20 @@ def main() -> None:
             for name, fn in run.items():
                 if device == "cuda":
                     torch.cuda.reset_peak_memory_stats()
+                    before = torch.cuda.memory_allocated()
                 sync(device)
                 start = time.perf_counter()
                 fn(prompts, seeds)
                 sync(device)
                 times[name].append(time.perf_counter() - start)
-                if device == "cuda":
-                    peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated())
+                if device == "cuda":  # the path's own weights plus its activations (every path shares one process)
+                    peak = weight_bytes(fn.pipe) + torch.cuda.max_memory_allocated() - before
+                    peaks[name] = max(peaks.get(name, 0), peak)
         ref = statistics.median(times["diffusers"])
         for name, ts in times.items():
             row = {"preset": args.preset, "batch": batch, "path": name, "median_s": statistics.median(ts),
-                   "min_s": min(ts), "max_s": max(ts), "ratio": statistics.median(ts) / ref}
+                   "min_s": min(ts), "max_s": max(ts), "ratio": statistics.median(ts) / ref,
+                   "weights_mib": weight_bytes(run[name].pipe) / 2**20}
             if name in peaks:
                 row["peak_gib"] = peaks[name] / 2**30
                 row["memory_ratio"] = peaks[name] / peaks["diffusers"]
@@ -170,10 +224,11 @@ def main() -> None:
     print(f"\n{date.today()} · {device_name} · torch {torch.__version__} · {args.dtype} · 25 DPM-Solver++ steps · "
           f"median of {args.repeats}\n")
     mem = device == "cuda"
-    print("| batch | path | median s | min–max s | × diffusers |" + (" peak GiB | × memory |" if mem else ""))
-    print("|---|---|---|---|---|" + ("---|---|" if mem else ""))
+    print("| batch | path | median s | min–max s | × diffusers | weights MiB |" + (" peak GiB | × memory |" if mem else ""))
+    print("|---|---|---|---|---|---|" + ("---|---|" if mem else ""))
     for r in results:
-        line = f"| {r['batch']} | {r['path']} | {r['median_s']:.3f} | {r['min_s']:.3f}–{r['max_s']:.3f} | {r['ratio']:.2f}× |"
+        line = (f"| {r['batch']} | {r['path']} | {r['median_s']:.3f} | {r['min_s']:.3f}–{r['max_s']:.3f} | "
+                f"{r['ratio']:.2f}× | {r['weights_mib']:.0f} |")
         if mem:
             line += f" {r['peak_gib']:.2f} | {r['memory_ratio']:.2f}× |"
         print(line)

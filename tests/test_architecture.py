@@ -22,6 +22,7 @@ FLOORS = {
     # 1. the core: open models, sample
     "loading": 1, "pipeline": 1, "editing": 1,
     "pipeline_xl": 1, "pipeline_sd3": 1, "autopipeline": 1,  # the SDXL / SD3 pipelines on the same core
+    "shared_base": 1,  # a LoRA domain model served from the prior's UNet
     # 2. learn and measure
     "train": 2, "metrics": 2,
     "sds": 2, "text3d": 2,  # score distillation and `indomain 3d`
@@ -36,7 +37,7 @@ FLOORS = {
     "testing": 6,
 }
 CORE = {"guidance", "control", "nulltext", "safeload", "schedulers", "loading", "pipeline", "editing", "families",
-        "pipeline_xl", "pipeline_sd3", "autopipeline"}
+        "pipeline_xl", "pipeline_sd3", "autopipeline", "shared_base"}
 
 
 def room(path: Path) -> str:

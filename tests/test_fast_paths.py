@@ -75,3 +75,68 @@ def test_the_combined_step_compiles_as_one_graph(pipe):
         ref = step(x, t)
         out = torch.compile(step, fullgraph=True, backend="eager")(x, t)
     assert torch.equal(out, ref)
+
+
+@pytest.fixture
+def lora_world(tmp_path, components, null_embedding):
+    """A tiny prior folder and an adapter-only (LoRA) null-text domain model with non-trivial adapters."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+
+    from indomain.loading import save_lora
+    from indomain.train import LORA_TARGETS
+
+    StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(tmp_path / "prior")
+    model = NullTextUNet.from_prior(components["unet"], null_embedding, scheduler=components["scheduler"])
+    model.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for name, p in model.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # gaussian init leaves B at zero: make the adapter matter
+    save_lora(model, tmp_path / "lora-domain")
+    return tmp_path / "prior", tmp_path / "lora-domain"
+
+
+def count_calls(module):
+    calls = {"n": 0}
+    forward = module.forward
+
+    def counted(*a, **k):
+        calls["n"] += 1
+        return forward(*a, **k)
+
+    module.forward = counted
+    return calls
+
+
+def test_shared_base_lora_domain_runs_every_branch_in_one_call_with_the_same_images(lora_world):
+    prior, domain = lora_world
+    separate = InDomainPipeline.from_pretrained(prior, domain_unet=domain)
+    shared = InDomainPipeline.from_pretrained(prior, domain_unet=domain, share_base=True)
+    assert shared.domain_unet is None and shared.shared_domain.weights > 0
+    for p in (separate, shared):
+        p.set_progress_bar_config(disable=True)
+    calls = count_calls(shared.unet)
+    kw = dict(prompt=["a cat", "a dog"], num_inference_steps=4, output_type="np", weighted_prompts=[("blurry", -0.5)])
+    a = separate(**kw, generator=gen()).images
+    b = shared(**kw, generator=gen()).images
+    assert calls["n"] == 4  # one UNet call per step: ∅, the prompt, the weighted prompt and the domain rows together
+    assert np.abs(a - b).max() < 2e-4  # the adapter unfused vs fused: float round-off only
+    assert np.abs(a - separate(**kw, generator=gen(), domain_guidance_scale=0).images).max() > 1e-2  # the domain acts
+    # ordinary calls see the prior alone: w_d = 0 equals the plain prior exactly
+    plain = InDomainPipeline.from_pretrained(prior)
+    plain.set_progress_bar_config(disable=True)
+    assert np.array_equal(shared(**kw, generator=gen(), domain_guidance_scale=0).images,
+                          plain(**kw, generator=gen(), domain_guidance_scale=0).images)
+    # reuse across steps works on the shared path too
+    assert np.abs(shared(**kw, generator=gen(), domain_guidance_every=2).images
+                  - separate(**kw, generator=gen(), domain_guidance_every=2).images).max() < 2e-4
+
+
+def test_shared_base_needs_a_lora_folder(lora_world, tmp_path, components, null_embedding):
+    prior, _ = lora_world
+    NullTextUNet.from_prior(components["unet"], null_embedding).save_pretrained(tmp_path / "full")
+    with pytest.raises(ValueError, match="adapter-only"):
+        InDomainPipeline.from_pretrained(prior, domain_unet=tmp_path / "full", share_base=True)

@@ -10,6 +10,7 @@ All prior branches of a step run in one batched UNet call and the domain branch 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -43,6 +44,8 @@ from .guidance import DOMAIN, PRIOR, Branch, Guidance, GuidancePlan, MultiGuidan
 from .loading import is_lora_folder, load_domain_model, resolve_domain_path
 from .nulltext import STRUCTURE_KEYS, DomainModels, NullTextTransformer, NullTextUNet, check_compatible
 from .safeload import check_prior
+from .shared_base import ROWS, SharedBaseDomain
+from .shared_base import flags as domain_flags
 
 
 @dataclass
@@ -107,9 +110,13 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         pretrained_model_name_or_path: str | os.PathLike,
         domain_unet: str | os.PathLike | NullTextUNet | None = None,
         allow_pickle: bool = False,
+        share_base: bool = False,
         **kwargs: Any,
     ) -> "InDomainPipeline":
         """Load the prior (hub id or local dir) and, optionally, a domain model (folder or instance).
+
+        ``share_base=True`` serves an adapter-only (LoRA) domain folder from the prior's UNet (`share_domain_base`):
+        one UNet in memory and one call per step.
 
         Weights load from safetensors; pickle checkpoints need ``allow_pickle=True`` (then
         ``weights_only`` loading). Remote code is never trusted.
@@ -130,6 +137,12 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             kwargs["dtype"] = dtype
         if isinstance(domain_unet, (str, os.PathLike)):
             domain_unet = resolve_domain_path(domain_unet, **{k: kwargs[k] for k in ("local_files_only", "token", "revision", "cache_dir") if k in kwargs})
+        if share_base:
+            if not isinstance(domain_unet, (str, os.PathLike)) or not is_lora_folder(domain_unet):
+                raise ValueError("share_base=True needs domain_unet= an adapter-only (LoRA) domain model folder")
+            pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+            pipe.share_domain_base(domain_unet)
+            return pipe
         if isinstance(domain_unet, (str, os.PathLike)) and is_lora_folder(domain_unet):
             pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
             domain = load_domain_model(domain_unet, pipe.denoiser)
@@ -143,6 +156,15 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         if domain_unet is not None:
             kwargs[cls.domain_component] = domain_unet
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def share_domain_base(self, folder: str | os.PathLike) -> None:
+        """Serve an adapter-only (LoRA) domain model from the prior's own UNet: its adapter and constants go onto
+        ``unet``, and each step runs every branch, the domain's too, in one batched call (`indomain.shared_base`).
+        Replaces ``domain_unet``. Same images as the separate model up to float round-off (tested)."""
+        if self.family != "sd":
+            raise ValueError("a shared-base domain model is supported on Stable Diffusion 1.x / 2.x priors only")
+        self.shared_domain = SharedBaseDomain(self.unet, folder)
+        self.register_modules(**{self.domain_component: None})
 
     def set_extra_domains(self, models: Sequence[NullTextUNet], weights: Sequence[float] | None = None) -> None:
         """Attach extra domain models (checked against the prior) with their default weights; ``[]`` removes them."""
@@ -308,7 +330,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         ]:
             if not isinstance(w, (int, float)) or not math.isfinite(w):
                 raise ValueError(f"{name} must be a finite number, got {w!r}")
-        if domain_guidance_scale != 0 and self.domain_model is None:
+        if domain_guidance_scale != 0 and self.domain_model is None and getattr(self, "shared_domain", None) is None:
             raise ValueError(
                 f"domain_guidance_scale={domain_guidance_scale} needs a domain model: pass domain_unet= to from_pretrained, "
                 "or set domain_guidance_scale=0 for the plain prior"
@@ -580,6 +602,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         extra = [(_map(lambda e: e.expand(n, *e.shape[1:]), self.encode_text([text], device)), weight)
                  for text, weight in weighted_prompts or []]
         return Conditioning(
+            shared_domain=getattr(self, "shared_domain", None) is not None,
             n=n, negative_prompt_embeds=per_image(negative_prompt_embeds),
             prompt_embeds=None if prompt_embeds is None else per_image(prompt_embeds), domain_cond=domain_cond,
             extra=extra, control_window=control_window, domain_window=domain_window,
@@ -662,6 +685,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         controlnet, adapter = getattr(self, "controlnet", None), getattr(self, "adapter", None)
         if guess_mode:
             raise ValueError("guess_mode=True is not supported; only guess_mode=False")
+        if getattr(self, "shared_domain", None) is not None and not to_domain and (controlnet is not None or adapter is not None):
+            raise ValueError("controlnet_to_domain=False is not supported with a shared-base domain model")
         if controlnet is None and adapter is None:
             if image is not None:
                 raise ValueError("image= is a control image, but this pipeline has no controlnet or adapter")
@@ -685,10 +710,14 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         branch only with ``to_domain``, its ControlNet then reading the prior's unconditional text."""
         spatial = None if cond is None or cond.spatial is None or not cond.spatial.active(step, num_steps) else cond.spatial
 
+        shared = getattr(self, "shared_domain", None)
+
         def prior(x: torch.Tensor, t: torch.Tensor, emb: Any, unet: Any = None) -> torch.Tensor:
             extra = spatial.residuals(x, t, _text(emb)) if spatial is not None else {}
-            return self.call_denoiser(unet or self.denoiser, x, t, self.model_inputs(emb, x.shape[0]), extra,
-                                      self.cross_attention_kwargs)
+            rows = emb.get(ROWS) if isinstance(emb, dict) and shared is not None and unet is None else None
+            with shared.rows(rows) if rows is not None else contextlib.nullcontext():
+                return self.call_denoiser(unet or self.denoiser, x, t, self.model_inputs(emb, x.shape[0]), extra,
+                                          self.cross_attention_kwargs)
 
         def pristine(x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
             self.denoiser.disable_lora()  # the prior without its LoRA, for this branch only
@@ -732,15 +761,15 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         every, cache = getattr(self, "_domain_every", 1), getattr(self, "_domain_delta", {})
         reused = []
         if every > 1 and i % every:
-            reused = [term for term in plan.terms if term.model in cache and term.active(i, num_steps)]
+            reused = [term for term in plan.terms if _domain_key(term) in cache and term.active(i, num_steps)]
             plan = GuidancePlan(plan.uncond, [term for term in plan.terms if all(term is not r for r in reused)])
         out = MultiGuidance(self.guided(cond, i, num_steps), plan)(x_in, t, i, num_steps)
         if every > 1 and out.eps_u is not None:
             for term, eps in zip(out.terms, out.eps_k):
-                if term.model.startswith(DOMAIN):
-                    cache[term.model] = eps - out.eps_u
+                if _domain_key(term) is not None:
+                    cache[_domain_key(term)] = eps - out.eps_u
         for term in reused:
-            out.pred = out.pred + term.weight * cache[term.model]
+            out.pred = out.pred + term.weight * cache[_domain_key(term)]
         if self.guidance_rescale > 0 and out.terms:
             return rescale_noise_cfg(out.pred, _rescale_reference(out, cond.prompt_embeds), guidance_rescale=self.guidance_rescale)
         return out.pred
@@ -799,13 +828,19 @@ class Conditioning:
     domain_window: tuple[float, float] = (0.0, 1.0)
     spatial: SpatialControl | None = None  # ControlNet / T2I-Adapter residuals for every branch (see control.py)
     ip_adapter: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # (negative, positive) image embeddings
+    shared_domain: bool = False  # the domain model shares the prior's UNet (shared_base.py): its rows ride in prior calls
 
-    def prior_cond(self, emb: torch.Tensor, positive: bool) -> Any:
-        """A prior branch's condition: the text, or with an image prompt {text, ip0, ip1, ...} (batchable)."""
-        if self.ip_adapter is None:
+    def prior_cond(self, emb: torch.Tensor, positive: bool, domain: bool = False) -> Any:
+        """A prior branch's condition: the text, or a batchable dict {text, ...} with an image prompt (ip0, ip1, ...)
+        and, with a shared-base domain model, the per-row domain flags (`shared_base.ROWS`)."""
+        if self.ip_adapter is None and not self.shared_domain:
             return emb
-        text = emb if isinstance(emb, dict) else {TEXT: emb}
-        return {**text, **{f"{IP}{j}": e for j, e in enumerate(self.ip_adapter[int(positive)])}}
+        cond = dict(emb) if isinstance(emb, dict) else {TEXT: emb}
+        if self.ip_adapter is not None:
+            cond.update({f"{IP}{j}": e for j, e in enumerate(self.ip_adapter[int(positive)])})
+        if self.shared_domain:
+            cond[ROWS] = domain_flags(_text(emb).shape[0], domain)
+        return cond
 
     def plan(
         self, guidance_scale: float, domain_guidance_scale: float, extra_domains: Sequence[tuple[str, float]] = (),
@@ -814,7 +849,10 @@ class Conditioning:
         """Eq. C for these weights: ∅ from ``uncond_model`` (the prior), the domain term, one term per extra domain
         model ``(name, weight)``, the control prompt from ``control_model`` (the prior), the weighted prompts."""
         terms = []
-        if domain_guidance_scale != 0:
+        if domain_guidance_scale != 0 and self.shared_domain:  # the domain model's rows ride in the prior's call
+            domain = self.prior_cond(self.negative_prompt_embeds, False, domain=True)
+            terms.append(Guidance(PRIOR, domain, domain_guidance_scale, *self.domain_window))
+        elif domain_guidance_scale != 0:
             terms.append(Guidance(DOMAIN, self.domain_cond, domain_guidance_scale, *self.domain_window))
         terms += [Guidance(name, None, w, *self.domain_window) for name, w in extra_domains]
         if self.prompt_embeds is not None:
@@ -852,6 +890,15 @@ def check_control_unet(unet: Any, control_unet: Any) -> None:
         a, b = (list(v) if isinstance(v, (tuple, list)) else v for v in (a, b))
         if a != b:
             raise ValueError(f"control_unet does not fit this prior: its {key} is {b!r}, the prior UNet's is {a!r}")
+
+
+def _domain_key(term: Guidance) -> str | None:
+    """The name of a domain term (a domain model's, or a shared-base domain model's rows in the prior), else None."""
+    if term.model.startswith(DOMAIN):
+        return term.model
+    if isinstance(term.cond, dict) and ROWS in term.cond and bool(term.cond[ROWS].all()):
+        return DOMAIN
+    return None
 
 
 def _map(fn: Callable[[torch.Tensor], torch.Tensor], emb: Any) -> Any:
