@@ -1,6 +1,7 @@
 """Fast paths of the sampler (issue #15): each is checked against the reference path on CPU."""
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 
@@ -140,3 +141,17 @@ def test_shared_base_needs_a_lora_folder(lora_world, tmp_path, components, null_
     NullTextUNet.from_prior(components["unet"], null_embedding).save_pretrained(tmp_path / "full")
     with pytest.raises(ValueError, match="adapter-only"):
         InDomainPipeline.from_pretrained(prior, domain_unet=tmp_path / "full", share_base=True)
+
+
+def test_generate_share_base_flag(lora_world, tmp_path):
+    from indomain.cli import main
+
+    prior, domain = lora_world
+    common = ["generate", "--prior", str(prior), "--domain", str(domain), "--prompt", "a cat", "--steps", "3"]
+    assert main(common + ["--out", str(tmp_path / "separate")]) == 0
+    assert main(common + ["--share-base", "--out", str(tmp_path / "shared")]) == 0
+    a, b = (np.asarray(Image.open(tmp_path / d / "p00_seed000000.png"), np.int16) for d in ("separate", "shared"))
+    assert np.abs(a - b).max() <= 1
+    full = tmp_path / "full"
+    assert main(["generate", "--prior", str(prior), "--share-base", "--out", str(full)]) == 2
+    assert not full.exists()  # refused before anything was written
