@@ -5,7 +5,11 @@ Per step (Cao et al. 2025, Eq. A, with extra weighted prompts as in Eq. C)::
     eps = eps_prior(x, ∅) + w_d (eps_domain(x) - eps_prior(x, ∅))
                           + w_c (eps_prior(x, c) - eps_prior(x, ∅)) + Σ_i w_i (eps_prior(x, c_i) - eps_prior(x, ∅))
 
-All prior branches of a step run in one batched UNet call and the domain branch in one more.
+All prior branches of a step run in one batched UNet call and the domain branch in one more (with a LoRA domain model
+and ``share_base=True``, in the same call: `indomain.shared_base`).
+
+The family-specific parts (prompt encoding, the model call, latent scaling) are hooks that `InDomainXLPipeline` and
+`InDomainSD3Pipeline` override (`indomain.families`); the loop, the combination and the checks are shared.
 """
 
 from __future__ import annotations
