@@ -428,7 +428,9 @@ def _markdown(record: dict[str, Any], goal: Goal) -> str:
     """tune.md: the goal, the choice, the validation side by side, the probe table."""
     lines = ["# indomain tune", "", f"Command: `{record['command']}`", "", f"Goal: {goal.describe()}.", "",
              f"N = {record['n_per_setting']} images per setting (probe and validation alike); ± = binomial standard "
-             f"error for share columns ({', '.join(record['share_columns']) or 'none'}), the metric's own std otherwise.",
+             f"error for share columns ({', '.join(record['share_columns']) or 'none'}; 0 at a share of 0 or 1; it "
+             "counts the N images as independent, which understates the error when prompts repeat), the metric's own "
+             "std otherwise; kept = control / the prior's on the same prompts (± by the delta method).",
              ""]
     choice = record.get("choice")
     if choice is None:
@@ -460,7 +462,8 @@ def _markdown(record: dict[str, Any], goal: Goal) -> str:
               f"| w_d | w_c | {goal.control} | kept | {goal.fidelity} | keeps control |", "|---|---|---|---|---|---|"]
     for s in record["probe"]["table"]:
         mark = " **(chosen)**" if choice and (s["w_d"], s["w_c"]) == (choice["w_d"], choice["w_c"]) else ""
-        lines.append(f"| {s['w_d']:g} | {s['w_c']:g} | {_fmt(s['control'], s['control_se'])} | {_fmt(s['kept'])} | "
+        lines.append(f"| {s['w_d']:g} | {s['w_c']:g} | {_fmt(s['control'], s['control_se'])} | "
+                     f"{_fmt(s['kept'], s['kept_se'])} | "
                      f"{_fmt(s['fidelity'], s['fidelity_se'])} | {'yes' if s['feasible'] else 'no'}{mark} |")
     lines += ["", f"Wall time: {record['seconds'] / 60:.1f} min. Images, tables and reports: `probe/`, `validation/`.",
               ""]
