@@ -29,5 +29,6 @@ def test_shortened_demo_run_completes(tmp_path, monkeypatch):
     text = (out / "RESULTS.md").read_text()
     for column in ["control_top1", "openmoji_share", "fd_openmoji"]:
         assert column in text
-    assert (out / "eval-held-out" / "report.html").is_file()
+    assert (out / "eval-held-out-seed0" / "report.html").is_file() and (out / "tradeoff-held-out.png").is_file()
+    assert "Smoke run" in text and "Smoke run" in index.read_text()  # its numbers say what they are
     assert np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / "overview.png")).std() > 10

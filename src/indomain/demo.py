@@ -5,6 +5,10 @@ emoji, prompted by their names), it renders the domain (OpenMoji renders of the 
 a null-text domain model and the conventional fine-tunes it is compared with, generates unconditional and
 text-controlled in-domain samples (held-out emoji included), scores them with the shipped emoji evaluators and
 writes a report comparing the method with conventional fine-tuning: ``<out>/index.html``.
+
+Its numbers are a smoke run (24 images per setting, one seed, one weight point per method): they show that
+everything runs, not which method wins. The benchmark protocol (96 images per setting x 2 seeds, the weight grid,
+standard errors and seed ranges) is ``indomain world benchmark --prior PRIOR --out outputs/benchmark``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: 
 
     from .outputs import make_grid
     from .pipeline import InDomainPipeline
-    from .world.benchmark import DOMAIN_CAPTION, run_benchmark
+    from .world.benchmark import DOMAIN_CAPTION, full_command, run_benchmark
     from .world.evaluators import load_evaluators
     from .world.prior import emoji_prior_dir
     from .world.render import evenly_spaced, list_emoji, split_emoji
@@ -38,7 +42,7 @@ def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: 
     console.info(f"prior: {prior}")
     config = BenchmarkConfig.demo(prior, str(out), train_steps=train_steps, num_prompts=num_prompts,
                                   images_per_setting=images_per_setting, sample_steps=sample_steps, seed=seed,
-                                  num_domain_images=num_domain_images, overwrite=overwrite)
+                                  seeds=[seed], num_domain_images=num_domain_images, overwrite=overwrite)
     run_benchmark(config, scorer=load_evaluators().scorer(k=10))
 
     # an overview picture: unconditional in-domain samples, then held-out prompts under each method
@@ -57,11 +61,19 @@ def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: 
     grid = make_grid([im.resize((64, 64)) for r in rows.values() for im in r], ncols=8)
     grid.save(out / "overview.png")
     body = "<p>Rows, top to bottom: " + "; ".join(html.escape(k) for k in rows) + f". Held-out prompts: {html.escape(', '.join(names))}.</p>"
+    smoke = (f"<p><b>Smoke run.</b> The numbers in these reports come from {images_per_setting} images per setting, one "
+             "seed and one weight point per method: they show that everything runs, not which method is better. The "
+             "full benchmark (96 images per setting &times; 2 seeds, the weight grid, standard errors and seed ranges) "
+             f"is <code>{html.escape(full_command(config))}</code>; the project's full tables are in docs/RESULTS.md.</p>")
+    plots = "".join(f"<figure><img src='{p.name}' alt='{html.escape(p.stem)}'><figcaption>{html.escape(p.stem)} "
+                    "(smoke run)</figcaption></figure>" for p in sorted(out.glob("tradeoff-*.png")))
+    reports = " · ".join(f"<a href='{p.parent.name}/report.html'>{html.escape(p.parent.name)} report</a>"
+                         for p in sorted(out.glob("eval-*/report.html")))
     index = out / "index.html"
     index.write_text(
         "<html><head><meta charset='utf-8'><title>indomain demo</title></head><body><h1>indomain demo: the emoji world</h1>"
-        f"{body}<img src='overview.png'><p><a href='RESULTS.md'>RESULTS.md</a> · "
-        "<a href='eval-seen/report.html'>seen prompts report</a> · <a href='eval-held-out/report.html'>held-out prompts report</a></p>"
+        f"{smoke}{body}<img src='overview.png'><h2>Control against fidelity</h2>{plots}"
+        f"<p><a href='RESULTS.md'>RESULTS.md</a> · {reports}</p>"
         f"<p>Took {time.time() - start:.0f} s.</p></body></html>"
     )
     console.info((out / "RESULTS.md").read_text())

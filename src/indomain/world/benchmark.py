@@ -1,34 +1,53 @@
 """`indomain world benchmark`: the paper's central comparison, in the emoji world.
 
+    indomain world benchmark --prior PRIOR --out outputs/benchmark      # the protocol: N = 96 x 2 seeds, weight grid
+
 Given the emoji prior (trained on Noto + Twemoji, prompted by emoji names) and the domain (OpenMoji renders of
 the *seen* emoji, images only), it trains and compares:
 
-1. ``prior``: the prior alone, prompted ("red apple");
+1. ``prior``: the prior alone, prompted ("red apple"), over w_c (the reference point w_d = 0);
 2. ``finetune-cfg`` / ``finetune-lora-cfg``: conventional fine-tuning of the prior's text UNet on the domain images
-   with a fixed domain caption, then CFG with prompts "<caption>, <name>" (full and LoRA);
-3. ``rectified``: the same full fine-tune with the unconditional prediction taken from the prior (Domain Guidance);
-4. ``ours``: the null-text domain model with guidance-decoupled sampling, swept over (w_d, w_c).
+   with a fixed domain caption, then CFG with prompts "<caption>, <name>" (full and LoRA), over their CFG scale;
+3. ``rectified``: the same full fine-tune with the unconditional prediction taken from the prior (Domain Guidance),
+   over its scale;
+4. ``ours``: the null-text domain model with guidance-decoupled sampling, over w_d x w_c (at w_d = 0 it is the
+   prior, the same images, so those points are the prior's rows and are not generated twice).
 
 Every method is scored on prompts of *seen* emoji and of *held-out* emoji (never in domain training) with the
 project's emoji evaluators: ``control_top1`` (is it the prompted emoji: top-1 among 10 candidates),
 ``openmoji_share`` (share judged OpenMoji style), ``fd_openmoji`` (Fréchet distance to real OpenMoji renders
 in the evaluator's feature space) and ``precision_openmoji`` / ``recall_openmoji`` (k-NN precision and recall in that
-space; which of these to trust for what: the evaluators' card, ``indomain world evaluator-sanity``). Results: one
-`indomain.evaluate` report per prompt set plus ``RESULTS.md``.
+space; which of these to trust for what: the evaluators' card, ``indomain world evaluator-sanity``).
+
+The protocol, so that the numbers survive noise: each sampling seed in ``--seeds`` is a full evaluation of every
+setting (``eval-<split>-seed<s>/``, one `indomain.evaluate` report each; image i of seed s uses the generator seed
+``s * 1,000,000 + i``). Per (method, w_d, w_c), RESULTS.md gives the mean over seeds of each score, the binomial
+standard error ``sqrt(p (1 - p) / N)`` of each share (N = images per setting x seeds) and the range over seeds of
+each set statistic (FD, precision, recall: per seed at N images). The real OpenMoji renders of the same prompts'
+emoji, scored the same way at the same N, are the reference row. One trade-off plot per prompt split
+(``tradeoff-<split>.png``: control against FD, error bars, the Pareto front) sits next to RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cliargs import add_options, finite_float, from_args, option, positive_float, positive_int
+from ..cliargs import add_options, finite_float, from_args, nonnegative_int, option, positive_float, positive_int
 
 DOMAIN_CAPTION = "openmoji style"
+SEED_STRIDE = 1_000_000  # image i of sampling seed s uses the generator seed s * SEED_STRIDE + i: seeds share none
+PROTOCOL_IMAGES, PROTOCOL_SEEDS = 96, 2  # below either, RESULTS.md calls the run a smoke run
+SHARE_COLUMNS = ("control_top1", "openmoji_share")  # shares of images: binomial standard error
+SPREAD_COLUMNS = ("fd_openmoji", "precision_openmoji", "recall_openmoji")  # set statistics: range over seeds
+REAL = "real renders"  # the reference row: real OpenMoji renders of the prompts' emoji
+_KEYS = ("method", "w_d", "w_c", "setting", "n_generated", "images")  # evaluate's row columns that are not scores
 
 
 @dataclass
@@ -36,7 +55,7 @@ class BenchmarkConfig:
     """Every setting of `indomain world benchmark` (each field is also its option ``--field-name``)."""
 
     prior: str = option(help="the emoji prior pipeline folder")
-    out: str = option(help="output folder (models, reports, RESULTS.md)")
+    out: str = option(help="output folder (models, reports, RESULTS.md, trade-off plots)")
     resolution: int = option(32, "image size in pixels of the domain renders and of training (the emoji prior's size)",
                              type=positive_int)
     train_steps: int = option(400, "training steps per model: the domain model and each baseline", type=positive_int)
@@ -45,25 +64,102 @@ class BenchmarkConfig:
                                   type=positive_float)
     lora_rank: int = option(8, "LoRA rank of the LoRA baseline", type=positive_int)
     num_domain_images: int | None = option(None, "domain images (default: every seen emoji)", type=positive_int)
-    num_prompts: int = option(24, "prompts per set (seen and held-out)", type=positive_int)
-    images_per_setting: int = option(48, "images per scored setting", type=positive_int)
+    num_prompts: int = option(96, "prompts per set (seen and held-out), evenly spaced over the split; image i uses "
+                              "prompt i mod P", type=positive_int)
+    images_per_setting: int = option(PROTOCOL_IMAGES, "images per scored setting and seed (the N of FD, precision and "
+                                     "recall)", type=positive_int)
+    seeds: list[int] = option([0, 1], "sampling seeds: each is a full evaluation of every setting (shares pool the "
+                              "seeds' images; FD, precision and recall show the range over seeds)",
+                              type=nonnegative_int)
     sample_steps: int = option(20, "sampler steps", type=positive_int)
-    domain_scales: list[float] = option([0.0, 1.0, 2.5], "w_d sweep", type=finite_float, nargs="*")
-    guidance_scales: list[float] = option([2.5, 5.0], "w_c sweep", type=finite_float, nargs="*")
-    seed: int = option(0, "seed of the split, the training runs and the sampling")
+    domain_scales: list[float] = option([0.0, 1.0, 2.5, 4.0], "w_d sweep of ours (w_d = 0 is the prior)",
+                                        type=finite_float, nargs="*")
+    guidance_scales: list[float] = option([1.5, 2.5, 5.0], "w_c sweep of ours and of the prior", type=finite_float,
+                                          nargs="*")
+    baseline_scales: list[float] = option([1.5, 2.5, 5.0, 7.5], "scale sweep of the fine-tunes (their CFG w_c) and of "
+                                          "rectified (its w_d)", type=finite_float, nargs="*")
+    seed: int = option(0, "seed of the split and the training runs (sampling: --seeds)")
     overwrite: bool = option(False, "start over in --out, replacing an earlier benchmark or demo (default: continue "
                              "an earlier run there)")
 
     @classmethod
     def demo(cls, prior: str, out: str, **changes: Any) -> BenchmarkConfig:
-        """The `indomain demo` preset: shorter training and fewer images (CPU minutes), one w_d > 0 and one w_c."""
-        preset = dict(train_steps=300, num_prompts=12, images_per_setting=24, domain_scales=[0.0, 2.5],
-                      guidance_scales=[2.5])
+        """The `indomain demo` preset, a smoke run: shorter training, fewer images, one seed, one weight per method."""
+        preset = dict(train_steps=300, num_prompts=12, images_per_setting=24, seeds=[0], domain_scales=[0.0, 2.5],
+                      guidance_scales=[2.5], baseline_scales=[2.5])
         return cls(prior=prior, out=out, **(preset | changes))
+
+    @property
+    def smoke(self) -> bool:
+        """Fewer images or seeds than the protocol: the numbers show that the run works, not which method wins."""
+        return self.images_per_setting < PROTOCOL_IMAGES or len(set(self.seeds)) < PROTOCOL_SEEDS
 
 
 BENCHMARK_OUTPUTS = ("domain_images", "latent_cache", "ours", "finetune", "finetune-lora", "eval-*", "RESULTS.md",
-                     "overview.png", "index.html")  # all that `--overwrite` may remove
+                     "results.json", "tradeoff-*.png", "overview.png", "index.html")  # what `--overwrite` may remove
+
+
+@dataclass
+class SplitResult:
+    """One prompt split's outcome: the rows over seeds (the real renders first), the Pareto front, plot and reports."""
+
+    rows: list[dict[str, Any]]
+    front: list[int] = field(default_factory=list)  # indices into rows
+    plot: Path | None = None
+    reports: list[Path] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Statistics over seeds, the Pareto front (pure functions)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def aggregate_seeds(rows_per_seed: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per (method, w_d, w_c) from each seed's evaluation rows, in first-seen order.
+
+    Every score becomes its mean over the seeds. A share (:data:`SHARE_COLUMNS`) gains ``<col>_se``, the binomial
+    standard error ``sqrt(p (1 - p) / N)`` with N the images of all seeds (the sum of ``n_generated``); any other
+    score (FD, precision, recall: statistics of a whole image set) gains ``<col>_min`` / ``<col>_max``, its range
+    over the seeds. ``seeds`` and ``n`` say how many seeds and images a row pools.
+    """
+    groups: dict[tuple[Any, Any, Any], list[dict[str, Any]]] = {}
+    for rows in rows_per_seed:
+        for row in rows:
+            groups.setdefault((row["method"], row["w_d"], row["w_c"]), []).append(row)
+    out = []
+    for (method, w_d, w_c), rows in groups.items():
+        n = sum(int(r["n_generated"]) for r in rows)
+        agg: dict[str, Any] = {"method": method, "w_d": w_d, "w_c": w_c, "seeds": len(rows), "n": n}
+        scores = [c for c in dict.fromkeys(k for r in rows for k in r) if c not in _KEYS
+                  and all(isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool) for r in rows)]
+        for column in scores:
+            values = [float(r[column]) for r in rows]
+            mean = sum(values) / len(values)
+            agg[column] = mean
+            if column in SHARE_COLUMNS:
+                agg[f"{column}_se"] = math.sqrt(mean * (1 - mean) / n) if math.isfinite(mean) else math.nan
+            else:
+                finite = all(math.isfinite(v) for v in values)
+                agg[f"{column}_min"] = min(values) if finite else math.nan
+                agg[f"{column}_max"] = max(values) if finite else math.nan
+        out.append(agg)
+    return out
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated ``(control, fd)`` points: no other point has control >= and FD <= with one of
+    them strict (higher control and lower FD are better). Points with a non-finite coordinate are never on it."""
+    ok = [i for i, (c, d) in enumerate(points) if math.isfinite(c) and math.isfinite(d)]
+
+    def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+
+    return [i for i in ok if not any(dominates(points[j], points[i]) for j in ok if j != i)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def render_domain(out: Path, resolution: int, limit: int | None, seed: int) -> tuple[Path, list[str], list[str]]:
@@ -81,14 +177,50 @@ def render_domain(out: Path, resolution: int, limit: int | None, seed: int) -> t
     return folder, [e.name for e in seen], [e.name for e in held_out]
 
 
+def score_real_renders(prompts: Sequence[str], n: int, resolution: int, scorer: Any) -> dict[str, Any]:
+    """The reference row: image i is the OpenMoji render of prompt ``i mod P``'s emoji (the images a generator is
+    asked for), scored by ``scorer`` like a setting of N = ``n`` images. Renders are deterministic: one seed."""
+    from .render import list_emoji, render
+
+    by_name = {e.name: e for e in list_emoji()}
+    renders = {name: render(by_name[name], "openmoji", size=resolution) for name in dict.fromkeys(prompts)}
+    names = [prompts[i % len(prompts)] for i in range(n)]
+    values = scorer([renders[name] for name in names], names)
+    return {"method": REAL, "w_d": None, "w_c": None, "n_generated": n, **{k: float(v) for k, v in values.items()}}
+
+
+def benchmark_methods(config: BenchmarkConfig, ours: Any, finetune: Any, lora: Any) -> list[Any]:
+    """The compared methods and each one's weights: the prior over w_c; the fine-tunes and rectified over their scale;
+    ours over w_d x w_c without w_d = 0 (that is the prior: the same images)."""
+    from ..evaluate import Method
+
+    template = DOMAIN_CAPTION + ", {}"
+    scales = config.baseline_scales
+    methods = [
+        Method("prior", config.prior, domain_scales=[0.0], guidance_scales=config.guidance_scales),
+        Method("finetune-cfg", config.prior, unet=finetune, prompt_template=template, domain_scales=[0.0],
+               guidance_scales=scales),
+        Method("finetune-lora-cfg", config.prior, unet=lora, prompt_template=template, domain_scales=[0.0],
+               guidance_scales=scales),
+        Method("rectified", config.prior, domain=finetune, prompt_template=template, guidance_scales=[0.0],
+               domain_scales=scales),
+    ]
+    domain_scales = [w for w in config.domain_scales if w != 0]
+    if domain_scales:
+        methods.append(Method("ours", config.prior, domain=ours, domain_scales=domain_scales,
+                              guidance_scales=config.guidance_scales))
+    return methods
+
+
 def run_benchmark(config: BenchmarkConfig, scorer: Any = None) -> Path:
-    """Train every method, evaluate them on seen and held-out prompts, write the reports and RESULTS.md."""
-    from ..evaluate import EvalConfig, Method, Sweep, evaluate
+    """Train every method, evaluate them on seen and held-out prompts once per seed, write RESULTS.md and the plots."""
+    from ..evaluate import EvalConfig, Sweep, evaluate
+    from ..outputs import claim_output_dir
     from ..train import TrainConfig, train
     from .render import evenly_spaced
 
-    from ..outputs import claim_output_dir
-
+    if not config.seeds or len(set(config.seeds)) != len(config.seeds):
+        raise ValueError(f"seeds must be distinct and at least one, got {config.seeds}")
     start = time.time()
     out = claim_output_dir(config.out, "world benchmark", owned=BENCHMARK_OUTPUTS, record="RESULTS.md",
                            overwrite=config.overwrite, reuse=True)  # a rerun continues: trained models are kept
@@ -109,45 +241,192 @@ def run_benchmark(config: BenchmarkConfig, scorer: Any = None) -> Path:
     finetune = fit("finetune", baseline=True, caption=DOMAIN_CAPTION)
     lora = fit("finetune-lora", baseline=True, caption=DOMAIN_CAPTION, lora_rank=config.lora_rank,
                learning_rate=10 * config.learning_rate)
-    template = DOMAIN_CAPTION + ", {}"
-    methods = [
-        Method("prior", config.prior, domain_scales=[0.0]),
-        Method("finetune-cfg", config.prior, unet=finetune, prompt_template=template, domain_scales=[0.0]),
-        Method("finetune-lora-cfg", config.prior, unet=lora, prompt_template=template, domain_scales=[0.0]),
-        Method("rectified", config.prior, domain=finetune, prompt_template=template, guidance_scales=[0.0],
-               domain_scales=config.guidance_scales),
-        Method("ours", config.prior, domain=ours),
-    ]
-    sweep = Sweep(domain_scales=config.domain_scales, guidance_scales=config.guidance_scales)
+    methods = benchmark_methods(config, ours, finetune, lora)
+    sweep = Sweep()  # unused: every method names its own weights
     results = {}
     for split, names in (("seen", seen), ("held-out", held_out)):
         prompts = evenly_spaced(names, config.num_prompts)
-        eval_config = EvalConfig(out=out / f"eval-{split}", num_images=config.images_per_setting, prompts=prompts,
-                                 seed=config.seed, scheduler="dpm++", steps=config.sample_steps, batch_size=16,
-                                 metrics=(), plot_x="control_top1" if scorer else None,
-                                 plot_y="openmoji_share" if scorer else None, overwrite=True)
-        results[split] = evaluate(methods, sweep, eval_config, scorer=scorer)
+        evaluations = []
+        for s in config.seeds:
+            eval_config = EvalConfig(out=out / f"eval-{split}-seed{s}", num_images=config.images_per_setting,
+                                     prompts=prompts, seed=s * SEED_STRIDE, scheduler="dpm++",
+                                     steps=config.sample_steps, batch_size=16, metrics=(),
+                                     plot_x="control_top1" if scorer else None,
+                                     plot_y="fd_openmoji" if scorer else None, overwrite=True)
+            evaluations.append(evaluate(methods, sweep, eval_config, scorer=scorer, desc=f"{split}, seed {s}"))
+        rows = aggregate_seeds([e.rows for e in evaluations])
+        if scorer is not None:
+            rows = aggregate_seeds([[score_real_renders(prompts, config.images_per_setting, config.resolution,
+                                                        scorer)]]) + rows
+        settings = [i for i, row in enumerate(rows) if row["method"] != REAL]  # the real renders are no setting
+        points = [(rows[i].get("control_top1", math.nan), rows[i].get("fd_openmoji", math.nan)) for i in settings]
+        front = [settings[j] for j in pareto_front(points)]
+        plot = plot_tradeoff(rows, front, out / f"tradeoff-{split}.png", f"{split} prompts")
+        results[split] = SplitResult(rows, front, plot, [e.out / "report.html" for e in evaluations])
     write_results(out, config, results, time.time() - start)
     return out
 
 
-def write_results(out: Path, config: BenchmarkConfig, results: dict, seconds: float) -> Path:
-    """RESULTS.md: one table per prompt set, with the command and settings."""
+# ----------------------------------------------------------------------------------------------------------------
+# The trade-off plot and RESULTS.md
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def plot_tradeoff(rows: Sequence[dict[str, Any]], front: Sequence[int], path: Path, title: str) -> Path | None:
+    """Control (``control_top1``, error bar: its SE) against fidelity (``fd_openmoji``, lower is better, error bar: the
+    range over seeds), one line per method (ours: one per w_c, from the prior's point along w_d), the prior and the
+    real renders as reference points, the Pareto front ``front`` (indices into ``rows``) ringed and joined.
+    Returns None (writes nothing) without both columns."""
+    # The object API with the Agg canvas: no pyplot, so no global backend or figure state is touched.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x, y = "control_top1", "fd_openmoji"
+    shown = [r for r in rows if _finite(r.get(x)) and _finite(r.get(y))]
+    if not shown:
+        return None
+    fig = Figure(figsize=(7.5, 5.6), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+
+    def draw(points: list[dict[str, Any]], label: str, labels: bool = True, **style: Any) -> None:
+        xerr = [r.get(f"{x}_se", 0.0) for r in points]
+        yerr = [[r[y] - r.get(f"{y}_min", r[y]) for r in points], [r.get(f"{y}_max", r[y]) - r[y] for r in points]]
+        ax.errorbar([r[x] for r in points], [r[y] for r in points], xerr=xerr, yerr=yerr, capsize=2, elinewidth=0.8,
+                    label=label, **style)
+        for r in points if labels else []:
+            ax.annotate(f"{r['w_d']:g}/{r['w_c']:g}", (r[x], r[y]), textcoords="offset points", xytext=(3, 3),
+                        fontsize=6)
+
+    prior = {r["w_c"]: r for r in shown if r["method"] == "prior"}
+    colours = iter(["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive"])
+    for method in dict.fromkeys(r["method"] for r in shown if r["method"] not in ("prior", REAL)):
+        points = sorted((r for r in shown if r["method"] == method), key=lambda r: (r["w_c"], r["w_d"]))
+        colour = "tab:red" if method == "ours" else next(colours, "tab:gray")
+        if method != "ours":  # a baseline: one line along its scale
+            draw(points, method, color=colour, marker="o", linewidth=1, markersize=4)
+            continue
+        for k, w_c in enumerate(dict.fromkeys(r["w_c"] for r in points)):  # ours: one line per w_c along w_d
+            line = [prior[w_c]] if w_c in prior else []
+            draw(line + [r for r in points if r["w_c"] == w_c], f"ours, w_c = {w_c:g} (along w_d)", color=colour,
+                 marker="osD^v"[k % 5], linestyle=["-", "--", ":", "-."][k % 4], linewidth=1.2, markersize=4)
+    if prior:
+        draw(sorted(prior.values(), key=lambda r: r["w_c"]), "prior (w_d = 0)", color="black", marker="s",
+             linestyle="none", markersize=6)
+    real = [r for r in shown if r["method"] == REAL]
+    if real:
+        draw(real, "real OpenMoji renders", labels=False, color="gold", marker="*", markersize=14,
+             markeredgecolor="black", linestyle="none")
+    on_front = sorted((rows[i] for i in front if _finite(rows[i].get(x)) and _finite(rows[i].get(y))),
+                      key=lambda r: r[x])
+    if on_front:
+        ax.plot([r[x] for r in on_front], [r[y] for r in on_front], color="gray", linestyle="--", linewidth=0.8,
+                zorder=0)
+        ax.scatter([r[x] for r in on_front], [r[y] for r in on_front], s=160, facecolors="none", edgecolors="gray",
+                   linewidths=1.2, label="Pareto front (no point has more control and lower FD)")
+    generated = next((r for r in shown if r["method"] != REAL), shown[0])
+    n, seeds = generated.get("n", 0), generated.get("seeds", 1)
+    ax.set_xlabel("control: control_top1 (higher is better; bars: binomial SE)")
+    ax.set_ylabel("fidelity: fd_openmoji (lower is better; bars: seed range)")
+    per_seed = f"{n // seeds} images × {seeds} seed{'s' * (seeds != 1)}"
+    ax.set_title(f"{title}: N = {per_seed} per point; points labelled w_d/w_c", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def _cell(row: dict[str, Any], column: str) -> str:
+    value = row.get(column)
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        return value
+    digits = 2 if column.startswith("fd") else 3
+    if not math.isfinite(value):
+        return str(value)
+    if column in ("w_d", "w_c"):
+        return f"{value:g}"
+    if f"{column}_se" in row:
+        return f"{value:.3f} ± {row[f'{column}_se']:.3f}"
+    if row.get("seeds", 1) > 1 and _finite(row.get(f"{column}_min")):
+        return f"{value:.{digits}f} ({row[f'{column}_min']:.{digits}f}–{row[f'{column}_max']:.{digits}f})"
+    return f"{value:.{digits}f}"
+
+
+def fd_reference() -> str:
+    """The evaluators' FD reference set, in words (it is fixed: the FD of every row is against the same images)."""
+    from .evaluators import DOMAIN_SPLIT_SEED
+    from .render import list_emoji, split_emoji
+
+    seen, _ = split_emoji(list_emoji(), seed=DOMAIN_SPLIT_SEED)
+    return (f"OpenMoji renders of the {len(seen):,} seen emoji (`split_emoji(seed={DOMAIN_SPLIT_SEED})`, the domain "
+            "training set), in the emoji evaluators' 192-d feature space (`EmojiEvaluators.reference_stats`)")
+
+
+def full_command(config: BenchmarkConfig) -> str:
+    """The protocol run's command line (the defaults: N = 96 per setting and seed, 2 seeds, the weight grid)."""
+    return f"indomain world benchmark --prior {config.prior} --out outputs/benchmark"
+
+
+def write_results(out: Path, config: BenchmarkConfig, results: dict[str, SplitResult], seconds: float) -> Path:
+    """RESULTS.md (one table and trade-off plot per prompt set, with N, seeds, the FD reference and the command) and
+    results.json (the same rows)."""
     import sys
 
-    lines = ["# Emoji world: fine-tuning vs guidance-decoupled prior preservation", "",
-             f"Command: `{' '.join(sys.argv)}`", "", f"Settings: `{json.dumps(asdict(config))}`", "",
-             f"Wall time: {seconds / 60:.1f} min.", ""]
+    seeds = ", ".join(str(s) for s in config.seeds)
+    n = config.images_per_setting
+    lines = ["# Emoji world: fine-tuning vs guidance-decoupled prior preservation", ""]
+    if config.smoke:
+        lines += [f"**Smoke run.** N = {n} images per setting and {len(config.seeds)} seed(s), "
+                  f"{config.train_steps} training steps: these numbers show that the pipeline runs end to end, not "
+                  f"which method is better (a share at N = {n} has a standard error of up to "
+                  f"±{0.5 / math.sqrt(n * len(config.seeds)):.2f}, and FD depends on N, so it cannot be compared with "
+                  f"FD at N = {PROTOCOL_IMAGES}). The full benchmark (N = {PROTOCOL_IMAGES} per setting and seed, "
+                  f"{PROTOCOL_SEEDS} seeds, the weight grid: several CPU hours) is `{full_command(config)}`; the "
+                  "project's full tables are in docs/RESULTS.md.", ""]
+    lines += [f"Command: `{' '.join(sys.argv)}`", "", f"Settings: `{json.dumps(asdict(config))}`", "",
+              f"Wall time: {seconds / 60:.1f} min.", "",
+              f"Protocol: N = {n} images per setting and seed, seeds {seeds} (image i of seed s uses the generator "
+              f"seed s × {SEED_STRIDE:,} + i); {config.num_prompts} prompts per split, image i prompted with prompt "
+              f"i mod {config.num_prompts}. Shares (control_top1, openmoji_share) pool the seeds: mean ± binomial "
+              f"standard error sqrt(p(1 − p)/N), N = {n} × {len(config.seeds)} = {n * len(config.seeds)}. FD, "
+              f"precision and recall are computed per seed at N = {n}: mean over seeds (min–max)."]
+    if any("fd_openmoji" in r for result in results.values() for r in result.rows):
+        lines += ["", f"FD reference: {fd_reference()}. FD values are comparable only at the same N (real renders "
+                  f"score much lower FD at larger N). The `{REAL}` row: the real OpenMoji renders of the same prompts' "
+                  f"emoji, scored the same way at N = {n} (deterministic: one seed)."]
+    lines += ["", "Ours at w_d = 0 is the prior (the same images): its w_d = 0 points are the prior's rows. "
+              "● marks the Pareto front: no other setting has higher control_top1 and lower fd_openmoji.", ""]
     for split, result in results.items():
         rows = result.rows
-        cols = [c for c in ("method", "w_d", "w_c", "control_top1", "openmoji_share", "fd_openmoji", "precision_openmoji",
-                            "recall_openmoji") if c in rows[0]]
+        scores = [c for c in ("control_top1", "openmoji_share", *SPREAD_COLUMNS) if any(c in r for r in rows)]
+        scores += [c for c in dict.fromkeys(k for r in rows for k in r)
+                   if c not in scores and c not in ("method", "w_d", "w_c", "seeds", "n")
+                   and not c.endswith(("_se", "_min", "_max"))]  # a stand-in scorer's columns
+        cols = ["method", "w_d", "w_c", "N", *scores, "front"]
         lines += [f"## {split} prompts", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for row in rows:
-            lines.append("| " + " | ".join(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in cols) + " |")
-        lines += ["", f"Report: `{Path(result.out) / 'report.html'}`", ""]
+        for i, row in enumerate(rows):
+            cells = [_cell(row, c) for c in ("method", "w_d", "w_c")] + [str(row["n"])]
+            cells += [_cell(row, c) for c in scores] + ["●" if i in result.front else ""]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        if result.plot is not None:
+            lines += [f"![trade-off, {split} prompts]({result.plot.name})", ""]
+        lines += ["Reports (one per seed): " + ", ".join(f"`{p.relative_to(out)}`" for p in result.reports), ""]
     path = out / "RESULTS.md"
     path.write_text("\n".join(lines) + "\n")
+    record = {"config": asdict(config), "seconds": seconds, "smoke": config.smoke,
+              "splits": {split: {"rows": r.rows, "pareto_front": [r.rows[i] for i in r.front],
+                                 "plot": None if r.plot is None else r.plot.name,
+                                 "reports": [str(p.relative_to(out)) for p in r.reports]}
+                         for split, r in results.items()}}
+    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     return path
 
 
@@ -160,11 +439,14 @@ def add_parser(wsub: argparse._SubParsersAction) -> None:
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    from ..console import info
+
     scorer = None
     if not args.no_evaluators:
         from .evaluators import load_evaluators
 
         scorer = load_evaluators().scorer(k=10)
     out = run_benchmark(from_args(BenchmarkConfig, args), scorer)
+    info((out / "RESULTS.md").read_text())  # the tables with N, seeds and the FD reference
     print(f"results: {out / 'RESULTS.md'}")
     return 0
