@@ -327,7 +327,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], front: Sequence[int], path: Pa
         ax.plot([r[x] for r in on_front], [r[y] for r in on_front], color="gray", linestyle="--", linewidth=0.8,
                 zorder=0)
         ax.scatter([r[x] for r in on_front], [r[y] for r in on_front], s=160, facecolors="none", edgecolors="gray",
-                   linewidths=1.2, label="Pareto front (no point has more control and lower FD)")
+                   linewidths=1.2, label="Pareto front (not dominated)")
     generated = next((r for r in shown if r["method"] != REAL), shown[0])
     n, seeds = generated.get("n", 0), generated.get("seeds", 1)
     ax.set_xlabel("control: control_top1 (higher is better; bars: binomial SE)")
@@ -388,8 +388,8 @@ def write_results(out: Path, config: BenchmarkConfig, results: dict[str, SplitRe
                   f"which method is better (a share at N = {n} has a standard error of up to "
                   f"±{0.5 / math.sqrt(n * len(config.seeds)):.2f}, and FD depends on N, so it cannot be compared with "
                   f"FD at N = {PROTOCOL_IMAGES}). The full benchmark (N = {PROTOCOL_IMAGES} per setting and seed, "
-                  f"{PROTOCOL_SEEDS} seeds, the weight grid: several CPU hours) is `{full_command(config)}`; the "
-                  "project's full tables are in docs/RESULTS.md.", ""]
+                  f"{PROTOCOL_SEEDS} seeds, the weight grid: about an hour on one CPU core) is "
+                  f"`{full_command(config)}`; the project's full tables are in docs/RESULTS.md.", ""]
     lines += [f"Command: `{' '.join(sys.argv)}`", "", f"Settings: `{json.dumps(asdict(config))}`", "",
               f"Wall time: {seconds / 60:.1f} min.", "",
               f"Protocol: N = {n} images per setting and seed, seeds {seeds} (image i of seed s uses the generator "
@@ -400,9 +400,11 @@ def write_results(out: Path, config: BenchmarkConfig, results: dict[str, SplitRe
     if any("fd_openmoji" in r for result in results.values() for r in result.rows):
         lines += ["", f"FD reference: {fd_reference()}. FD values are comparable only at the same N (real renders "
                   f"score much lower FD at larger N). The `{REAL}` row: the real OpenMoji renders of the same prompts' "
-                  f"emoji, scored the same way at N = {n} (deterministic: one seed)."]
+                  f"emoji, scored the same way at N = {n} (deterministic: one seed). For seen prompts these renders "
+                  "are part of the FD reference set itself, so their row there is a floor, not a method."]
     lines += ["", "Ours at w_d = 0 is the prior (the same images): its w_d = 0 points are the prior's rows. "
-              "● marks the Pareto front: no other setting has higher control_top1 and lower fd_openmoji.", ""]
+              "● marks the Pareto front: no other setting is at least as good on both control_top1 (higher) and "
+              "fd_openmoji (lower) and better on one.", ""]
     for split, result in results.items():
         rows = result.rows
         scores = [c for c in ("control_top1", "openmoji_share", *SPREAD_COLUMNS) if any(c in r for r in rows)]
