@@ -68,7 +68,7 @@ def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: 
     plots = "".join(f"<figure><img src='{p.name}' alt='{html.escape(p.stem)}'><figcaption>{html.escape(p.stem)} "
                     "(smoke run)</figcaption></figure>" for p in sorted(out.glob("tradeoff-*.png")))
     reports = " · ".join(f"<a href='{p.parent.name}/report.html'>{html.escape(p.parent.name)} report</a>"
-                         for p in sorted(out.glob("eval-*/report.html")))
+                         for p in sorted(out.glob("eval-*-seed*/report.html")))  # not an older run's eval-<split>/
     index = out / "index.html"
     index.write_text(
         "<html><head><meta charset='utf-8'><title>indomain demo</title></head><body><h1>indomain demo: the emoji world</h1>"
