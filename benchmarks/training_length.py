@@ -32,7 +32,11 @@ def main() -> None:
     ap.add_argument("--num-emoji", type=int, default=96)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--sample-steps", type=int, default=25)
+    ap.add_argument("--replot", action="store_true", help="only redraw the plot from --out/results.json")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads((Path(args.out) / "results.json").read_text())["rows"], Path(args.out))
+        return
 
     import torch
     from diffusers import UNet2DConditionModel
@@ -113,13 +117,19 @@ def main() -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
+    plot(rows, out)
+
+
+def plot(rows: list[dict], out: Path) -> None:
+    """Control and FD against training steps, one line per method (training_length.png)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for method in methods:
+    for method in dict.fromkeys(r["method"] for r in rows):
         pts = [r for r in rows if r["method"] == method]
         x = [r["steps"] for r in pts]
         axes[0].errorbar(x, [r["control_top1"] for r in pts], yerr=[r["control_top1_se"] for r in pts], marker="o",
@@ -127,11 +137,14 @@ def main() -> None:
         axes[1].errorbar(x, [r["fd_openmoji"] for r in pts], marker="o", capsize=3, label=method,
                          yerr=[[r["fd_openmoji"] - r["fd_openmoji_range"][0] for r in pts],
                                [r["fd_openmoji_range"][1] - r["fd_openmoji"] for r in pts]])
+    steps = sorted({r["steps"] for r in rows})
     axes[0].set(xscale="log", xlabel="training steps", ylabel="control_top1 (held-out, higher is better)")
     axes[1].set(xscale="log", xlabel="training steps", ylabel="FD to OpenMoji (lower is better)")
     for ax in axes:
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticks(steps, [str(s) for s in steps])
         ax.legend(fontsize=8)
-    fig.suptitle(f"Training length, held-out emoji, N = {rows[0]['n']} per point")
+    fig.suptitle(f"Training length, held-out emoji, N = {rows[0]['n']} per point (bars: SE / seed range)")
     fig.tight_layout()
     fig.savefig(out / "training_length.png", dpi=120)
 
