@@ -9,13 +9,13 @@ The run happens in this order (as diffusers' ``train_text_to_image.py``): build 
 the model from the prior (the text encoders run once, for the empty prompt or the fixed caption, and are
 freed); encode every image once with the VAE into a safetensors latent cache; then one loop: sample a
 batch of cached latents, noise them (`noise_and_target`), predict with the model, plain denoising loss
-(optionally min-SNR weighted), backward, clip, step, EMA.
+(optionally min-SNR weighted), backward, clip, step, EMA. Checkpoints are written atomically every
+``--checkpointing-steps``; ``--resume latest`` continues exactly (step, optimizer, EMA, RNG and data
+order: batches, noise and timesteps are pure functions of ``(seed, step, rank)``).
 
 Every family of `indomain.families` trains in this one loop: SD 1.x/2.x (target epsilon or v, as the prior's
 scheduler says), SDXL (the same, with each image's size conditioning as time ids: original size from the cache,
-crop, target size) and SD3 (flow matching: logit-normal timesteps, target the velocity noise − x0). Checkpoints are written atomically every
-``--checkpointing-steps``; ``--resume latest`` continues exactly (step, optimizer, EMA, RNG and data
-order: batches, noise and timesteps are pure functions of ``(seed, step, rank)``).
+crop, target size) and SD3 (flow matching: logit-normal timesteps, target the velocity noise − x0).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class TrainConfig:
     Each field is also an option of ``indomain train`` (``--field-name`` unless ``flag`` says otherwise).
     """
 
-    prior: str = option(help="prior pipeline folder or hub id (SD 1.x/2.x layout)")
+    prior: str = option(help="prior pipeline folder or hub id: Stable Diffusion 1.x/2.x, SDXL or SD3 (diffusers layout)")
     images: str = option(help="folder of domain images (PNG/JPEG/WebP/BMP, read recursively, no captions)")
     output: str = option(help="output folder for the model, checkpoints, samples and logs")
     resolution: int = option(512, "training resolution in pixels (shorter side resized, then cropped)", type=positive_int)
