@@ -300,7 +300,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=positive_int, default=None, help="image width in pixels (default: the prior's native size)")
     p.add_argument("--domain-every", type=positive_int, default=1, metavar="K",
                    help="opt-in speed-up: run the domain model every K steps and reuse its term between (default: 1, "
-                        "exact). K=2 saved 13-21%% of the time of ours, for no quality cost beyond the seed spread in the emoji "
+                        "exact). K=2 saved 15-23%% of the time of ours, for no quality cost beyond the seed spread in the emoji "
                         "world (BENCHMARKS.md, 'Sampling speed')")
     p.add_argument("--share-base", action="store_true",
                    help="serve a LoRA domain model (from `indomain train --lora-rank`) from the prior's own UNet: every "
