@@ -1,10 +1,12 @@
 import math
 
 import pytest
+from PIL import Image
 
 from indomain.testing import save_tiny_prior
 from indomain.world.benchmark import (
     REAL,
+    ROUND_TRIP,
     BenchmarkConfig,
     aggregate_seeds,
     pareto_front,
@@ -85,10 +87,10 @@ def test_shortened_benchmark_trains_every_method_and_writes_results(tmp_path):
         assert (out / name / "config.json").is_file(), name
     text = (out / "RESULTS.md").read_text()
     assert "## seen prompts" in text and "## held-out prompts" in text and "Smoke run" in text
-    for method in ["prior", "finetune-cfg", "finetune-lora-cfg", "rectified", "ours", REAL]:
+    for method in ["prior", "finetune-cfg", "finetune-lora-cfg", "rectified", "ours", REAL, ROUND_TRIP]:
         assert f"| {method} |" in text
     assert "| ours | 0 |" not in text  # ours at w_d = 0 is the prior: not generated twice
-    assert " ± " in text and "FD reference: OpenMoji renders of the" in text
+    assert " ± " in text and "FD reference: OpenMoji font renders" in text
     for split in ["seen", "held-out"]:
         assert (out / f"tradeoff-{split}.png").is_file() and f"](tradeoff-{split}.png)" in text
         for seed in [0, 1]:
@@ -98,3 +100,35 @@ def test_shortened_benchmark_trains_every_method_and_writes_results(tmp_path):
     assert np.abs(first[0].astype(int) - first[1].astype(int)).max() > 0
     # the scorer sees the bare emoji names, not the fine-tune's captioned prompts
     assert seen_prompts and not any(p.startswith("openmoji style") for p in seen_prompts)
+
+
+def test_derived_domains_render_train_data_and_reference_rows(tmp_path):
+    """A derived domain's renders are the training data and the real-render rows; the round trip goes through the VAE."""
+    import numpy as np
+
+    from indomain.world.benchmark import render_domain, score_real_renders
+    from indomain.world.domains import get_domain
+    from indomain.world.render import get_emoji, render
+
+    folder, seen, held_out = render_domain(tmp_path, 32, 3, seed=0, domain="sticker")
+    files = sorted(folder.glob("*.png"))
+    assert len(files) == 3 and not set(seen) & set(held_out)
+    sticker = np.asarray(Image.open(files[0]).convert("RGB"))
+    assert (sticker[:4] == 255).all() and (sticker[:, -4:] == 255).all() and (sticker < 250).any()  # white margins
+    emoji = get_emoji("red apple")
+    sepia = np.asarray(get_domain("sepia").render(emoji)).reshape(-1, 3).astype(float)
+    assert not np.array_equal(sepia, np.asarray(render(emoji, "twemoji", 32).convert("RGB")).reshape(-1, 3))
+    ramp = sepia[:, 0] - 112.0  # on the brown-to-cream ramp: every channel a fixed affine function of the red one
+    assert np.abs(66 + ramp * (247.35 - 66) / (255 - 112) - sepia[:, 1]).max() < 1.5
+    with pytest.raises(ValueError, match="sepia"):
+        get_domain("pixel")
+
+    prior = save_tiny_prior(tmp_path / "prior")
+
+    def scorer(images, prompts):
+        return {"brightness": float(np.mean([np.asarray(im).mean() for im in images]))}
+
+    real = score_real_renders(["red apple", "dog face"], 4, 32, scorer, "sepia")
+    trip = score_real_renders(["red apple", "dog face"], 4, 32, scorer, "sepia", vae=str(prior / "vae"))
+    assert real["method"] == REAL and trip["method"] == ROUND_TRIP and real["n_generated"] == 4
+    assert real["brightness"] != trip["brightness"]  # a random tiny VAE changes the images

@@ -320,6 +320,28 @@ def test_scorer_columns(ev: E.EmojiEvaluators, held) -> None:
     assert mapped(images, [f"emoji: {p}" for p in prompts])["control_top1"] == out["control_top1"]
 
 
+@pytest.mark.parametrize("name", ["sepia", "sticker"])
+def test_domain_scorer(ev: E.EmojiEvaluators, held, name: str) -> None:
+    """A derived domain's scorer: FD and precision/recall against its own renders, control against two galleries."""
+    from indomain.world.domains import get_domain
+
+    domain = get_domain(name)
+    emojis = held["openmoji"]  # held out of domain training in every domain (the same split)
+    own = [domain.render(e) for e in emojis]
+    other = _pil(E.render_batch(emojis, "openmoji"))
+    names: list[str | None] = [e.name for e in emojis]
+    scorer = ev.scorer(k=K, domain=name)
+    mine, theirs = scorer(own, names), scorer(other, names)
+    assert set(mine) == {"control_top1", "control_domain_top1", f"fd_{name}", f"precision_{name}", f"recall_{name}"}
+    assert mine[f"fd_{name}"] < theirs[f"fd_{name}"] / 3  # its own style is far closer than OpenMoji
+    assert mine[f"precision_{name}"] > theirs[f"precision_{name}"]
+    assert mine["control_domain_top1"] == 1.0  # a real render is its own gallery entry: trivially retrieved
+    assert mine["control_top1"] >= 0.8 and theirs["control_domain_top1"] >= 0.5  # identity survives the style (chance 0.1)
+    noise = _pil(torch.rand(len(emojis), 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    assert scorer(noise, names)["control_domain_top1"] <= 0.3
+    assert ev.reference_features(name).shape == ev.reference_features().shape
+
+
 def test_scorer_in_evaluate(ev: E.EmojiEvaluators, held, tmp_path) -> None:
     """The scorer's columns land in indomain.evaluate's result row, scored from saved PNGs."""
     from indomain.evaluate import EvalConfig, Method, Setting, score_setting

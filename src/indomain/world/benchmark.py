@@ -41,12 +41,17 @@ from typing import Any
 
 from ..cliargs import add_options, finite_float, from_args, nonnegative_int, option, positive_float, positive_int
 
-DOMAIN_CAPTION = "openmoji style"
+DOMAIN_CAPTION = "openmoji style"  # the caption of the openmoji domain (indomain.world.domains), for the demo
 SEED_STRIDE = 1_000_000  # image i of sampling seed s uses the generator seed s * SEED_STRIDE + i: seeds share none
 PROTOCOL_IMAGES, PROTOCOL_SEEDS = 96, 2  # below either, RESULTS.md calls the run a smoke run
-SHARE_COLUMNS = ("control_top1", "openmoji_share")  # shares of images: binomial standard error
-SPREAD_COLUMNS = ("fd_openmoji", "precision_openmoji", "recall_openmoji")  # set statistics: range over seeds
-REAL = "real renders"  # the reference row: real OpenMoji renders of the prompts' emoji
+SHARE_COLUMNS = ("control_top1", "control_domain_top1", "openmoji_share")  # shares of images: binomial SE
+REAL = "real renders"  # the reference row: real renders of the prompts' emoji in the domain's style
+ROUND_TRIP = "VAE round trip"  # the real renders through the prior's VAE: the ceiling of any generated image
+
+
+def spread_columns(domain: str = "openmoji") -> tuple[str, ...]:
+    """The set statistics of a domain's scores (range over seeds): its FD, precision and recall."""
+    return (f"fd_{domain}", f"precision_{domain}", f"recall_{domain}")
 _KEYS = ("method", "w_d", "w_c", "setting", "n_generated", "images")  # evaluate's row columns that are not scores
 
 
@@ -56,6 +61,9 @@ class BenchmarkConfig:
 
     prior: str = option(help="the emoji prior pipeline folder")
     out: str = option(help="output folder (models, reports, RESULTS.md, trade-off plots)")
+    domain: str = option("openmoji", "the target domain (indomain.world.domains): openmoji, the original, or a style "
+                         "derived from the world that the method was never tuned on: sepia (Twemoji tinted sepia), "
+                         "sticker (Noto at 5/8 size on white)", choices=("openmoji", "sepia", "sticker"))
     resolution: int = option(32, "image size in pixels of the domain renders and of training (the emoji prior's size)",
                              type=positive_int)
     train_steps: int = option(400, "training steps per model: the domain model and each baseline", type=positive_int)
@@ -162,9 +170,11 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def render_domain(out: Path, resolution: int, limit: int | None, seed: int) -> tuple[Path, list[str], list[str]]:
-    """OpenMoji renders of the seen emoji (the only domain data) plus the seen and held-out prompt names."""
-    from .render import evenly_spaced, list_emoji, render, split_emoji
+def render_domain(out: Path, resolution: int, limit: int | None, seed: int,
+                  domain: str = "openmoji") -> tuple[Path, list[str], list[str]]:
+    """The domain's renders of the seen emoji (the only domain data) plus the seen and held-out prompt names."""
+    from .domains import get_domain
+    from .render import evenly_spaced, list_emoji, split_emoji
 
     seen, held_out = split_emoji(list_emoji(), seed=seed)
     folder = out / "domain_images"
@@ -173,28 +183,57 @@ def render_domain(out: Path, resolution: int, limit: int | None, seed: int) -> t
     for emoji in chosen:
         path = folder / f"{emoji.codepoint}.png"
         if not path.exists():
-            render(emoji, "openmoji", size=resolution).save(path)
+            get_domain(domain).render(emoji, resolution).save(path)
     return folder, [e.name for e in seen], [e.name for e in held_out]
 
 
-def score_real_renders(prompts: Sequence[str], n: int, resolution: int, scorer: Any) -> dict[str, Any]:
-    """The reference row: image i is the OpenMoji render of prompt ``i mod P``'s emoji (the images a generator is
-    asked for), scored by ``scorer`` like a setting of N = ``n`` images. Renders are deterministic: one seed."""
-    from .render import list_emoji, render
+def score_real_renders(prompts: Sequence[str], n: int, resolution: int, scorer: Any, domain: str = "openmoji",
+                       vae: str | None = None) -> dict[str, Any]:
+    """The reference row: image i is the domain's render of prompt ``i mod P``'s emoji (the images a generator is
+    asked for), scored by ``scorer`` like a setting of N = ``n`` images. Renders are deterministic: one seed.
+
+    With ``vae`` (an AutoencoderKL folder), the renders go through its encoder (the latent mode) and decoder first:
+    the :data:`ROUND_TRIP` row, the best any image decoded by that VAE can score."""
+    from .domains import get_domain
+    from .render import list_emoji
 
     by_name = {e.name: e for e in list_emoji()}
-    renders = {name: render(by_name[name], "openmoji", size=resolution) for name in dict.fromkeys(prompts)}
+    renders = {name: get_domain(domain).render(by_name[name], resolution) for name in dict.fromkeys(prompts)}
     names = [prompts[i % len(prompts)] for i in range(n)]
-    values = scorer([renders[name] for name in names], names)
-    return {"method": REAL, "w_d": None, "w_c": None, "n_generated": n, **{k: float(v) for k, v in values.items()}}
+    images = [renders[name] for name in names]
+    if vae is not None:
+        images = vae_round_trip(images, vae)
+    values = scorer(images, names)
+    return {"method": REAL if vae is None else ROUND_TRIP, "w_d": None, "w_c": None, "n_generated": n,
+            **{k: float(v) for k, v in values.items()}}
+
+
+def vae_round_trip(images: Sequence[Any], vae_dir: str, batch_size: int = 64) -> list[Any]:
+    """PIL images encoded (latent mode) and decoded by the AutoencoderKL in ``vae_dir``."""
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images[i : i + batch_size]]))
+            x = x.permute(0, 3, 1, 2).float().div(127.5).sub(1)
+            y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+            arrays = y.add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
+            out += [Image.fromarray(a) for a in arrays]
+    return out
 
 
 def benchmark_methods(config: BenchmarkConfig, ours: Any, finetune: Any, lora: Any) -> list[Any]:
     """The compared methods and each one's weights: the prior over w_c; the fine-tunes and rectified over their scale;
     ours over w_d x w_c without w_d = 0 (that is the prior: the same images)."""
     from ..evaluate import Method
+    from .domains import get_domain
 
-    template = DOMAIN_CAPTION + ", {}"
+    template = get_domain(config.domain).caption + ", {}"
     scales = config.baseline_scales
     methods = [
         Method("prior", config.prior, domain_scales=[0.0], guidance_scales=config.guidance_scales),
@@ -217,6 +256,7 @@ def run_benchmark(config: BenchmarkConfig, scorer: Any = None) -> Path:
     from ..evaluate import EvalConfig, Sweep, evaluate
     from ..outputs import claim_output_dir
     from ..train import TrainConfig, train
+    from .domains import get_domain
     from .render import evenly_spaced
 
     if not config.seeds or len(set(config.seeds)) != len(config.seeds):
@@ -224,7 +264,9 @@ def run_benchmark(config: BenchmarkConfig, scorer: Any = None) -> Path:
     start = time.time()
     out = claim_output_dir(config.out, "world benchmark", owned=BENCHMARK_OUTPUTS, record="RESULTS.md",
                            overwrite=config.overwrite, reuse=True)  # a rerun continues: trained models are kept
-    domain, seen, held_out = render_domain(out, config.resolution, config.num_domain_images, config.seed)
+    domain, seen, held_out = render_domain(out, config.resolution, config.num_domain_images, config.seed, config.domain)
+    caption = get_domain(config.domain).caption
+    fd = spread_columns(config.domain)[0]
 
     def fit(name: str, **kw: Any) -> Path:
         folder = out / name
@@ -238,8 +280,8 @@ def run_benchmark(config: BenchmarkConfig, scorer: Any = None) -> Path:
         return folder
 
     ours = fit("ours")
-    finetune = fit("finetune", baseline=True, caption=DOMAIN_CAPTION)
-    lora = fit("finetune-lora", baseline=True, caption=DOMAIN_CAPTION, lora_rank=config.lora_rank,
+    finetune = fit("finetune", baseline=True, caption=caption)
+    lora = fit("finetune-lora", baseline=True, caption=caption, lora_rank=config.lora_rank,
                learning_rate=10 * config.learning_rate)
     methods = benchmark_methods(config, ours, finetune, lora)
     sweep = Sweep()  # unused: every method names its own weights
@@ -252,16 +294,17 @@ def run_benchmark(config: BenchmarkConfig, scorer: Any = None) -> Path:
                                      prompts=prompts, seed=s * SEED_STRIDE, scheduler="dpm++",
                                      steps=config.sample_steps, batch_size=16, metrics=(),
                                      plot_x="control_top1" if scorer else None,
-                                     plot_y="fd_openmoji" if scorer else None, overwrite=True)
+                                     plot_y=fd if scorer else None, overwrite=True)
             evaluations.append(evaluate(methods, sweep, eval_config, scorer=scorer, desc=f"{split}, seed {s}"))
         rows = aggregate_seeds([e.rows for e in evaluations])
         if scorer is not None:
-            rows = aggregate_seeds([[score_real_renders(prompts, config.images_per_setting, config.resolution,
-                                                        scorer)]]) + rows
-        settings = [i for i, row in enumerate(rows) if row["method"] != REAL]  # the real renders are no setting
-        points = [(rows[i].get("control_top1", math.nan), rows[i].get("fd_openmoji", math.nan)) for i in settings]
+            references = [score_real_renders(prompts, config.images_per_setting, config.resolution, scorer,
+                                             config.domain, vae) for vae in (None, str(Path(config.prior) / "vae"))]
+            rows = aggregate_seeds([references]) + rows
+        settings = [i for i, row in enumerate(rows) if row["method"] not in (REAL, ROUND_TRIP)]  # references
+        points = [(rows[i].get("control_top1", math.nan), rows[i].get(fd, math.nan)) for i in settings]
         front = [settings[j] for j in pareto_front(points)]
-        plot = plot_tradeoff(rows, front, out / f"tradeoff-{split}.png", f"{split} prompts")
+        plot = plot_tradeoff(rows, front, out / f"tradeoff-{split}.png", f"{split} prompts", fd)
         results[split] = SplitResult(rows, front, plot, [e.out / "report.html" for e in evaluations])
     write_results(out, config, results, time.time() - start)
     return out
@@ -276,16 +319,17 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def plot_tradeoff(rows: Sequence[dict[str, Any]], front: Sequence[int], path: Path, title: str) -> Path | None:
-    """Control (``control_top1``, error bar: its SE) against fidelity (``fd_openmoji``, lower is better, error bar: the
-    range over seeds), one line per method (ours: one per w_c, from the prior's point along w_d), the prior and the
-    real renders as reference points, the Pareto front ``front`` (indices into ``rows``) ringed and joined.
+def plot_tradeoff(rows: Sequence[dict[str, Any]], front: Sequence[int], path: Path, title: str,
+                  fd: str = "fd_openmoji") -> Path | None:
+    """Control (``control_top1``, error bar: its SE) against fidelity (``fd``, lower is better, error bar: the range
+    over seeds), one line per method (ours: one per w_c, from the prior's point along w_d), the prior, the real renders
+    and their VAE round trip as reference points, the Pareto front ``front`` (indices into ``rows``) ringed and joined.
     Returns None (writes nothing) without both columns."""
     # The object API with the Agg canvas: no pyplot, so no global backend or figure state is touched.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    x, y = "control_top1", "fd_openmoji"
+    x, y = "control_top1", fd
     shown = [r for r in rows if _finite(r.get(x)) and _finite(r.get(y))]
     if not shown:
         return None
@@ -304,7 +348,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], front: Sequence[int], path: Pa
 
     prior = {r["w_c"]: r for r in shown if r["method"] == "prior"}
     colours = iter(["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive"])
-    for method in dict.fromkeys(r["method"] for r in shown if r["method"] not in ("prior", REAL)):
+    for method in dict.fromkeys(r["method"] for r in shown if r["method"] not in ("prior", REAL, ROUND_TRIP)):
         points = sorted((r for r in shown if r["method"] == method), key=lambda r: (r["w_c"], r["w_d"]))
         colour = "tab:red" if method == "ours" else next(colours, "tab:gray")
         if method != "ours":  # a baseline: one line along its scale
@@ -317,10 +361,11 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], front: Sequence[int], path: Pa
     if prior:
         draw(sorted(prior.values(), key=lambda r: r["w_c"]), "prior (w_d = 0)", color="black", marker="s",
              linestyle="none", markersize=6)
-    real = [r for r in shown if r["method"] == REAL]
-    if real:
-        draw(real, "real OpenMoji renders", labels=False, color="gold", marker="*", markersize=14,
-             markeredgecolor="black", linestyle="none")
+    for method, label, marker in ((REAL, "real renders", "*"), (ROUND_TRIP, "real renders, VAE round trip", "P")):
+        real = [r for r in shown if r["method"] == method]
+        if real:
+            draw(real, label, labels=False, color="gold", marker=marker, markersize=14 if marker == "*" else 10,
+                 markeredgecolor="black", linestyle="none")
     on_front = sorted((rows[i] for i in front if _finite(rows[i].get(x)) and _finite(rows[i].get(y))),
                       key=lambda r: r[x])
     if on_front:
@@ -328,10 +373,10 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], front: Sequence[int], path: Pa
                 zorder=0)
         ax.scatter([r[x] for r in on_front], [r[y] for r in on_front], s=160, facecolors="none", edgecolors="gray",
                    linewidths=1.2, label="Pareto front (not dominated)")
-    generated = next((r for r in shown if r["method"] != REAL), shown[0])
+    generated = next((r for r in shown if r["method"] not in (REAL, ROUND_TRIP)), shown[0])
     n, seeds = generated.get("n", 0), generated.get("seeds", 1)
     ax.set_xlabel("control: control_top1 (higher is better; bars: binomial SE)")
-    ax.set_ylabel("fidelity: fd_openmoji (lower is better; bars: seed range)")
+    ax.set_ylabel(f"fidelity: {fd} (lower is better; bars: seed range)")
     per_seed = f"{n // seeds} images × {seeds} seed{'s' * (seeds != 1)}"
     ax.set_title(f"{title}: N = {per_seed} per point; points labelled w_d/w_c", fontsize=9)
     ax.grid(alpha=0.3)
@@ -359,19 +404,23 @@ def _cell(row: dict[str, Any], column: str) -> str:
     return f"{value:.{digits}f}"
 
 
-def fd_reference() -> str:
+def fd_reference(domain: str = "openmoji") -> str:
     """The evaluators' FD reference set, in words (it is fixed: the FD of every row is against the same images)."""
+    from .domains import get_domain
     from .evaluators import DOMAIN_SPLIT_SEED
     from .render import list_emoji, split_emoji
 
     seen, _ = split_emoji(list_emoji(), seed=DOMAIN_SPLIT_SEED)
-    return (f"OpenMoji renders of the {len(seen):,} seen emoji (`split_emoji(seed={DOMAIN_SPLIT_SEED})`, the domain "
-            "training set), in the emoji evaluators' 192-d feature space (`EmojiEvaluators.reference_stats`)")
+    return (f"{get_domain(domain).description}: the renders of the {len(seen):,} seen emoji "
+            f"(`split_emoji(seed={DOMAIN_SPLIT_SEED})`, the domain training set), in the emoji evaluators' 192-d "
+            "feature space (`EmojiEvaluators.reference_features`)")
 
 
 def full_command(config: BenchmarkConfig) -> str:
     """The protocol run's command line (the defaults: N = 96 per setting and seed, 2 seeds, the weight grid)."""
-    return f"indomain world benchmark --prior {config.prior} --out outputs/benchmark"
+    if config.domain == "openmoji":
+        return f"indomain world benchmark --prior {config.prior} --out outputs/benchmark"
+    return f"indomain world benchmark --prior {config.prior} --domain {config.domain} --out outputs/benchmark-{config.domain}"
 
 
 def write_results(out: Path, config: BenchmarkConfig, results: dict[str, SplitResult], seconds: float) -> Path:
@@ -381,7 +430,8 @@ def write_results(out: Path, config: BenchmarkConfig, results: dict[str, SplitRe
 
     seeds = ", ".join(str(s) for s in config.seeds)
     n = config.images_per_setting
-    lines = ["# Emoji world: fine-tuning vs guidance-decoupled prior preservation", ""]
+    fd = spread_columns(config.domain)[0]
+    lines = [f"# Emoji world ({config.domain}): fine-tuning vs guidance-decoupled prior preservation", ""]
     if config.smoke:
         lines += [f"**Smoke run.** N = {n} images per setting and {len(config.seeds)} seed(s), "
                   f"{config.train_steps} training steps: these numbers show that the pipeline runs end to end, not "
@@ -394,20 +444,24 @@ def write_results(out: Path, config: BenchmarkConfig, results: dict[str, SplitRe
               f"Wall time: {seconds / 60:.1f} min.", "",
               f"Protocol: N = {n} images per setting and seed, seeds {seeds} (image i of seed s uses the generator "
               f"seed s × {SEED_STRIDE:,} + i); {config.num_prompts} prompts per split, image i prompted with prompt "
-              f"i mod {config.num_prompts}. Shares (control_top1, openmoji_share) pool the seeds: mean ± binomial "
+              f"i mod {config.num_prompts}. Shares (control_top1, ...) pool the seeds: mean ± binomial "
               f"standard error sqrt(p(1 − p)/N), N = {n} × {len(config.seeds)} = {n * len(config.seeds)}. FD, "
               f"precision and recall are computed per seed at N = {n}: mean over seeds (min–max)."]
-    if any("fd_openmoji" in r for result in results.values() for r in result.rows):
-        lines += ["", f"FD reference: {fd_reference()}. FD values are comparable only at the same N (real renders "
-                  f"score much lower FD at larger N). The `{REAL}` row: the real OpenMoji renders of the same prompts' "
-                  f"emoji, scored the same way at N = {n} (deterministic: one seed). For seen prompts these renders "
-                  "are part of the FD reference set itself, so their row there is a floor, not a method."]
+    if any(fd in r for result in results.values() for r in result.rows):
+        lines += ["", f"FD reference: {fd_reference(config.domain)}. FD values are comparable only at the same N (real "
+                  f"renders score much lower FD at larger N). The `{REAL}` row: the real renders of the same prompts' "
+                  f"emoji in the domain's style, scored the same way at N = {n} (deterministic: one seed); the "
+                  f"`{ROUND_TRIP}` row: the same renders through the prior's VAE, the best a generated image can do. "
+                  "For seen prompts the renders are part of the FD reference set itself, so their rows there are a "
+                  "floor, not a method. `control_domain_top1` (derived domains only) retrieves against a gallery of "
+                  "the domain's own renders: trivially 1 for the real renders, so read it on the round trip."]
     lines += ["", "Ours at w_d = 0 is the prior (the same images): its w_d = 0 points are the prior's rows. "
               "● marks the Pareto front: no other setting is at least as good on both control_top1 (higher) and "
-              "fd_openmoji (lower) and better on one.", ""]
+              f"{fd} (lower) and better on one.", ""]
     for split, result in results.items():
         rows = result.rows
-        scores = [c for c in ("control_top1", "openmoji_share", *SPREAD_COLUMNS) if any(c in r for r in rows)]
+        scores = [c for c in ("control_top1", "control_domain_top1", "openmoji_share", *spread_columns(config.domain))
+                  if any(c in r for r in rows)]
         scores += [c for c in dict.fromkeys(k for r in rows for k in r)
                    if c not in scores and c not in ("method", "w_d", "w_c", "seeds", "n")
                    and not c.endswith(("_se", "_min", "_max"))]  # a stand-in scorer's columns
@@ -447,7 +501,7 @@ def _cmd(args: argparse.Namespace) -> int:
     if not args.no_evaluators:
         from .evaluators import load_evaluators
 
-        scorer = load_evaluators().scorer(k=10)
+        scorer = load_evaluators().scorer(k=10, domain=args.domain)
     out = run_benchmark(from_args(BenchmarkConfig, args), scorer)
     info((out / "RESULTS.md").read_text())  # the tables with N, seeds and the FD reference
     print(f"results: {out / 'RESULTS.md'}")

@@ -78,6 +78,7 @@ from torch import Tensor, nn
 from ..data import composite_on_white
 from ..evaluate import Scorer
 from ..metrics import MissingWeightsError, PrecisionRecall, as_image_batch, frechet_distance, in_manifold, knn_radii
+from .domains import Domain, get_domain
 from .render import STYLES, Emoji, list_emoji, render, split_emoji
 
 __all__ = [
@@ -418,11 +419,22 @@ class EmojiEvaluators:
         logits = self._run(images).style_logits
         return float((logits.argmax(1) == OPENMOJI).float().mean()) if logits.shape[0] else math.nan
 
-    def reference_features(self) -> Tensor:
-        """``(1101, 192)`` features of the reference: the OpenMoji renders of the ``split_emoji`` seen emoji."""
+    def reference_features(self, domain: str | Domain = "openmoji") -> Tensor:
+        """``(1101, 192)`` features of the reference: the ``domain``'s renders of the ``split_emoji`` seen emoji
+        (default: OpenMoji, the reference of :meth:`frechet_to_openmoji`)."""
         seen, _ = split_emoji(self.world, seed=DOMAIN_SPLIT_SEED)
         rows = [self.emoji_index(e) for e in seen]
-        return self._world_outputs("openmoji").features[rows]
+        return self._domain_outputs(domain).features[rows]
+
+    def _domain_outputs(self, domain: str | Domain) -> _Outputs:
+        # The whole world in a domain's style, run once per evaluator (an original style: its gallery pass).
+        domain = get_domain(domain)
+        if domain.name == domain.base:
+            return self._world_outputs(domain.base)
+        key = f"domain:{domain.name}"
+        if key not in self._gallery:
+            self._gallery[key] = self._run([domain.render(e, INPUT_SIZE) for e in self.world])
+        return self._gallery[key]
 
     def reference_stats(self) -> tuple[Tensor, Tensor]:
         """Mean and covariance (float64) of :meth:`reference_features`."""
@@ -479,7 +491,7 @@ class EmojiEvaluators:
 
     # ---- all at once
     def scorer(self, k: int = 10, seed: int = 0, prompt_to_name: Callable[[str], str] | None = None,
-               pr_k: int = 3) -> Scorer:
+               pr_k: int = 3, domain: str | Domain = "openmoji") -> Scorer:
         """A scorer for ``indomain.evaluate``: ``scorer(images, prompts)`` returns
 
         * ``control_top1``: :meth:`retrieval_top1` over the images whose prompt is not None (NaN if none is); a
@@ -490,7 +502,16 @@ class EmojiEvaluators:
           images or fewer).
 
         The images are run through the network once.
+
+        With another ``domain`` (:mod:`indomain.world.domains`), the fidelity columns are ``fd_<domain>``,
+        ``precision_<domain>`` and ``recall_<domain>`` against that domain's renders of the seen emoji, there is no
+        style share (the style head knows only the three original styles), and ``control_domain_top1`` adds
+        retrieval against a gallery of the domain's own renders of every emoji (for a style the shipped galleries
+        rate poorly even for real images).
         """
+        domain = get_domain(domain)
+        if domain.name != "openmoji":
+            return self._domain_scorer(domain, k, seed, prompt_to_name, pr_k)
 
         def emoji_evaluators(images: list[PIL.Image.Image], prompts: list[str | None]) -> dict[str, float]:
             if len(images) != len(prompts):
@@ -514,6 +535,42 @@ class EmojiEvaluators:
             }
 
         return emoji_evaluators
+
+    def _domain_scorer(self, domain: Domain, k: int, seed: int, prompt_to_name: Callable[[str], str] | None,
+                       pr_k: int) -> Scorer:
+        reference = self.reference_features(domain)
+        stats, radii = _stats(reference), knn_radii(reference, pr_k)
+        gallery = self._domain_outputs(domain).embedding
+
+        def domain_evaluators(images: list[PIL.Image.Image], prompts: list[str | None]) -> dict[str, float]:
+            if len(images) != len(prompts):
+                raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+            out = self._run(images)
+            rows = [i for i, p in enumerate(prompts) if p is not None]
+            control = control_domain = math.nan
+            if rows:
+                names = [prompt_to_name(prompts[i]) if prompt_to_name else prompts[i] for i in rows]
+                targets = [self.emoji_index(n) for n in names]  # type: ignore[arg-type]
+                emb = out.embedding[rows]
+                control = float(self._retrieval_hits_from_embeddings(emb, targets, k, seed, STYLES, "mean")
+                                .float().mean())
+                cand = torch.from_numpy(self.candidates(targets, k, seed))
+                sims = torch.einsum("nd,nkd->nk", emb, gallery[cand])
+                control_domain = float((sims[:, 0] > sims[:, 1:].amax(1)).float().mean())
+            n = out.features.shape[0]
+            precision = recall = math.nan
+            if n > pr_k:
+                precision = in_manifold(out.features, reference, radii).double().mean().item()
+                recall = in_manifold(reference, out.features, knn_radii(out.features, pr_k)).double().mean().item()
+            return {
+                "control_top1": control,
+                "control_domain_top1": control_domain,
+                f"fd_{domain.name}": self._frechet(out.features, stats) if n >= 2 else math.nan,
+                f"precision_{domain.name}": precision,
+                f"recall_{domain.name}": recall,
+            }
+
+        return domain_evaluators
 
 
 def _stats(feats: Tensor) -> tuple[Tensor, Tensor]:
