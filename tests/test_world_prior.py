@@ -34,3 +34,22 @@ def test_train_prior_resumes_where_it_stopped(tiny_prior_run):
     assert torch.load(tiny_prior_run / "unet_state.pt", weights_only=False)["step"] == 4
     steps = [json.loads(line)["step"] for line in (tiny_prior_run / "unet_log.jsonl").read_text().splitlines()] if (tiny_prior_run / "unet_log.jsonl").read_text() else []
     assert steps == sorted(steps)
+
+
+def test_train_prior_continues_from_weights_alone(tiny_prior_run, tmp_path):
+    """--init-from: the VAE is kept byte for byte, the UNet starts from the given weights, steps count on."""
+    from diffusers import UNet2DConditionModel
+
+    out = tmp_path / "continued"
+    rc = main(["world", "train-prior", "--out", str(out), "--unet-steps", "5", "--unet-batch", "4",
+               "--checkpoint-every", "2", "--limit", "6", "--init-from", str(tiny_prior_run / "pipeline"),
+               "--init-step", "4", "--vae-steps", "1"])
+    assert rc == 0
+    assert not (out / "vae_state.pt").exists()  # the VAE was not trained
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+        assert (out / "vae" / name).read_bytes() == (tiny_prior_run / "pipeline" / "vae" / name).read_bytes()
+    assert torch.load(out / "unet_state.pt", weights_only=True)["step"] == 5  # one step after step 4
+    start = UNet2DConditionModel.from_pretrained(tiny_prior_run / "pipeline" / "unet")
+    after = UNet2DConditionModel.from_pretrained(out / "unet")
+    diffs = [(a.float() - b.float()).abs().max().item() for a, b in zip(start.parameters(), after.parameters())]
+    assert 0 < max(diffs) < 0.1  # moved one step from the start, not re-initialised

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..cliargs import finite_float, option, positive_float, positive_int
+from ..cliargs import finite_float, nonnegative_int, option, positive_float, positive_int
 from ..console import progress
 from ..outputs import atomic_path
 
@@ -58,6 +58,12 @@ class PriorConfig:
     limit: int | None = option(None, "use only this many emoji, evenly spaced, for smoke tests (default: all)",
                                type=positive_int)
     seed: int = option(0, "seed of the data order, noise and caption dropout")
+    init_from: str | None = option(None, "continue a prior from its weights alone (the shipped one stopped at 6,000 "
+                                   "steps and ships no optimizer state): a folder with vae/ and unet/. Its VAE is "
+                                   "kept as is (so domain latents do not change); its UNet starts the model and the "
+                                   "EMA; AdamW starts fresh")
+    init_step: int = option(0, "the step --init-from stopped at: training counts on from it to --unet-steps",
+                            type=nonnegative_int)
 
 
 def minilm_dir() -> Path:
@@ -208,6 +214,13 @@ def train_unet(config: PriorConfig, latents: torch.Tensor, text: torch.Tensor, n
         state = _load_state(state_file)
         unet.load_state_dict(state["model"]), opt.load_state_dict(state["opt"]), ema.load_state_dict(state["ema"])
         step = state["step"]
+    elif config.init_from is not None:  # a warm start: the given weights, a fresh optimizer
+        from diffusers import UNet2DConditionModel
+
+        start = UNet2DConditionModel.from_pretrained(Path(config.init_from) / "unet", torch_dtype=torch.float32)
+        unet.load_state_dict(start.state_dict())
+        ema = EMAModel(unet.parameters(), decay=config.ema_decay)
+        step = config.init_step
     log = (out / "unet_log.jsonl").open("a")
     bar = progress(total=config.unet_steps, initial=step, desc="UNet")
     t_last = time.time()
@@ -295,6 +308,8 @@ def train_prior(config: PriorConfig) -> Path:
         images, names = render_prior_images(config.resolution, config.limit)
         _save_state(data_file, images=images, names=names)
     start = time.time()
+    if config.init_from is not None and not (out / "vae" / "config.json").is_file():
+        shutil.copytree(Path(config.init_from) / "vae", out / "vae")  # kept: the domain latents stay the same
     vae = train_vae(config, images, out).eval()
     with torch.no_grad():
         params = torch.cat([vae.encode(images[i : i + 256]).latent_dist.parameters for i in range(0, len(images), 256)])
