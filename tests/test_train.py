@@ -78,6 +78,26 @@ def test_kill_and_resume_equals_uninterrupted(world, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), folder
 
 
+@pytest.mark.parametrize("lever", [dict(compile="eager"), dict(channels_last=True)])
+def test_compile_and_channels_last_train_the_same_model(world, tmp_path, lever):
+    """The speed levers of `indomain train` change how the steps run, not what they compute; the saved model is plain.
+
+    Losses are compared, not weights: AdamW's first steps move every weight by about ±lr whatever the gradient's size,
+    so a rounding difference in a near-zero gradient (channels_last convolutions sum in another order) flips a few
+    updates."""
+    def losses(folder):
+        return [json.loads(line)["loss"] for line in (folder / "train_log.jsonl").read_text().splitlines()]
+
+    reference_dir = train(config(world, tmp_path / "reference", log_every=1))
+    fast_dir = train(config(world, tmp_path / "fast", log_every=1, **lever))
+    assert weights(fast_dir).keys() == weights(reference_dir).keys()  # no `_orig_mod.` prefixes from compiling
+    first, rest = losses(reference_dir), losses(fast_dir)
+    assert len(first) == len(rest) == 4
+    assert rest[0] == pytest.approx(first[0], rel=1e-5)  # step 1: the same weights, the same batch
+    assert rest == pytest.approx(first, rel=1e-2)
+    assert list_checkpoints(fast_dir)
+
+
 def test_checkpoint_pruning_and_atomic_leftovers(world, tmp_path):
     out = tmp_path / "prune"
     out.mkdir()
