@@ -115,6 +115,9 @@ def paths(preset: str, parts: dict, device: str) -> dict:
         go.pipe = pipe
         return go
 
+    streamed = ours_cls(**parts, domain_unet=domain).to(device)
+    streamed.set_progress_bar_config(disable=True)
+    streamed.enable_concurrent_branches()  # CUDA streams; on a CPU the same calls in order, so not benchmarked there
     lora = lora_domain(parts, ours, device)
     return {
         "diffusers": run(ref),
@@ -122,6 +125,7 @@ def paths(preset: str, parts: dict, device: str) -> dict:
         "ours": run(ours, domain_guidance_scale=2.5),
         "ours, domain interval 0-0.5": run(ours, domain_guidance_scale=2.5, domain_guidance_end=0.5),
         "ours, domain every 2": run(ours, domain_guidance_scale=2.5, domain_guidance_every=2),
+        **({"ours, concurrent streams": run(streamed, domain_guidance_scale=2.5)} if device == "cuda" else {}),
         **({} if lora is None else {
             "ours, LoRA domain (a second, fused UNet)": run(lora[0], domain_guidance_scale=2.5),
             "ours, LoRA domain, shared base (one call)": run(lora[1], domain_guidance_scale=2.5),
@@ -156,6 +160,21 @@ def lora_domain(parts: dict, ours, device: str):
     return separate.to(device), shared.to(device)
 
 
+def apply_levers(run: dict, channels_last: bool, compile_backend: str | None) -> None:
+    """The same memory format and compiler for every denoiser of every path (diffusers' UNet included), each module
+    once, in place."""
+    seen = set()
+    for fn in run.values():
+        for name in ("unet", "domain_unet"):
+            module = getattr(fn.pipe, name, None)
+            if isinstance(module, torch.nn.Module) and id(module) not in seen:
+                seen.add(id(module))
+                if channels_last:
+                    module.to(memory_format=torch.channels_last)
+                if compile_backend:
+                    module.compile(backend=compile_backend)
+
+
 def weight_bytes(pipe) -> int:
     """Bytes of every weight a pipeline holds (each module once)."""
     seen, total = set(), 0
@@ -182,12 +201,16 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="benchmark only these paths")
     ap.add_argument("--check", action="store_true", help="verify that ours at w_d = 0 gives diffusers' images")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--channels-last", action="store_true", help="every UNet channels_last (diffusers' too)")
+    ap.add_argument("--compile", default=None, metavar="BACKEND",
+                    help="torch.compile every UNet in place with this backend, e.g. inductor (diffusers' too)")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, args.dtype)
     run = paths(args.preset, build(args.preset, dtype), device)
     if args.only:
-        run = {k: v for k, v in run.items() if k in args.only or k == "diffusers"}
+        run = {k: v for k, v in run.items() if k in args.only or k == "diffusers" or (args.check and k == "ours w_d=0")}
+    apply_levers(run, args.channels_last, args.compile)
     results = []
     for batch in args.batch:
         prompts, seeds = ["a photo of a cat"] * batch, list(range(batch))
@@ -221,8 +244,9 @@ def main() -> None:
                 row["memory_ratio"] = peaks[name] / peaks["diffusers"]
             results.append(row)
     device_name = torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
+    levers = (" · channels_last" if args.channels_last else "") + (f" · compiled ({args.compile})" if args.compile else "")
     print(f"\n{date.today()} · {device_name} · torch {torch.__version__} · {args.dtype} · 25 DPM-Solver++ steps · "
-          f"median of {args.repeats}\n")
+          f"median of {args.repeats}{levers}\n")
     mem = device == "cuda"
     print("| batch | path | median s | min–max s | × diffusers | weights MiB |" + (" peak GiB | × memory |" if mem else ""))
     print("|---|---|---|---|---|---|" + ("---|---|" if mem else ""))

@@ -61,6 +61,29 @@ def test_reusing_the_domain_term_changes_a_real_domain_model_and_every_1_is_the_
         pipe(**kw, domain_guidance_every=0)
 
 
+def test_concurrent_branches_give_the_same_images_and_one_call_per_model(pipe):
+    """`enable_concurrent_branches` hands the step's model calls to `run_on_streams`: one thunk per model (prior ∅+c
+    batched, domain), results in order; off CUDA they run in order, so the images are exactly the reference's."""
+    from indomain import streams
+
+    kw = dict(prompt=["a cat", "a dog"], num_inference_steps=3, output_type="np", domain_guidance_scale=2.5)
+    ref = pipe(**kw, generator=gen()).images
+    batches = []
+    runner = streams.run_on_streams
+
+    def spy(calls):
+        batches.append(len(calls))
+        return runner(calls)
+
+    pipe.enable_concurrent_branches()
+    pipe._branch_runner = spy
+    assert np.array_equal(pipe(**kw, generator=gen()).images, ref)
+    assert batches == [2, 2, 2]  # the prior and the domain model, every step
+    pipe.disable_concurrent_branches()
+    assert np.array_equal(pipe(**kw, generator=gen()).images, ref)
+    assert runner([lambda: 1, lambda: 2, lambda: 3]) == [1, 2, 3]
+
+
 def test_the_combined_step_compiles_as_one_graph(pipe):
     """torch.compile(fullgraph=True) of one whole step of Eq. C (every branch, the batching and the combination)
     raises on any graph break. The eager backend checks the capture only (CPU CI has no compiler to spare)."""

@@ -27,6 +27,7 @@ along the batch axis), and a term's prediction that cannot change the result is 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -138,6 +139,13 @@ def _batchable(cond: Any) -> bool:
     return isinstance(cond, Mapping) and all(isinstance(v, torch.Tensor) for v in cond.values())
 
 
+def _call_model(model: NoisePredictor, x_t: torch.Tensor, t: torch.Tensor, conds: list[Any]) -> Sequence[torch.Tensor]:
+    """One model's predictions for each condition: one batched call when the conditions batch."""
+    if len(conds) > 1 and all(_batchable(c) for c in conds):
+        return model(torch.cat([x_t] * len(conds)), t, _cat(conds)).chunk(len(conds))
+    return [model(x_t, t, c) for c in conds]
+
+
 class MultiGuidance:
     """A guided denoiser: ``(x_t, t, step, num_steps) -> GuidanceOutput`` for a `GuidancePlan`.
 
@@ -146,6 +154,9 @@ class MultiGuidance:
         plan: the unconditional branch and the weighted terms.
         prediction_types: optional name -> ``"epsilon" | "v_prediction" | "sample"``. The models a
             step actually uses must agree (see the module docstring).
+        run: how a step's model calls (one per model, independent of each other) are run: a function from a list
+            of thunks to their results in order. Default: one after the other (`indomain.streams` runs them on
+            concurrent CUDA streams).
     """
 
     def __init__(
@@ -153,6 +164,7 @@ class MultiGuidance:
         models: Mapping[str, NoisePredictor],
         plan: GuidancePlan,
         prediction_types: Mapping[str, str] | None = None,
+        run: Callable[[list[Callable[[], Any]]], list[Any]] | None = None,
     ) -> None:
         used = {plan.uncond.model, *(term.model for term in plan.terms)}
         missing = sorted(used - set(models))
@@ -167,6 +179,7 @@ class MultiGuidance:
                 )
         self.models = dict(models)
         self.plan = plan
+        self.run = run or (lambda calls: [call() for call in calls])
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, step: int = 0, num_steps: int = 1) -> GuidanceOutput:
         """Combine the active terms at sampler ``step`` of ``num_steps``."""
@@ -187,8 +200,8 @@ class MultiGuidance:
         by_model: dict[str, list[int]] = {}
         for i, branch in enumerate(branches):
             by_model.setdefault(branch.model, []).append(i)
+        calls, slots = [], []
         for name, idx in by_model.items():
-            model = self.models[name]
             unique: list[Any] = []  # distinct conditions, by identity
             slot: list[int] = []
             for i in idx:
@@ -198,10 +211,9 @@ class MultiGuidance:
                     unique.append(cond)
                     j = len(unique) - 1
                 slot.append(j)
-            if len(unique) > 1 and all(_batchable(c) for c in unique):
-                out = model(torch.cat([x_t] * len(unique)), t, _cat(unique)).chunk(len(unique))
-            else:
-                out = [model(x_t, t, c) for c in unique]
+            calls.append(functools.partial(_call_model, self.models[name], x_t, t, unique))
+            slots.append((idx, slot))
+        for out, (idx, slot) in zip(self.run(calls), slots):
             for i, j in zip(idx, slot):
                 results[i] = out[j]
         return results  # type: ignore[return-value]

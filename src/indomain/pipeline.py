@@ -49,6 +49,7 @@ from .loading import is_lora_folder, load_domain_model, resolve_domain_path
 from .nulltext import STRUCTURE_KEYS, DomainModels, NullTextTransformer, NullTextUNet, check_compatible
 from .safeload import check_prior
 from .shared_base import ROWS, SharedBaseDomain
+from .streams import run_on_streams
 from .shared_base import flags as domain_flags
 
 
@@ -169,6 +170,15 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             raise ValueError("a shared-base domain model is supported on Stable Diffusion 1.x / 2.x priors only")
         self.shared_domain = SharedBaseDomain(self.unet, folder)
         self.register_modules(**{self.domain_component: None})
+
+    def enable_concurrent_branches(self) -> None:
+        """Run each step's prior and domain calls on concurrent CUDA streams (`indomain.streams`): they overlap where
+        one call does not fill the GPU, as at batch 1. Off CUDA the calls run in order: the same images."""
+        self._branch_runner = run_on_streams
+
+    def disable_concurrent_branches(self) -> None:
+        """One model call after the other (the default)."""
+        self._branch_runner = None
 
     def set_extra_domains(self, models: Sequence[NullTextUNet], weights: Sequence[float] | None = None) -> None:
         """Attach extra domain models (checked against the prior) with their default weights; ``[]`` removes them."""
@@ -767,7 +777,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         if every > 1 and i % every:
             reused = [term for term in plan.terms if _domain_key(term) in cache and term.active(i, num_steps)]
             plan = GuidancePlan(plan.uncond, [term for term in plan.terms if all(term is not r for r in reused)])
-        out = MultiGuidance(self.guided(cond, i, num_steps), plan)(x_in, t, i, num_steps)
+        run = getattr(self, "_branch_runner", None)
+        out = MultiGuidance(self.guided(cond, i, num_steps), plan, run=run)(x_in, t, i, num_steps)
         if every > 1 and out.eps_u is not None:
             for term, eps in zip(out.terms, out.eps_k):
                 if _domain_key(term) is not None:
