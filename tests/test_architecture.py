@@ -19,6 +19,7 @@ FLOORS = {
     "checkpoint": 0, "console": 0,
     "control": 0,  # ControlNet / T2I-Adapter residuals for the sampling core
     "nerf": 0,  # the 3-D scene for score distillation (pure torch)
+    "streams": 0,  # a step's independent model calls on concurrent CUDA streams
     # 1. the core: open models, sample
     "loading": 1, "pipeline": 1, "editing": 1,
     "pipeline_xl": 1, "pipeline_sd3": 1, "autopipeline": 1,  # the SDXL / SD3 pipelines on the same core
@@ -37,7 +38,7 @@ FLOORS = {
     "testing": 6,
 }
 CORE = {"guidance", "control", "nulltext", "safeload", "schedulers", "loading", "pipeline", "editing", "families",
-        "pipeline_xl", "pipeline_sd3", "autopipeline", "shared_base"}
+        "pipeline_xl", "pipeline_sd3", "autopipeline", "shared_base", "streams"}
 
 
 def room(path: Path) -> str:
