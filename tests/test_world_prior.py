@@ -53,3 +53,13 @@ def test_train_prior_continues_from_weights_alone(tiny_prior_run, tmp_path):
     after = UNet2DConditionModel.from_pretrained(out / "unet")
     diffs = [(a.float() - b.float()).abs().max().item() for a, b in zip(start.parameters(), after.parameters())]
     assert 0 < max(diffs) < 0.1  # moved one step from the start, not re-initialised
+
+
+def test_measure_prior_scores_its_own_world():
+    import math
+
+    from indomain.world.prior import emoji_prior_dir, measure_prior
+
+    scores = measure_prior(emoji_prior_dir(), num_prompts=4, steps=2, batch_size=4)
+    assert scores["num_prompts"] == 4 and 0 <= scores["control_top1"] <= 1
+    assert math.isfinite(scores["fd_prior_styles"]) and scores["fd_prior_styles"] > 0

@@ -420,14 +420,16 @@ class EmojiEvaluators:
         return float((logits.argmax(1) == OPENMOJI).float().mean()) if logits.shape[0] else math.nan
 
     def reference_features(self, domain: str | Domain = "openmoji") -> Tensor:
-        """``(1101, 192)`` features of the reference: the ``domain``'s renders of the ``split_emoji`` seen emoji
-        (default: OpenMoji, the reference of :meth:`frechet_to_openmoji`)."""
+        """``(1101, 192)`` features of the reference: the ``domain``'s (or a style's) renders of the ``split_emoji``
+        seen emoji (default: OpenMoji, the reference of :meth:`frechet_to_openmoji`)."""
         seen, _ = split_emoji(self.world, seed=DOMAIN_SPLIT_SEED)
         rows = [self.emoji_index(e) for e in seen]
         return self._domain_outputs(domain).features[rows]
 
     def _domain_outputs(self, domain: str | Domain) -> _Outputs:
         # The whole world in a domain's style, run once per evaluator (an original style: its gallery pass).
+        if isinstance(domain, str) and domain in STYLES:
+            return self._world_outputs(domain)
         domain = get_domain(domain)
         if domain.name == domain.base:
             return self._world_outputs(domain.base)

@@ -348,7 +348,8 @@ def emoji_prior_dir(cache_dir: str | Path | None = None) -> Path:
 def measure_prior(prior_dir: str | Path, num_prompts: int = 200, guidance_scale: float = 5.0, steps: int = 20,
                   seed: int = 0, batch_size: int = 50) -> dict:
     """Controllability of the prior in its own styles: generate one image per emoji name (spread over the
-    whole world) and score it with the shipped evaluators (top-1 among 10 candidates; chance 0.1)."""
+    whole world) and score it with the shipped evaluators (top-1 among 10 candidates; chance 0.1), plus
+    ``fd_prior_styles``, the Fréchet distance to the Noto and Twemoji renders of the seen emoji (its own world)."""
     import torch
 
     from ..pipeline import InDomainPipeline
@@ -368,5 +369,8 @@ def measure_prior(prior_dir: str | Path, num_prompts: int = 200, guidance_scale:
                            generator=gens).images
         ev = load_evaluators()
         scores = ev.scorer(k=10, seed=seed)(images, names)
+        # the prior's own world: its two styles' renders of the seen emoji (2 x 1,101), as one reference set
+        own = torch.cat([ev.reference_features(style) for style in PRIOR_STYLES]).double()
+        scores["fd_prior_styles"] = ev.frechet_to_openmoji(images, (own.mean(0), torch.cov(own.T)))
     return {"num_prompts": len(names), "guidance_scale": guidance_scale, "steps": steps, "scheduler": "DDIM",
             **{k: float(v) for k, v in scores.items()}, "chance_top1": 0.1}
