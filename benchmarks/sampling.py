@@ -187,6 +187,20 @@ def weight_bytes(pipe) -> int:
     return total
 
 
+def count_syncs(fn, prompts: list[str], seeds: list[int]) -> int:
+    """How many times one call makes the host wait for the GPU (torch's sync debug mode, counted as warnings)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn(prompts, seeds)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -217,6 +231,9 @@ def main() -> None:
         if args.check:
             diff = (run["diffusers"](prompts, seeds) - run["ours w_d=0"](prompts, seeds)).abs().max().item()
             print(f"batch {batch}: max |diffusers − ours w_d=0| = {diff:.3g}")
+            if device == "cuda":  # host syncs per call (diffusers' schedulers make some of their own)
+                print(f"batch {batch}: host syncs per call: " + ", ".join(
+                    f"{name} {count_syncs(run[name], prompts, seeds)}" for name in ("diffusers", "ours") if name in run))
         for fn in run.values():  # warm-up: first calls allocate and pick kernels
             fn(prompts, seeds)
         times: dict[str, list[float]] = {name: [] for name in run}
