@@ -32,6 +32,9 @@ SCHEDULES = {
     "ramp up: w_d 0→5, w_c 1.5→5": ((0.0, 5.0), (1.5, 5.0), (0.0, 1.0)),
     "ramp down: w_d 5→0, w_c 5→1.5": ((5.0, 0.0), (5.0, 1.5), (0.0, 1.0)),
     "w_d 4, w_c ramp 1.5→5": ((4.0, 4.0), (1.5, 5.0), (0.0, 1.0)),
+    # constant points between the benchmark's grid points, next to the schedules that landed on its front
+    "constant 2.5 / 2": ((2.5, 2.5), (2.0, 2.0), (0.0, 1.0)),
+    "constant 2.5 / 4": ((2.5, 2.5), (4.0, 4.0), (0.0, 1.0)),
 }
 
 
