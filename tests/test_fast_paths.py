@@ -84,6 +84,16 @@ def test_concurrent_branches_give_the_same_images_and_one_call_per_model(pipe):
     assert runner([lambda: 1, lambda: 2, lambda: 3]) == [1, 2, 3]
 
 
+def test_channels_last_gives_the_same_images(pipe):
+    """channels_last on both UNets changes the memory layout, not the result (to float round-off)."""
+    kw = dict(prompt="a cat", num_inference_steps=3, output_type="np", domain_guidance_scale=2.5)
+    ref = pipe(**kw, generator=gen()).images
+    for module in (pipe.unet, pipe.domain_unet):
+        module.to(memory_format=torch.channels_last)
+    assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(pipe(**kw, generator=gen()).images, ref, atol=1e-5)
+
+
 def test_the_combined_step_compiles_as_one_graph(pipe):
     """torch.compile(fullgraph=True) of one whole step of Eq. C (every branch, the batching and the combination)
     raises on any graph break. The eager backend checks the capture only (CPU CI has no compiler to spare)."""
