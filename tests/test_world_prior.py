@@ -63,3 +63,27 @@ def test_measure_prior_scores_its_own_world():
     scores = measure_prior(emoji_prior_dir(), num_prompts=4, steps=2, batch_size=4)
     assert scores["num_prompts"] == 4 and 0 <= scores["control_top1"] <= 1
     assert math.isfinite(scores["fd_prior_styles"]) and scores["fd_prior_styles"] > 0
+
+
+def test_mixture_stats_are_those_of_the_pooled_set():
+    from indomain.world.prior import mixture_stats
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(3000, 4, generator=gen, dtype=torch.float64) + 1
+    b = 2 * torch.randn(1000, 4, generator=gen, dtype=torch.float64)
+    mean, cov = mixture_stats([a, b], torch.tensor([0.75, 0.25], dtype=torch.float64))
+    pooled = torch.cat([a, b])
+    torch.testing.assert_close(mean, pooled.mean(0))
+    torch.testing.assert_close(cov, torch.cov(pooled.T), atol=5e-3, rtol=0)
+
+
+def test_prior_ceiling_scores_real_renders_and_the_matched_fd_forgives_a_style_preference():
+    from indomain.world.prior import real_prior_world, score_prior_world
+    from indomain.world.render import evenly_spaced, list_emoji
+
+    images, names = real_prior_world(40)
+    assert names == [e.name for e in evenly_spaced(list_emoji(), 40)]
+    assert all(im.size == (32, 32) for im in images)
+    noto = score_prior_world(images[::2], names[::2])  # the Noto half only: one style, real renders
+    assert noto["control_top1"] >= 0.9 and noto["noto_share"] >= 0.8
+    assert noto["fd_prior_styles_matched"] < noto["fd_prior_styles"]

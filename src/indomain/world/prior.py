@@ -348,16 +348,14 @@ def emoji_prior_dir(cache_dir: str | Path | None = None) -> Path:
 def measure_prior(prior_dir: str | Path, num_prompts: int = 200, guidance_scale: float = 5.0, steps: int = 20,
                   seed: int = 0, batch_size: int = 50) -> dict:
     """Controllability of the prior in its own styles: generate one image per emoji name (spread over the
-    whole world) and score it with the shipped evaluators (top-1 among 10 candidates; chance 0.1), plus
-    ``fd_prior_styles``, the Fréchet distance to the Noto and Twemoji renders of the seen emoji (its own world)."""
+    whole world) and score it with :func:`score_prior_world` (top-1 among 10 candidates: chance 0.1; the Fréchet
+    distance, precision and recall against the Noto and Twemoji renders of the seen emoji, its own world)."""
     import torch
 
     from ..pipeline import InDomainPipeline
-    from .evaluators import load_evaluators
     from .render import evenly_spaced, list_emoji
 
-    emojis = list_emoji()
-    names = [e.name for e in evenly_spaced(emojis, num_prompts)]
+    names = [e.name for e in evenly_spaced(list_emoji(), num_prompts)]
     pipe = InDomainPipeline.from_pretrained(prior_dir)
     pipe.set_progress_bar_config(disable=True)
     images = []
@@ -367,10 +365,56 @@ def measure_prior(prior_dir: str | Path, num_prompts: int = 200, guidance_scale:
             gens = [torch.Generator().manual_seed(seed + i + k) for k in range(len(chunk))]
             images += pipe(chunk, domain_guidance_scale=0, guidance_scale=guidance_scale, num_inference_steps=steps,
                            generator=gens).images
+    return {"num_prompts": len(names), "guidance_scale": guidance_scale, "steps": steps, "scheduler": "DDIM",
+            **score_prior_world(images, names, seed), "chance_top1": 0.1}
+
+
+def real_prior_world(num_prompts: int = 200, vae_dir: str | Path | None = None) -> tuple[list, list[str]]:
+    """The ceiling of :func:`measure_prior`: real renders of the same names, alternately Noto and Twemoji, through
+    the prior's VAE (default: the shipped one), as PIL images, with their names."""
+    from .benchmark import vae_round_trip
+    from .render import evenly_spaced, list_emoji, render
+
+    emojis = evenly_spaced(list_emoji(), num_prompts)
+    images = [render(e, PRIOR_STYLES[i % 2], 32) for i, e in enumerate(emojis)]
+    return vae_round_trip(images, str(vae_dir or SHIPPED / "vae")), [e.name for e in emojis]
+
+
+def score_prior_world(images: list, names: list[str], seed: int = 0) -> dict[str, float]:
+    """The shipped evaluators' scores of images of ``names`` in the prior's own world: ``control_top1`` (and the
+    OpenMoji scores of :meth:`~indomain.world.evaluators.EmojiEvaluators.scorer`), plus ``fd_prior_styles``,
+    ``precision_prior_styles`` and ``recall_prior_styles`` against the Noto and Twemoji renders of the seen emoji, and
+    ``noto_share`` and ``twemoji_share`` (the style head's verdicts). The reference holds both styles equally, so a
+    prior that favours one is further from it in FD for that reason alone; ``fd_prior_styles_matched`` is the FD to
+    the same renders mixed in the images' own style shares, which leaves out that preference."""
+    import torch
+
+    from .evaluators import load_evaluators
+    from .render import STYLES
+
+    with torch.no_grad():
         ev = load_evaluators()
         scores = ev.scorer(k=10, seed=seed)(images, names)
-        # the prior's own world: its two styles' renders of the seen emoji (2 x 1,101), as one reference set
-        own = torch.cat([ev.reference_features(style) for style in PRIOR_STYLES]).double()
-        scores["fd_prior_styles"] = ev.frechet_to_openmoji(images, (own.mean(0), torch.cov(own.T)))
-    return {"num_prompts": len(names), "guidance_scale": guidance_scale, "steps": steps, "scheduler": "DDIM",
-            **{k: float(v) for k, v in scores.items()}, "chance_top1": 0.1}
+        own = torch.cat([ev.reference_features(style) for style in PRIOR_STYLES])
+        feats = ev.features(images)
+        scores["fd_prior_styles"] = ev._frechet(feats, (own.double().mean(0), torch.cov(own.double().T)))
+        pr = ev._precision_recall(feats, own)
+        scores["precision_prior_styles"], scores["recall_prior_styles"] = pr.precision, pr.recall
+        verdicts = ev.style_probs(images).argmax(1)
+        shares = torch.stack([(verdicts == STYLES.index(style)).double().mean() for style in PRIOR_STYLES])
+        for style, share in zip(PRIOR_STYLES, shares):
+            scores[f"{style}_share"] = share
+        weights = shares / shares.sum() if shares.sum() > 0 else torch.full_like(shares, 0.5)
+        refs = [ev.reference_features(style).double() for style in PRIOR_STYLES]
+        scores["fd_prior_styles_matched"] = ev._frechet(feats, mixture_stats(refs, weights))
+    return {k: float(v) for k, v in scores.items()}
+
+
+def mixture_stats(parts: list[torch.Tensor], weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance of a mixture of feature sets, set ``i`` drawn with probability ``weights[i]``."""
+    import torch
+
+    means = torch.stack([p.mean(0) for p in parts])
+    mean = (weights[:, None] * means).sum(0)
+    cov = sum(w * (torch.cov(p.T) + torch.outer(m - mean, m - mean)) for w, p, m in zip(weights, parts, means))
+    return mean, cov
