@@ -87,3 +87,14 @@ def test_prior_ceiling_scores_real_renders_and_the_matched_fd_forgives_a_style_p
     noto = score_prior_world(images[::2], names[::2])  # the Noto half only: one style, real renders
     assert noto["control_top1"] >= 0.9 and noto["noto_share"] >= 0.8
     assert noto["fd_prior_styles_matched"] < noto["fd_prior_styles"]
+
+
+@pytest.mark.parametrize("device, message", [("cuda", "CUDA is not available"), ("tpu", "not a device"),
+                                             ("meta", "only the CPU and CUDA")])
+def test_train_prior_refuses_a_device_it_cannot_use_before_any_work(tmp_path, capsys, device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "run"
+    rc = main(["world", "train-prior", "--out", str(out), "--device", device, "--limit", "2"])
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not out.exists()

@@ -58,8 +58,9 @@ def _render(args: argparse.Namespace) -> int:
 
 def _train_prior(args: argparse.Namespace) -> int:
     from ..outputs import claim_output_dir
-    from .prior import PriorConfig, train_prior
+    from .prior import PriorConfig, resolve_device, train_prior
 
+    resolve_device(args.device)  # before the output folder is claimed
     claim_output_dir(args.out, "world train-prior", owned=(), record="prior_config.json", reuse=True)  # rerun = resume
     out = train_prior(from_args(PriorConfig, args))
     print(f"prior pipeline: {Path(out) / 'pipeline'}")

@@ -64,6 +64,8 @@ class PriorConfig:
                                    "EMA; AdamW starts fresh")
     init_step: int = option(0, "the step --init-from stopped at: training counts on from it to --unet-steps",
                             type=nonnegative_int)
+    device: str = option("auto", "where to train: auto (CUDA when available), cpu, cuda or cuda:N. The random draws "
+                         "stay on the CPU, so a run may stop on one device and resume on another")
 
 
 def minilm_dir() -> Path:
@@ -122,6 +124,23 @@ def build_unet():
     )
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; a CUDA device that is not there is an error that says so."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: only the CPU and CUDA are supported")
+    return device
+
+
 def _load_state(path: Path) -> dict:
     """A resume file, read with ``weights_only=True``: tensors, numbers and strings only, never code."""
     import torch
@@ -148,8 +167,9 @@ def train_vae(config: PriorConfig, images: torch.Tensor, out: Path):
 
     if (out / "vae" / "config.json").is_file():
         return AutoencoderKL.from_pretrained(out / "vae")
+    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    vae = build_vae().train()
+    vae = build_vae().train().to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
     step, state_file = 0, out / "vae_state.pt"
     if state_file.is_file():
@@ -159,9 +179,9 @@ def train_vae(config: PriorConfig, images: torch.Tensor, out: Path):
     bar = progress(total=config.vae_steps, initial=step, desc="VAE")
     while step < config.vae_steps:
         gen = torch.Generator().manual_seed(config.seed * 7919 + step)
-        x = images[torch.randint(0, len(images), (config.vae_batch,), generator=gen)]
+        x = images[torch.randint(0, len(images), (config.vae_batch,), generator=gen)].to(device)
         dist = vae.encode(x).latent_dist
-        recon = vae.decode(dist.sample(generator=gen)).sample
+        recon = vae.decode(dist.sample(generator=gen)).sample  # a CPU generator: drawn there, then moved
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * dist.kl().mean()
         loss.backward()
         opt.step()
@@ -172,7 +192,7 @@ def train_vae(config: PriorConfig, images: torch.Tensor, out: Path):
         if step % config.checkpoint_every == 0:
             _save_state(state_file, model=vae.state_dict(), opt=opt.state_dict(), step=step)
     bar.close()
-    vae.eval()
+    vae.eval().to("cpu")
     with torch.no_grad():
         z = torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
@@ -205,14 +225,16 @@ def train_unet(config: PriorConfig, latents: torch.Tensor, text: torch.Tensor, n
     from diffusers.training_utils import EMAModel
 
     sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    unet = build_unet().train()
+    unet = build_unet().train().to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=config.unet_lr, weight_decay=1e-2)
     ema = EMAModel(unet.parameters(), decay=config.ema_decay)
     step, state_file = 0, out / "unet_state.pt"
     if state_file.is_file():
         state = _load_state(state_file)
         unet.load_state_dict(state["model"]), opt.load_state_dict(state["opt"]), ema.load_state_dict(state["ema"])
+        ema.to(device)
         step = state["step"]
     elif config.init_from is not None:  # a warm start: the given weights, a fresh optimizer
         from diffusers import UNet2DConditionModel
@@ -234,6 +256,7 @@ def train_unet(config: PriorConfig, latents: torch.Tensor, text: torch.Tensor, n
         emb[drop] = null[0]
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, 1000, (len(idx),), generator=gen)
+        z0, noise, t, emb = z0.to(device), noise.to(device), t.to(device), emb.to(device)
         pred = unet(sched.add_noise(z0, noise, t), t, emb).sample
         loss = F.mse_loss(pred, noise)
         loss.backward()
@@ -297,6 +320,7 @@ def train_prior(config: PriorConfig) -> Path:
     """Both stages, resumable; returns the output folder."""
     import torch
 
+    resolve_device(config.device)  # a device that is not there fails before any rendering
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "prior_config.json").write_text(json.dumps(asdict(config), indent=2))
