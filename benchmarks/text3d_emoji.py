@@ -48,7 +48,7 @@ EVAL_ELEVATION, EVAL_DISTANCE, EVAL_FOVY = 10.0, 2.2, 40.0  # the middle of Text
 def domain_model(out: Path, prior: str, seed: int) -> Path:
     folder = out / "openmoji-domain"
     if not (folder / "config.json").is_file():
-        images, _, _ = render_domain(out, 32, None, seed)
+        images, _, _ = render_domain(out, 32, None)
         train(TrainConfig(prior=prior, images=str(images), output=str(folder), resolution=32, train_batch_size=16,
                           max_train_steps=300, learning_rate=1e-4, ema_decay=0.99, checkpointing_steps=300,
                           checkpoints_total_limit=1, seed=seed, overwrite=True))

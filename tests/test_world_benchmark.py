@@ -108,11 +108,14 @@ def test_derived_domains_render_train_data_and_reference_rows(tmp_path):
 
     from indomain.world.benchmark import render_domain, score_real_renders
     from indomain.world.domains import get_domain
-    from indomain.world.render import get_emoji, render
+    from indomain.world.evaluators import DOMAIN_SPLIT_SEED
+    from indomain.world.render import get_emoji, list_emoji, render, split_emoji
 
-    folder, seen, held_out = render_domain(tmp_path, 32, 3, seed=0, domain="sticker")
+    folder, seen, held_out = render_domain(tmp_path, 32, 3, domain="sticker")
     files = sorted(folder.glob("*.png"))
     assert len(files) == 3 and not set(seen) & set(held_out)
+    ev_seen, ev_held_out = split_emoji(list_emoji(), seed=DOMAIN_SPLIT_SEED)  # the evaluators' split, whatever --seed
+    assert seen == [e.name for e in ev_seen] and held_out == [e.name for e in ev_held_out]
     sticker = np.asarray(Image.open(files[0]).convert("RGB"))
     assert (sticker[:4] == 255).all() and (sticker[:, -4:] == 255).all() and (sticker < 250).any()  # white margins
     emoji = get_emoji("red apple")

@@ -86,7 +86,8 @@ class BenchmarkConfig:
                                           nargs="*")
     baseline_scales: list[float] = option([1.5, 2.5, 5.0, 7.5], "scale sweep of the fine-tunes (their CFG w_c) and of "
                                           "rectified (its w_d)", type=finite_float, nargs="*")
-    seed: int = option(0, "seed of the split and the training runs (sampling: --seeds)")
+    seed: int = option(0, "seed of the training runs (sampling: --seeds; the seen/held-out split is the "
+                       "evaluators' fixed one)")
     overwrite: bool = option(False, "start over in --out, replacing an earlier benchmark or demo (default: continue "
                              "an earlier run there)")
 
@@ -170,13 +171,17 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def render_domain(out: Path, resolution: int, limit: int | None, seed: int,
+def render_domain(out: Path, resolution: int, limit: int | None,
                   domain: str = "openmoji") -> tuple[Path, list[str], list[str]]:
-    """The domain's renders of the seen emoji (the only domain data) plus the seen and held-out prompt names."""
+    """The domain's renders of the seen emoji (the only domain data) plus the seen and held-out prompt names.
+
+    The split is always the evaluators' (``split_emoji(seed=DOMAIN_SPLIT_SEED)``): their FD reference is the seen
+    emoji and their held-out renders are the held-out ones, so another split would score against its own prompts."""
     from .domains import get_domain
+    from .evaluators import DOMAIN_SPLIT_SEED
     from .render import evenly_spaced, list_emoji, split_emoji
 
-    seen, held_out = split_emoji(list_emoji(), seed=seed)
+    seen, held_out = split_emoji(list_emoji(), seed=DOMAIN_SPLIT_SEED)
     folder = out / "domain_images"
     folder.mkdir(parents=True, exist_ok=True)
     chosen = evenly_spaced(seen, limit)
@@ -264,7 +269,7 @@ def run_benchmark(config: BenchmarkConfig, scorer: Any = None) -> Path:
     start = time.time()
     out = claim_output_dir(config.out, "world benchmark", owned=BENCHMARK_OUTPUTS, record="RESULTS.md",
                            overwrite=config.overwrite, reuse=True)  # a rerun continues: trained models are kept
-    domain, seen, held_out = render_domain(out, config.resolution, config.num_domain_images, config.seed, config.domain)
+    domain, seen, held_out = render_domain(out, config.resolution, config.num_domain_images, config.domain)
     caption = get_domain(config.domain).caption
     fd = spread_columns(config.domain)[0]
 
