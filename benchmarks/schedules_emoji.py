@@ -35,6 +35,10 @@ SCHEDULES = {
     # constant points between the benchmark's grid points, next to the schedules that landed on its front
     "constant 2.5 / 2": ((2.5, 2.5), (2.0, 2.0), (0.0, 1.0)),
     "constant 2.5 / 4": ((2.5, 2.5), (4.0, 4.0), (0.0, 1.0)),
+    # beyond the grid's largest w_d, for a prior whose curve the grid no longer spans (issue #14 §6)
+    "constant 5.5 / 1.5": ((5.5, 5.5), (1.5, 1.5), (0.0, 1.0)),
+    "constant 5.5 / 2.5": ((5.5, 5.5), (2.5, 2.5), (0.0, 1.0)),
+    "constant 7 / 2.5": ((7.0, 7.0), (2.5, 2.5), (0.0, 1.0)),
 }
 
 
