@@ -128,7 +128,7 @@ def plot(results: dict, out: Path) -> None:
     labels = {"control_top1": "control_top1 (higher is better)", "fd_prior_styles": "FD to Noto+Twemoji (lower)",
               "fd_prior_styles_matched": "FD, at its own style mix (lower)",
               "precision_prior_styles": "precision (higher)", "recall_prior_styles": "recall (higher)",
-              "twemoji_share": "share judged Twemoji (0.5 = balanced)"}
+              "twemoji_share": "share judged Twemoji (0.5: even)"}
     fig, axes = plt.subplots(2, 3, figsize=(10, 6.4))
     axes = axes.ravel()
     x = [r["unet_steps"] for r in rows]
