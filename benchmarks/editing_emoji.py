@@ -6,7 +6,8 @@ emoji they are. Identity (`control_top1` with the emoji's name, top-1 among 10, 
 
 `--models` is a folder with the trained `ours` (null-text domain model) and `finetune` (full fine-tune, caption
 "openmoji style") of `indomain demo` / `indomain world benchmark`. Writes results.json, results.md and
-identity_style.png (one line per method, one point per strength) into --out.
+identity_style.png (one line per method, one point per strength), one grid per method at the middle strength and
+examples.png (sources, then ours with SDEdit, ours with inversion and rectified img2img at that strength) into --out.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def main() -> None:
     }
     scorer = load_evaluators().scorer(k=10, seed=args.seed)
     rows = [{"method": "source (no edit)", "strength": 0.0, **_score(scorer, sources, names)}]
-    start = time.time()
+    start, middle = time.time(), {}
     for name, (pipe, kw) in methods.items():
         for strength in args.strengths:
             images = pipe(image=sources, strength=strength, num_inference_steps=args.steps,
@@ -78,8 +79,11 @@ def main() -> None:
             rows.append({"method": name, "strength": strength, **_score(scorer, images, names)})
             print(rows[-1], flush=True)
             if strength == args.strengths[len(args.strengths) // 2]:
+                middle[name] = images[:8]
                 _grid(sources[:8], images[:8]).save(out / f"{name.replace(' ', '_').replace(',', '').replace('+', 'plus')}.png")
     seconds = time.time() - start
+    _grid(sources[:8], [im for name in ("ours, SDEdit", "ours, inversion", "rectified img2img") for im in middle[name]]
+          ).save(out / "examples.png")
 
     lines = ["| method | strength | control_top1 | openmoji_share |", "|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['strength']:.1f} | {r['control_top1']:.3f} | {r['openmoji_share']:.3f} |" for r in rows]

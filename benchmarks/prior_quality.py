@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 METRICS = ("control_top1", "fd_prior_styles", "fd_prior_styles_matched", "precision_prior_styles", "recall_prior_styles",
            "twemoji_share")
-SHIPPED_STEPS = 6000
+SHIPPED_STEPS = 16250  # the shipped UNet is the continued run's 16,250-step snapshot (6,000 before)
 SAMPLE_NAMES = 16
 
 

@@ -58,7 +58,7 @@ class PriorConfig:
     limit: int | None = option(None, "use only this many emoji, evenly spaced, for smoke tests (default: all)",
                                type=positive_int)
     seed: int = option(0, "seed of the data order, noise and caption dropout")
-    init_from: str | None = option(None, "continue a prior from its weights alone (the shipped one stopped at 6,000 "
+    init_from: str | None = option(None, "continue a prior from its weights alone (the shipped one stopped at 16,250 "
                                    "steps and ships no optimizer state): a folder with vae/ and unet/. Its VAE is "
                                    "kept as is (so domain latents do not change); its UNet starts the model and the "
                                    "EMA; AdamW starts fresh")
