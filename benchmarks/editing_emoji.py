@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9])
     parser.add_argument("--steps", type=int, default=20, help="sampler steps at strength 1 (default: %(default)s)")
     parser.add_argument("--weight", type=float, default=2.5, help="w_d and w_c, and the fine-tunes' CFG scale")
+    parser.add_argument("--ours-domain-scale", type=float, default=None,
+                        help="ours' w_d when it should differ from --weight (for example the one `indomain tune` chose)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -55,6 +57,7 @@ def main() -> None:
     names = [e.name for e in emoji]
     styled = [f"{DOMAIN_CAPTION}, {n}" for n in names]
     w = args.weight
+    w_d = w if args.ours_domain_scale is None else args.ours_domain_scale
 
     ours = InDomainImg2ImgPipeline.from_pretrained(prior, domain_unet=models / "ours")
     finetune_unet = UNet2DConditionModel.from_pretrained(models / "finetune")
@@ -66,8 +69,8 @@ def main() -> None:
         "prior img2img": (ours, dict(prompt=names, domain_guidance_scale=0, guidance_scale=w)),
         "fine-tune + CFG img2img": (finetune, dict(prompt=styled, domain_guidance_scale=0, guidance_scale=w)),
         "rectified img2img": (rectified, dict(domain_prompt=styled, domain_guidance_scale=w, guidance_scale=0)),
-        "ours, SDEdit": (ours, dict(prompt=names, domain_guidance_scale=w, guidance_scale=w)),
-        "ours, inversion": (ours, dict(prompt=names, domain_guidance_scale=w, guidance_scale=w, method="invert")),
+        "ours, SDEdit": (ours, dict(prompt=names, domain_guidance_scale=w_d, guidance_scale=w)),
+        "ours, inversion": (ours, dict(prompt=names, domain_guidance_scale=w_d, guidance_scale=w, method="invert")),
     }
     scorer = load_evaluators().scorer(k=10, seed=args.seed)
     rows = [{"method": "source (no edit)", "strength": 0.0, **_score(scorer, sources, names)}]

@@ -1,6 +1,6 @@
 """Spatial control in the emoji world (issue #11 §4): edge-map ControlNet of the emoji prior, routed to the prior's
 branches only or to every branch. Held-out emoji (names the ControlNet never saw), control = the `edge_map` of their
-Noto / Twemoji render (alternating); one seed per emoji; DPM++ at --steps; w_d = w_c = --weight.
+Noto / Twemoji render (alternating); one seed per emoji; DPM++ at --steps; w_d = w_c = --weight (ours: w_d = --ours-domain-scale when given).
 
     OMP_NUM_THREADS=1 python benchmarks/emoji_controlnet.py --controlnet src/indomain/assets/emoji-controlnet \
         --models outputs/demo --out outputs/emoji-controlnet --num-emoji 48
@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--num-emoji", type=int, default=48)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--weight", type=float, default=2.5, help="w_d and w_c (the fine-tune's CFG scale)")
+    parser.add_argument("--ours-domain-scale", type=float, default=None,
+                        help="ours' w_d when it should differ from --weight (for example the one `indomain tune` chose)")
     parser.add_argument("--scale", type=float, default=1.0, help="controlnet_conditioning_scale")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -62,6 +64,7 @@ def main() -> None:
     names = [e.name for e in emoji]
     styled = [f"{DOMAIN_CAPTION}, {n}" for n in names]
     w = args.weight
+    w_d = w if args.ours_domain_scale is None else args.ours_domain_scale
 
     cn = ControlNetModel.from_pretrained(args.controlnet, torch_dtype=torch.float32)
     plain = InDomainPipeline.from_pretrained(prior, domain_unet=models / "ours")
@@ -78,12 +81,12 @@ def main() -> None:
         "sanity: prior, empty prompt + ControlNet": (ours, dict(prompt=empty, domain_guidance_scale=0, guidance_scale=w,
                                                                 **cnkw)),
         "prior, no ControlNet": (plain, dict(prompt=names, domain_guidance_scale=0, guidance_scale=w)),
-        "ours, no ControlNet": (plain, dict(prompt=names, domain_guidance_scale=w, guidance_scale=w)),
+        "ours, no ControlNet": (plain, dict(prompt=names, domain_guidance_scale=w_d, guidance_scale=w)),
         "prior + ControlNet": (ours, dict(prompt=names, domain_guidance_scale=0, guidance_scale=w, **cnkw)),
         "fine-tune + ControlNet": (finetune, dict(prompt=styled, domain_guidance_scale=0, guidance_scale=w, **cnkw)),
-        "ours + ControlNet, prior branches only": (ours, dict(prompt=names, domain_guidance_scale=w, guidance_scale=w,
+        "ours + ControlNet, prior branches only": (ours, dict(prompt=names, domain_guidance_scale=w_d, guidance_scale=w,
                                                               controlnet_to_domain=False, **cnkw)),
-        "ours + ControlNet, every branch": (ours, dict(prompt=names, domain_guidance_scale=w, guidance_scale=w,
+        "ours + ControlNet, every branch": (ours, dict(prompt=names, domain_guidance_scale=w_d, guidance_scale=w,
                                                        controlnet_to_domain=True, **cnkw)),
     }
     scorer = load_evaluators().scorer(k=10, seed=args.seed)
