@@ -16,7 +16,8 @@ FLOORS = {
     # 0. leaves: no imports from above floor 0
     "families": 0,  # the model-family table (SD, SDXL, SD3) and its detection
     "guidance": 0, "nulltext": 0, "safeload": 0, "schedulers": 0, "data": 0, "outputs": 0, "cliargs": 0,
-    "checkpoint": 0, "console": 0,
+    "checkpoint": 0, "console": 0, "version": 0, "numerics": 0,
+    "devices": 0,  # the one device resolver
     "control": 0,  # ControlNet / T2I-Adapter residuals for the sampling core
     "nerf": 0,  # the 3-D scene for score distillation (pure torch)
     "streams": 0,  # a step's independent model calls on concurrent CUDA streams

@@ -15,7 +15,7 @@ from typing import Any
 from pathlib import Path
 
 from . import console
-from .cliargs import finite_float, positive_int
+from .cliargs import finite_float, path_arg, positive_int
 
 DESCRIPTION = """\
 In-domain generation with a frozen diffusion prior plus a null-text domain model
@@ -24,14 +24,6 @@ In-domain generation with a frozen diffusion prior plus a null-text domain model
   eps = eps_prior(x, "") + w_d (eps_domain(x) - eps_prior(x, ""))
                          + w_c (eps_prior(x, prompt) - eps_prior(x, ""))
 """
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name != "auto":
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _weighted(text: str) -> tuple[str, float]:
@@ -46,6 +38,7 @@ def _weighted(text: str) -> tuple[str, float]:
 
 def _domain_spec(text: str) -> tuple[str, float | None]:
     """``DIR`` or ``DIR:WEIGHT`` (a weight that is not a finite number is an error; a path with no weight keeps its colons)."""
+    text = path_arg(text)
     path, sep, weight = text.rpartition(":")
     if not sep:
         return text, None
@@ -58,16 +51,14 @@ def _domain_spec(text: str) -> tuple[str, float | None]:
     return path, value
 
 
-GENERATE_OUTPUTS = ("*.png", "settings.json")  # all that `generate --overwrite` / `edit --overwrite` may remove
-
-
 def _add_sampling_options(p: argparse.ArgumentParser, command: str) -> None:
     """The options `generate` and `edit` share: models, guidance weights, sampler, seed, device, output."""
     from .schedulers import SCHEDULERS
 
-    p.add_argument("--prior", required=True, help="prior pipeline: a local diffusers folder or a hub id (e.g. a Stable Diffusion 1.5 folder)")
+    p.add_argument("--prior", required=True, type=path_arg, help="prior pipeline: a local diffusers folder or a hub id (e.g. a Stable Diffusion 1.5 folder)")
     p.add_argument("--domain", action="append", type=_domain_spec, default=None, metavar="DIR[:WEIGHT]",
-                   help="domain model written by `indomain train` (a folder or a hub id); omit to use the prior alone. "
+                   help="domain model written by `indomain train` (a folder or a hub id); required unless --domain-scale 0 "
+                        "(the prior alone). "
                         "Repeat to mix domains, each with its own weight (default weight: --domain-scale)")
     p.add_argument("--negative-prompt", default=None, help="replaces the empty prompt in the prior's unconditional branch (as in Stable Diffusion)")
     p.add_argument("--weighted-prompt", action="append", type=_weighted, default=None, metavar="TEXT:WEIGHT",
@@ -81,7 +72,7 @@ def _add_sampling_options(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ... (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model precision (default: %(default)s)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle checkpoints (.bin/.ckpt), with weights_only loading; only for files you trust")
-    p.add_argument("--out", required=True, help=f"output folder (new, empty, or an earlier `{command}` output with --overwrite)")
+    p.add_argument("--out", required=True, type=path_arg, help=f"output folder (new, empty, or an earlier `{command}` output with --overwrite)")
     p.add_argument("--overwrite", action="store_true", help=f"replace an earlier `indomain {command}` output in --out")
     p.add_argument("--json", action="store_true", help="print the settings.json record (settings, images, environment) "
                    "as JSON on stdout instead of the summary line, for scripts")
@@ -92,6 +83,7 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
     import torch
 
     from .autopipeline import pipeline_class
+    from .devices import resolve_device
     from .families import detect_family
     from .loading import resolve_domain_path
     from .outputs import claim_output_dir
@@ -99,7 +91,7 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
     from .safeload import check_prior
     from .schedulers import make_scheduler
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     specs = [(resolve_domain_path(d), w) for d, w in args.domain or []]  # folders, or hub ids in the cache
     domain = specs[0][0] if specs else None
     if specs and specs[0][1] is not None:  # --domain DIR:WEIGHT gives the first domain's weight
@@ -124,7 +116,10 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
         if domain is None or not is_lora_folder(domain) or len(specs) > 1:
             raise ValueError("--share-base needs one --domain that is a LoRA domain model (`indomain train --lora-rank`)")
         control["share_base"] = True
-    out = claim_output_dir(args.out, command, owned=GENERATE_OUTPUTS, record="settings.json", overwrite=args.overwrite)
+    inputs = {"--prior": args.prior, "--domain": [p for p, _ in specs], "--image": getattr(args, "image", None),
+              "--mask": getattr(args, "mask", None), **{f"--{k.replace('_', '-')}": getattr(args, k, None) for k in
+              ("controlnet", "adapter", "control_image", "ip_adapter", "ip_image", "lora", "control_model")}}
+    out = claim_output_dir(args.out, command, overwrite=args.overwrite, inputs=inputs)
     pipe = cls.from_pretrained(args.prior, domain_unet=domain, allow_pickle=args.allow_pickle, dtype=dtype, **control)
     pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
     if len(specs) > 1:
@@ -140,8 +135,11 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
             models.append(model.to(dtype))
         pipe.set_extra_domains(models, [args.domain_scale if w is None else w for _, w in specs[1:]])
     if getattr(args, "lora", None):
+        from .safeload import check_safe
+
+        check_safe(args.lora, args.allow_pickle)  # a pickle LoRA only with --allow-pickle, read by our reader first
         try:
-            pipe.load_lora_weights(args.lora)
+            pipe.load_lora_weights(args.lora, use_safetensors=None if args.allow_pickle else True)
         except (ValueError, RuntimeError, KeyError, OSError) as err:
             raise ValueError(f"--lora {args.lora} does not fit this prior (or is not a LoRA folder): {err}") from None
     if getattr(args, "ip_adapter", None):
@@ -156,10 +154,10 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
 
 def _add_control_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("control (issue #11)")
-    g.add_argument("--controlnet", action="append", default=None, metavar="DIR",
+    g.add_argument("--controlnet", action="append", default=None, type=path_arg, metavar="DIR",
                    help="a diffusers ControlNet folder for the prior; repeat for multi-ControlNet (one --control-image each)")
-    g.add_argument("--adapter", default=None, metavar="DIR", help="a diffusers T2I-Adapter folder for the prior (uses --control-image)")
-    g.add_argument("--control-image", action="append", default=None, metavar="IMG",
+    g.add_argument("--adapter", default=None, type=path_arg, metavar="DIR", help="a diffusers T2I-Adapter folder for the prior (uses --control-image)")
+    g.add_argument("--control-image", action="append", default=None, type=path_arg, metavar="IMG",
                    help="the control image: one per --controlnet, or one for --adapter; it sets the default size")
     g.add_argument("--control-scale", action="append", type=finite_float, default=None, metavar="S",
                    help="conditioning scale: one for all, or one per --controlnet (default: 1)")
@@ -167,16 +165,16 @@ def _add_control_options(p: argparse.ArgumentParser) -> None:
                    help="send the ControlNet/adapter residuals to the prior's branches only (default: every branch, the "
                         "domain's too: with prior branches only their net weight is 1 - w_d, which pushes away from the "
                         "control; measured in docs/RESULTS.md)")
-    g.add_argument("--ip-adapter", default=None, metavar="FILE",
+    g.add_argument("--ip-adapter", default=None, type=path_arg, metavar="FILE",
                    help="an IP-Adapter weights file for the prior (diffusers' load_ip_adapter); its CLIP image encoder is "
                         "read from an image_encoder/ folder beside the file (the h94/IP-Adapter layout)")
-    g.add_argument("--ip-image", default=None, metavar="IMG", help="the image prompt of --ip-adapter")
+    g.add_argument("--ip-image", default=None, type=path_arg, metavar="IMG", help="the image prompt of --ip-adapter")
     g.add_argument("--ip-scale", type=finite_float, default=1.0, help="the IP-Adapter's scale (default: %(default)s)")
-    g.add_argument("--lora", default=None, metavar="DIR", help="a LoRA for the prior, loaded with diffusers' load_lora_weights")
+    g.add_argument("--lora", default=None, type=path_arg, metavar="DIR", help="a LoRA for the prior, loaded with diffusers' load_lora_weights")
     g.add_argument("--lora-uncond", default="lora", choices=["lora", "prior"],
                    help="with --lora, where the unconditional branch comes from: the LoRA'd prior (default, as diffusers) "
                         "or the pristine prior (the LoRA disabled for that branch)")
-    g.add_argument("--control-model", default=None, metavar="DIR",
+    g.add_argument("--control-model", default=None, type=path_arg, metavar="DIR",
                    help="a customised checkpoint of the prior's architecture (a UNet folder, or a pipeline with unet/) "
                         "that predicts the control prompt's term; the unconditional branch stays the prior's")
 
@@ -357,13 +355,13 @@ def add_edit_parser(sub: argparse._SubParsersAction) -> None:
         description="Edit images into the domain with decoupled guidance (SDEdit, or DDIM inversion then regeneration; "
         "optional inpainting mask). Writes one edited PNG per image, grid.png (before above after) and settings.json.",
     )
-    p.add_argument("--image", required=True, help="an image file, or a folder of images (read with the training rules)")
+    p.add_argument("--image", required=True, type=path_arg, help="an image file, or a folder of images (read with the training rules)")
     p.add_argument("--prompt", default=None, help="the edit's control prompt (default: none: only the domain term edits)")
     p.add_argument("--strength", type=finite_float, default=0.6, help="how far into the noise the edit starts, in (0, 1]: "
                    "0.3 keeps the layout, 0.9 little of it (default: %(default)s)")
     p.add_argument("--method", default="sdedit", choices=EDIT_METHODS, help="sdedit: noise then denoise; invert: DDIM inversion "
                    "with the prior, then DDIM regeneration, which keeps unedited content better (default: %(default)s)")
-    p.add_argument("--mask", default=None, help="inpainting mask image: white = regenerate, black = keep (default: none)")
+    p.add_argument("--mask", default=None, type=path_arg, help="inpainting mask image: white = regenerate, black = keep (default: none)")
     _add_sampling_options(p, "edit")
     p.set_defaults(func=cmd_edit)
 
@@ -416,8 +414,8 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
         "torch.load(weights_only=True), which refuses anything but tensors; a file that holds more is refused "
         "with its name. Works on pipeline folders, single model folders and folders that mix both formats.",
     )
-    p.add_argument("src", help="source folder (a pipeline with model_index.json, or a single model with config.json)")
-    p.add_argument("dst", help="destination folder (new or empty)")
+    p.add_argument("src", type=path_arg, help="source folder (a pipeline with model_index.json, or a single model with config.json)")
+    p.add_argument("dst", type=path_arg, help="destination folder (new or empty)")
     p.set_defaults(func=cmd_convert)
 
 
@@ -427,7 +425,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     if not Path(args.src).is_dir():
         raise FileNotFoundError(f"{args.src!r} is not a folder")
-    claim_output_dir(args.dst, "convert", owned=(), inputs={"SRC": args.src}, flag="DST")
+    claim_output_dir(args.dst, "convert", inputs={"SRC": args.src}, flag="DST", overwrite_flag=None)
     for line in convert_folder(args.src, args.dst):
         console.info(line)
     print(f"saved safetensors copy of {args.src} to {args.dst}")
@@ -532,9 +530,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Failures that are the input's fault: one ``error:`` line, not a traceback."""
-    train = sys.modules.get("indomain.train")  # a NonFiniteError comes only from code that imported it
-    return (ValueError, OSError) + ((train.NonFiniteError,) if train else ())
+    """Failures that are the input's fault: one ``error:`` line, not a traceback (NonFiniteError is a ValueError)."""
+    safetensors = sys.modules.get("safetensors")  # a file that is not safetensors, read by a library directly
+    return (ValueError, OSError) + ((safetensors.SafetensorError,) if safetensors else ())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -547,6 +545,10 @@ def main(argv: list[str] | None = None) -> int:
     except _expected_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        from .outputs import close_runs
+
+        close_runs()  # record what each output folder holds; a refused run leaves no folder behind
 
 
 if __name__ == "__main__":

@@ -44,6 +44,13 @@ def finite_float(text: str) -> float:
     return value
 
 
+def path_arg(text: str) -> str:
+    """A path with ``~`` expanded (a shell leaves ``--out=~/x`` alone): never a folder literally named ``~``."""
+    import os
+
+    return os.path.expanduser(text)
+
+
 def positive_float(text: str) -> float:
     """A finite number > 0."""
     value = finite_float(text)

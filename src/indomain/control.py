@@ -87,12 +87,13 @@ def _size(image: Any) -> tuple[int, int]:
     return tuple(np.shape(im)[-2:]) if isinstance(im, torch.Tensor) else tuple(np.shape(im)[-3:-1])
 
 
-def _check_aspect(image: Any, height: int, width: int, what: str) -> None:
+def check_aspect(image: Any, height: int, width: int, what: str) -> None:
+    """Refuse an image whose aspect ratio differs from the output's (by more than 2%): resizing would stretch it."""
     h, w = _size(image)
     if abs(h * width - w * height) > max(h, w) * max(height, width) * 0.02:
         raise ValueError(
-            f"{what} is {w}x{h} but the output is {width}x{height}: a different aspect ratio would stretch the "
-            "control; crop or pad the control image to the output's shape, or pass height/width that match it"
+            f"{what} is {w}x{h} but the output is {width}x{height}: a different aspect ratio would stretch it; "
+            "crop or pad it to the output's shape, or pass height/width that match it"
         )
 
 
@@ -131,7 +132,7 @@ def prepare_controlnet_images(
     for i, (net, im) in enumerate(zip(nets, per_net)):
         what = f"control image {i}" if len(nets) > 1 else "control image"
         _check_mode(im, what)
-        _check_aspect(im, height, width, what)
+        check_aspect(im, height, width, what)
         pixels = processor.preprocess(im, height=height, width=width).to(dtype=torch.float32)
         channels = net.config.conditioning_channels
         if pixels.shape[1] != channels:
@@ -154,7 +155,7 @@ def prepare_adapter_state(
     for i, (net, im) in enumerate(zip(nets, image if multi else [image])):
         what = f"adapter image {i}" if multi else "adapter image"
         _check_mode(im, what)
-        _check_aspect(im, height, width, what)
+        check_aspect(im, height, width, what)
         if isinstance(im, torch.Tensor):
             pixels = im if im.ndim == 4 else im[None]
         else:

@@ -27,6 +27,7 @@ from diffusers import DDIMScheduler
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from .control import check_aspect
 from .pipeline import Conditioning, InDomainPipeline, InDomainPipelineOutput
 
 METHODS = ("sdedit", "invert")
@@ -207,7 +208,9 @@ class InDomainImg2ImgPipeline(InDomainPipeline):
         return levels[::-1]
 
     def latent_mask(self, mask_image: ImageInput, source: torch.Tensor, n: int) -> torch.Tensor:
-        """The mask at latent resolution, 1 = regenerate, (n, 1, h, w)."""
+        """The mask at latent resolution, 1 = regenerate, (n, 1, h, w); a mask of another aspect ratio is refused."""
+        for mask_one in mask_image if isinstance(mask_image, list) else [mask_image]:
+            check_aspect(mask_one, source.shape[-2], source.shape[-1], "the mask")
         processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=False, do_binarize=True,
                                       do_convert_grayscale=True)
         mask = processor.preprocess(mask_image, height=source.shape[-2] * self.vae_scale_factor,

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import PIL.Image
 
 from .cliargs import add_options, finite_float, from_args, option, positive_int
-from .outputs import atomic_path, claim_output_dir, make_grid
+from .outputs import atomic_path, claim_output_dir, close_run, make_grid
 
 if TYPE_CHECKING:  # torch, numpy and the metrics load in the functions that use them, so `--help` starts at once
     import torch
@@ -397,8 +397,7 @@ def _check_config(methods: Sequence[Method], config: EvalConfig, extractor: nn.M
     return n_real
 
 
-EVALUATE_OUTPUTS = ("images", "grids", "results.csv", "results.json", "results.md", "plot.png", "settings.json",
-                    "report.html")  # all that `evaluate --overwrite` may remove
+EVALUATE_OUTPUTS = ("results.csv", "results.json", "results.md", "plot.png", "settings.json", "report.html")  # files
 
 
 def evaluate(
@@ -421,20 +420,31 @@ def evaluate(
     import torch
     from accelerate import PartialState
 
-    from .console import progress
-    from .data import load_rgb
-    from .metrics import real_image_stats
-    from .report import write_outputs
-
     methods = [methods] if isinstance(methods, Method) else list(methods)
     n_real = _check_config(methods, config, extractor)
     # cpu=True without a GPU turns torchrun's environment into a gloo run on CPU processes.
     state = PartialState(cpu=not torch.cuda.is_available())
     out = Path(config.out)
     if state.is_main_process:
-        claim_output_dir(out, "evaluate", owned=EVALUATE_OUTPUTS, record="settings.json", overwrite=config.overwrite,
-                         inputs={"--real": config.real})
+        inputs = {"--real": config.real, "--clip-model": config.clip_model,
+                  "--prior": [m.prior for m in methods],
+                  "--domain": [m.domain for m in methods if isinstance(m.domain, (str, os.PathLike))],
+                  "--unet": [m.unet for m in methods if isinstance(m.unet, (str, os.PathLike))]}
+        out = claim_output_dir(out, "evaluate", overwrite=config.overwrite, inputs=inputs)
     state.wait_for_everyone()
+    try:
+        return _evaluate(methods, sweep, config, out, n_real, state, extractor, scorer, desc)
+    finally:
+        close_run(out)
+
+
+def _evaluate(methods: list[Method], sweep: Sweep, config: EvalConfig, out: Path, n_real: int, state: Any,
+              extractor: nn.Module | None, scorer: Scorer | None, desc: str) -> EvalResult | None:
+    from .console import progress
+    from .data import load_rgb
+    from .metrics import real_image_stats
+    from .report import write_outputs
+
     conditional = config.prompts is not None
     settings = [Setting(m, wd, wc) for m in methods for wd, wc in sweep.weights(m, conditional)]
 

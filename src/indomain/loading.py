@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 from diffusers import UNet2DConditionModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .nulltext import NullTextTransformer, NullTextUNet, json_config
-from .safeload import HUB_ID, check_prior, check_safe
+from .outputs import read_json_object
+from .safeload import HUB_ID, check_prior, check_safe, read_safetensors
 
 
 def load_prior_components(prior: str | os.PathLike, *, allow_pickle: bool = False, need_text: bool = True) -> dict:
@@ -99,16 +100,16 @@ def load_domain_model(
             f"domain model {str(path)!r} is not a model folder: expected a directory with config.json and "
             "diffusion_pytorch_model.safetensors, as written by `indomain train` or NullTextUNet.save_pretrained"
         )
-    cls_name = json.loads(config_file.read_text()).get("_class_name")
+    cls_name = read_json_object(config_file, "a domain model's config").get("_class_name")
     classes = {c.__name__: c for c in (NullTextUNet, UNet2DConditionModel, NullTextTransformer)}
     if cls_name not in (*classes, "SD3Transformer2DModel"):
         raise ValueError(f"domain model {str(path)!r} holds a {cls_name!r}, not a NullTextUNet, NullTextTransformer "
                          "or a fine-tuned UNet2DConditionModel / SD3Transformer2DModel")
+    check_safe(path, allow_pickle)  # pickle refused, every safetensors header readable
     if is_lora_folder(path):
         if prior_unet is None:
             raise ValueError(f"domain model {str(path)!r} holds LoRA adapters only; it needs the prior's UNet to load")
         return load_lora(path, prior_unet)
-    check_safe(path, allow_pickle)
     if cls_name == "SD3Transformer2DModel":
         from diffusers import SD3Transformer2DModel
 
@@ -151,7 +152,7 @@ def is_lora_folder(folder: str | Path) -> bool:
         return True
     if not (folder / LORA_WEIGHTS).is_file() or not (folder / "config.json").is_file():
         return False
-    return json.loads((folder / "config.json").read_text()).get("_class_name") in (NullTextUNet.__name__,
+    return read_json_object(folder / "config.json", "a domain model's config").get("_class_name") in (NullTextUNet.__name__,
                                                                                  NullTextTransformer.__name__)
 
 
@@ -161,8 +162,10 @@ def load_lora(folder: str | Path, prior_unet: UNet2DConditionModel) -> NullTextU
     from peft.utils import set_peft_model_state_dict
 
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
-    lora = config.pop("lora")
+    config = read_json_object(folder / "config.json", "a domain model's config")
+    lora = config.pop("lora", None)
+    if not isinstance(lora, dict):
+        raise ValueError(f"LoRA domain model {str(folder)!r}: config.json has no LoRA settings ('lora')")
     init = {k: v for k, v in config.items() if not k.startswith("_")}
     model = (NullTextTransformer if config.get("_class_name") == NullTextTransformer.__name__ else NullTextUNet)(**init)
     own = model.unet.state_dict()
@@ -173,14 +176,17 @@ def load_lora(folder: str | Path, prior_unet: UNet2DConditionModel) -> NullTextU
     model.unet.load_state_dict({k: v for k, v in prior_state.items() if k in own}, strict=False)
     buffers = dict(model.named_buffers())
     if (folder / OLD_LORA_FILE).is_file():  # indomain 0.1: "lora.*" and "buffer.*" keys in one file
-        tensors = load_file(folder / OLD_LORA_FILE)
+        tensors = read_safetensors(folder / OLD_LORA_FILE, "LoRA weights")[0]
         for k, v in tensors.items():
             if k.startswith("buffer."):
                 buffers[k[len("buffer."):]].copy_(v)
         model.unet.add_adapter(LoraConfig(init_lora_weights="gaussian", **lora))
         set_peft_model_state_dict(model.unet, {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")})
     else:
-        for k, v in load_file(folder / BUFFERS_FILE).items():
+        saved = read_safetensors(folder / BUFFERS_FILE, "the calibrated constants")[0]
+        if set(saved) != set(buffers) or any(saved[k].shape != buffers[k].shape for k in saved):
+            raise ValueError(f"{folder / BUFFERS_FILE}: its constants do not match the model in config.json")
+        for k, v in saved.items():
             buffers[k].copy_(v)
         model.unet.load_lora_adapter(str(folder), weight_name=LORA_WEIGHTS, prefix=None, adapter_name="default")
     model.unet.fuse_lora()

@@ -46,6 +46,7 @@ from .control import (
 from .families import FAMILIES, detect_family
 from .guidance import DOMAIN, PRIOR, Branch, Guidance, GuidancePlan, MultiGuidance
 from .loading import is_lora_folder, load_domain_model, resolve_domain_path
+from .numerics import require_finite
 from .nulltext import STRUCTURE_KEYS, DomainModels, NullTextTransformer, NullTextUNet, check_compatible
 from .safeload import check_prior
 from .shared_base import ROWS, SharedBaseDomain
@@ -823,9 +824,11 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
 
     def latents_to_images(self, latents: torch.Tensor, output_type: str, generator: Any = None) -> Any:
         """Latents to images of ``output_type`` ("pil", "np", "pt" or "latent")."""
+        require_finite(latents, "the sampled latents (a guidance weight too large?)")
         if output_type == "latent":
             return latents
         decoded = self.vae.decode(self.unscale_latents(latents), return_dict=False, generator=generator)[0]
+        require_finite(decoded, "the decoded images")
         return self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * len(latents))
 
 

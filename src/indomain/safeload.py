@@ -12,6 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 
@@ -44,6 +45,11 @@ def check_safe(path: str | Path, allow_pickle: bool = False) -> None:
     path = Path(path)
     if not path.exists():
         return
+    # every safetensors file must at least have a readable header: a bad one is named here, not deep in a library
+    files = [path] if path.is_file() else [*path.glob("*.safetensors"), *path.glob("*/*.safetensors")]
+    for file in files:
+        if file.suffix == ".safetensors":
+            safetensors_header(file)
     if allow_pickle:
         # read every pickle once with weights_only=True ourselves, so a refusal names the file and never
         # suggests the unsafe weights_only=False that torch's own message offers
@@ -175,3 +181,33 @@ def convert_folder(src: str | Path, dst: str | Path) -> list[str]:
     if not report:
         report.append("no pickle weights found: the copy is identical")
     return report
+
+
+class UnreadableWeightsError(ValueError):
+    """A file that should be safetensors does not read as one (corrupt, truncated, another format, a crafted header)."""
+
+
+def safetensors_header(path: str | Path, what: str = "") -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """The tensor shapes and metadata of a safetensors file, from its header alone (nothing is allocated)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ...: all mean "not a file we can read"
+        raise UnreadableWeightsError(_unreadable(path, what, e)) from None
+
+
+def read_safetensors(path: str | Path, what: str = "") -> tuple[dict[str, Any], dict[str, str]]:
+    """The tensors and metadata of a safetensors file, or an `UnreadableWeightsError` naming the file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as e:  # noqa: BLE001 - as above
+        raise UnreadableWeightsError(_unreadable(path, what, e)) from None
+
+
+def _unreadable(path: str | Path, what: str, err: Exception) -> str:
+    return f"{path}: not a readable safetensors file{' (' + what + ')' if what else ''}: {str(err)[:200] or type(err).__name__}"

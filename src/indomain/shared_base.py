@@ -18,17 +18,17 @@ them with the prior's branches like any other condition.
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from .loading import BUFFERS_FILE, LORA_WEIGHTS, is_lora_folder
 from .nulltext import STRUCTURE_KEYS
+from .outputs import read_json_object
+from .safeload import check_safe, read_safetensors
 
 ADAPTER = "indomain_domain"  # the adapter name on the prior's UNet
 ROWS = "indomain_domain_rows"  # the key of the per-row domain flags (a bool CPU tensor) in a prior condition
@@ -52,7 +52,8 @@ class SharedBaseDomain:
         if getattr(unet, "_hf_peft_config_loaded", False):
             raise ValueError("the prior's UNet already has LoRA adapters; a shared-base domain model needs it without "
                              "(load the domain model first, or use a separate domain model)")
-        self.config = json.loads((folder / "config.json").read_text())
+        check_safe(folder)  # every safetensors header readable, before peft or diffusers read one
+        self.config = read_json_object(folder / "config.json", "a domain model's config")
         if self.config.get("mode", "constant") != "constant":
             raise ValueError(f"a shared-base domain model must be in constant mode, {str(folder)!r} is {self.config['mode']!r}")
         for key in STRUCTURE_KEYS:
@@ -72,7 +73,7 @@ class SharedBaseDomain:
         modules = dict(unet.named_modules())
         self._mask: torch.Tensor | None = None
         self.hooks = []
-        for key, value in load_file(folder / BUFFERS_FILE).items():
+        for key, value in read_safetensors(folder / BUFFERS_FILE, "the calibrated constants")[0].items():
             if not key.endswith(".null_text_feature"):
                 continue
             name = key.removeprefix("unet.").removesuffix(".null_text_feature")

@@ -17,16 +17,21 @@ GIF and PNG. ``--out`` holds ``field.safetensors`` (weights, field config in its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .cliargs import add_options, finite_float, from_args, option, positive_float, positive_int
 from .console import progress
-from .outputs import atomic_path, claim_output_dir, make_grid, write_record
+from .devices import resolve_device
+from .numerics import require_finite
+from .outputs import (atomic_path, claim_output_dir, close_run, make_grid, read_json_object, record_outputs,
+                      truncate_log, write_record)
 
 if TYPE_CHECKING:  # torch, diffusers and the renderer load when a run starts, so `indomain 3d --help` is instant
     import torch
@@ -34,8 +39,6 @@ if TYPE_CHECKING:  # torch, diffusers and the renderer load when a run starts, s
     from .nerf import Cameras, VoxelField
     from .sds import SDSConfig
 
-TEXT3D_OUTPUTS = ("field.safetensors", "optimizer.safetensors", "settings.json", "log.jsonl", "progress",
-                  "turntable.gif", "turntable.png")  # all that `--overwrite` may remove
 # settings that fix the field's shape and meaning: a resumed run must keep them
 FIELD_KEYS = ("grid_resolution", "bound", "blob_density", "blob_radius", "seed")
 
@@ -113,29 +116,63 @@ class Text3DConfig:
 # State: the field's weights and Adam's moments in safetensors, the step in their metadata and in settings.json
 
 
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[Path]:
+    """`atomic_path`, with safetensors' write errors (a full disk, a folder made read-only) as an OSError naming the file."""
+    from safetensors import SafetensorError
+
+    try:
+        with atomic_path(path) as tmp:
+            yield tmp
+    except SafetensorError as e:
+        raise OSError(f"{path}: cannot be written ({e})") from None
+
+
 def save_field(field: VoxelField, path: Path, step: int) -> None:
     """The field's weights, with its constructor arguments and the step in the metadata."""
     from safetensors.torch import save_file
 
     meta = {"field_config": json.dumps(field.field_config()), "step": str(step)}
-    with atomic_path(path) as tmp:
+    with _writing(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in field.state_dict().items()}, str(tmp), metadata=meta)
 
 
+MAX_GRID = 512  # voxels per side: 512^3 x 4 floats is 2 GiB, more than any field this renderer can optimise
+
+
 def load_field(path: str | Path) -> tuple[VoxelField, int]:
-    """A `VoxelField` from ``field.safetensors`` (as `indomain 3d` writes it) and the step it was saved at."""
-    from safetensors import safe_open
+    """A `VoxelField` from ``field.safetensors`` (as `indomain 3d` writes it) and the step it was saved at.
+
+    The header is checked against the field's settings before anything is allocated: a crafted file cannot ask for
+    more memory than its own tensors hold."""
+    import inspect
 
     from .nerf import VoxelField
+    from .safeload import read_safetensors, safetensors_header
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if "field_config" not in meta:
-        raise ValueError(f"{str(path)!r} is not a field written by `indomain 3d` (no field_config in its metadata)")
-    field = VoxelField(**json.loads(meta["field_config"]))
+    shapes, meta = safetensors_header(path, "the 3-D field")
+    try:
+        cfg = json.loads(meta["field_config"])
+        step = int(meta.get("step", 0))
+    except (KeyError, ValueError, TypeError):
+        raise ValueError(f"{path}: not a field written by `indomain 3d` (no readable field_config and step in its "
+                         "metadata)") from None
+    allowed = set(inspect.signature(VoxelField).parameters)
+    if not isinstance(cfg, dict) or not set(cfg) <= allowed:
+        raise ValueError(f"{path}: its field_config is not a field's settings (expected keys among {sorted(allowed)})")
+    g = cfg.get("resolution", 32)
+    if not isinstance(g, int) or not 2 <= g <= MAX_GRID:
+        raise ValueError(f"{path}: field_config resolution must be a whole number in [2, {MAX_GRID}], got {g!r}")
+    expected = {"density": (1, 1, g, g, g), "color": (1, 3, g, g, g)}
+    if shapes != expected:
+        raise ValueError(f"{path}: its tensors {shapes} do not match a field of resolution {g} ({expected})")
+    tensors, _ = read_safetensors(path, "the 3-D field")
+    try:
+        field = VoxelField(**cfg)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: field_config does not make a field: {e}") from None
     field.load_state_dict(tensors)
-    return field, int(meta.get("step", 0))
+    return field, step
 
 
 def save_optimizer(optimizer: torch.optim.Adam, field: VoxelField, path: Path, step: int) -> None:
@@ -147,17 +184,26 @@ def save_optimizer(optimizer: torch.optim.Adam, field: VoxelField, path: Path, s
     for name, param in field.named_parameters():
         for key, value in optimizer.state.get(param, {}).items():
             tensors[f"{name}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
-    with atomic_path(path) as tmp:
+    with _writing(path) as tmp:
         save_file(tensors, str(tmp), metadata={"step": str(step)})
 
 
 def load_optimizer(optimizer: torch.optim.Adam, field: VoxelField, path: Path) -> int:
-    """Restore what `save_optimizer` wrote; returns its step."""
-    from safetensors import safe_open
+    """Restore what `save_optimizer` wrote; returns its step. Every moment must have its parameter's shape."""
+    from .safeload import read_safetensors, safetensors_header
 
-    with safe_open(str(path), framework="pt") as f:
-        step = int((f.metadata() or {}).get("step", -1))
-        saved = {k: f.get_tensor(k) for k in f.keys()}
+    shapes, meta = safetensors_header(path, "the optimizer state")
+    params = dict(field.named_parameters())
+    for key, shape in shapes.items():
+        name, _, kind = key.rpartition(".")
+        want = tuple(params[name].shape) if name in params and kind in ("exp_avg", "exp_avg_sq") else ()
+        if name not in params or kind not in ("exp_avg", "exp_avg_sq", "step") or tuple(shape) != want:
+            raise ValueError(f"{path}: {key} {tuple(shape)} is not an Adam state of this field; the saved state is damaged")
+    saved, _ = read_safetensors(path, "the optimizer state")
+    try:
+        step = int(meta.get("step", -1))
+    except ValueError:
+        step = -1
     for name, param in field.named_parameters():
         state = {key[len(name) + 1:]: v for key, v in saved.items() if key.startswith(name + ".")}
         if state:
@@ -167,14 +213,6 @@ def load_optimizer(optimizer: torch.optim.Adam, field: VoxelField, path: Path) -
 
 # ----------------------------------------------------------------------------------------------------
 # The run
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name != "auto":
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -195,6 +233,12 @@ def check_inputs(config: Text3DConfig) -> None:
                          f"{config.bound * 3**0.5:.2f}); cameras must see the whole box")
     if config.domain_scale != 0 and config.domain is None:
         raise ValueError(f"--domain-scale is {config.domain_scale} but no --domain model was given")
+    if config.view_dependent:
+        try:
+            config.view_template.format(view="front", prompt=config.prompt)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"--view-template {config.view_template!r} is not a template with {{view}} and {{prompt}} "
+                             f"only ({type(e).__name__}: {e}); write literal braces as {{{{ and }}}}") from None
     config.sds_config()  # its own checks (timestep range, weighting)
 
 
@@ -203,8 +247,11 @@ def _resume_state(config: Text3DConfig, out: Path) -> dict[str, Any]:
     settings_file = out / "settings.json"
     if not settings_file.is_file() or not (out / "field.safetensors").is_file():
         raise ValueError(f"--resume: {str(out)!r} holds no saved state (settings.json and field.safetensors)")
-    record = json.loads(settings_file.read_text())
-    saved = record["settings"]
+    record = read_json_object(settings_file, "the saved run's settings")
+    saved = record.get("settings")
+    if not isinstance(saved, dict) or not isinstance(record.get("step"), int):
+        raise ValueError(f"--resume: {settings_file} is not the settings record of an `indomain 3d` run (no settings "
+                         "and step); the saved state is damaged: start over in another folder")
     changed = [k for k in FIELD_KEYS if saved.get(k) != getattr(config, k)]
     if changed:
         raise ValueError(f"--resume: the run in {str(out)!r} used different {', '.join('--' + k.replace('_', '-') for k in changed)} "
@@ -250,18 +297,26 @@ def write_turntable(field: VoxelField, config: Text3DConfig, out: Path, resoluti
 
 def text_to_3d(config: Text3DConfig, pipe: Any = None) -> Path:
     """Optimise a `VoxelField` for ``config.prompt``; returns the output folder. ``pipe`` replaces loading (tests)."""
+    # 1. Check inputs, then claim the output folder
+    check_inputs(config)
+    device = resolve_device(config.device)
+    if config.resume and config.overwrite:
+        raise ValueError("--resume and --overwrite cannot be combined: resume the run in --out, or replace it")
+    record = _resume_state(config, Path(config.out)) if config.resume else None
+    out = claim_output_dir(config.out, "3d", overwrite=config.overwrite, reuse=config.resume,
+                           inputs={"--prior": config.prior, "--domain": config.domain})
+    try:
+        return _text_to_3d(config, pipe, device, record, out)
+    finally:
+        close_run(out)
+
+
+def _text_to_3d(config: Text3DConfig, pipe: Any, device: Any, record: dict | None, out: Path) -> Path:
     import torch
 
     from .nerf import orbit_cameras, render, sample_cameras
     from .pipeline import InDomainPipeline
     from .sds import ScoreDistillation
-
-    # 1. Check inputs, then claim the output folder
-    check_inputs(config)
-    device = _device(config.device)
-    record = _resume_state(config, Path(config.out)) if config.resume else None
-    out = claim_output_dir(config.out, "3d", owned=TEXT3D_OUTPUTS, record="settings.json", overwrite=config.overwrite,
-                           reuse=config.resume)
 
     # 2. Models: the frozen prior (+ domain model) and the guidance around them
     if pipe is None:
@@ -269,6 +324,8 @@ def text_to_3d(config: Text3DConfig, pipe: Any = None) -> Path:
     pipe.to(device)
     guidance = ScoreDistillation(pipe, config.sds_config())
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    if resolution % pipe.vae_scale_factor:
+        raise ValueError(f"--resolution must be a multiple of the VAE factor {pipe.vae_scale_factor}, got {resolution}")
 
     # 3. The field and its optimizer, fresh or from the saved state
     field = config.make_field().to(device)
@@ -276,15 +333,18 @@ def text_to_3d(config: Text3DConfig, pipe: Any = None) -> Path:
     step = 0
     if record is not None:
         saved, step = load_field(out / "field.safetensors")
+        if saved.field_config() != field.field_config():
+            raise ValueError(f"--resume: {out / 'field.safetensors'} holds a field {saved.field_config()} that does not "
+                             f"match this run's {field.field_config()}; the saved state is damaged")
         field.load_state_dict(saved.state_dict())
         opt_step = load_optimizer(optimizer, field, out / "optimizer.safetensors")
         if not step == opt_step == record.get("step"):
             raise ValueError(f"--resume: the saved state in {str(out)!r} is inconsistent (field at step {step}, "
                              f"optimizer at {opt_step}, settings.json at {record.get('step')}); start over with --overwrite")
-        _truncate_log(out / "log.jsonl", step)
-    (out / "progress").mkdir(exist_ok=True)
+        truncate_log(out / "log.jsonl", step)
 
     def save(step: int, seconds: float) -> None:
+        require_finite(list(field.parameters()), f"the 3-D field at step {step}")  # e.g. a learning rate far too high
         save_field(field, out / "field.safetensors", step)
         save_optimizer(optimizer, field, out / "optimizer.safetensors", step)
         write_record(out / "settings.json", dataclasses.asdict(config), step=step, seconds=round(seconds, 2),
@@ -292,8 +352,10 @@ def text_to_3d(config: Text3DConfig, pipe: Any = None) -> Path:
                                "guidance_scale_convention": "eps_u + w (eps_k - eps_u) (diffusers, stable-dreamfusion)"})
         front = orbit_cameras(4, elevation=config.turntable_elevation, distance=sum(config.distance_range) / 2,
                               fovy=sum(config.fovy_range) / 2)
+        (out / "progress").mkdir(exist_ok=True)
         _upscaled_grid(render_views(field, front, resolution, config.num_samples), 4, resolution).save(
             out / "progress" / f"step_{step:06d}.png")
+        record_outputs(out, finished=False)
 
     # 4. The loop
     start, spent = time.time(), float(record.get("seconds", 0.0)) if record else 0.0
@@ -333,14 +395,6 @@ def _regularisers(opacity: torch.Tensor, field: VoxelField, config: Text3DConfig
         a = opacity.clamp(1e-5, 1 - 1e-5)
         loss = loss + config.lambda_entropy * (-(a * a.log() + (1 - a) * (1 - a).log())).mean()
     return loss
-
-
-def _truncate_log(log_file: Path, step: int) -> None:
-    """Drop log lines past the saved step (a kill after the last save leaves some)."""
-    if not log_file.is_file():
-        return
-    lines = [ln for ln in log_file.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    log_file.write_text("".join(ln + "\n" for ln in lines))
 
 
 # ----------------------------------------------------------------------------------------------------

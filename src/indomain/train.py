@@ -40,7 +40,9 @@ from .cliargs import add_options, finite_float, from_args, nonnegative_int, opti
 from .console import info
 from .console import progress as tqdm  # tqdm.auto, hidden by `indomain --quiet`
 from .data import ImageFolderDataset, load_rgb, resize_shorter, to_tensor
-from .outputs import atomic_path, atomic_write_text, claim_output_dir
+from .numerics import NonFiniteError
+from .outputs import (atomic_path, atomic_write_text, check_paths_apart, claim_output_dir, close_run, record_outputs,
+                      run_foreign_entries, truncate_log)
 
 if TYPE_CHECKING:
     import torch
@@ -51,6 +53,11 @@ if TYPE_CHECKING:
 # (which builds its options from TrainConfig) starts without them.
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
+
+
+# diffusers.optimization.SchedulerType's names, written here so `train --help` loads no diffusers (a test compares)
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "piecewise_constant")
 
 
 @dataclass
@@ -124,6 +131,10 @@ class TrainConfig:
                             choices=["none", "tensorboard", "wandb"])
 
     def __post_init__(self) -> None:
+        for name in ("prior", "images", "output", "resume", "latent_cache"):  # `~` means home, never a folder named ~
+            value = getattr(self, name)
+            if isinstance(value, str) and value.startswith("~"):
+                setattr(self, name, os.path.expanduser(value))
         # The one learning-rate rule, resolved here so train_config.json records the value used: the paper's 1e-5
         # for all weights, the usual 1e-4 for LoRA adapters (a low-rank update needs larger steps).
         if self.learning_rate is None:
@@ -165,12 +176,12 @@ class TrainConfig:
             raise ValueError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.report_to not in ("none", "tensorboard", "wandb"):
             raise ValueError(f"--report-to must be none, tensorboard or wandb, got {self.report_to!r}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
+        if self.latent_cache is not None and os.path.exists(self.latent_cache) and not os.path.isdir(self.latent_cache):
+            raise ValueError(f"--latent-cache {self.latent_cache!r} is a file; it names a folder for the cache")
         if self.report_to != "none" and importlib.util.find_spec(self.report_to) is None:
             raise ValueError(f"--report-to {self.report_to} needs the {self.report_to} package: pip install {self.report_to}")
-
-
-class NonFiniteError(RuntimeError):
-    """A loss or a validation image was NaN/inf; the last good state was saved first."""
 
 
 def _no_grad(fn: Callable) -> Callable:
@@ -220,10 +231,17 @@ def build_latent_cache(paths: list[Path], vae: Any, config: TrainConfig, cache_f
     from safetensors.torch import save_file
 
     key = _cache_key(paths, config, vae_id)
-    if cache_file.is_file():
-        with safe_open(cache_file, "pt") as f:
-            if (f.metadata() or {}).get("key") == key:
-                return cache_file
+    if cache_file.is_file() or cache_file.is_symlink():
+        try:
+            with safe_open(cache_file, "pt") as f:
+                metadata = f.metadata() or {}
+        except Exception:  # noqa: BLE001 - SafetensorError, OSError: not a file of ours either way
+            metadata = {}
+        if "key" not in metadata or "n" not in metadata:
+            raise ValueError(f"{cache_file} was not written by `indomain train` (not a latent cache); it is left as it "
+                             "is: choose another --latent-cache folder or move the file away")
+        if metadata["key"] == key:
+            return cache_file
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     tensors = {}
     for i, path in enumerate(tqdm(paths, desc="encoding latents", unit="img")):
@@ -421,12 +439,6 @@ def denoising_loss(pred: torch.Tensor, target: torch.Tensor, snr: torch.Tensor |
 # Checkpoints
 
 
-TRAIN_OUTPUTS = (  # what `indomain train` writes into --output; `--overwrite` removes nothing else
-    "train_config.json", "train_log.jsonl", "skipped.json", "checkpoint-*", "latent_cache", "samples", "raw", "logs",
-    "config.json", "*.safetensors", "README.md", ".tmp*", ".*.tmp",
-)
-
-
 def save_checkpoint(accelerator: Any, output: Path, step: int, config: TrainConfig, model: Any, optimizer: Any,
                     lr_scheduler: Any, ema: Any, params: list) -> Path:
     """Write ``checkpoint-N`` (main process; see `indomain.checkpoint`) and prune old ones."""
@@ -442,6 +454,7 @@ def save_checkpoint(accelerator: Any, output: Path, step: int, config: TrainConf
         if config.checkpoints_total_limit is not None:
             for old in list_checkpoints(output)[:-config.checkpoints_total_limit]:
                 shutil.rmtree(old)
+        record_outputs(output, finished=False)  # a kill after this loses nothing from the run record
     accelerator.wait_for_everyone()
     return final
 
@@ -484,16 +497,11 @@ def resolve_resume(config: TrainConfig) -> Path | None:
 
 
 def _clean_leftovers(out: Path) -> None:
-    """Remove what a kill left behind: half-written checkpoints and final saves."""
-    for p in [*out.glob("checkpoint-*.tmp"), *out.glob(".tmp*"), *out.glob(".*.tmp")]:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-
-
-def _truncate_log(log_file: Path, step: int) -> None:
-    """Drop log lines after ``step``: a resumed run rewrites them."""
-    if log_file.is_file():
-        keep = [line for line in log_file.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-        atomic_write_text(log_file, "".join(line + "\n" for line in keep))
+    """Remove what a kill left behind: half-written checkpoints and final saves (never a file that is not the run's)."""
+    foreign = run_foreign_entries(out)
+    for p in [*out.glob("checkpoint-*.tmp"), *out.glob(".tmp-*"), *out.glob(".*.tmp")]:
+        if p.name not in foreign and p.name + "/" not in foreign:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def check_inputs(config: TrainConfig) -> tuple[list[Path], list[tuple[Path, str]], Checkpoint | None]:
@@ -591,8 +599,23 @@ def validate(model: torch.nn.Module, config: TrainConfig, step: int, device: Any
 # The run
 
 
+def _train_inputs(config: TrainConfig, out: Path) -> dict[str, Any]:
+    """The paths a run reads, which must lie apart from what it writes (a checkpoint of this run may lie inside)."""
+    resume = config.resume if config.resume not in (None, "latest") else None
+    if resume is not None and Path(resume).resolve().parent == out.resolve():
+        resume = None  # its own checkpoint-N
+    return {"--images": config.images, "--prior": config.prior, "--resume": resume}
+
+
 def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> Path:
     """Run training; returns the output folder. ``on_step(global_step)`` is a test hook called after each step."""
+    try:
+        return _train(config, on_step)
+    finally:
+        close_run(config.output)  # the run record lists what was written, even after an error
+
+
+def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -615,8 +638,9 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
         log_with=None if config.report_to == "none" else config.report_to,
     )
     if accelerator.is_main_process:
-        claim_output_dir(out, "train", owned=TRAIN_OUTPUTS, record="train_config.json", overwrite=config.overwrite,
-                         reuse=config.resume is not None, inputs={"--images": config.images}, flag="--output")
+        check_paths_apart(config.latent_cache or out / "latent_cache", _train_inputs(config, out), "--latent-cache")
+        claim_output_dir(out, "train", overwrite=config.overwrite, reuse=config.resume is not None,
+                         inputs=_train_inputs(config, out), flag="--output")
         _clean_leftovers(out)
         atomic_write_text(out / "train_config.json", json.dumps(dataclasses.asdict(config), indent=2))
         atomic_write_text(out / "skipped.json", json.dumps([{"file": str(p), "reason": r} for p, r in skipped], indent=2))
@@ -684,7 +708,7 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
         _set_learning_rate(optimizer, lr_scheduler, ckpt.config.get("learning_rate"), config.learning_rate)
         global_step = ckpt.step
         if accelerator.is_main_process:
-            _truncate_log(log_file, global_step)
+            truncate_log(log_file, global_step)
         if accelerator.is_main_process:
             info(f"resumed from {ckpt.path} at step {global_step}")
         del ckpt
@@ -775,7 +799,7 @@ def model_card(config: TrainConfig, num_images: int, steps: int) -> str:
     """``README.md`` for the trained model: YAML metadata (Hugging Face model-card format) and how to use it."""
     from huggingface_hub import ModelCardData
 
-    import indomain
+    from .version import __version__
 
     kind = "conventional fine-tune (baseline)" if config.baseline else f"null-text domain model ({config.mode} mode)"
     kind += f", LoRA rank {config.lora_rank}" if config.lora_rank else ", all weights"
@@ -795,7 +819,7 @@ def model_card(config: TrainConfig, num_images: int, steps: int) -> str:
 
 # Domain model: {Path(config.images).name}
 
-A {kind} for the prior `{config.prior}`, trained with [indomain](https://arxiv.org/abs/2312.08195) {indomain.__version__}
+A {kind} for the prior `{config.prior}`, trained with [indomain](https://arxiv.org/abs/2312.08195) {__version__}
 on {num_images} unlabeled images from `{config.images}` for {steps} optimizer steps. Every setting is in
 `train_config.json`; the training curve in `train_log.jsonl`; files that were skipped in `skipped.json`.
 

@@ -32,7 +32,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,6 @@ __all__ = ["Choice", "Goal", "NoFeasibleSetting", "TuneConfig", "TunePreset", "T
            "binomial_se", "choose", "split_prompts", "tune"]
 
 METHOD, PRIOR = "ours", "prior"  # the method names in probe/ and validation/
-TUNE_OUTPUTS = ("probe", "validation", "tune.json", "tune.md", "tune.png")  # all that `tune --overwrite` may remove
 
 
 @dataclass
@@ -293,14 +292,23 @@ def tune(config: TuneConfig, protocol: EvalConfig | None = None, *, preset: Tune
     the defaults that fit it; ``extractor`` is the FID/KID feature network (with ``protocol.real``).
     Raises :class:`NoFeasibleSetting` after writing the probe's outputs when no setting meets the goal.
     """
-    from .console import info
-    from .outputs import claim_output_dir
+    from .outputs import claim_output_dir, close_run
 
     protocol = protocol or EvalConfig(out=config.out)
     goal, probe_prompts, validation_prompts = _resolve(config, protocol, preset)
     start = time.time()
-    out = claim_output_dir(config.out, "tune", owned=TUNE_OUTPUTS, record="tune.json", overwrite=config.overwrite,
+    out = claim_output_dir(config.out, "tune", overwrite=config.overwrite,
                            inputs={"--prior": config.prior, "--domain": config.domain, "--real": protocol.real})
+    try:
+        return _tune(config, protocol, preset, extractor, goal, probe_prompts, validation_prompts, out, start)
+    finally:
+        close_run(out)
+
+
+def _tune(config: TuneConfig, protocol: EvalConfig, preset: TunePreset | None, extractor: Any, goal: Goal,
+          probe_prompts: list[str], validation_prompts: list[str], out: Path, start: float) -> TuneResult:
+    from .console import info
+
     shares = set(preset.share_columns) if preset else set()
     record: dict[str, Any] = {"config": dataclasses.asdict(config), "protocol": dataclasses.asdict(protocol),
                               "goal": dataclasses.asdict(goal), "scorer": config.scorer,

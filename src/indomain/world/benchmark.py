@@ -104,10 +104,6 @@ class BenchmarkConfig:
         return self.images_per_setting < PROTOCOL_IMAGES or len(set(self.seeds)) < PROTOCOL_SEEDS
 
 
-BENCHMARK_OUTPUTS = ("domain_images", "latent_cache", "ours", "finetune", "finetune-lora", "eval-*", "RESULTS.md",
-                     "results.json", "tradeoff-*.png", "overview.png", "index.html")  # what `--overwrite` may remove
-
-
 @dataclass
 class SplitResult:
     """One prompt split's outcome: the rows over seeds (the real renders first), the Pareto front, plot and reports."""
@@ -258,17 +254,25 @@ def benchmark_methods(config: BenchmarkConfig, ours: Any, finetune: Any, lora: A
 
 def run_benchmark(config: BenchmarkConfig, scorer: Any = None) -> Path:
     """Train every method, evaluate them on seen and held-out prompts once per seed, write RESULTS.md and the plots."""
-    from ..evaluate import EvalConfig, Sweep, evaluate
-    from ..outputs import claim_output_dir
-    from ..train import TrainConfig, train
-    from .domains import get_domain
-    from .render import evenly_spaced
+    from ..outputs import claim_output_dir, close_run
 
     if not config.seeds or len(set(config.seeds)) != len(config.seeds):
         raise ValueError(f"seeds must be distinct and at least one, got {config.seeds}")
     start = time.time()
-    out = claim_output_dir(config.out, "world benchmark", owned=BENCHMARK_OUTPUTS, record="RESULTS.md",
-                           overwrite=config.overwrite, reuse=True)  # a rerun continues: trained models are kept
+    out = claim_output_dir(config.out, "world benchmark", overwrite=config.overwrite, reuse=not config.overwrite,
+                           inputs={"--prior": config.prior})  # a rerun continues: trained models are kept
+    try:
+        return _run_benchmark(config, scorer, out, start)
+    finally:
+        close_run(out)
+
+
+def _run_benchmark(config: BenchmarkConfig, scorer: Any, out: Path, start: float) -> Path:
+    from ..evaluate import EvalConfig, Sweep, evaluate
+    from ..train import TrainConfig, train
+    from .domains import get_domain
+    from .render import evenly_spaced
+
     domain, seen, held_out = render_domain(out, config.resolution, config.num_domain_images, config.domain)
     caption = get_domain(config.domain).caption
     fd = spread_columns(config.domain)[0]

@@ -50,7 +50,7 @@ def _render(args: argparse.Namespace) -> int:
     from .render import render_dataset
 
     # a rerun adds what is missing; a folder that holds something else is refused
-    claim_output_dir(args.out, "world render", owned=(), record="index.json", reuse=True)
+    claim_output_dir(args.out, "world render", reuse=True)
     counts = render_dataset(args.out, styles=args.styles, size=args.size, limit=args.limit)
     print(f"rendered {counts} into {args.out}")
     return 0
@@ -58,10 +58,11 @@ def _render(args: argparse.Namespace) -> int:
 
 def _train_prior(args: argparse.Namespace) -> int:
     from ..outputs import claim_output_dir
-    from .prior import PriorConfig, resolve_device, train_prior
+    from ..devices import resolve_device
+    from .prior import PriorConfig, train_prior
 
     resolve_device(args.device)  # before the output folder is claimed
-    claim_output_dir(args.out, "world train-prior", owned=(), record="prior_config.json", reuse=True)  # rerun = resume
+    claim_output_dir(args.out, "world train-prior", reuse=True)  # rerun = resume
     out = train_prior(from_args(PriorConfig, args))
     print(f"prior pipeline: {Path(out) / 'pipeline'}")
     return 0

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from ..cliargs import finite_float, nonnegative_int, option, positive_float, positive_int
 from ..console import progress
+from ..devices import resolve_device
 from ..outputs import atomic_path
 
 if TYPE_CHECKING:  # torch loads in the functions that train, so `indomain world --help` starts at once
@@ -122,23 +123,6 @@ def build_unet():
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=384, attention_head_dim=8, norm_num_groups=32,
     )
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else the CPU; a CUDA device that is not there is an error that says so."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name}: only the CPU and CUDA are supported")
-    return device
 
 
 def _load_state(path: Path) -> dict:

@@ -49,7 +49,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..data import composite_on_white
-from ..outputs import atomic_path, atomic_write_text
+from ..outputs import atomic_path, atomic_write_text, read_json_object
 
 __all__ = [
     "STYLES",
@@ -424,6 +424,8 @@ def render_dataset(
     for style in styles:
         _check_style(style)
     out = Path(out_dir)
+    index_path = out / "index.json"
+    index: dict[str, Any] = read_json_object(index_path, "the render index") if index_path.is_file() else {}
     world = list_emoji()
     seen, held_out = split_emoji(world, held_out_fraction, seed)
     split_of = {e.codepoint: "seen" for e in seen} | {e.codepoint: "held_out" for e in held_out}
@@ -438,7 +440,7 @@ def render_dataset(
         sdir.mkdir(parents=True, exist_ok=True)
         params = render_params(style, size)
         pfile = sdir / "render_params.json"
-        old = json.loads(pfile.read_text(encoding="utf-8")) if pfile.is_file() else None
+        old = read_json_object(pfile, "render parameters") if pfile.is_file() else None
         reuse = old == params
         if not reuse:
             # Mark the folder stale first, so an interrupted run never pairs old PNGs with new params.
@@ -468,10 +470,6 @@ def render_dataset(
         )
         atomic_write_text(pfile, json.dumps(params, indent=1, sort_keys=True) + "\n")
 
-    index_path = out / "index.json"
-    index: dict[str, Any] = (
-        json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else {}
-    )
     index["split"] = {
         "method": "sha256('indomain-emoji-split:{seed}:{codepoint}') smallest ceil(fraction*n) held out",
         "seed": seed,
