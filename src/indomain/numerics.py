@@ -27,4 +27,4 @@ def require_finite(tensors: "torch.Tensor | Iterable[torch.Tensor]", what: str) 
     import torch
 
     if not all_finite([tensors] if isinstance(tensors, torch.Tensor) else tensors):
-        raise NonFiniteError(f"{what} are not finite (NaN or inf), so nothing was saved")
+        raise NonFiniteError(f"{what}: not finite (NaN or inf); nothing was saved")

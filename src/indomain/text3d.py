@@ -360,28 +360,30 @@ def _text_to_3d(config: Text3DConfig, pipe: Any, device: Any, record: dict | Non
     # 4. The loop
     start, spent = time.time(), float(record.get("seconds", 0.0)) if record else 0.0
     bar = progress(total=config.steps, initial=step, desc="text-to-3D")
-    with open(out / "log.jsonl", "a") as log:
-        while step < config.steps:
-            gen = _step_generator(config.seed, step)
-            cams = sample_cameras(config.batch_size, gen, tuple(config.elevation_range), tuple(config.azimuth_range),
-                                  tuple(config.distance_range), tuple(config.fovy_range))
-            guidance.update_step(0, step, config.steps)
-            rendered = render(field, cams, resolution, resolution, config.num_samples, background=1.0, generator=gen)
-            result = guidance(rendered.rgb, config.prompt, cams.elevation, cams.azimuth, cams.distance, generator=gen)
-            loss = result["loss_sds"] + _regularisers(rendered.opacity, field, config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            bar.update()
-            bar.set_postfix(grad=f"{result['grad_norm'].item():.3g}")
-            log.write(json.dumps({"step": step, "loss_sds": result["loss_sds"].item(),
-                                  "grad_norm": result["grad_norm"].item(), "t": result["timesteps"].tolist(),
-                                  "opacity": rendered.opacity.mean().item()}) + "\n")
-            if step % config.save_every == 0 or step == config.steps:
-                log.flush()
-                save(step, spent + time.time() - start)
-    bar.close()
+    try:
+        with open(out / "log.jsonl", "a") as log:
+            while step < config.steps:
+                gen = _step_generator(config.seed, step)
+                cams = sample_cameras(config.batch_size, gen, tuple(config.elevation_range), tuple(config.azimuth_range),
+                                      tuple(config.distance_range), tuple(config.fovy_range))
+                guidance.update_step(0, step, config.steps)
+                rendered = render(field, cams, resolution, resolution, config.num_samples, background=1.0, generator=gen)
+                result = guidance(rendered.rgb, config.prompt, cams.elevation, cams.azimuth, cams.distance, generator=gen)
+                loss = result["loss_sds"] + _regularisers(rendered.opacity, field, config)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                bar.update()
+                bar.set_postfix(grad=f"{result['grad_norm'].item():.3g}")
+                log.write(json.dumps({"step": step, "loss_sds": result["loss_sds"].item(),
+                                      "grad_norm": result["grad_norm"].item(), "t": result["timesteps"].tolist(),
+                                      "opacity": rendered.opacity.mean().item()}) + "\n")
+                if step % config.save_every == 0 or step == config.steps:
+                    log.flush()
+                    save(step, spent + time.time() - start)
+    finally:
+        bar.close()  # before any error line, so the two never share a line
     write_turntable(field, config, out, resolution)
     return out
 

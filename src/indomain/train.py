@@ -511,6 +511,7 @@ def check_inputs(config: TrainConfig) -> tuple[list[Path], list[tuple[Path, str]
     """
     from diffusers import AutoencoderKL
 
+    from .families import detect_family
     from .safeload import check_prior
 
     config.validate()
@@ -519,6 +520,13 @@ def check_inputs(config: TrainConfig) -> tuple[list[Path], list[tuple[Path, str]
     factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
     if config.resolution % factor:
         raise ValueError(f"--resolution must be a multiple of the VAE factor {factor}, got {config.resolution}")
+    family = detect_family(config.prior)
+    denoiser = AutoencoderKL.load_config(config.prior, subfolder=family.denoiser)  # load_config only reads the JSON
+    # the latents must survive the denoiser's downsampling (a UNet halves them once per block, an MMDiT patches them)
+    step = 2 ** (len(denoiser["block_out_channels"]) - 1) if "block_out_channels" in denoiser else denoiser.get("patch_size", 1)
+    if (config.resolution // factor) % step:
+        raise ValueError(f"--resolution must be a multiple of {factor * step} for this prior (VAE factor {factor} x "
+                         f"{family.denoiser} factor {step}), got {config.resolution}")
     dataset = ImageFolderDataset(config.images, config.resolution, min_size_policy=config.min_size_policy)
     resume_from = resolve_resume(config)
     if resume_from is None:
