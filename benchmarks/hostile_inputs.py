@@ -170,6 +170,74 @@ def main() -> None:
     torch.save({"w": torch.zeros(1)}, mixed / "unet" / "diffusion_pytorch_model.bin")
     case("convert <folder mixing .safetensors and .bin>", ["convert", mixed, root / "c2"])
 
+    # 6. issue #22: run records, inputs inside outputs, damaged state, non-finite results, refused runs
+    gen = ["generate", "--prior", prior, "--domain-scale", 0, "--num-images", 2, "--steps", 1]
+    edit = ["edit", "--prior", prior, "--domain-scale", 0, "--steps", 4]
+    run(gen + ["--out", root / "g-run"])
+    g_png = sorted((root / "g-run").glob("p00_*.png"))[0]
+    case("edit --image RUN --out RUN --overwrite", [*edit, "--image", root / "g-run", "--out", root / "g-run", "--overwrite"],
+         keep=[g_png])
+    case("edit --mask FILE_IN_OUT --overwrite", [*edit, "--image", images / "0.png", "--mask", g_png, "--out", root / "g-run",
+                                                 "--overwrite"], keep=[g_png])
+    photos = root / "photos"
+    shutil.copytree(images, photos)
+    (photos / "settings.json").write_text("{}")
+    case("generate --out <PNGs + settings.json> --overwrite", [*gen, "--out", photos, "--overwrite"], keep=[photos / "0.png"])
+    model = root / "other-model"
+    model.mkdir()
+    for name in ("train_config.json", "README.md", "config.json", "model.safetensors", ".tmp_draft.txt"):
+        (model / name).write_text("{}")
+    case("train --output <another tool's model> --resume latest", [*train, "--output", model, "--resume", "latest"],
+         keep=[model / ".tmp_draft.txt"])
+    (root / "g-run" / "my_favourite_edit.png").write_bytes(b"x")
+    case("generate --overwrite, a user's PNG inside the run", [*gen, "--out", root / "g-run", "--overwrite"],
+         keep=[root / "g-run" / "my_favourite_edit.png"])
+    (root / "g-run" / "my_favourite_edit.png").unlink()
+    case("edit --overwrite on a generate run", [*edit, "--image", images / "0.png", "--out", root / "g-run", "--overwrite"],
+         keep=[g_png])
+    readme = root / "run" / "README.md"
+    readme.write_text(readme.read_text() + "my notes")
+    case("train --overwrite, a hand-edited README.md", [*train, "--output", root / "run", "--overwrite"], keep=[readme])
+    bench = root / "bench"
+    bench.mkdir()
+    (bench / "RESULTS.md").write_text("mine")
+    case("world benchmark --out <user's RESULTS.md>", ["world", "benchmark", "--prior", prior, "--out", bench,
+                                                       "--no-evaluators"], keep=[bench / "RESULTS.md"])
+    case("train --latent-cache <the --images folder>", [*train, "--output", root / "lc", "--latent-cache", images],
+         keep=[images / "0.png"])
+    lora = root / "pickle-lora"
+    lora.mkdir()
+    craft(lora / "pytorch_lora_weights.bin", root / "pwned-lora")
+    case("generate --lora <pickle-only folder>", [*gen, "--lora", lora, "--out", root / "g-lora"], root / "pwned-lora")
+    ip = root / "ip"
+    (ip / "image_encoder").mkdir(parents=True)
+    (ip / "image_encoder" / "config.json").write_text("{}")
+    (ip / "ip.safetensors").write_bytes((2**40).to_bytes(8, "little") + b"{}")
+    case("generate --ip-adapter <oversized header>", [*gen, "--ip-adapter", ip / "ip.safetensors", "--ip-image",
+                                                      images / "0.png", "--out", root / "g-ip"])
+    d3 = ["3d", "--prior", prior, "--prompt", "owl", "--grid-resolution", 4, "--num-samples", 4, "--turntable-frames", 2]
+    run([*d3, "--steps", 1, "--out", root / "3d"])
+    shutil.copytree(root / "3d", root / "3d-bad")
+    (root / "3d-bad" / "settings.json").write_text("[]")
+    case("3d --resume, settings.json is []", [*d3, "--steps", 2, "--resume", "--out", root / "3d-bad"])
+    (root / "3d-bad" / "settings.json").write_text((root / "3d" / "settings.json").read_text())
+    (root / "3d-bad" / "field.safetensors").unlink()
+    (root / "3d-bad" / "field.safetensors").symlink_to("/etc/passwd")
+    case("3d --resume, field.safetensors -> /etc/passwd", [*d3, "--steps", 2, "--resume", "--out", root / "3d-bad"])
+    case("3d --resume --overwrite", [*d3, "--steps", 2, "--resume", "--overwrite", "--out", root / "3d"],
+         keep=[root / "3d" / "field.safetensors"])
+    case("3d --view-template '{nope}'", [*d3, "--view-template", "{nope}", "--out", root / "3d-t"])
+    for device in ("bogus", "cuda:7"):
+        case(f"generate --device {device}", [*gen, "--device", device, "--out", root / "g-dev"])
+    case("generate --guidance-scale 1e30", [*gen, "--prompt", "owl", "--guidance-scale", 1e30, "--out", root / "g-inf"])
+    case("3d --learning-rate 1e30", [*d3, "--steps", 2, "--learning-rate", 1e30, "--out", root / "3d-inf"])
+    for bad in (["--height", 33], ["--scheduler", "pndm", "--steps", 2]):
+        run([*gen, *bad, "--out", root / "g-bad"])
+        case(f"generate {' '.join(map(str, bad))}, then the corrected rerun", [*gen, "--out", root / "g-bad"])
+        shutil.rmtree(root / "g-bad", ignore_errors=True)
+    run([*train, "--resolution", 2, "--max-train-steps", 1, "--output", root / "t-bad"])
+    case("train --resolution 2, then the corrected rerun", [*train, "--max-train-steps", 1, "--output", root / "t-bad"])
+
     print("| case | exit | traceback | planted code ran | user files lost | what the user reads |")
     print("|---|---|---|---|---|---|")
     for row in rows:

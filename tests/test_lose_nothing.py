@@ -432,3 +432,17 @@ def test_a_refused_convert_does_not_suggest_a_flag_it_lacks(world, capsys, tmp_p
     assert _cli(capsys, "convert", prior, dst)[0] == 0
     err = _refused(capsys, "convert", prior, dst, says="already holds")
     assert "--overwrite" not in err
+
+
+def test_a_3d_state_that_cannot_be_written_mid_run_is_one_line(world, capsys, tmp_path, monkeypatch):
+    """A folder made read-only mid-run: safetensors' own write error becomes one line naming the file."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def refuse(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: Read-only file system (os error 30)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", refuse)
+    root, prior, _ = world
+    _refused(capsys, "3d", "--prior", prior, "--prompt", "owl", "--grid-resolution", 4, "--num-samples", 4,
+             "--steps", 1, "--out", tmp_path / "d", says="field.safetensors: cannot be written")
