@@ -227,6 +227,8 @@ def claim_output_dir(
         raise OutputFolderError(f"{flag} {shown!r} is a file, not a folder")
     record = read_run_record(out) if out.is_dir() else None
     entries = _entries(out) if out.is_dir() else {}
+    if record is not None and record["command"] != command and not entries:
+        record = None  # the marker of another command's run that holds nothing: an empty folder
     written = record.get("written") if record else None
     if (record is None or record["command"] != command) and entries:
         what = "no run record" if record is None else f"it holds a run of `indomain {record['command']}`"
