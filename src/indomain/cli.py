@@ -15,7 +15,7 @@ from typing import Any
 from pathlib import Path
 
 from . import console
-from .cliargs import finite_float, path_arg, positive_int
+from .cliargs import expand_home, finite_float, positive_int
 
 DESCRIPTION = """\
 In-domain generation with a frozen diffusion prior plus a null-text domain model
@@ -38,7 +38,6 @@ def _weighted(text: str) -> tuple[str, float]:
 
 def _domain_spec(text: str) -> tuple[str, float | None]:
     """``DIR`` or ``DIR:WEIGHT`` (a weight that is not a finite number is an error; a path with no weight keeps its colons)."""
-    text = path_arg(text)
     path, sep, weight = text.rpartition(":")
     if not sep:
         return text, None
@@ -55,7 +54,7 @@ def _add_sampling_options(p: argparse.ArgumentParser, command: str) -> None:
     """The options `generate` and `edit` share: models, guidance weights, sampler, seed, device, output."""
     from .schedulers import SCHEDULERS
 
-    p.add_argument("--prior", required=True, type=path_arg, help="prior pipeline: a local diffusers folder or a hub id (e.g. a Stable Diffusion 1.5 folder)")
+    p.add_argument("--prior", required=True, help="prior pipeline: a local diffusers folder or a hub id (e.g. a Stable Diffusion 1.5 folder)")
     p.add_argument("--domain", action="append", type=_domain_spec, default=None, metavar="DIR[:WEIGHT]",
                    help="domain model written by `indomain train` (a folder or a hub id); required unless --domain-scale 0 "
                         "(the prior alone). "
@@ -72,7 +71,7 @@ def _add_sampling_options(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ... (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model precision (default: %(default)s)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle checkpoints (.bin/.ckpt), with weights_only loading; only for files you trust")
-    p.add_argument("--out", required=True, type=path_arg, help=f"output folder (new, empty, or an earlier `{command}` output with --overwrite)")
+    p.add_argument("--out", required=True, help=f"output folder (new, empty, or an earlier `{command}` output with --overwrite)")
     p.add_argument("--overwrite", action="store_true", help=f"replace an earlier `indomain {command}` output in --out")
     p.add_argument("--json", action="store_true", help="print the settings.json record (settings, images, environment) "
                    "as JSON on stdout instead of the summary line, for scripts")
@@ -154,10 +153,10 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
 
 def _add_control_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("control (issue #11)")
-    g.add_argument("--controlnet", action="append", default=None, type=path_arg, metavar="DIR",
+    g.add_argument("--controlnet", action="append", default=None, metavar="DIR",
                    help="a diffusers ControlNet folder for the prior; repeat for multi-ControlNet (one --control-image each)")
-    g.add_argument("--adapter", default=None, type=path_arg, metavar="DIR", help="a diffusers T2I-Adapter folder for the prior (uses --control-image)")
-    g.add_argument("--control-image", action="append", default=None, type=path_arg, metavar="IMG",
+    g.add_argument("--adapter", default=None, metavar="DIR", help="a diffusers T2I-Adapter folder for the prior (uses --control-image)")
+    g.add_argument("--control-image", action="append", default=None, metavar="IMG",
                    help="the control image: one per --controlnet, or one for --adapter; it sets the default size")
     g.add_argument("--control-scale", action="append", type=finite_float, default=None, metavar="S",
                    help="conditioning scale: one for all, or one per --controlnet (default: 1)")
@@ -165,16 +164,16 @@ def _add_control_options(p: argparse.ArgumentParser) -> None:
                    help="send the ControlNet/adapter residuals to the prior's branches only (default: every branch, the "
                         "domain's too: with prior branches only their net weight is 1 - w_d, which pushes away from the "
                         "control; measured in docs/RESULTS.md)")
-    g.add_argument("--ip-adapter", default=None, type=path_arg, metavar="FILE",
+    g.add_argument("--ip-adapter", default=None, metavar="FILE",
                    help="an IP-Adapter weights file for the prior (diffusers' load_ip_adapter); its CLIP image encoder is "
                         "read from an image_encoder/ folder beside the file (the h94/IP-Adapter layout)")
-    g.add_argument("--ip-image", default=None, type=path_arg, metavar="IMG", help="the image prompt of --ip-adapter")
+    g.add_argument("--ip-image", default=None, metavar="IMG", help="the image prompt of --ip-adapter")
     g.add_argument("--ip-scale", type=finite_float, default=1.0, help="the IP-Adapter's scale (default: %(default)s)")
-    g.add_argument("--lora", default=None, type=path_arg, metavar="DIR", help="a LoRA for the prior, loaded with diffusers' load_lora_weights")
+    g.add_argument("--lora", default=None, metavar="DIR", help="a LoRA for the prior, loaded with diffusers' load_lora_weights")
     g.add_argument("--lora-uncond", default="lora", choices=["lora", "prior"],
                    help="with --lora, where the unconditional branch comes from: the LoRA'd prior (default, as diffusers) "
                         "or the pristine prior (the LoRA disabled for that branch)")
-    g.add_argument("--control-model", default=None, type=path_arg, metavar="DIR",
+    g.add_argument("--control-model", default=None, metavar="DIR",
                    help="a customised checkpoint of the prior's architecture (a UNet folder, or a pipeline with unet/) "
                         "that predicts the control prompt's term; the unconditional branch stays the prior's")
 
@@ -355,13 +354,13 @@ def add_edit_parser(sub: argparse._SubParsersAction) -> None:
         description="Edit images into the domain with decoupled guidance (SDEdit, or DDIM inversion then regeneration; "
         "optional inpainting mask). Writes one edited PNG per image, grid.png (before above after) and settings.json.",
     )
-    p.add_argument("--image", required=True, type=path_arg, help="an image file, or a folder of images (read with the training rules)")
+    p.add_argument("--image", required=True, help="an image file, or a folder of images (read with the training rules)")
     p.add_argument("--prompt", default=None, help="the edit's control prompt (default: none: only the domain term edits)")
     p.add_argument("--strength", type=finite_float, default=0.6, help="how far into the noise the edit starts, in (0, 1]: "
                    "0.3 keeps the layout, 0.9 little of it (default: %(default)s)")
     p.add_argument("--method", default="sdedit", choices=EDIT_METHODS, help="sdedit: noise then denoise; invert: DDIM inversion "
                    "with the prior, then DDIM regeneration, which keeps unedited content better (default: %(default)s)")
-    p.add_argument("--mask", default=None, type=path_arg, help="inpainting mask image: white = regenerate, black = keep (default: none)")
+    p.add_argument("--mask", default=None, help="inpainting mask image: white = regenerate, black = keep (default: none)")
     _add_sampling_options(p, "edit")
     p.set_defaults(func=cmd_edit)
 
@@ -414,8 +413,8 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
         "torch.load(weights_only=True), which refuses anything but tensors; a file that holds more is refused "
         "with its name. Works on pipeline folders, single model folders and folders that mix both formats.",
     )
-    p.add_argument("src", type=path_arg, help="source folder (a pipeline with model_index.json, or a single model with config.json)")
-    p.add_argument("dst", type=path_arg, help="destination folder (new or empty)")
+    p.add_argument("src", help="source folder (a pipeline with model_index.json, or a single model with config.json)")
+    p.add_argument("dst", help="destination folder (new or empty)")
     p.set_defaults(func=cmd_convert)
 
 
@@ -539,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Expected failures (bad input, divergence, unwritable folders) print one ``error:`` line."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
+    expand_home(args)  # `--out=~/x`: the shell leaves that ~ alone
     try:
         with console.output_level(args.verbosity):
             return args.func(args)

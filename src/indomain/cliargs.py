@@ -44,11 +44,20 @@ def finite_float(text: str) -> float:
     return value
 
 
-def path_arg(text: str) -> str:
-    """A path with ``~`` expanded (a shell leaves ``--out=~/x`` alone): never a folder literally named ``~``."""
+def expand_home(args: argparse.Namespace) -> None:
+    """Expand a leading ``~`` or ``~user`` in every parsed value, in place: a path that starts with ``~`` means a home
+    folder, never a folder literally named ``~``. A value whose ``~`` names no user is left as typed."""
     import os
 
-    return os.path.expanduser(text)
+    def expand(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith("~"):
+            return os.path.expanduser(value)
+        if isinstance(value, (list, tuple)):
+            return type(value)(expand(v) for v in value)
+        return value
+
+    for name, value in vars(args).items():
+        setattr(args, name, expand(value))
 
 
 def positive_float(text: str) -> float:

@@ -608,7 +608,11 @@ def methods_from_args(args: argparse.Namespace) -> list[Method]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .outputs import check_paths_apart
+
     config = from_args(EvalConfig, args)
+    check_paths_apart(config.out, {"--prompts-file": args.prompts_file, "--clip-text-file": args.clip_text_file,
+                                   "--methods": args.methods, "--inception-weights": args.inception_weights})
     if args.prompts_file:  # argparse lets only one of --prompts / --prompts-file through
         config.prompts = read_lines(args.prompts_file)
     if args.clip_text_file:

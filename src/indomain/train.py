@@ -131,10 +131,6 @@ class TrainConfig:
                             choices=["none", "tensorboard", "wandb"])
 
     def __post_init__(self) -> None:
-        for name in ("prior", "images", "output", "resume", "latent_cache"):  # `~` means home, never a folder named ~
-            value = getattr(self, name)
-            if isinstance(value, str) and value.startswith("~"):
-                setattr(self, name, os.path.expanduser(value))
         # The one learning-rate rule, resolved here so train_config.json records the value used: the paper's 1e-5
         # for all weights, the usual 1e-4 for LoRA adapters (a low-rank update needs larger steps).
         if self.learning_rate is None:
