@@ -4,7 +4,6 @@ Grouped by the rule each test checks; every case here was seen to fail on the co
 """
 
 import json
-import os
 import pickle
 import shutil
 from pathlib import Path
