@@ -227,8 +227,8 @@ def claim_output_dir(
         raise OutputFolderError(f"{flag} {shown!r} is a file, not a folder")
     record = read_run_record(out) if out.is_dir() else None
     entries = _entries(out) if out.is_dir() else {}
-    if record is not None and record["command"] != command and not entries:
-        record = None  # the marker of another command's run that holds nothing: an empty folder
+    if not entries:
+        record = None  # a marker alone (a run that wrote nothing, or whose files were all removed): an empty folder
     written = record.get("written") if record else None
     if (record is None or record["command"] != command) and entries:
         what = "no run record" if record is None else f"it holds a run of `indomain {record['command']}`"
@@ -236,11 +236,11 @@ def claim_output_dir(
             f"{flag} {shown!r} is not empty and was not written by `indomain {command}` ({what}); it holds: "
             f"{_listing(sorted(_top_level(entries)))}. Choose another folder or empty this one"
         )
-    if record is not None and (entries or written):
+    if record is not None:
         if overwrite:
             _remove_run(out, shown, command, record, entries, flag)
             record = None
-        elif not reuse and (written or entries):
+        elif not reuse:
             hint = f"pass {overwrite_flag} to replace it, " if overwrite_flag else ""
             raise OutputFolderError(
                 f"{flag} {shown!r} already holds a run of `indomain {command}`; {hint}"
@@ -294,7 +294,7 @@ def record_outputs(out: str | Path, *, finished: bool = True) -> None:
     record = read_run_record(out)
     if record is None:
         return
-    before = set(record.get("before") or ())
+    before = {name for name in record.get("before") or () if isinstance(name, str)}
     entries = _entries(out, skip=frozenset(n for n in before if n.endswith("/")))
     written = {name: fp for name, fp in entries.items() if name not in before}
     record.update(written=written, finished=finished)
@@ -345,7 +345,7 @@ def truncate_log(log_file: str | Path, step: int) -> None:
 def run_foreign_entries(out: str | Path) -> set[str]:
     """Entries of the run folder ``out`` that were there, not ours, when it was claimed."""
     record = read_run_record(out) or {}
-    return set(record.get("before") or ())
+    return {name for name in record.get("before") or () if isinstance(name, str)}
 
 
 def _version() -> str:
