@@ -22,6 +22,7 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
 from .nulltext import NullTextTransformer, NullTextUNet, json_config
+from .outputs import to_json
 from .safeload import HUB_ID, check_prior, check_safe
 
 
@@ -138,7 +139,7 @@ def save_lora(model: NullTextUNet, folder: str | Path) -> None:
     config = dict(model.config)
     config["lora"] = {"r": peft_config.r, "lora_alpha": peft_config.lora_alpha,
                       "target_modules": sorted(peft_config.target_modules)}
-    (folder / "config.json").write_text(json.dumps({"_class_name": type(model).__name__, **json_config(config)}, indent=2))
+    (folder / "config.json").write_text(to_json({"_class_name": type(model).__name__, **json_config(config)}, indent=2))
     model.unet.save_lora_adapter(folder, weight_name=LORA_WEIGHTS)
     peft_config.save_pretrained(folder)  # adapter_config.json, for peft tools
     save_file({k: v.detach().contiguous().cpu() for k, v in model.named_buffers()}, folder / BUFFERS_FILE)

@@ -41,6 +41,7 @@ from .console import info
 from .console import progress as tqdm  # tqdm.auto, hidden by `indomain --quiet`
 from .data import ImageFolderDataset, load_rgb, resize_shorter, to_tensor
 from .outputs import atomic_path, atomic_write_text, claim_output_dir
+from .outputs import to_json  # strict JSON (no NaN/Infinity) for every file a run writes
 
 if TYPE_CHECKING:
     import torch
@@ -618,11 +619,11 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
         claim_output_dir(out, "train", owned=TRAIN_OUTPUTS, record="train_config.json", overwrite=config.overwrite,
                          reuse=config.resume is not None, inputs={"--images": config.images}, flag="--output")
         _clean_leftovers(out)
-        atomic_write_text(out / "train_config.json", json.dumps(dataclasses.asdict(config), indent=2))
-        atomic_write_text(out / "skipped.json", json.dumps([{"file": str(p), "reason": r} for p, r in skipped], indent=2))
+        atomic_write_text(out / "train_config.json", to_json(dataclasses.asdict(config), indent=2))
+        atomic_write_text(out / "skipped.json", to_json([{"file": str(p), "reason": r} for p, r in skipped], indent=2))
     if config.report_to != "none":
         # trackers take flat scalars and strings
-        flat = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in dataclasses.asdict(config).items()}
+        flat = {k: v if isinstance(v, (int, float, str, bool)) else to_json(v) for k, v in dataclasses.asdict(config).items()}
         accelerator.init_trackers("indomain", config=flat)
     accelerator.wait_for_everyone()
 
@@ -739,7 +740,7 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
             record = {"step": global_step, "world_size": world, "loss": last_loss, "lr": lr_scheduler.get_last_lr()[0],
                       "images_per_s": round(speed, 2), "time": now}
             with log_file.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(to_json(record) + "\n")
             accelerator.log({k: record[k] for k in ("loss", "lr", "images_per_s")}, step=global_step)
         # validate first: weights that decode to NaN never become a checkpoint
         if config.validation_steps and global_step % config.validation_steps == 0 and accelerator.is_main_process:
@@ -874,7 +875,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     config = from_args(TrainConfig, args)
     if args.dry_run:
-        print(json.dumps(dataclasses.asdict(config), indent=2))
+        print(to_json(dataclasses.asdict(config), indent=2))
         return 0
     out = train(config)
     print(f"saved model to {out}")

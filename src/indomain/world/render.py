@@ -49,7 +49,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..data import composite_on_white
-from ..outputs import atomic_path, atomic_write_text
+from ..outputs import atomic_path, atomic_write_text, to_json
 
 __all__ = [
     "STYLES",
@@ -464,9 +464,9 @@ def render_dataset(
             for e in chosen
         ]
         atomic_write_text(
-            sdir / "metadata.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+            sdir / "metadata.jsonl", "".join(to_json(r, ensure_ascii=False) + "\n" for r in rows)
         )
-        atomic_write_text(pfile, json.dumps(params, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(pfile, to_json(params, indent=1, sort_keys=True) + "\n")
 
     index_path = out / "index.json"
     index: dict[str, Any] = (
@@ -484,7 +484,7 @@ def render_dataset(
     index.setdefault("styles", {})
     for style in styles:
         index["styles"][style] = {"size": size, "count": len(chosen), "metadata": f"{style}/metadata.jsonl"}
-    atomic_write_text(index_path, json.dumps(index, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+    atomic_write_text(index_path, to_json(index, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
     return written
 
 
