@@ -440,6 +440,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from .export import add_parser
+
+    add_parser(sub)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     from .demo import add_parser
 
@@ -484,6 +490,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None]]] = 
     "edit": ("edit images into the domain: SDEdit or inversion, optionally inpainting a mask", add_edit_parser),
     "train": ("train a domain model (or a conventional fine-tune baseline) on a folder of unlabeled images", _add_train),
     "convert": ("copy a model folder with its pickle weights (.bin/.ckpt/.pt) re-saved as safetensors", add_convert_parser),
+    "export": ("write a domain model as a plain diffusers UNet or a single-file checkpoint (for diffusers, ComfyUI, "
+               "A1111)", _add_export),
     "demo": ("run the end-to-end emoji-world demo (offline, CPU, minutes)", _add_demo),
     "evaluate": ("generate N images per setting (sharded over processes) and score FID/KID/CLIP; sweeps, plot, report",
                  _add_evaluate),

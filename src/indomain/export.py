@@ -1,0 +1,216 @@
+"""`indomain export`: a domain model as files that diffusers, ComfyUI and A1111 read without indomain.
+
+    indomain export DOMAIN --out DIR                              # a plain diffusers UNet2DConditionModel folder
+    indomain export DOMAIN --out DIR --format single-file         # one .safetensors in the original SD (LDM) layout
+    indomain export LORA_DOMAIN --prior PRIOR --out DIR           # a LoRA domain model needs its prior's weights
+
+The constant cross-attention of a null-text domain model (`NullTextUNet`, ``mode="constant"``) is exactly a plain
+cross-attention layer whose query, key, value and output weights are zero and whose output bias is the constant:
+the attention then sums zero vectors (q = k = v = 0 for any finite text), the output projection adds its bias to
+an exact zero, and the block adds that bias to its input as the constant model adds the constant. The ``norm2`` the
+constant model removed comes back as an identity-initialised LayerNorm whose output reaches only the zeroed query,
+so it cannot change a prediction. An SDXL model also holds its pooled text constant: the columns of
+``add_embedding.linear_1`` that read the pooled text are zeroed and their product with the constant is folded
+into that layer's bias (exact when the constant is zero, as SDXL's empty prompt is; float rounding otherwise).
+So the exported UNet predicts what the domain model does for any text input; `tests/test_export.py` checks it.
+
+Not exportable, refused with the reason: ``mode="exact"`` (the fixed null embedding varies by token, which no
+input-independent bias can reproduce) and SD3's `NullTextTransformer` (its text stream attends to the image in
+every block).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .outputs import to_json
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+FORMATS = ("diffusers", "single-file")
+SINGLE_FILE = "domain_unet.safetensors"
+EXPORT_OUTPUTS = ("config.json", "diffusion_pytorch_model.safetensors", SINGLE_FILE, "export.json")
+
+
+class ExportError(ValueError):
+    """A domain model that has no exact plain form (or a folder that is no domain model)."""
+
+
+def refusal(class_name: str | None, mode: str | None) -> str | None:
+    """Why a domain model of this class and null-text mode has no exact plain form (None: it has one)."""
+    if class_name == "NullTextTransformer":
+        return ("an SD3 domain model (NullTextTransformer) has no exact plain SD3Transformer2DModel form: its fixed "
+                "empty-prompt text stream attends to the image in every block, which weights alone cannot reproduce; "
+                "use it through indomain (InDomainSD3Pipeline)")
+    if class_name == "NullTextUNet" and mode == "exact":
+        return ("a mode='exact' domain model has no exact plain UNet form: its fixed null embedding differs per token, "
+                "which no input-independent weights reproduce; train with --mode constant to export")
+    return None
+
+
+def plain_unet(model: Any) -> "UNet2DConditionModel":
+    """The `UNet2DConditionModel` that predicts exactly what a constant-mode `NullTextUNet` does, for any text input
+    (module docstring). A text-conditioned fine-tune (already plain) is returned as it is."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from .nulltext import NullTextTransformer, NullTextUNet, _cross_attention_blocks
+
+    if isinstance(model, UNet2DConditionModel):
+        return model
+    if not isinstance(model, (NullTextUNet, NullTextTransformer)):
+        raise ExportError(f"cannot export a {type(model).__name__}; expected a NullTextUNet domain model")
+    reason = refusal(type(model).__name__, model.config.mode)
+    if reason:
+        raise ExportError(reason)
+    unet = UNet2DConditionModel.from_config(dict(model.config.unet_config))
+    own = model.unet.state_dict()
+    target = unet.state_dict()
+    with torch.no_grad():
+        for key, value in target.items():
+            if key in own:
+                value.copy_(own[key])
+        for name, block in _cross_attention_blocks(unet):
+            for param in block.attn2.parameters():  # q, k, v, output weights (and any norm in attn2): zero
+                param.zero_()
+            block.attn2.to_out[0].bias.copy_(own[f"{name}.attn2.null_text_feature"])
+            for pname, param in block.norm2.named_parameters():  # identity LayerNorm: weight 1, bias 0
+                param.fill_(1.0 if pname.endswith("weight") else 0.0)
+        if hasattr(model, "null_text_embeds"):
+            linear = unet.add_embedding.linear_1
+            pooled = model.null_text_embeds.double()[0]
+            p = pooled.shape[0]
+            folded = linear.weight[:, :p].double() @ pooled
+            linear.bias.copy_((linear.bias.double() + folded).to(linear.bias.dtype))
+            linear.weight[:, :p] = 0
+    unet.to(model.device)
+    return (unet if model.dtype == unet.dtype else unet.to(dtype=model.dtype)).eval()
+
+
+def _resnet_names() -> dict[str, str]:
+    return {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
+            "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+
+
+def ldm_prefixes(config: Any) -> list[tuple[str, str]]:
+    """(diffusers prefix, original SD prefix) pairs of a `UNet2DConditionModel` config, the layout of the CompVis
+    ``openaimodel.UNetModel`` that A1111 and ComfyUI read (without the ``model.diffusion_model.`` prefix)."""
+    n = len(config["block_out_channels"])
+    layers = config["layers_per_block"]
+    layers = [layers] * n if isinstance(layers, int) else list(layers)
+    attn_down = [t.startswith("CrossAttn") for t in config["down_block_types"]]
+    attn_up = [t.startswith("CrossAttn") for t in config["up_block_types"]]
+    pairs = [("conv_in.", "input_blocks.0.0."), ("time_embedding.linear_1.", "time_embed.0."),
+             ("time_embedding.linear_2.", "time_embed.2."), ("add_embedding.linear_1.", "label_emb.0.0."),
+             ("add_embedding.linear_2.", "label_emb.0.2."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2."),
+             ("mid_block.resnets.0.", "middle_block.0."), ("mid_block.attentions.0.", "middle_block.1."),
+             ("mid_block.resnets.1.", "middle_block.2.")]
+    k = 1
+    for i in range(n):
+        for j in range(layers[i]):
+            pairs.append((f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{k}.0."))
+            if attn_down[i]:
+                pairs.append((f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{k}.1."))
+            k += 1
+        if i < n - 1:
+            pairs.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{k}.0.op."))
+            k += 1
+    k = 0
+    up_layers = list(reversed(layers))
+    for i in range(n):
+        for j in range(up_layers[i] + 1):
+            pairs.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{k}.0."))
+            if attn_up[i]:
+                pairs.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{k}.1."))
+            if j == up_layers[i] and i < n - 1:
+                pairs.append((f"up_blocks.{i}.upsamplers.0.conv.", f"output_blocks.{k}.{2 if attn_up[i] else 1}.conv."))
+            k += 1
+    return pairs
+
+
+def ldm_unet_state_dict(unet: "UNet2DConditionModel", prefix: str = "model.diffusion_model.") -> dict[str, "torch.Tensor"]:
+    """A `UNet2DConditionModel`'s weights under the original Stable Diffusion key names (diffusers' single-file
+    loader, `from_single_file`, reads them back: `tests/test_export.py`)."""
+    pairs = sorted(ldm_prefixes(unet.config), key=lambda p: -len(p[0]))
+    resnet = _resnet_names()
+    out = {}
+    for key, value in unet.state_dict().items():
+        match = next(((d, o) for d, o in pairs if key.startswith(d)), None)
+        if match is None:
+            raise ExportError(f"no original-SD name for UNet weight {key!r} (an architecture the exporter does not know)")
+        d, o = match
+        rest = key[len(d):]
+        if ".resnets." in d or d.startswith("mid_block.resnets"):
+            head, _, tail = rest.partition(".")
+            rest = f"{resnet.get(head, head)}.{tail}"
+        out[prefix + o + rest] = value.detach().contiguous().cpu()
+    return out
+
+
+def export_domain(domain: str | Path, out: str | Path, *, fmt: str = "diffusers", prior: str | None = None,
+                  allow_pickle: bool = False) -> list[Path]:
+    """Write ``domain`` (a folder `indomain train` wrote) as a plain model into ``out``; return the files written."""
+    from safetensors.torch import save_file
+
+    from .loading import is_lora_folder, load_domain_model, load_prior_components
+
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    prior_unet = None
+    if is_lora_folder(domain):
+        if prior is None:
+            raise ValueError(f"{domain} is a LoRA domain model: pass --prior, the prior it was trained on (its base weights)")
+        prior_unet = load_prior_components(prior, allow_pickle=allow_pickle, need_text=False).get("unet")
+        if prior_unet is None:
+            raise ExportError("an SD3 LoRA domain model has no exact plain form (see `indomain export --help`)")
+    model = load_domain_model(domain, prior_unet, allow_pickle=allow_pickle)
+    unet = plain_unet(model)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    source = {"source": str(domain), "format": fmt, "class": type(model).__name__,
+              "prior": getattr(model.config, "prior", None), "prediction_type": getattr(model.config, "prediction_type", None)}
+    if fmt == "diffusers":
+        unet.save_pretrained(out, safe_serialization=True)
+        written = [out / "config.json", out / "diffusion_pytorch_model.safetensors"]
+    else:
+        save_file(ldm_unet_state_dict(unet), out / SINGLE_FILE, metadata={"format": "pt", "indomain": to_json(source)})
+        unet.save_config(out)  # the diffusers config: from_single_file(..., config=DIR, subfolder="") needs no hub
+        written = [out / SINGLE_FILE, out / "config.json"]
+    (out / "export.json").write_text(to_json(source, indent=2) + "\n")
+    return [*written, out / "export.json"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a domain model as a plain diffusers UNet or a single-file checkpoint "
+                       "(for diffusers, ComfyUI, A1111)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("domain", help="domain model folder written by `indomain train`")
+    p.add_argument("--out", required=True, help="output folder (new or empty)")
+    p.add_argument("--format", default="diffusers", choices=FORMATS,
+                   help="diffusers: a UNet2DConditionModel folder; single-file: one .safetensors in the original SD "
+                        "UNet layout (model.diffusion_model.*) (default: %(default)s)")
+    p.add_argument("--prior", default=None, help="the prior folder, needed for a LoRA domain model's base weights")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickle weights in the prior (weights_only loading)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .outputs import claim_output_dir
+
+    import json
+
+    config_file = Path(args.domain, "config.json")
+    if not config_file.is_file():
+        raise ValueError(f"{args.domain}: not a domain model folder (no config.json)")
+    config = json.loads(config_file.read_text())
+    reason = refusal(config.get("_class_name"), config.get("mode"))
+    if reason:  # before --out is claimed: a refused export leaves nothing behind
+        raise ExportError(reason)
+    out = claim_output_dir(args.out, "export", owned=EXPORT_OUTPUTS, inputs={"DOMAIN": args.domain})
+    files = export_domain(args.domain, out, fmt=args.format, prior=args.prior, allow_pickle=args.allow_pickle)
+    print(f"wrote {', '.join(f.name for f in files)} to {out}")
+    return 0
