@@ -113,3 +113,79 @@ def test_export_of_an_sd3_domain_is_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "SD3" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------------- LoRA domain models
+
+
+@pytest.fixture
+def lora_domain(tmp_path):
+    """A LoRA null-text domain model saved by `save_lora`, its plain null-text base, and the model itself."""
+    import copy
+
+    from peft import LoraConfig
+
+    from indomain.loading import save_lora
+    from indomain.train import LORA_TARGETS
+
+    model = domain_model(seed=5)
+    base = plain_unet(copy.deepcopy(model))
+    model.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+    with torch.no_grad():
+        for name, param in model.unet.named_parameters():
+            if "lora_B" in name:  # peft starts B at zero; a trained adapter is not
+                param.normal_(std=0.05, generator=torch.Generator().manual_seed(len(name)))
+    save_lora(model, tmp_path / "lora-domain")
+    return tmp_path / "lora-domain", base, model
+
+
+def plain_pipeline(unet):
+    from diffusers import StableDiffusionPipeline
+
+    from indomain.testing import tiny_sd_components
+
+    parts = tiny_sd_components()
+    parts["unet"] = unet
+    return StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def test_lora_domain_loads_with_diffusers_load_lora_weights(lora_domain):
+    from safetensors import safe_open
+
+    folder, base, model = lora_domain
+    with safe_open(str(folder / "pytorch_lora_weights.safetensors"), "pt") as f:
+        assert all(k.startswith("unet.") for k in f.keys())
+    x, t = inputs()
+    text = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        expected = model(x, t).sample
+    pipe = plain_pipeline(base)
+    pipe.load_lora_weights(str(folder))  # the run folder as it is, beside null_text_buffers.safetensors
+    assert pipe.get_list_adapters()["unet"]
+    with torch.no_grad():
+        got = pipe.unet(x, t, encoder_hidden_states=text).sample
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    # indomain's own loader reads the prefixed file
+    from indomain.loading import load_lora
+
+    with torch.no_grad():
+        torch.testing.assert_close(load_lora(folder, tiny_unet(seed=5))(x, t).sample, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt, file", [("kohya", "domain_lora.safetensors"), ("lora", "pytorch_lora_weights.safetensors")])
+def test_lora_export_round_trips_through_load_lora_weights(lora_domain, tmp_path, fmt, file):
+    folder, base, model = lora_domain
+    assert main(["export", str(folder), "--format", fmt, "--out", str(tmp_path / fmt)]) == 0
+    if fmt == "kohya":
+        from safetensors.torch import load_file
+
+        keys = list(load_file(tmp_path / fmt / file))
+        assert keys and all(k.startswith("lora_unet_") for k in keys) and any(k.endswith(".alpha") for k in keys)
+    x, t = inputs()
+    with torch.no_grad():
+        expected = model(x, t).sample
+    pipe = plain_pipeline(base)
+    pipe.load_lora_weights(str(tmp_path / fmt), weight_name=file)
+    with torch.no_grad():
+        got = pipe.unet(x, t, encoder_hidden_states=torch.randn(2, 7, 32)).sample
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)

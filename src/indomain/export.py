@@ -3,6 +3,7 @@
     indomain export DOMAIN --out DIR                              # a plain diffusers UNet2DConditionModel folder
     indomain export DOMAIN --out DIR --format single-file         # one .safetensors in the original SD (LDM) layout
     indomain export LORA_DOMAIN --prior PRIOR --out DIR           # a LoRA domain model needs its prior's weights
+    indomain export LORA_DOMAIN --format lora|kohya --out DIR     # its adapter alone: diffusers' or kohya's LoRA file
 
 The constant cross-attention of a null-text domain model (`NullTextUNet`, ``mode="constant"``) is exactly a plain
 cross-attention layer whose query, key, value and output weights are zero and whose output bias is the constant:
@@ -31,9 +32,11 @@ if TYPE_CHECKING:
     import torch
     from diffusers import UNet2DConditionModel
 
-FORMATS = ("diffusers", "single-file")
+FORMATS = ("diffusers", "single-file", "lora", "kohya")
 SINGLE_FILE = "domain_unet.safetensors"
-EXPORT_OUTPUTS = ("config.json", "diffusion_pytorch_model.safetensors", SINGLE_FILE, "export.json")
+KOHYA_FILE = "domain_lora.safetensors"
+EXPORT_OUTPUTS = ("config.json", "diffusion_pytorch_model.safetensors", SINGLE_FILE, KOHYA_FILE,
+                  "pytorch_lora_weights.safetensors", "export.json")
 
 
 class ExportError(ValueError):
@@ -151,6 +154,50 @@ def ldm_unet_state_dict(unet: "UNet2DConditionModel", prefix: str = "model.diffu
     return out
 
 
+def kohya_state_dict(folder: str | Path) -> dict[str, "torch.Tensor"]:
+    """A LoRA domain model's adapter in kohya's single-file layout (``lora_unet_<module>.lora_down/lora_up.weight``
+    and ``.alpha``), the LoRA format A1111 and ComfyUI read; diffusers reads it with ``load_lora_weights`` too."""
+    import torch
+    from safetensors.torch import load_file
+
+    from .loading import LORA_WEIGHTS, lora_prefix
+
+    file = Path(folder) / LORA_WEIGHTS
+    prefix = lora_prefix(file)
+    if prefix == "transformer":
+        raise ExportError("kohya's LoRA layout is for UNet priors (SD 1.x/2.x, SDXL); an SD3 adapter stays in "
+                          "diffusers' format (--format lora)")
+    lora = _lora_settings(folder)
+    out = {}
+    for key, value in load_file(file).items():
+        key = key.removeprefix("unet.")
+        module, _, kind = key.rpartition(".lora_")
+        name = "lora_unet_" + module.replace(".", "_")
+        if kind == "A.weight":
+            out[f"{name}.lora_down.weight"] = value.contiguous()
+            rank = value.shape[0]
+            out[f"{name}.alpha"] = torch.tensor(float(lora.get("lora_alpha") or rank))
+        elif kind == "B.weight":
+            out[f"{name}.lora_up.weight"] = value.contiguous()
+        else:
+            raise ExportError(f"adapter weight {key!r} has no kohya form (only lora_A / lora_B weights do)")
+    return out
+
+
+def _lora_settings(folder: str | Path) -> dict:
+    import json
+
+    from .loading import LORA_WEIGHTS
+
+    config = json.loads(Path(folder, "config.json").read_text())
+    if config.get("lora"):
+        return config["lora"]
+    adapter = Path(folder, "adapter_config.json")
+    if adapter.is_file():
+        return json.loads(adapter.read_text())
+    raise ExportError(f"{folder} has {LORA_WEIGHTS} but no LoRA settings (config.json 'lora' or adapter_config.json)")
+
+
 def export_domain(domain: str | Path, out: str | Path, *, fmt: str = "diffusers", prior: str | None = None,
                   allow_pickle: bool = False) -> list[Path]:
     """Write ``domain`` (a folder `indomain train` wrote) as a plain model into ``out``; return the files written."""
@@ -160,6 +207,8 @@ def export_domain(domain: str | Path, out: str | Path, *, fmt: str = "diffusers"
 
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt in ("lora", "kohya"):
+        return _export_lora(Path(domain), Path(out), fmt)
     prior_unet = None
     if is_lora_folder(domain):
         if prior is None:
@@ -184,6 +233,37 @@ def export_domain(domain: str | Path, out: str | Path, *, fmt: str = "diffusers"
     return [*written, out / "export.json"]
 
 
+def _export_lora(domain: Path, out: Path, fmt: str) -> list[Path]:
+    """The adapter alone, in diffusers' pipeline LoRA format or kohya's: no prior needed."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from .loading import LORA_WEIGHTS, lora_prefix
+
+    if not (domain / LORA_WEIGHTS).is_file():
+        raise ExportError(f"{domain} holds no LoRA adapter ({LORA_WEIGHTS}); --format {fmt} is for domain models "
+                          "trained with --lora-rank (use --format diffusers or single-file)")
+    out.mkdir(parents=True, exist_ok=True)
+    if fmt == "kohya":
+        save_file(kohya_state_dict(domain), out / KOHYA_FILE, metadata={"format": "pt"})
+        written = out / KOHYA_FILE
+    elif lora_prefix(domain / LORA_WEIGHTS) is None:  # indomain 0.1's unprefixed file: rewrite it with the prefix
+        from safetensors.torch import load_file
+
+        save_file({f"unet.{k}": v for k, v in load_file(domain / LORA_WEIGHTS).items()}, out / LORA_WEIGHTS,
+                  metadata={"format": "pt"})
+        written = out / LORA_WEIGHTS
+    else:
+        written = Path(shutil.copy2(domain / LORA_WEIGHTS, out / LORA_WEIGHTS))
+    record = {"source": str(domain), "format": fmt, "lora": _lora_settings(domain),
+              "note": "the adapter of a null-text domain model: it gives the domain model's predictions on the "
+                      "null-text base (`indomain export --format diffusers` of the same folder with --prior writes "
+                      "the fused model); on the plain prior its cross-attention still reads the text"}
+    (out / "export.json").write_text(to_json(record, indent=2) + "\n")
+    return [written, out / "export.json"]
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a domain model as a plain diffusers UNet or a single-file checkpoint "
                        "(for diffusers, ComfyUI, A1111)", description=__doc__,
@@ -192,7 +272,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (new or empty)")
     p.add_argument("--format", default="diffusers", choices=FORMATS,
                    help="diffusers: a UNet2DConditionModel folder; single-file: one .safetensors in the original SD "
-                        "UNet layout (model.diffusion_model.*) (default: %(default)s)")
+                        "UNet layout (model.diffusion_model.*); lora / kohya: a LoRA domain model's adapter alone, in "
+                        "diffusers' pipeline LoRA format (unet.* keys) or kohya's (lora_unet_*) (default: %(default)s)")
     p.add_argument("--prior", default=None, help="the prior folder, needed for a LoRA domain model's base weights")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle weights in the prior (weights_only loading)")
     p.set_defaults(func=cmd_export)
@@ -207,7 +288,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not config_file.is_file():
         raise ValueError(f"{args.domain}: not a domain model folder (no config.json)")
     config = json.loads(config_file.read_text())
-    reason = refusal(config.get("_class_name"), config.get("mode"))
+    reason = refusal(config.get("_class_name"), config.get("mode")) if args.format in ("diffusers", "single-file") else None
     if reason:  # before --out is claimed: a refused export leaves nothing behind
         raise ExportError(reason)
     out = claim_output_dir(args.out, "export", owned=EXPORT_OUTPUTS, inputs={"DOMAIN": args.domain})

@@ -125,13 +125,48 @@ BUFFERS_FILE = "null_text_buffers.safetensors"  # the calibrated constants, whic
 OLD_LORA_FILE = "lora_weights.safetensors"  # indomain 0.1's single-file format, still read
 
 
-def save_lora(model: NullTextUNet, folder: str | Path) -> None:
-    """Save an adapter-only null-text domain model in the standard diffusers/peft adapter format.
+def save_adapter(denoiser: Any, folder: str | Path, adapter_name: str = "default") -> Path:
+    """Write a denoiser's peft adapter as diffusers' pipeline LoRA file, ``pytorch_lora_weights.safetensors``: keys
+    under ``unet.`` (``transformer.`` for SD3) and the `LoraConfig` in its metadata, so that a diffusers pipeline's
+    ``load_lora_weights(folder)`` finds them (a file without the prefix loads nothing there)."""
+    from diffusers import SD3Transformer2DModel, StableDiffusionPipeline
+    from diffusers.loaders import SD3LoraLoaderMixin
+    from peft.utils import get_peft_model_state_dict
 
-    The folder holds ``pytorch_lora_weights.safetensors`` (``UNet2DConditionModel.save_lora_adapter``),
+    folder = Path(folder)
+    layers = get_peft_model_state_dict(denoiser, adapter_name=adapter_name)
+    metadata = {k: sorted(v) if isinstance(v, set) else v for k, v in denoiser.peft_config[adapter_name].to_dict().items()}
+    if isinstance(denoiser, SD3Transformer2DModel):
+        SD3LoraLoaderMixin.save_lora_weights(folder, transformer_lora_layers=layers, weight_name=LORA_WEIGHTS,
+                                             transformer_lora_adapter_metadata=metadata)
+    else:
+        StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, weight_name=LORA_WEIGHTS,
+                                                  unet_lora_adapter_metadata=metadata)
+    return folder / LORA_WEIGHTS
+
+
+def lora_prefix(file: str | Path) -> str | None:
+    """The component prefix of a diffusers LoRA file (``unet`` / ``transformer``), or None for indomain 0.1's
+    unprefixed adapter files."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), "pt") as f:
+        keys = list(f.keys())
+    for prefix in ("unet", "transformer"):
+        if keys and all(k.startswith(prefix + ".") for k in keys):
+            return prefix
+    return None
+
+
+def save_lora(model: NullTextUNet, folder: str | Path) -> None:
+    """Save an adapter-only null-text domain model in diffusers' LoRA format.
+
+    The folder holds ``pytorch_lora_weights.safetensors`` (`save_adapter`: keys under ``unet.``),
     ``adapter_config.json`` (peft's `LoraConfig`), the calibrated constants in ``null_text_buffers.safetensors``
     and the model ``config.json``. It loads with `load_lora(folder, prior_unet)`, which takes the base weights
-    from the prior; the adapter alone also loads onto a null-text copy with ``unet.load_lora_adapter(folder, prefix=None)``.
+    from the prior. A diffusers pipeline's ``load_lora_weights(folder)`` loads the adapter too; it gives the domain
+    model's predictions on the null-text base (`indomain export` writes that base, or the fused model), and on the
+    plain prior it is the prior with the adapter, its text cross-attention intact (README, "Use it in ComfyUI / A1111").
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -140,7 +175,7 @@ def save_lora(model: NullTextUNet, folder: str | Path) -> None:
     config["lora"] = {"r": peft_config.r, "lora_alpha": peft_config.lora_alpha,
                       "target_modules": sorted(peft_config.target_modules)}
     (folder / "config.json").write_text(to_json({"_class_name": type(model).__name__, **json_config(config)}, indent=2))
-    model.unet.save_lora_adapter(folder, weight_name=LORA_WEIGHTS)
+    save_adapter(model.unet, folder)
     peft_config.save_pretrained(folder)  # adapter_config.json, for peft tools
     save_file({k: v.detach().contiguous().cpu() for k, v in model.named_buffers()}, folder / BUFFERS_FILE)
 
@@ -183,7 +218,8 @@ def load_lora(folder: str | Path, prior_unet: UNet2DConditionModel) -> NullTextU
     else:
         for k, v in load_file(folder / BUFFERS_FILE).items():
             buffers[k].copy_(v)
-        model.unet.load_lora_adapter(str(folder), weight_name=LORA_WEIGHTS, prefix=None, adapter_name="default")
+        model.unet.load_lora_adapter(str(folder), weight_name=LORA_WEIGHTS, prefix=lora_prefix(folder / LORA_WEIGHTS),
+                                     adapter_name="default")
     model.unet.fuse_lora()
     model.unet.unload_lora()
     model.register_to_config(lora=None)

@@ -528,13 +528,13 @@ def check_inputs(config: TrainConfig) -> tuple[list[Path], list[tuple[Path, str]
 
 def save_model(model: torch.nn.Module, folder: Path, config: TrainConfig) -> None:
     """Save the trained model in a form `InDomainPipeline.from_pretrained(prior, domain_unet=folder)` loads."""
-    from .loading import LORA_WEIGHTS, save_lora
+    from .loading import save_adapter, save_lora
 
     folder.mkdir(parents=True, exist_ok=True)
     if config.lora_rank and not config.baseline:
         save_lora(model, folder)
     elif config.lora_rank:
-        model.save_lora_adapter(folder, weight_name=LORA_WEIGHTS)  # the adapter, in diffusers' format ...
+        save_adapter(model, folder)  # the adapter, in diffusers' pipeline LoRA format (unet. keys) ...
         model.peft_config["default"].save_pretrained(folder)
         _merged_copy(model).save_pretrained(folder, safe_serialization=True)  # ... and merged: loads as a plain UNet
     else:
