@@ -65,9 +65,14 @@ def _add_sampling_options(p: argparse.ArgumentParser, command: str) -> None:
     """The options `generate` and `edit` share: models, guidance weights, sampler, seed, device, output."""
     from .schedulers import SCHEDULERS
 
-    p.add_argument("--prior", required=True, help="prior pipeline: a local diffusers folder or a hub id (e.g. a Stable Diffusion 1.5 folder)")
+    p.add_argument("--prior", required=True, help="prior pipeline: a local diffusers folder, a hub id (e.g. a Stable "
+                   "Diffusion 1.5 folder), or a single-file .safetensors checkpoint (with --prior-config)")
+    p.add_argument("--prior-config", default=None, metavar="DIR",
+                   help="for a single-file --prior: a diffusers folder (or hub id) of the same model, whose configs, "
+                        "tokenizers and scheduler are used (diffusers' from_single_file(config=...)); nothing downloads")
     p.add_argument("--domain", action="append", type=_domain_spec, default=None, metavar="DIR[:WEIGHT]",
-                   help="domain model written by `indomain train` (a folder or a hub id); omit to use the prior alone. "
+                   help="domain model written by `indomain train` (a folder or a hub id); it may be omitted only with "
+                        "--domain-scale 0 (the prior alone). "
                         "Repeat to mix domains, each with its own weight (default weight: --domain-scale)")
     p.add_argument("--negative-prompt", default=None, help="replaces the empty prompt in the prior's unconditional branch (as in Stable Diffusion)")
     p.add_argument("--weighted-prompt", action="append", type=_weighted, default=None, metavar="TEXT:WEIGHT",
@@ -109,7 +114,7 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
         raise ValueError("--domain-scale is nonzero but no --domain model was given (pass --domain DIR or --domain-scale 0)")
     dtype = getattr(torch, args.dtype)
     control = _check_control_args(args, dtype)
-    family = detect_family(args.prior)
+    family = detect_family(args.prior, getattr(args, "prior_config", None))
     if cls is InDomainPipeline:
         cls = pipeline_class(family)
     elif family.name != "sd":
@@ -125,6 +130,10 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
             raise ValueError("--share-base needs one --domain that is a LoRA domain model (`indomain train --lora-rank`)")
         control["share_base"] = True
     out = claim_output_dir(args.out, command, owned=GENERATE_OUTPUTS, record="settings.json", overwrite=args.overwrite)
+    if getattr(args, "prior_config", None):
+        if not Path(args.prior).is_file():
+            raise ValueError("--prior-config is for a single-file --prior (a .safetensors checkpoint)")
+        control["config"] = args.prior_config  # a single-file --prior's diffusers configs
     pipe = cls.from_pretrained(args.prior, domain_unet=domain, allow_pickle=args.allow_pickle, dtype=dtype, **control)
     pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
     if len(specs) > 1:

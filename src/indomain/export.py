@@ -198,6 +198,56 @@ def _lora_settings(folder: str | Path) -> dict:
     raise ExportError(f"{folder} has {LORA_WEIGHTS} but no LoRA settings (config.json 'lora' or adapter_config.json)")
 
 
+def ldm_vae_state_dict(vae: Any, prefix: str = "first_stage_model.") -> dict[str, "torch.Tensor"]:
+    """An `AutoencoderKL`'s weights under the original Stable Diffusion key names (``encoder.down.0.block.0...``;
+    the mid-block attention as 1x1 convolutions), which `from_single_file` reads back."""
+    import re
+
+    n = len(vae.config.block_out_channels)
+    rules = [
+        (r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", lambda m: f"encoder.down.{m[1]}.block.{m[2]}."),
+        (r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", lambda m: f"encoder.down.{m[1]}.downsample."),
+        (r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.", lambda m: f"decoder.up.{n - 1 - int(m[1])}.block.{m[2]}."),
+        (r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{n - 1 - int(m[1])}.upsample."),
+        (r"^(encoder|decoder)\.mid_block\.resnets\.(\d)\.", lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}."),
+        (r"^(encoder|decoder)\.mid_block\.attentions\.0\.", lambda m: f"{m[1]}.mid.attn_1."),
+        (r"^(encoder|decoder)\.conv_norm_out\.", lambda m: f"{m[1]}.norm_out."),
+    ]
+    attention = {"group_norm.": "norm.", "to_q.": "q.", "to_k.": "k.", "to_v.": "v.", "to_out.0.": "proj_out."}
+    out = {}
+    for key, value in vae.state_dict().items():
+        new = key
+        for pattern, repl in rules:
+            new = re.sub(pattern, repl, new)
+        if ".mid.attn_1." in new:
+            head, _, tail = new.partition(".mid.attn_1.")
+            tail = next((tail.replace(a, b, 1) for a, b in attention.items() if tail.startswith(a)), tail)
+            new = f"{head}.mid.attn_1.{tail}"
+            if value.dim() == 2:  # linear in diffusers, a 1x1 convolution in the original
+                value = value[:, :, None, None]
+        new = new.replace(".conv_shortcut.", ".nin_shortcut.")
+        out[prefix + new] = value.detach().contiguous().cpu()
+    return out
+
+
+def ldm_checkpoint(unet: Any, vae: Any = None, text_encoder: Any = None) -> dict[str, "torch.Tensor"]:
+    """A whole single-file checkpoint as A1111 and ComfyUI's checkpoint loaders read it: UNet (``model.diffusion_model.``),
+    VAE (``first_stage_model.``) and, for a CLIP text encoder (SD 1.x), ``cond_stage_model.transformer.``."""
+    state = ldm_unet_state_dict(unet)
+    if vae is not None:
+        state.update(ldm_vae_state_dict(vae))
+    if text_encoder is not None:
+        if type(text_encoder).__name__ != "CLIPTextModel":
+            raise ExportError(f"the single-file layout here covers SD 1.x's CLIPTextModel; this prior's text encoder is "
+                              f"a {type(text_encoder).__name__} (export without --prior for the UNet alone)")
+        for key, value in text_encoder.state_dict().items():
+            if key.endswith("position_ids"):
+                continue
+            key = key if key.startswith("text_model.") else f"text_model.{key}"  # the original layout's names
+            state[f"cond_stage_model.transformer.{key}"] = value.detach().contiguous().cpu()
+    return state
+
+
 def export_domain(domain: str | Path, out: str | Path, *, fmt: str = "diffusers", prior: str | None = None,
                   allow_pickle: bool = False) -> list[Path]:
     """Write ``domain`` (a folder `indomain train` wrote) as a plain model into ``out``; return the files written."""
@@ -209,13 +259,14 @@ def export_domain(domain: str | Path, out: str | Path, *, fmt: str = "diffusers"
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt in ("lora", "kohya"):
         return _export_lora(Path(domain), Path(out), fmt)
-    prior_unet = None
-    if is_lora_folder(domain):
-        if prior is None:
-            raise ValueError(f"{domain} is a LoRA domain model: pass --prior, the prior it was trained on (its base weights)")
-        prior_unet = load_prior_components(prior, allow_pickle=allow_pickle, need_text=False).get("unet")
+    prior_unet = prior_parts = None
+    if is_lora_folder(domain) and prior is None:
+        raise ValueError(f"{domain} is a LoRA domain model: pass --prior, the prior it was trained on (its base weights)")
+    if prior is not None:
+        prior_parts = load_prior_components(prior, allow_pickle=allow_pickle, need_text=fmt == "single-file")
+        prior_unet = prior_parts.get("unet")
         if prior_unet is None:
-            raise ExportError("an SD3 LoRA domain model has no exact plain form (see `indomain export --help`)")
+            raise ExportError("an SD3 domain model has no exact plain form (see `indomain export --help`)")
     model = load_domain_model(domain, prior_unet, allow_pickle=allow_pickle)
     unet = plain_unet(model)
     out = Path(out)
@@ -226,7 +277,10 @@ def export_domain(domain: str | Path, out: str | Path, *, fmt: str = "diffusers"
         unet.save_pretrained(out, safe_serialization=True)
         written = [out / "config.json", out / "diffusion_pytorch_model.safetensors"]
     else:
-        save_file(ldm_unet_state_dict(unet), out / SINGLE_FILE, metadata={"format": "pt", "indomain": to_json(source)})
+        # with --prior: a whole checkpoint (the domain UNet with the prior's VAE and text encoder), as A1111 loads
+        state = (ldm_unet_state_dict(unet) if prior_parts is None else
+                 ldm_checkpoint(unet, prior_parts["vae"], prior_parts.get("text_encoder")))
+        save_file(state, out / SINGLE_FILE, metadata={"format": "pt", "indomain": to_json(source)})
         unet.save_config(out)  # the diffusers config: from_single_file(..., config=DIR, subfolder="") needs no hub
         written = [out / SINGLE_FILE, out / "config.json"]
     (out / "export.json").write_text(to_json(source, indent=2) + "\n")
@@ -274,7 +328,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="diffusers: a UNet2DConditionModel folder; single-file: one .safetensors in the original SD "
                         "UNet layout (model.diffusion_model.*); lora / kohya: a LoRA domain model's adapter alone, in "
                         "diffusers' pipeline LoRA format (unet.* keys) or kohya's (lora_unet_*) (default: %(default)s)")
-    p.add_argument("--prior", default=None, help="the prior folder, needed for a LoRA domain model's base weights")
+    p.add_argument("--prior", default=None, help="the prior folder: needed for a LoRA domain model's base weights; with "
+                   "--format single-file it makes a whole checkpoint (the domain UNet + the prior's VAE and SD 1.x text "
+                   "encoder), as A1111's and ComfyUI's checkpoint loaders read it")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle weights in the prior (weights_only loading)")
     p.set_defaults(func=cmd_export)
 

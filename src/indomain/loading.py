@@ -62,6 +62,35 @@ def load_prior_components(prior: str | os.PathLike, *, allow_pickle: bool = Fals
     return parts
 
 
+def load_single_file_prior(file: str | os.PathLike, config: str | os.PathLike | None = None,
+                           dtype: torch.dtype | None = None, **kwargs: Any) -> tuple[dict, Any]:
+    """The components of a single-file ``.safetensors`` prior (A1111 / ComfyUI style) and its `Family`, through
+    diffusers' ``from_single_file`` of the family's pipeline. ``config`` is a diffusers folder (or hub id) of the same
+    architecture; its configs, tokenizers and scheduler are used, its weights are not needed. Without it diffusers
+    looks its default config up on the hub (from the local cache when offline)."""
+    import diffusers
+
+    from .families import SINGLE_FILE_PIPELINES, detect_family
+
+    check_prior(file)
+    family = detect_family(file, config)
+    pipeline_cls = getattr(diffusers, SINGLE_FILE_PIPELINES[family.name])
+    extra = {"safety_checker": None, "requires_safety_checker": False} if family.name == "sd" else {}
+    if config is not None:
+        extra["config"] = str(config)
+        kwargs.setdefault("local_files_only", Path(config).expanduser().is_dir())
+    if dtype is not None:
+        extra["torch_dtype"] = dtype
+    try:
+        pipe = pipeline_cls.from_single_file(str(file), **extra, **kwargs)
+    except (OSError, ValueError, KeyError, EnvironmentError) as e:
+        hint = "" if config is not None else (" (a single file carries no configs: pass config=DIR / --prior-config DIR, "
+                                              "a diffusers folder of the same model; nothing is downloaded offline)")
+        raise ValueError(f"single-file prior {str(file)!r} could not be opened as a {family.title} checkpoint{hint}: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    return dict(pipe.components), family
+
+
 def resolve_domain_path(path: str | os.PathLike, **hub_kwargs: Any) -> Path:
     """A local domain model folder, or a hub id resolved to its folder in the hub's local cache.
 

@@ -129,6 +129,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         if kwargs.pop("trust_remote_code", False):
             raise ValueError("trust_remote_code is not supported: indomain never runs code shipped with a model")
         check_prior(pretrained_model_name_or_path, allow_pickle)
+        if Path(pretrained_model_name_or_path).expanduser().is_file():  # a single-file checkpoint (+ config=DIR)
+            return cls._from_single_file(pretrained_model_name_or_path, domain_unet, allow_pickle, share_base, **kwargs)
         if Path(pretrained_model_name_or_path).expanduser().is_dir():
             found = detect_family(pretrained_model_name_or_path)
             if found.name != cls.family:
@@ -161,6 +163,33 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         if domain_unet is not None:
             kwargs[cls.domain_component] = domain_unet
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def _from_single_file(cls, file: str | os.PathLike, domain_unet: Any, allow_pickle: bool, share_base: bool,
+                          **kwargs: Any) -> "InDomainPipeline":
+        """`from_pretrained` of a single-file ``.safetensors`` prior (`indomain.loading.load_single_file_prior`)."""
+        from .loading import load_single_file_prior
+
+        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+        hub = {k: kwargs.pop(k) for k in ("local_files_only", "token", "revision", "cache_dir") if k in kwargs}
+        components, family = load_single_file_prior(file, config=kwargs.pop("config", None), dtype=dtype, **hub)
+        if family.name != cls.family:
+            raise ValueError(f"{str(file)!r} is a {family.title} checkpoint; {cls.__name__} opens "
+                             f"{FAMILIES[cls.family].title} priors. Use InDomainAutoPipeline.from_pretrained")
+        params = inspect.signature(cls.__init__).parameters
+        given = {k: v for k, v in kwargs.items() if k in params}  # components passed in (controlnet=, ...)
+        pipe = cls(**{k: v for k, v in components.items() if k in params and k not in given}, **given)
+        if isinstance(domain_unet, (str, os.PathLike)):
+            domain_unet = resolve_domain_path(domain_unet)
+            if share_base:
+                pipe.share_domain_base(domain_unet)
+                return pipe
+            domain_unet = load_domain_model(domain_unet, pipe.denoiser, allow_pickle=allow_pickle, dtype=dtype)
+        if domain_unet is not None:
+            domain_unet = domain_unet.to(pipe.denoiser.device, pipe.denoiser.dtype)
+            check_compatible(pipe.denoiser, domain_unet, pipe.prediction_type)
+            pipe.register_modules(**{cls.domain_component: domain_unet})
+        return pipe
 
     def share_domain_base(self, folder: str | os.PathLike) -> None:
         """Serve an adapter-only (LoRA) domain model from the prior's own UNet: its adapter and constants go onto
