@@ -311,6 +311,10 @@ class NullTextUNet(RefusePlainLoaders, ModelMixin, ConfigMixin):
             model.to(dtype=unet.dtype)
         return model
 
+    def set_attention_slice(self, slice_size: Any) -> None:
+        """Sliced attention in the wrapped UNet (what ``pipe.enable_attention_slicing`` calls on every component)."""
+        self.unet.set_attention_slice(slice_size)
+
     def forward(
         self,
         sample: torch.Tensor,
@@ -509,6 +513,11 @@ class DomainModels(RefusePlainLoaders, ModelMixin, ConfigMixin):
 
     def __len__(self) -> int:
         return len(self.models)
+
+    def set_attention_slice(self, slice_size: Any) -> None:
+        """Sliced attention in every model (``pipe.enable_attention_slicing`` reaches the extra domains too)."""
+        for model in self.models:
+            model.set_attention_slice(slice_size)
 
     def forward(self, index: int, sample: torch.Tensor, timestep: Any, encoder_hidden_states: Any = None, **kwargs: Any) -> Any:
         """Model ``index``'s prediction (see `NullTextUNet.forward`)."""

@@ -200,6 +200,25 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         self.shared_domain = SharedBaseDomain(self.unet, folder)
         self.register_modules(**{self.domain_component: None})
 
+    def denoisers(self) -> list[torch.nn.Module]:
+        """Every model a sampling step calls: the prior's denoiser, the domain model, the extra domains' models and
+        the control model (spatial-control models excluded)."""
+        extra = getattr(self, "extra_domains", None)
+        found = [self.denoiser, self.domain_model, getattr(self, "control_unet", None), *(extra.models if extra else [])]
+        return [m for m in found if m is not None]
+
+    def set_memory_format(self, memory_format: torch.memory_format = torch.channels_last) -> None:
+        """Hold every denoiser's weights in ``memory_format`` (channels_last: the layout GPU tensor cores prefer);
+        ``pipe.unet.to(memory_format=...)`` alone would leave the domain models as they were."""
+        for model in self.denoisers():
+            model.to(memory_format=memory_format)
+
+    def compile_denoisers(self, **kwargs: Any) -> None:
+        """``torch.compile`` every denoiser in place (``nn.Module.compile(**kwargs)``, e.g. ``mode="max-autotune"``);
+        ``pipe.unet.compile()`` alone compiles the prior only."""
+        for model in self.denoisers():
+            model.compile(**kwargs)
+
     def enable_concurrent_branches(self) -> None:
         """Run each step's prior and domain calls on concurrent CUDA streams (`indomain.streams`): they overlap where
         one call does not fill the GPU, as at batch 1. Off CUDA the calls run in order: the same images."""
@@ -1061,3 +1080,19 @@ def retrieve_timesteps(
         scheduler.set_timesteps(num_inference_steps, device=device, **kwargs)
         timesteps = scheduler.timesteps
     return timesteps, num_inference_steps
+
+
+def register_with_diffusers(pipeline_cls: type) -> type:
+    """Let ``DiffusionPipeline.from_pretrained(saved_folder)`` return ``pipeline_cls`` for a folder whose
+    ``model_index.json`` names it: diffusers looks the class name up as an attribute of the ``diffusers`` module, so
+    each indomain pipeline module adds its class there when it is imported. No code is read from the folder."""
+    import diffusers
+
+    if getattr(diffusers, "_objects", None) is not None:
+        diffusers._objects.setdefault(pipeline_cls.__name__, pipeline_cls)  # the lazy module's extra names
+    setattr(diffusers, pipeline_cls.__name__, pipeline_cls)
+    return pipeline_cls
+
+
+register_with_diffusers(InDomainPipeline)
+
