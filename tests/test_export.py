@@ -189,3 +189,23 @@ def test_lora_export_round_trips_through_load_lora_weights(lora_domain, tmp_path
     with torch.no_grad():
         got = pipe.unet(x, t, encoder_hidden_states=torch.randn(2, 7, 32)).sample
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_sd3_lora_domain_is_saved_under_transformer_and_reloads(tmp_path):
+    from peft import LoraConfig
+
+    from indomain.loading import load_lora, lora_prefix, save_lora
+
+    parts = tiny_sd3_components()
+    model = NullTextTransformer.from_prior(parts["transformer"], torch.randn(1, 77, 64), torch.randn(1, 64))
+    model.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian", target_modules=["to_q", "to_v"]))
+    with torch.no_grad():
+        for name, param in model.unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05, generator=torch.Generator().manual_seed(len(name)))
+    save_lora(model, tmp_path / "sd3-lora")
+    assert lora_prefix(tmp_path / "sd3-lora" / "pytorch_lora_weights.safetensors") == "transformer"  # SD3's loader prefix
+    x, t = torch.randn(1, 4, 16, 16), torch.tensor([500.0])
+    with torch.no_grad():
+        torch.testing.assert_close(load_lora(tmp_path / "sd3-lora", parts["transformer"])(x, t).sample,
+                                   model(x, t).sample, rtol=0, atol=1e-5)

@@ -76,3 +76,32 @@ def test_export_single_file_with_prior_is_a_whole_checkpoint(world, tmp_path):
     for name in ("vae", "text_encoder"):
         for key, value in getattr(reference, name).state_dict().items():
             assert torch.equal(getattr(pipe, name).state_dict()[key].reshape(value.shape), value), (name, key)
+
+
+def test_a_lora_domain_exports_whole_and_fused(world, tmp_path):
+    import copy
+
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+
+    from indomain.loading import save_lora
+    from indomain.train import LORA_TARGETS
+
+    prior, _, _ = world
+    pipe = InDomainPipeline.from_pretrained(prior)
+    model = NullTextUNet.from_prior(copy.deepcopy(pipe.unet), pipe.encode_text([""], torch.device("cpu")),
+                                    num_timesteps=2, batch_size=1).eval()
+    model.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+    with torch.no_grad():
+        for name, param in model.unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05, generator=torch.Generator().manual_seed(len(name)))
+    save_lora(model, tmp_path / "lora")
+    assert main(["export", str(tmp_path / "lora"), "--format", "single-file", "--prior", str(prior),
+                 "--out", str(tmp_path / "x")]) == 0
+    whole = StableDiffusionPipeline.from_single_file(str(tmp_path / "x" / "domain_unet.safetensors"), config=str(prior),
+                                                     local_files_only=True, safety_checker=None)
+    x, t = torch.randn(1, 4, 16, 16), torch.tensor([300])
+    with torch.no_grad():
+        torch.testing.assert_close(whole.unet(x, t, encoder_hidden_states=torch.randn(1, 77, 32)).sample,
+                                   model(x, t).sample, rtol=0, atol=1e-5)
