@@ -209,3 +209,18 @@ def test_sd3_lora_domain_is_saved_under_transformer_and_reloads(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(load_lora(tmp_path / "sd3-lora", parts["transformer"])(x, t).sample,
                                    model(x, t).sample, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_original_sd_layout_round_trips_through_from_single_file(family, tmp_path):
+    from safetensors.torch import save_file
+
+    from indomain.export import ldm_unet_state_dict
+
+    unet = tiny_unet() if family == "sd" else tiny_sdxl_components()["unet"]  # SDXL: label_emb, 2 text encoders' dims
+    save_file(ldm_unet_state_dict(unet), tmp_path / "unet.safetensors")
+    unet.save_config(tmp_path)
+    back = UNet2DConditionModel.from_single_file(str(tmp_path / "unet.safetensors"), config=str(tmp_path), subfolder="",
+                                                 local_files_only=True)
+    ours, theirs = unet.state_dict(), back.state_dict()
+    assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)

@@ -277,9 +277,13 @@ def export_domain(domain: str | Path, out: str | Path, *, fmt: str = "diffusers"
         unet.save_pretrained(out, safe_serialization=True)
         written = [out / "config.json", out / "diffusion_pytorch_model.safetensors"]
     else:
-        # with --prior: a whole checkpoint (the domain UNet with the prior's VAE and text encoder), as A1111 loads
-        state = (ldm_unet_state_dict(unet) if prior_parts is None else
-                 ldm_checkpoint(unet, prior_parts["vae"], prior_parts.get("text_encoder")))
+        # with an SD 1.x --prior: a whole checkpoint (the domain UNet with the prior's VAE and CLIP), as A1111 loads it.
+        # SD 2.x and SDXL store OpenCLIP text encoders in the original layout, which is not written here: UNet only.
+        whole = (prior_parts is not None and prior_parts["family"].name == "sd"
+                 and unet.config.cross_attention_dim != 1024)
+        state = (ldm_checkpoint(unet, prior_parts["vae"], prior_parts.get("text_encoder")) if whole else
+                 ldm_unet_state_dict(unet))
+        source["contents"] = "unet + vae + text encoder (SD 1.x layout)" if whole else "unet"
         save_file(state, out / SINGLE_FILE, metadata={"format": "pt", "indomain": to_json(source)})
         unet.save_config(out)  # the diffusers config: from_single_file(..., config=DIR, subfolder="") needs no hub
         written = [out / SINGLE_FILE, out / "config.json"]
@@ -329,16 +333,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "UNet layout (model.diffusion_model.*); lora / kohya: a LoRA domain model's adapter alone, in "
                         "diffusers' pipeline LoRA format (unet.* keys) or kohya's (lora_unet_*) (default: %(default)s)")
     p.add_argument("--prior", default=None, help="the prior folder: needed for a LoRA domain model's base weights; with "
-                   "--format single-file it makes a whole checkpoint (the domain UNet + the prior's VAE and SD 1.x text "
-                   "encoder), as A1111's and ComfyUI's checkpoint loaders read it")
+                   "--format single-file and an SD 1.x prior it makes a whole checkpoint (the domain UNet + the prior's "
+                   "VAE and CLIP text encoder), as A1111's and ComfyUI's checkpoint loaders read it (SD 2.x / SDXL: "
+                   "the UNet alone)")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle weights in the prior (weights_only loading)")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .outputs import claim_output_dir
-
     import json
+
+    from .outputs import claim_output_dir
 
     config_file = Path(args.domain, "config.json")
     if not config_file.is_file():
