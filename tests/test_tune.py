@@ -138,6 +138,8 @@ def test_tune_command_chooses_validates_and_writes_its_outputs(world, tmp_path, 
     assert cli.main(base_args(world, out) + ["--keep", "0.5"]) == 0
     assert "chose w_d = " in capsys.readouterr().out
     assert {"probe", "validation", "tune.json", "tune.md", "tune.png"} <= {p.name for p in out.iterdir()}
+    for written in [out / "tune.json", *out.rglob("results.json"), *out.rglob("settings.json")]:  # strict JSON
+        json.loads(written.read_text(), parse_constant=lambda word: pytest.fail(f"{written} holds {word}"))
     record = json.loads((out / "tune.json").read_text())
     # real-SD defaults: CLIP score for control, FID for fidelity (lower is better)
     assert record["goal"] == {"control": "clip_score", "fidelity": "fid", "keep": 0.5,
@@ -150,9 +152,10 @@ def test_tune_command_chooses_validates_and_writes_its_outputs(world, tmp_path, 
     assert (choice["w_d"], choice["w_c"]) == min(((s["fidelity"], -s["control"], s["w_d"], s["w_c"]) for s in feasible))[2:]
     v = record["validation"]
     assert {r["setting"] for r in v["rows"]} >= {choice["setting"]}
-    assert v["constraint_held"] == (v["measured"]["kept"] >= 0.5)
+    kept = v["measured"]["kept"]  # null when it is NaN (strict JSON)
+    assert v["constraint_held"] == (kept is not None and kept >= 0.5)
     assert v["predicted"]["fidelity"] == pytest.approx(choice["fidelity"])
-    assert math.isnan(v["measured"]["control_se"])  # CLIP score is no share: no binomial SE
+    assert v["measured"]["control_se"] is None  # CLIP score is no share: no binomial SE (NaN, written as null)
     for phase in ("probe", "validation"):
         assert (out / phase / "results.csv").is_file() and (out / phase / "report.html").is_file()
     md = (out / "tune.md").read_text()

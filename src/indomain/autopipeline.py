@@ -33,5 +33,5 @@ class InDomainAutoPipeline:
         """`from_pretrained` of the family's pipeline class; ``domain_unet`` (a folder or model) is the domain
         model for every family."""
         hub = {k: kwargs[k] for k in ("local_files_only", "token", "revision", "cache_dir") if k in kwargs}
-        family = detect_family(pretrained_model_name_or_path, **hub)
+        family = detect_family(pretrained_model_name_or_path, kwargs.get("config"), **hub)  # config: a single file's
         return pipeline_class(family).from_pretrained(pretrained_model_name_or_path, **kwargs)

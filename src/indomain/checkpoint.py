@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .numerics import all_finite
-from .outputs import atomic_path
+from .outputs import atomic_path, to_json
 
 FILES = {"model.safetensors", "ema.safetensors", "optimizer.pt", "rng.safetensors", "train_state.json", "model"}
 REQUIRED = {"model", "optimizer.pt", "train_state.json"}
@@ -80,7 +80,7 @@ def write_checkpoint(folder: Path, step: int, config: dict[str, Any], model: tor
             names = list(state)
             counters = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
             save_file({n: s.detach().cpu().contiguous() for n, s in zip(names, ema.shadow_params)}, tmp / "ema.safetensors",
-                      metadata={"counters": json.dumps(counters)})
+                      metadata={"counters": to_json(counters)})
         torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
                     "scaler": None if scaler is None else scaler.state_dict()}, tmp / "optimizer.pt")
         rng = {"torch": torch.get_rng_state()}
@@ -88,7 +88,7 @@ def write_checkpoint(folder: Path, step: int, config: dict[str, Any], model: tor
             rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
         save_file(rng, tmp / "rng.safetensors")
         save_model(model, tmp / "model")
-        (tmp / "train_state.json").write_text(json.dumps({"global_step": step, "config": config}, indent=2))
+        (tmp / "train_state.json").write_text(to_json({"global_step": step, "config": config}, indent=2))
     return folder
 
 

@@ -54,10 +54,14 @@ def _add_sampling_options(p: argparse.ArgumentParser, command: str) -> None:
     """The options `generate` and `edit` share: models, guidance weights, sampler, seed, device, output."""
     from .schedulers import SCHEDULERS
 
-    p.add_argument("--prior", required=True, help="prior pipeline: a local diffusers folder or a hub id (e.g. a Stable Diffusion 1.5 folder)")
+    p.add_argument("--prior", required=True, help="prior pipeline: a local diffusers folder, a hub id (e.g. a Stable "
+                   "Diffusion 1.5 folder), or a single-file .safetensors checkpoint (with --prior-config)")
+    p.add_argument("--prior-config", default=None, metavar="DIR",
+                   help="for a single-file --prior: a diffusers folder (or hub id) of the same model, whose configs, "
+                        "tokenizers and scheduler are used (diffusers' from_single_file(config=...)); nothing downloads")
     p.add_argument("--domain", action="append", type=_domain_spec, default=None, metavar="DIR[:WEIGHT]",
-                   help="domain model written by `indomain train` (a folder or a hub id); required unless --domain-scale 0 "
-                        "(the prior alone). "
+                   help="domain model written by `indomain train` (a folder or a hub id); it may be omitted only with "
+                        "--domain-scale 0 (the prior alone). "
                         "Repeat to mix domains, each with its own weight (default weight: --domain-scale)")
     p.add_argument("--negative-prompt", default=None, help="replaces the empty prompt in the prior's unconditional branch (as in Stable Diffusion)")
     p.add_argument("--weighted-prompt", action="append", type=_weighted, default=None, metavar="TEXT:WEIGHT",
@@ -100,7 +104,7 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
         raise ValueError("--domain-scale is nonzero but no --domain model was given (pass --domain DIR or --domain-scale 0)")
     dtype = getattr(torch, args.dtype)
     control = _check_control_args(args, dtype)
-    family = detect_family(args.prior)
+    family = detect_family(args.prior, getattr(args, "prior_config", None))
     if cls is InDomainPipeline:
         cls = pipeline_class(family)
     elif family.name != "sd":
@@ -115,7 +119,12 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
         if domain is None or not is_lora_folder(domain) or len(specs) > 1:
             raise ValueError("--share-base needs one --domain that is a LoRA domain model (`indomain train --lora-rank`)")
         control["share_base"] = True
-    inputs = {"--prior": args.prior, "--domain": [p for p, _ in specs], "--image": getattr(args, "image", None),
+    if getattr(args, "prior_config", None):
+        if not Path(args.prior).is_file():
+            raise ValueError("--prior-config is for a single-file --prior (a .safetensors checkpoint)")
+        control["config"] = args.prior_config  # a single-file --prior's diffusers configs
+    inputs = {"--prior": args.prior, "--prior-config": getattr(args, "prior_config", None),
+              "--domain": [p for p, _ in specs], "--image": getattr(args, "image", None),
               "--mask": getattr(args, "mask", None), **{f"--{k.replace('_', '-')}": getattr(args, k, None) for k in
               ("controlnet", "adapter", "control_image", "ip_adapter", "ip_image", "lora", "control_model")}}
     out = claim_output_dir(args.out, command, overwrite=args.overwrite, inputs=inputs)
@@ -437,6 +446,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from .export import add_parser
+
+    add_parser(sub)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     from .demo import add_parser
 
@@ -481,6 +496,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None]]] = 
     "edit": ("edit images into the domain: SDEdit or inversion, optionally inpainting a mask", add_edit_parser),
     "train": ("train a domain model (or a conventional fine-tune baseline) on a folder of unlabeled images", _add_train),
     "convert": ("copy a model folder with its pickle weights (.bin/.ckpt/.pt) re-saved as safetensors", add_convert_parser),
+    "export": ("write a domain model as a plain diffusers UNet or a single-file checkpoint (for diffusers, ComfyUI, "
+               "A1111)", _add_export),
     "demo": ("run the end-to-end emoji-world demo (offline, CPU, minutes)", _add_demo),
     "evaluate": ("generate N images per setting (sharded over processes) and score FID/KID/CLIP; sweeps, plot, report",
                  _add_evaluate),

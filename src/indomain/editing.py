@@ -29,6 +29,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .control import check_aspect
 from .pipeline import Conditioning, InDomainPipeline, InDomainPipelineOutput
+from .pipeline import register_with_diffusers
 
 METHODS = ("sdedit", "invert")
 ImageInput = PIL.Image.Image | Sequence[PIL.Image.Image] | torch.Tensor
@@ -219,3 +220,6 @@ class InDomainImg2ImgPipeline(InDomainPipeline):
         if n % mask.shape[0]:
             raise ValueError(f"cannot share {mask.shape[0]} masks among {n} outputs")
         return mask.repeat(n // mask.shape[0], 1, 1, 1)
+
+
+register_with_diffusers(InDomainImg2ImgPipeline)  # DiffusionPipeline.from_pretrained(saved) finds it

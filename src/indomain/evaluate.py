@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import PIL.Image
 
 from .cliargs import add_options, finite_float, from_args, option, positive_int
-from .outputs import atomic_path, claim_output_dir, close_run, make_grid
+from .outputs import atomic_path, claim_output_dir, close_run, make_grid, to_json
 
 if TYPE_CHECKING:  # torch, numpy and the metrics load in the functions that use them, so `--help` starts at once
     import torch
@@ -624,13 +624,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     "sweep": dataclasses.asdict(Sweep(args.domain_scales, args.guidance_scales)),
                     "extractor": {"inception_weights": args.inception_weights, "inception_resize": args.inception_resize,
                                   "random_conv_seed": args.extractor}}
-        print(json.dumps(resolved, indent=2, default=str))
+        print(to_json(resolved, indent=2))
         return 0
     extractor = extractor_from_args(args)
     result = evaluate(methods_from_args(args), Sweep(args.domain_scales, args.guidance_scales), config,
                       extractor=extractor)
     if result is not None and args.json:
-        print(json.dumps(result_record(result), indent=2, default=str))
+        print(to_json(result_record(result), indent=2))
     elif result is not None:
         print(f"wrote {len(result.rows)} settings x {config.num_images} images, results.csv/json/md, plot.png and "
               f"report.html to {result.out}")

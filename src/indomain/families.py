@@ -88,6 +88,20 @@ def read_model_index(prior: str | os.PathLike, **hub_kwargs) -> dict:
     return json.loads(path.read_text())
 
 
-def detect_family(prior: str | os.PathLike, **hub_kwargs) -> Family:
-    """The family of a prior (local folder or hub id)."""
+# the diffusers pipeline whose `from_single_file` opens a single-file checkpoint of each family
+SINGLE_FILE_PIPELINES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
+                         "sd3": "StableDiffusion3Pipeline"}
+
+
+def detect_family(prior: str | os.PathLike, config: str | os.PathLike | None = None, **hub_kwargs) -> Family:
+    """The family of a prior (local folder or hub id). A single-file checkpoint's family comes from its diffusers
+    ``config`` folder, else from its weights' names (diffusers' `infer_diffusers_model_type`)."""
+    if Path(prior).expanduser().is_file():
+        if config is not None:
+            return family_of(read_model_index(config, **hub_kwargs))
+        from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+        from safetensors.torch import load_file
+
+        kind = infer_diffusers_model_type(load_file(str(Path(prior).expanduser())))
+        return SD3 if kind.startswith("sd3") else SDXL if kind.startswith(("xl", "playground")) else SD
     return family_of(read_model_index(prior, **hub_kwargs))

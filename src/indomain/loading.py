@@ -12,7 +12,6 @@ Weights load from safetensors; pickle files only with ``allow_pickle`` (see `ind
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 
 from .nulltext import NullTextTransformer, NullTextUNet, json_config
-from .outputs import read_json_object
+from .outputs import read_json_object, to_json
 from .safeload import HUB_ID, check_prior, check_safe, read_safetensors
 
 
@@ -60,6 +59,35 @@ def load_prior_components(prior: str | os.PathLike, *, allow_pickle: bool = Fals
             parts[family.tokenizer(name)] = transformers.AutoTokenizer.from_pretrained(prior, subfolder=family.tokenizer(name))
             parts[name] = (cls or transformers.AutoModel).from_pretrained(prior, subfolder=name, use_safetensors=safe)
     return parts
+
+
+def load_single_file_prior(file: str | os.PathLike, config: str | os.PathLike | None = None,
+                           dtype: torch.dtype | None = None, **kwargs: Any) -> tuple[dict, Any]:
+    """The components of a single-file ``.safetensors`` prior (A1111 / ComfyUI style) and its `Family`, through
+    diffusers' ``from_single_file`` of the family's pipeline. ``config`` is a diffusers folder (or hub id) of the same
+    architecture; its configs, tokenizers and scheduler are used, its weights are not needed. Without it diffusers
+    looks its default config up on the hub (from the local cache when offline)."""
+    import diffusers
+
+    from .families import SINGLE_FILE_PIPELINES, detect_family
+
+    check_prior(file)
+    family = detect_family(file, config)
+    pipeline_cls = getattr(diffusers, SINGLE_FILE_PIPELINES[family.name])
+    extra = {"safety_checker": None, "requires_safety_checker": False} if family.name == "sd" else {}
+    if config is not None:
+        extra["config"] = str(config)
+        kwargs.setdefault("local_files_only", Path(config).expanduser().is_dir())
+    if dtype is not None:
+        extra["torch_dtype"] = dtype
+    try:
+        pipe = pipeline_cls.from_single_file(str(file), **extra, **kwargs)
+    except (OSError, ValueError, KeyError, EnvironmentError) as e:
+        hint = "" if config is not None else (" (a single file carries no configs: pass config=DIR / --prior-config DIR, "
+                                              "a diffusers folder of the same model; nothing is downloaded offline)")
+        raise ValueError(f"single-file prior {str(file)!r} could not be opened as a {family.title} checkpoint{hint}: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    return dict(pipe.components), family
 
 
 def resolve_domain_path(path: str | os.PathLike, **hub_kwargs: Any) -> Path:
@@ -125,13 +153,48 @@ BUFFERS_FILE = "null_text_buffers.safetensors"  # the calibrated constants, whic
 OLD_LORA_FILE = "lora_weights.safetensors"  # indomain 0.1's single-file format, still read
 
 
-def save_lora(model: NullTextUNet, folder: str | Path) -> None:
-    """Save an adapter-only null-text domain model in the standard diffusers/peft adapter format.
+def save_adapter(denoiser: Any, folder: str | Path, adapter_name: str = "default") -> Path:
+    """Write a denoiser's peft adapter as diffusers' pipeline LoRA file, ``pytorch_lora_weights.safetensors``: keys
+    under ``unet.`` (``transformer.`` for SD3) and the `LoraConfig` in its metadata, so that a diffusers pipeline's
+    ``load_lora_weights(folder)`` finds them (a file without the prefix loads nothing there)."""
+    from diffusers import SD3Transformer2DModel, StableDiffusionPipeline
+    from diffusers.loaders import SD3LoraLoaderMixin
+    from peft.utils import get_peft_model_state_dict
 
-    The folder holds ``pytorch_lora_weights.safetensors`` (``UNet2DConditionModel.save_lora_adapter``),
+    folder = Path(folder)
+    layers = get_peft_model_state_dict(denoiser, adapter_name=adapter_name)
+    metadata = {k: sorted(v) if isinstance(v, set) else v for k, v in denoiser.peft_config[adapter_name].to_dict().items()}
+    if isinstance(denoiser, SD3Transformer2DModel):
+        SD3LoraLoaderMixin.save_lora_weights(folder, transformer_lora_layers=layers, weight_name=LORA_WEIGHTS,
+                                             transformer_lora_adapter_metadata=metadata)
+    else:
+        StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, weight_name=LORA_WEIGHTS,
+                                                  unet_lora_adapter_metadata=metadata)
+    return folder / LORA_WEIGHTS
+
+
+def lora_prefix(file: str | Path) -> str | None:
+    """The component prefix of a diffusers LoRA file (``unet`` / ``transformer``), or None for indomain 0.1's
+    unprefixed adapter files."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), "pt") as f:
+        keys = list(f.keys())
+    for prefix in ("unet", "transformer"):
+        if keys and all(k.startswith(prefix + ".") for k in keys):
+            return prefix
+    return None
+
+
+def save_lora(model: NullTextUNet, folder: str | Path) -> None:
+    """Save an adapter-only null-text domain model in diffusers' LoRA format.
+
+    The folder holds ``pytorch_lora_weights.safetensors`` (`save_adapter`: keys under ``unet.``),
     ``adapter_config.json`` (peft's `LoraConfig`), the calibrated constants in ``null_text_buffers.safetensors``
     and the model ``config.json``. It loads with `load_lora(folder, prior_unet)`, which takes the base weights
-    from the prior; the adapter alone also loads onto a null-text copy with ``unet.load_lora_adapter(folder, prefix=None)``.
+    from the prior. A diffusers pipeline's ``load_lora_weights(folder)`` loads the adapter too; it gives the domain
+    model's predictions on the null-text base (`indomain export` writes that base, or the fused model), and on the
+    plain prior it is the prior with the adapter, its text cross-attention intact (README, "Use it in ComfyUI / A1111").
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -139,8 +202,8 @@ def save_lora(model: NullTextUNet, folder: str | Path) -> None:
     config = dict(model.config)
     config["lora"] = {"r": peft_config.r, "lora_alpha": peft_config.lora_alpha,
                       "target_modules": sorted(peft_config.target_modules)}
-    (folder / "config.json").write_text(json.dumps({"_class_name": type(model).__name__, **json_config(config)}, indent=2))
-    model.unet.save_lora_adapter(folder, weight_name=LORA_WEIGHTS)
+    (folder / "config.json").write_text(to_json({"_class_name": type(model).__name__, **json_config(config)}, indent=2))
+    save_adapter(model.unet, folder)
     peft_config.save_pretrained(folder)  # adapter_config.json, for peft tools
     save_file({k: v.detach().contiguous().cpu() for k, v in model.named_buffers()}, folder / BUFFERS_FILE)
 
@@ -188,7 +251,8 @@ def load_lora(folder: str | Path, prior_unet: UNet2DConditionModel) -> NullTextU
             raise ValueError(f"{folder / BUFFERS_FILE}: its constants do not match the model in config.json")
         for k, v in saved.items():
             buffers[k].copy_(v)
-        model.unet.load_lora_adapter(str(folder), weight_name=LORA_WEIGHTS, prefix=None, adapter_name="default")
+        model.unet.load_lora_adapter(str(folder), weight_name=LORA_WEIGHTS, prefix=lora_prefix(folder / LORA_WEIGHTS),
+                                     adapter_name="default")
     model.unet.fuse_lora()
     model.unet.unload_lora()
     model.register_to_config(lora=None)

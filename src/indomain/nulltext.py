@@ -28,6 +28,7 @@ and values are zero, so its output is exactly ``to_out``'s bias and the constant
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,6 +52,30 @@ STRUCTURE_KEYS = (
     "mid_block_type",
     "layers_per_block",
 )
+
+
+PLAIN_LOADER_MESSAGE = (
+    "this folder holds an indomain domain model, not a plain diffusers model: load it with indomain's "
+    "NullTextUNet / NullTextTransformer.from_pretrained (or load_domain_model), or write a plain "
+    "UNet2DConditionModel with `indomain export`"
+)
+# Written into every saved domain-model config so that diffusers' plain loaders fail loudly instead of building a
+# randomly initialised default model (they ignore unknown keys with a warning): UNet2DConditionModel raises "Must
+# provide the same number of `down_block_types` as `up_block_types`" and SD3Transformer2DModel "unknown qk_norm",
+# each quoting the message. Our own loaders drop these keys (`RefusePlainLoaders.extract_init_dict`).
+PLAIN_LOADER_GUARD = {"down_block_types": [PLAIN_LOADER_MESSAGE], "qk_norm": PLAIN_LOADER_MESSAGE}
+
+
+class RefusePlainLoaders:
+    """Mixin for our `ModelMixin` classes: their saved ``config.json`` makes diffusers' plain model classes refuse it."""
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict, **kwargs: Any) -> Any:
+        guard = {k: v for k, v in PLAIN_LOADER_GUARD.items() if config_dict.get(k) == v}
+        return super().extract_init_dict({k: v for k, v in config_dict.items() if k not in guard}, **kwargs)
+
+    def to_json_string(self) -> str:
+        return json.dumps({**json.loads(super().to_json_string()), **PLAIN_LOADER_GUARD}, indent=2, sort_keys=True) + "\n"
 
 
 class ConstantCrossAttention(nn.Module):
@@ -163,7 +188,7 @@ def calibrate_null_text_features(
     return features, record
 
 
-class NullTextUNet(ModelMixin, ConfigMixin):
+class NullTextUNet(RefusePlainLoaders, ModelMixin, ConfigMixin):
     """A text-free copy of a prior `UNet2DConditionModel` (the paper's null-text domain model).
 
     It keeps the original UNet as ``self.unet`` with cross-attention made constant (``mode="constant"``)
@@ -286,6 +311,10 @@ class NullTextUNet(ModelMixin, ConfigMixin):
             model.to(dtype=unet.dtype)
         return model
 
+    def set_attention_slice(self, slice_size: Any) -> None:
+        """Sliced attention in the wrapped UNet (what ``pipe.enable_attention_slicing`` calls on every component)."""
+        self.unet.set_attention_slice(slice_size)
+
     def forward(
         self,
         sample: torch.Tensor,
@@ -328,7 +357,7 @@ class NullTextUNet(ModelMixin, ConfigMixin):
         )
 
 
-class NullTextTransformer(ModelMixin, ConfigMixin):
+class NullTextTransformer(RefusePlainLoaders, ModelMixin, ConfigMixin):
     """The null-text domain model of a flow-matching MMDiT prior (`SD3Transformer2DModel`, Stable Diffusion 3).
 
     The prior's transformer with its text input fixed to the prior's empty-prompt embeddings, held as buffers
@@ -450,7 +479,7 @@ def check_compatible(prior_unet: nn.Module, domain_unet: nn.Module, prior_predic
         )
 
 
-class DomainModels(ModelMixin, ConfigMixin):
+class DomainModels(RefusePlainLoaders, ModelMixin, ConfigMixin):
     """Extra domain models of one `InDomainPipeline` (its optional ``extra_domains`` component), each with its own
     default weight: Eq. C then has one domain term per model, ``+ Σ_j w_j (eps_domain_j(x) − eps_prior(x, ∅))``.
 
@@ -484,6 +513,11 @@ class DomainModels(ModelMixin, ConfigMixin):
 
     def __len__(self) -> int:
         return len(self.models)
+
+    def set_attention_slice(self, slice_size: Any) -> None:
+        """Sliced attention in every model (``pipe.enable_attention_slicing`` reaches the extra domains too)."""
+        for model in self.models:
+            model.set_attention_slice(slice_size)
 
     def forward(self, index: int, sample: torch.Tensor, timestep: Any, encoder_hidden_states: Any = None, **kwargs: Any) -> Any:
         """Model ``index``'s prediction (see `NullTextUNet.forward`)."""

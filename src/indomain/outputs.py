@@ -49,12 +49,25 @@ def environment() -> dict[str, str]:
 
 
 def _jsonable(value: Any) -> Any:
+    """Plain JSON values only: strict parsers reject NaN and Infinity, so NaN (a missing value) becomes ``null`` and
+    an infinity the string "Infinity" or "-Infinity" (a diffusers scheduler config holds ``-inf``); numpy/torch
+    scalars become numbers, arrays lists."""
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return float(value)
+        return None if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return _jsonable(value.item())  # a numpy or 0-d torch scalar
+    if hasattr(value, "tolist") and hasattr(value, "ndim"):
+        return _jsonable(value.tolist())
     return str(value)
 
 
@@ -71,12 +84,17 @@ def read_json_object(path: str | Path, what: str = "") -> dict:
     return value
 
 
+def to_json(value: Any, indent: int | None = None, **kwargs: Any) -> str:
+    """Strict JSON text of ``value`` (see `_jsonable`); every JSON file and ``--json`` output goes through here."""
+    return json.dumps(_jsonable(value), indent=indent, allow_nan=False, **kwargs)
+
+
 def write_record(path: str | Path, settings: dict[str, Any], **extra: Any) -> Path:
-    """Write ``{"settings": ..., "environment": ..., **extra}`` as pretty JSON."""
+    """Write ``{"settings": ..., "environment": ..., **extra}`` as pretty, strict JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"command": " ".join(sys.argv), "settings": settings, "environment": environment(), **extra}
-    path.write_text(json.dumps(_jsonable(record), indent=2) + "\n")
+    path.write_text(to_json(record, indent=2) + "\n")
     return path
 
 

@@ -130,6 +130,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         if kwargs.pop("trust_remote_code", False):
             raise ValueError("trust_remote_code is not supported: indomain never runs code shipped with a model")
         check_prior(pretrained_model_name_or_path, allow_pickle)
+        if Path(pretrained_model_name_or_path).expanduser().is_file():  # a single-file checkpoint (+ config=DIR)
+            return cls._from_single_file(pretrained_model_name_or_path, domain_unet, allow_pickle, share_base, **kwargs)
         if Path(pretrained_model_name_or_path).expanduser().is_dir():
             found = detect_family(pretrained_model_name_or_path)
             if found.name != cls.family:
@@ -163,6 +165,33 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             kwargs[cls.domain_component] = domain_unet
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
+    @classmethod
+    def _from_single_file(cls, file: str | os.PathLike, domain_unet: Any, allow_pickle: bool, share_base: bool,
+                          **kwargs: Any) -> "InDomainPipeline":
+        """`from_pretrained` of a single-file ``.safetensors`` prior (`indomain.loading.load_single_file_prior`)."""
+        from .loading import load_single_file_prior
+
+        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+        hub = {k: kwargs.pop(k) for k in ("local_files_only", "token", "revision", "cache_dir") if k in kwargs}
+        components, family = load_single_file_prior(file, config=kwargs.pop("config", None), dtype=dtype, **hub)
+        if family.name != cls.family:
+            raise ValueError(f"{str(file)!r} is a {family.title} checkpoint; {cls.__name__} opens "
+                             f"{FAMILIES[cls.family].title} priors. Use InDomainAutoPipeline.from_pretrained")
+        params = inspect.signature(cls.__init__).parameters
+        given = {k: v for k, v in kwargs.items() if k in params}  # components passed in (controlnet=, ...)
+        pipe = cls(**{k: v for k, v in components.items() if k in params and k not in given}, **given)
+        if isinstance(domain_unet, (str, os.PathLike)):
+            domain_unet = resolve_domain_path(domain_unet)
+            if share_base:
+                pipe.share_domain_base(domain_unet)
+                return pipe
+            domain_unet = load_domain_model(domain_unet, pipe.denoiser, allow_pickle=allow_pickle, dtype=dtype)
+        if domain_unet is not None:
+            domain_unet = domain_unet.to(pipe.denoiser.device, pipe.denoiser.dtype)
+            check_compatible(pipe.denoiser, domain_unet, pipe.prediction_type)
+            pipe.register_modules(**{cls.domain_component: domain_unet})
+        return pipe
+
     def share_domain_base(self, folder: str | os.PathLike) -> None:
         """Serve an adapter-only (LoRA) domain model from the prior's own UNet: its adapter and constants go onto
         ``unet``, and each step runs every branch, the domain's too, in one batched call (`indomain.shared_base`).
@@ -171,6 +200,25 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             raise ValueError("a shared-base domain model is supported on Stable Diffusion 1.x / 2.x priors only")
         self.shared_domain = SharedBaseDomain(self.unet, folder)
         self.register_modules(**{self.domain_component: None})
+
+    def denoisers(self) -> list[torch.nn.Module]:
+        """Every model a sampling step calls: the prior's denoiser, the domain model, the extra domains' models and
+        the control model (spatial-control models excluded)."""
+        extra = getattr(self, "extra_domains", None)
+        found = [self.denoiser, self.domain_model, getattr(self, "control_unet", None), *(extra.models if extra else [])]
+        return [m for m in found if m is not None]
+
+    def set_memory_format(self, memory_format: torch.memory_format = torch.channels_last) -> None:
+        """Hold every denoiser's weights in ``memory_format`` (channels_last: the layout GPU tensor cores prefer);
+        ``pipe.unet.to(memory_format=...)`` alone would leave the domain models as they were."""
+        for model in self.denoisers():
+            model.to(memory_format=memory_format)
+
+    def compile_denoisers(self, **kwargs: Any) -> None:
+        """``torch.compile`` every denoiser in place (``nn.Module.compile(**kwargs)``, e.g. ``mode="max-autotune"``);
+        ``pipe.unet.compile()`` alone compiles the prior only."""
+        for model in self.denoisers():
+            model.compile(**kwargs)
 
     def enable_concurrent_branches(self) -> None:
         """Run each step's prior and domain calls on concurrent CUDA streams (`indomain.streams`): they overlap where
@@ -1035,3 +1083,19 @@ def retrieve_timesteps(
         scheduler.set_timesteps(num_inference_steps, device=device, **kwargs)
         timesteps = scheduler.timesteps
     return timesteps, num_inference_steps
+
+
+def register_with_diffusers(pipeline_cls: type) -> type:
+    """Let ``DiffusionPipeline.from_pretrained(saved_folder)`` return ``pipeline_cls`` for a folder whose
+    ``model_index.json`` names it: diffusers looks the class name up as an attribute of the ``diffusers`` module, so
+    each indomain pipeline module adds its class there when it is imported. No code is read from the folder."""
+    import diffusers
+
+    if getattr(diffusers, "_objects", None) is not None:
+        diffusers._objects.setdefault(pipeline_cls.__name__, pipeline_cls)  # the lazy module's extra names
+    setattr(diffusers, pipeline_cls.__name__, pipeline_cls)
+    return pipeline_cls
+
+
+register_with_diffusers(InDomainPipeline)
+

@@ -32,6 +32,7 @@ from diffusers.loaders import SD3LoraLoaderMixin
 
 from .nulltext import NullTextTransformer, check_compatible
 from .pipeline import TEXT, InDomainPipeline, InDomainPipelineOutput
+from .pipeline import register_with_diffusers
 from .pipeline_xl import POOLED
 
 FLOW = "flow"  # the prediction type of a flow-matching prior: the velocity noise − x0
@@ -202,3 +203,6 @@ class InDomainSD3Pipeline(SD3LoraLoaderMixin, InDomainPipeline):
             negative_prompt_embeds=pair(negative_prompt_embeds, negative_pooled_prompt_embeds, "negative_prompt_embeds"),
             cross_attention_kwargs=joint_attention_kwargs, **kwargs,
         )
+
+
+register_with_diffusers(InDomainSD3Pipeline)  # DiffusionPipeline.from_pretrained(saved) finds it

@@ -30,6 +30,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 
 from .nulltext import DomainModels, NullTextUNet, check_compatible
 from .pipeline import TEXT, InDomainPipeline, InDomainPipelineOutput, check_control_unet, checked_extra_domains
+from .pipeline import register_with_diffusers
 
 POOLED = "pooled"  # the key of the pooled text embedding in an SDXL condition
 
@@ -216,3 +217,6 @@ class InDomainXLPipeline(StableDiffusionXLLoraLoaderMixin, InDomainPipeline):
             )
         finally:
             self._add_time_ids = None
+
+
+register_with_diffusers(InDomainXLPipeline)  # DiffusionPipeline.from_pretrained(saved) finds it

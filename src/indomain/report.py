@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .metrics import MetricResult
-from .outputs import write_record
+from .outputs import to_json, write_record
 
 if TYPE_CHECKING:
     from .evaluate import EvalConfig, EvalResult
@@ -121,7 +121,7 @@ def _protocol_lines(result: EvalResult) -> list[str]:
     return [
         f"{name}: {r.library} {r.library_version}; extractor {r.extractor} ({r.feature_dim}-d); "
         f"resize {r.resize_mode}; preprocess: {r.preprocess}; resolution {r.resolution}; "
-        f"N real {r.n_real}; N generated {r.n_generated}; params {json.dumps(r.params)}"
+        f"N real {r.n_real}; N generated {r.n_generated}; params {to_json(r.params)}"
         for name, r in seen.items()
     ]
 
@@ -135,7 +135,7 @@ def write_outputs(result: EvalResult, config: EvalConfig, record: dict[str, Any]
         writer.writeheader()
         writer.writerows(rows)
     metrics = {s: {k: r.to_dict() for k, r in m.items()} for s, m in result.metrics.items()}
-    (out / "results.json").write_text(json.dumps({"rows": rows, "metrics": metrics}, indent=2) + "\n")
+    (out / "results.json").write_text(to_json({"rows": rows, "metrics": metrics}, indent=2) + "\n")
     protocol = _protocol_lines(result)
     md = _markdown_table(rows, columns) + "".join(f"\n- {line}" for line in protocol) + ("\n" if protocol else "")
     (out / "results.md").write_text(md)
@@ -169,7 +169,7 @@ figure img {{ image-rendering: pixelated; max-width: 360px; }} figcaption {{ fon
 <p>FID/KID values are comparable only when library, extractor, resize mode, resolution and N all match.</p>
 <h2>Fidelity vs controllability</h2>{plot_html}
 <h2>Samples (first images of each setting)</h2>{grids}
-<h2>Settings</h2><pre>{html.escape(json.dumps(record, indent=2))}</pre>
+<h2>Settings</h2><pre>{html.escape(to_json(record, indent=2))}</pre>
 </body></html>
 """
     path = out / "report.html"

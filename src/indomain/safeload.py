@@ -83,8 +83,13 @@ def check_prior(path: str | os.PathLike, allow_pickle: bool = False) -> None:
         if HUB_ID.match(str(path)) and not str(path).startswith("."):
             return  # a hub id: resolved by diffusers (from its local cache when offline)
         raise FileNotFoundError(f"prior {str(path)!r} does not exist (neither a local folder nor a hub id like 'org/name')")
+    if p.is_file():  # a single-file checkpoint (A1111 / ComfyUI style), opened by diffusers' from_single_file
+        if p.suffix != ".safetensors":
+            raise ValueError(f"prior {str(path)!r} is a single-file checkpoint that is not .safetensors; only safetensors "
+                             "single files are read (convert it, e.g. with a tool you trust, or pass a pipeline folder)")
+        return
     if not p.is_dir():
-        raise ValueError(f"prior {str(path)!r} is a file; pass the pipeline folder (the one with model_index.json)")
+        raise ValueError(f"prior {str(path)!r} is neither a file nor a folder")
     check_safe(p, allow_pickle)
     index = p / "model_index.json"
     if not index.is_file():

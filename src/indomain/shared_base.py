@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .loading import BUFFERS_FILE, LORA_WEIGHTS, is_lora_folder
+from .loading import BUFFERS_FILE, LORA_WEIGHTS, is_lora_folder, lora_prefix
 from .nulltext import STRUCTURE_KEYS
 from .outputs import read_json_object
 from .safeload import check_safe, read_safetensors
@@ -66,7 +66,8 @@ class SharedBaseDomain:
             # the file has no weights for them; peft adds them with a zero delta and warns. Those rows' outputs are
             # replaced by the constants anyway.
             warnings.filterwarnings("ignore", message=".*inconsistency was discovered between the PEFT config")
-            unet.load_lora_adapter(str(folder), weight_name=LORA_WEIGHTS, prefix=None, adapter_name=ADAPTER)
+            unet.load_lora_adapter(str(folder), weight_name=LORA_WEIGHTS, prefix=lora_prefix(folder / LORA_WEIGHTS),
+                                   adapter_name=ADAPTER)
         self.lora_layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
         for layer in self.lora_layers:  # ordinary calls: the prior alone
             layer.set_adapter([a for a in layer.active_adapters if a != ADAPTER])

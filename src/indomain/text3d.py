@@ -31,7 +31,7 @@ from .console import progress
 from .devices import resolve_device
 from .numerics import require_finite
 from .outputs import (atomic_path, claim_output_dir, close_run, make_grid, read_json_object, record_outputs,
-                      truncate_log, write_record)
+                      to_json, truncate_log, write_record)
 
 if TYPE_CHECKING:  # torch, diffusers and the renderer load when a run starts, so `indomain 3d --help` is instant
     import torch
@@ -132,7 +132,7 @@ def save_field(field: VoxelField, path: Path, step: int) -> None:
     """The field's weights, with its constructor arguments and the step in the metadata."""
     from safetensors.torch import save_file
 
-    meta = {"field_config": json.dumps(field.field_config()), "step": str(step)}
+    meta = {"field_config": to_json(field.field_config()), "step": str(step)}
     with _writing(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in field.state_dict().items()}, str(tmp), metadata=meta)
 
@@ -376,7 +376,7 @@ def _text_to_3d(config: Text3DConfig, pipe: Any, device: Any, record: dict | Non
                 step += 1
                 bar.update()
                 bar.set_postfix(grad=f"{result['grad_norm'].item():.3g}")
-                log.write(json.dumps({"step": step, "loss_sds": result["loss_sds"].item(),
+                log.write(to_json({"step": step, "loss_sds": result["loss_sds"].item(),
                                       "grad_norm": result["grad_norm"].item(), "t": result["timesteps"].tolist(),
                                       "opacity": rendered.opacity.mean().item()}) + "\n")
                 if step % config.save_every == 0 or step == config.steps:
@@ -414,7 +414,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_text3d(args: argparse.Namespace) -> int:
     config = from_args(Text3DConfig, args)
     if args.dry_run:
-        print(json.dumps(dataclasses.asdict(config), indent=2))
+        print(to_json(dataclasses.asdict(config), indent=2))
         return 0
     out = text_to_3d(config)
     print(f"wrote turntable.gif, field.safetensors and settings.json to {out}")

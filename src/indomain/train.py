@@ -26,7 +26,6 @@ import dataclasses
 import functools
 import hashlib
 import importlib.util
-import json
 import math
 import os
 import shutil
@@ -42,7 +41,7 @@ from .console import progress as tqdm  # tqdm.auto, hidden by `indomain --quiet`
 from .data import ImageFolderDataset, load_rgb, resize_shorter, to_tensor
 from .numerics import NonFiniteError
 from .outputs import (atomic_path, atomic_write_text, check_paths_apart, claim_output_dir, close_run, record_outputs,
-                      run_foreign_entries, truncate_log)
+                      run_foreign_entries, to_json, truncate_log)
 
 if TYPE_CHECKING:
     import torch
@@ -129,6 +128,11 @@ class TrainConfig:
     report_to: str = option("none", "also log to an experiment tracker through accelerate (train_log.jsonl is always "
                             "written): tensorboard (pip install tensorboard; logs in <output>/logs) or wandb",
                             choices=["none", "tensorboard", "wandb"])
+    push_to_hub: bool = option(False, "upload the finished model (weights, README.md model card, samples, "
+                               "train_config.json) to the Hugging Face Hub as --hub-model-id; checkpoints and the "
+                               "latent cache stay local")
+    hub_model_id: str | None = option(None, "the Hub repository for --push-to-hub, e.g. 'me/faces-domain' (default: "
+                                      "the --output folder's name)")
 
     def __post_init__(self) -> None:
         # The one learning-rate rule, resolved here so train_config.json records the value used: the paper's 1e-5
@@ -176,6 +180,8 @@ class TrainConfig:
             raise ValueError(f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
         if self.latent_cache is not None and os.path.exists(self.latent_cache) and not os.path.isdir(self.latent_cache):
             raise ValueError(f"--latent-cache {self.latent_cache!r} is a file; it names a folder for the cache")
+        if self.hub_model_id is not None and not self.push_to_hub:
+            raise ValueError("--hub-model-id names the repository of --push-to-hub; pass --push-to-hub too")
         if self.report_to != "none" and importlib.util.find_spec(self.report_to) is None:
             raise ValueError(f"--report-to {self.report_to} needs the {self.report_to} package: pip install {self.report_to}")
 
@@ -539,13 +545,13 @@ def check_inputs(config: TrainConfig) -> tuple[list[Path], list[tuple[Path, str]
 
 def save_model(model: torch.nn.Module, folder: Path, config: TrainConfig) -> None:
     """Save the trained model in a form `InDomainPipeline.from_pretrained(prior, domain_unet=folder)` loads."""
-    from .loading import LORA_WEIGHTS, save_lora
+    from .loading import save_adapter, save_lora
 
     folder.mkdir(parents=True, exist_ok=True)
     if config.lora_rank and not config.baseline:
         save_lora(model, folder)
     elif config.lora_rank:
-        model.save_lora_adapter(folder, weight_name=LORA_WEIGHTS)  # the adapter, in diffusers' format ...
+        save_adapter(model, folder)  # the adapter, in diffusers' pipeline LoRA format (unet. keys) ...
         model.peft_config["default"].save_pretrained(folder)
         _merged_copy(model).save_pretrained(folder, safe_serialization=True)  # ... and merged: loads as a plain UNet
     else:
@@ -646,11 +652,11 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
         claim_output_dir(out, "train", overwrite=config.overwrite, reuse=config.resume is not None,
                          inputs=_train_inputs(config, out), flag="--output")
         _clean_leftovers(out)
-        atomic_write_text(out / "train_config.json", json.dumps(dataclasses.asdict(config), indent=2))
-        atomic_write_text(out / "skipped.json", json.dumps([{"file": str(p), "reason": r} for p, r in skipped], indent=2))
+        atomic_write_text(out / "train_config.json", to_json(dataclasses.asdict(config), indent=2))
+        atomic_write_text(out / "skipped.json", to_json([{"file": str(p), "reason": r} for p, r in skipped], indent=2))
     if config.report_to != "none":
         # trackers take flat scalars and strings
-        flat = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in dataclasses.asdict(config).items()}
+        flat = {k: v if isinstance(v, (int, float, str, bool)) else to_json(v) for k, v in dataclasses.asdict(config).items()}
         accelerator.init_trackers("indomain", config=flat)
     accelerator.wait_for_everyone()
 
@@ -767,7 +773,7 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
             record = {"step": global_step, "world_size": world, "loss": last_loss, "lr": lr_scheduler.get_last_lr()[0],
                       "images_per_s": round(speed, 2), "time": now}
             with log_file.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(to_json(record) + "\n")
             accelerator.log({k: record[k] for k in ("loss", "lr", "images_per_s")}, step=global_step)
         # validate first: weights that decode to NaN never become a checkpoint
         if config.validation_steps and global_step % config.validation_steps == 0 and accelerator.is_main_process:
@@ -793,6 +799,8 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
         with _ema_weights(ema, params):
             _save_aside(out, None, lambda d: save_model(unwrapped, d, config))
         atomic_write_text(out / "README.md", model_card(config, len(paths), global_step))
+        if config.push_to_hub:
+            info(f"uploaded to https://huggingface.co/{push_to_hub(out, config)}")
     accelerator.end_training()
     # Forget this run's precision settings so a later train() in the same process may choose others.
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -807,16 +815,17 @@ def model_card(config: TrainConfig, num_images: int, steps: int) -> str:
 
     kind = "conventional fine-tune (baseline)" if config.baseline else f"null-text domain model ({config.mode} mode)"
     kind += f", LoRA rank {config.lora_rank}" if config.lora_rank else ", all weights"
-    data = ModelCardData(library_name="diffusers", base_model=str(config.prior), pipeline_tag="text-to-image",
+    data = ModelCardData(library_name="diffusers", base_model=hub_base_model(config.prior), pipeline_tag="text-to-image",
                          tags=["indomain", "null-text", "domain-adaptation", "text-to-image"])
+    here = config.hub_model_id if config.push_to_hub and config.hub_model_id else config.output
     settings = ["resolution", "train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler",
                 "use_ema", "ema_decay", "mixed_precision", "snr_gamma", "seed"]
     rows = "\n".join(f"| `{k}` | `{getattr(config, k)}` |" for k in settings)
     use = ("from diffusers import UNet2DConditionModel\nfrom indomain import InDomainPipeline\n\n"
-           f"pipe = InDomainPipeline.from_pretrained(\"{config.prior}\", unet=UNet2DConditionModel.from_pretrained(\"{config.output}\"))"
+           f"pipe = InDomainPipeline.from_pretrained(\"{config.prior}\", unet=UNet2DConditionModel.from_pretrained(\"{here}\"))"
            if config.baseline else
            f"from indomain import InDomainAutoPipeline\n\npipe = InDomainAutoPipeline.from_pretrained(\"{config.prior}\", "
-           f"domain_unet=\"{config.output}\")\nimages = pipe(\"a prompt\", domain_guidance_scale=2.5, guidance_scale=2.5).images")
+           f"domain_unet=\"{here}\")\nimages = pipe(\"a prompt\", domain_guidance_scale=2.5, guidance_scale=2.5).images")
     return f"""---
 {data.to_yaml()}
 ---
@@ -831,12 +840,80 @@ on {num_images} unlabeled images from `{config.images}` for {steps} optimizer st
 |---|---|
 {rows}
 
+## Training command
+
+```bash
+{train_command(config)}
+```
+{_samples_section(Path(config.output))}
 ## Use
 
 ```python
 {use}
 ```
 """
+
+
+def hub_base_model(prior: str) -> str | None:
+    """The model card's ``base_model``: the prior's hub id when it came from the hub, else None (a local path means
+    nothing to a Hub reader)."""
+    from .safeload import HUB_ID
+
+    if Path(prior).expanduser().exists() or not HUB_ID.match(str(prior)) or str(prior).startswith("."):
+        return None
+    return str(prior)
+
+
+def train_command(config: TrainConfig) -> str:
+    """An `indomain train` command line that gives ``config`` (every option that differs from its default)."""
+    import shlex
+
+    parts = ["indomain", "train"]
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(config, f.name)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if value == default and default is not dataclasses.MISSING:
+            continue
+        if isinstance(value, bool):
+            parts.append(f.metadata.get("flag") or "--" + ("no-" if default else "") + f.name.replace("_", "-"))
+            continue
+        parts.append(f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
+        parts += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _samples_section(out: Path) -> str:
+    """The last validation grids, shown in the card (they are uploaded with it)."""
+    samples = sorted((out / "samples").glob("*.png")) if (out / "samples").is_dir() else []
+    if not samples:
+        return ""
+    last = samples[-1].name.split("_")[0]
+    shown = [p for p in samples if p.name.startswith(last)]
+    return "\n## Samples\n\n" + "\n".join(f"![{p.stem}](samples/{p.name})" for p in shown) + "\n"
+
+
+HUB_IGNORE = ["checkpoint-*", "checkpoint-*/**", "latent_cache/**", "logs/**", ".tmp*", ".*", "**/.*"]
+
+
+def hub_upload_plan(out: Path) -> list[str]:
+    """The files ``--push-to-hub`` uploads from a finished run (paths relative to ``out``): the model, its card,
+    samples and settings; never checkpoints, the latent cache, tracker logs or hidden files."""
+    import fnmatch
+
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    return [f for f in files if not any(fnmatch.fnmatch(f, pattern) for pattern in HUB_IGNORE)]
+
+
+def push_to_hub(out: Path, config: TrainConfig) -> str:
+    """Create (or reuse) the Hub repository and upload `hub_upload_plan`'s files; returns the repository id."""
+    from huggingface_hub import HfApi
+
+    repo_id = config.hub_model_id or Path(config.output).resolve().name
+    api = HfApi()
+    repo_id = api.create_repo(repo_id, exist_ok=True).repo_id
+    api.upload_folder(repo_id=repo_id, folder_path=str(out), allow_patterns=hub_upload_plan(out),
+                      commit_message=f"indomain train: {Path(config.images).name}")
+    return repo_id
 
 
 def _save_aside(out: Path, sub: str | None, save: Callable[[Path], None]) -> None:
@@ -896,13 +973,56 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_options(p, TrainConfig)
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
+    add_diffusers_aliases(p)
     p.set_defaults(func=cmd_train)
 
 
+# diffusers' train_text_to_image.py names -> ours, so that existing launch scripts run (train_text_to_image_lora: --rank)
+DIFFUSERS_FLAGS = {"--pretrained_model_name_or_path": "prior", "--train_data_dir": "images", "--output_dir": "output",
+                   "--resume_from_checkpoint": "resume", "--rank": "lora_rank", "--use_ema": "use_ema",
+                   "--center_crop": "center_crop", "--random_flip": "random_flip"}
+
+
+def add_diffusers_aliases(parser: argparse.ArgumentParser) -> None:
+    """Hidden aliases: diffusers' flag names (`DIFFUSERS_FLAGS`) and the underscore form of every flag
+    (``--train_batch_size`` for ``--train-batch-size``). diffusers' on-switches (``--use_ema``, ``--center_crop``,
+    ``--random_flip``) set what are our defaults already."""
+    by_dest = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "verbosity")}
+    aliases = dict(DIFFUSERS_FLAGS)
+    for action in by_dest.values():
+        for flag in action.option_strings:
+            if flag.startswith("--") and "-" in flag[2:]:
+                aliases.setdefault("--" + flag[2:].replace("-", "_"), action.dest)
+    known = set(parser._option_string_actions)
+    for dest in set(DIFFUSERS_FLAGS.values()):  # argparse's "required" sees one spelling only; cmd_train checks instead
+        if dest in by_dest and by_dest[dest].required:
+            by_dest[dest].required = False
+            by_dest[dest].default = None
+    for alias, dest in aliases.items():
+        action = by_dest.get(dest)
+        if alias in known or action is None:
+            continue
+        kw: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": argparse.SUPPRESS}
+        if alias in ("--use_ema", "--center_crop", "--random_flip"):
+            kw.update(action="store_const", const=True)  # diffusers' switch turns on what is on by default here
+        elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction)):
+            kw.update(action="store_const", const=action.const)
+        else:
+            kw.update(type=action.type, choices=action.choices, nargs=action.nargs, metavar=action.metavar)
+        parser.add_argument(alias, **kw)
+    parser.epilog = ((parser.epilog or "") + "diffusers' flag names work too: --pretrained_model_name_or_path, "
+                     "--train_data_dir, --output_dir, --resume_from_checkpoint, --rank, and the underscore form of "
+                     "every flag (--train_batch_size, ...).")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    for dest in ("prior", "images", "output"):
+        if getattr(args, dest, None) is None:
+            alias = next(a for a, d in DIFFUSERS_FLAGS.items() if d == dest)
+            raise ValueError(f"the following argument is required: --{dest} (or diffusers' {alias})")
     config = from_args(TrainConfig, args)
     if args.dry_run:
-        print(json.dumps(dataclasses.asdict(config), indent=2))
+        print(to_json(dataclasses.asdict(config), indent=2))
         return 0
     out = train(config)
     print(f"saved model to {out}")

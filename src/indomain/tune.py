@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cliargs import add_options, finite_float, from_args, option, positive_float, positive_int
 from .evaluate import EvalConfig, Method, Scorer, Sweep, read_lines
+from .outputs import to_json
 
 if TYPE_CHECKING:
     from torch import nn
@@ -591,7 +592,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     preset = args.tune_presets[config.scorer](config) if config.scorer else None
     if args.dry_run:
         goal, probe, validation = _resolve(config, protocol, preset)
-        print(json.dumps({"config": dataclasses.asdict(config), "protocol": dataclasses.asdict(protocol),
+        print(to_json({"config": dataclasses.asdict(config), "protocol": dataclasses.asdict(protocol),
                           "goal": dataclasses.asdict(goal), "probe_prompts": probe, "validation_prompts": validation,
                           "share_columns": list(preset.share_columns) if preset else []}, indent=2, default=str))
         return 0

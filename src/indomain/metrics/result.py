@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..outputs import to_json
 
 __all__ = ["MetricResult", "MissingWeightsError"]
 
@@ -40,4 +41,4 @@ class MetricResult:
         return asdict(self)
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+        return to_json(self.to_dict(), indent=indent, sort_keys=False)

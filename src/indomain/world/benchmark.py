@@ -31,7 +31,6 @@ emoji, scored the same way at the same N, are the reference row. One trade-off p
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..outputs import to_json
 from ..cliargs import add_options, finite_float, from_args, nonnegative_int, option, positive_float, positive_int
 
 DOMAIN_CAPTION = "openmoji style"  # the caption of the openmoji domain (indomain.world.domains), for the demo
@@ -449,7 +449,7 @@ def write_results(out: Path, config: BenchmarkConfig, results: dict[str, SplitRe
                   f"FD at N = {PROTOCOL_IMAGES}). The full benchmark (N = {PROTOCOL_IMAGES} per setting and seed, "
                   f"{PROTOCOL_SEEDS} seeds, the weight grid: about an hour on one CPU core) is "
                   f"`{full_command(config)}`; the project's full tables are in docs/RESULTS.md.", ""]
-    lines += [f"Command: `{' '.join(sys.argv)}`", "", f"Settings: `{json.dumps(asdict(config))}`", "",
+    lines += [f"Command: `{' '.join(sys.argv)}`", "", f"Settings: `{to_json(asdict(config))}`", "",
               f"Wall time: {seconds / 60:.1f} min.", "",
               f"Protocol: N = {n} images per setting and seed, seeds {seeds} (image i of seed s uses the generator "
               f"seed s × {SEED_STRIDE:,} + i); {config.num_prompts} prompts per split, image i prompted with prompt "
@@ -491,7 +491,7 @@ def write_results(out: Path, config: BenchmarkConfig, results: dict[str, SplitRe
                                  "plot": None if r.plot is None else r.plot.name,
                                  "reports": [str(p.relative_to(out)) for p in r.reports]}
                          for split, r in results.items()}}
-    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "results.json").write_text(to_json(record, indent=2) + "\n")
     return path
 
 

@@ -21,13 +21,14 @@ generated edge pixel, F1 = 2PR / (P + R) (0 when both are 0).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
+
+from ..outputs import to_json
 
 EDGE_THRESHOLD = 0.5
 
@@ -147,7 +148,7 @@ def train(out: Path, steps: int, batch: int = 32, lr: float = 4e-4, checkpoint_e
         losses.append(loss.item())
         if step % checkpoint_every == 0 or step == steps:
             elapsed = time.time() - t0
-            log.write(json.dumps({"step": step, "loss": float(np.mean(losses)), "s_per_step": elapsed / len(losses)}) + "\n")
+            log.write(to_json({"step": step, "loss": float(np.mean(losses)), "s_per_step": elapsed / len(losses)}) + "\n")
             log.flush()
             print(f"step {step} loss {np.mean(losses):.4f} {elapsed / len(losses):.2f}s/step", flush=True)
             t0, losses = time.time(), []

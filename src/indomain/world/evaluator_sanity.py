@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..outputs import atomic_write_text
+from ..outputs import atomic_write_text, to_json
 from .evaluators import (
     CARD_FILENAME,
     INPUT_SIZE,
@@ -279,7 +279,7 @@ def write_sanity(table: dict[str, Any], card_path: str | os.PathLike | None = No
     path = Path(card_path) if card_path is not None else default_evaluator_dir() / CARD_FILENAME
     card = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     card["sanity"] = table
-    atomic_write_text(path, json.dumps(card, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(path, to_json(card, indent=1, ensure_ascii=False) + "\n")
     return path
 
 

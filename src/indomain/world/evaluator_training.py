@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..metrics import weights_digest
-from ..outputs import atomic_path, atomic_write_text
+from ..outputs import atomic_path, atomic_write_text, to_json
 from .evaluators import (
     CARD_FILENAME,
     INPUT_SIZE,
@@ -206,7 +206,7 @@ def train_evaluators(
 
         config = net.config
         meta = {
-            "config": json.dumps(config),
+            "config": to_json(config),
             "format": "indomain.world.evaluators/1",
             "render_version": str(RENDER_VERSION),
             "seed": str(seed),
@@ -286,7 +286,7 @@ def _version(pkg: str) -> str | None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(path, to_json(data, indent=1, ensure_ascii=False) + "\n")
 
 
 # --------------------------------------------------------------------------- validation
@@ -359,7 +359,7 @@ def validate_evaluators(
     }
     res["seconds"] = round(time.perf_counter() - t0, 1)
     res["command"] = "validate_evaluators(load_evaluators())" + ("" if limit is None else f" with limit={limit}")
-    say(json.dumps(res, indent=1))
+    say(to_json(res, indent=1))
     if write_card:
         path = Path(card_path) if card_path is not None else (
             (ev.path.parent if ev.path is not None else default_evaluator_dir()) / CARD_FILENAME

@@ -18,7 +18,6 @@ The result is a diffusers pipeline folder loadable with `InDomainPipeline.from_p
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING
 from ..cliargs import finite_float, nonnegative_int, option, positive_float, positive_int
 from ..console import progress
 from ..devices import resolve_device
-from ..outputs import atomic_path
+from ..outputs import atomic_path, to_json
 
 if TYPE_CHECKING:  # torch loads in the functions that train, so `indomain world --help` starts at once
     import torch
@@ -252,7 +251,7 @@ def train_unet(config: PriorConfig, latents: torch.Tensor, text: torch.Tensor, n
         bar.update(1)
         if step % 50 == 0:
             now = time.time()
-            log.write(json.dumps({"step": step, "loss": loss.item(), "steps_per_s": 50 / (now - t_last)}) + "\n")
+            log.write(to_json({"step": step, "loss": loss.item(), "steps_per_s": 50 / (now - t_last)}) + "\n")
             log.flush()
             t_last = now
             bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -296,7 +295,7 @@ def assemble_pipeline(out: Path, target: Path) -> Path:
         "tokenizer": ["transformers", "BertTokenizerFast"],
         "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False,
     }
-    (target / "model_index.json").write_text(json.dumps(index, indent=2))
+    (target / "model_index.json").write_text(to_json(index, indent=2))
     return target
 
 
@@ -307,7 +306,7 @@ def train_prior(config: PriorConfig) -> Path:
     resolve_device(config.device)  # a device that is not there fails before any rendering
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "prior_config.json").write_text(json.dumps(asdict(config), indent=2))
+    (out / "prior_config.json").write_text(to_json(asdict(config), indent=2))
     data_file = out / "data.pt"
     if data_file.is_file():
         data = _load_state(data_file)
@@ -325,7 +324,7 @@ def train_prior(config: PriorConfig) -> Path:
     text, null = encode_names(names)
     train_unet(config, latents, text, null, out)
     with (out / "timing.jsonl").open("a") as f:
-        f.write(json.dumps({"seconds": time.time() - start, "threads": torch.get_num_threads()}) + "\n")
+        f.write(to_json({"seconds": time.time() - start, "threads": torch.get_num_threads()}) + "\n")
     assemble_pipeline(out, out / "pipeline")
     return out
 

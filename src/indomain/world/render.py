@@ -49,7 +49,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..data import composite_on_white
-from ..outputs import atomic_path, atomic_write_text, read_json_object
+from ..outputs import atomic_path, atomic_write_text, read_json_object, to_json
 
 __all__ = [
     "STYLES",
@@ -466,9 +466,9 @@ def render_dataset(
             for e in chosen
         ]
         atomic_write_text(
-            sdir / "metadata.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+            sdir / "metadata.jsonl", "".join(to_json(r, ensure_ascii=False) + "\n" for r in rows)
         )
-        atomic_write_text(pfile, json.dumps(params, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(pfile, to_json(params, indent=1, sort_keys=True) + "\n")
 
     index["split"] = {
         "method": "sha256('indomain-emoji-split:{seed}:{codepoint}') smallest ceil(fraction*n) held out",
@@ -482,7 +482,7 @@ def render_dataset(
     index.setdefault("styles", {})
     for style in styles:
         index["styles"][style] = {"size": size, "count": len(chosen), "metadata": f"{style}/metadata.jsonl"}
-    atomic_write_text(index_path, json.dumps(index, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+    atomic_write_text(index_path, to_json(index, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
     return written
 
 

@@ -1,0 +1,107 @@
+"""Single-file (A1111 / ComfyUI style) .safetensors priors, opened through diffusers' from_single_file with a local
+config: the same images as the diffusers folder they were written from."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from indomain.cli import main
+from indomain.export import ldm_checkpoint
+from indomain.nulltext import NullTextUNet
+from indomain.pipeline import InDomainPipeline
+from indomain.testing import save_tiny_prior
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("single")
+    prior = save_tiny_prior(root / "prior")
+    pipe = InDomainPipeline.from_pretrained(prior)
+    null = pipe.encode_text([""], torch.device("cpu"))
+    NullTextUNet.from_prior(pipe.unet, null, num_timesteps=2, batch_size=1).save_pretrained(root / "domain")
+    save_file(ldm_checkpoint(pipe.unet, pipe.vae, pipe.text_encoder), root / "tiny-sd.safetensors")
+    return prior, root / "domain", root / "tiny-sd.safetensors"
+
+
+def images(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe("a cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+
+
+def test_single_file_prior_gives_the_images_of_its_folder(world):
+    prior, domain, file = world
+    from_folder = images(InDomainPipeline.from_pretrained(prior, domain_unet=domain))
+    from_file = InDomainPipeline.from_pretrained(file, config=prior, domain_unet=domain)
+    assert type(from_file) is InDomainPipeline and from_file.domain_unet is not None
+    np.testing.assert_array_equal(images(from_file), from_folder)
+
+
+def test_generate_reads_a_single_file_prior(world, tmp_path):
+    prior, domain, file = world
+    common = ["--domain", str(domain), "--num-images", "1", "--steps", "2", "--scheduler", "ddim"]
+    assert main(["generate", "--prior", str(prior), *common, "--out", str(tmp_path / "a")]) == 0
+    assert main(["generate", "--prior", str(file), "--prior-config", str(prior), *common, "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "a" / "p00_seed000000.png").read_bytes() == (tmp_path / "b" / "p00_seed000000.png").read_bytes()
+
+
+def test_single_file_rules(world, tmp_path, capsys):
+    prior, domain, file = world
+    pickle_file = tmp_path / "model.ckpt"
+    pickle_file.write_bytes(b"not read")
+    assert main(["generate", "--prior", str(pickle_file), "--domain-scale", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "only safetensors single files are read" in capsys.readouterr().err
+    assert main(["generate", "--prior", str(prior), "--prior-config", str(prior), "--domain-scale", "0",
+                 "--out", str(tmp_path / "o2")]) == 2
+    assert "--prior-config is for a single-file --prior" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--prior-config"):  # offline, no config: nothing to build it from
+        InDomainPipeline.from_pretrained(file, local_files_only=True)
+
+
+def test_export_single_file_with_prior_is_a_whole_checkpoint(world, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    prior, domain, _ = world
+    assert main(["export", str(domain), "--format", "single-file", "--prior", str(prior), "--out", str(tmp_path / "x")]) == 0
+    pipe = StableDiffusionPipeline.from_single_file(str(tmp_path / "x" / "domain_unet.safetensors"), config=str(prior),
+                                                    local_files_only=True, safety_checker=None)
+    model = NullTextUNet.from_pretrained(domain).eval()
+    x, t = torch.randn(1, 4, 16, 16), torch.tensor([400])
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.unet(x, t, encoder_hidden_states=torch.randn(1, 77, 32)).sample,
+                                   model(x, t).sample, rtol=0, atol=1e-5)
+    reference = StableDiffusionPipeline.from_pretrained(prior)
+    for name in ("vae", "text_encoder"):
+        for key, value in getattr(reference, name).state_dict().items():
+            assert torch.equal(getattr(pipe, name).state_dict()[key].reshape(value.shape), value), (name, key)
+
+
+def test_a_lora_domain_exports_whole_and_fused(world, tmp_path):
+    import copy
+
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+
+    from indomain.loading import save_lora
+    from indomain.train import LORA_TARGETS
+
+    prior, _, _ = world
+    pipe = InDomainPipeline.from_pretrained(prior)
+    model = NullTextUNet.from_prior(copy.deepcopy(pipe.unet), pipe.encode_text([""], torch.device("cpu")),
+                                    num_timesteps=2, batch_size=1).eval()
+    model.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+    with torch.no_grad():
+        for name, param in model.unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05, generator=torch.Generator().manual_seed(len(name)))
+    save_lora(model, tmp_path / "lora")
+    assert main(["export", str(tmp_path / "lora"), "--format", "single-file", "--prior", str(prior),
+                 "--out", str(tmp_path / "x")]) == 0
+    whole = StableDiffusionPipeline.from_single_file(str(tmp_path / "x" / "domain_unet.safetensors"), config=str(prior),
+                                                     local_files_only=True, safety_checker=None)
+    x, t = torch.randn(1, 4, 16, 16), torch.tensor([300])
+    with torch.no_grad():
+        torch.testing.assert_close(whole.unet(x, t, encoder_hidden_states=torch.randn(1, 77, 32)).sample,
+                                   model(x, t).sample, rtol=0, atol=1e-5)
