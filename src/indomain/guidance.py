@@ -40,6 +40,9 @@ NoisePredictor = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 PRIOR = "prior"
 DOMAIN = "domain"
 DOMAIN_TEXT = "domain_text"  # the domain model with the prior's text pathway put back (nulltext.prior_text_pathway)
+# The default weights (w_d, w_c) of each guidance form of `indomain generate` (one rule for every domain; the
+# measurements behind them: docs/RESULTS.md, "The domain under a prompt"). "decoupled" keeps the paper's official values.
+DEFAULT_WEIGHTS = {"decoupled": (2.5, 2.5), "domain-text": (4.0, 2.5)}
 
 
 @dataclass(frozen=True)

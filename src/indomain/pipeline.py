@@ -571,6 +571,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
                                  "text-conditioned fine-tune or a shared-base LoRA)")
             if self.family != "sd":
                 raise ValueError(f"guidance_form='domain-text' supports Stable Diffusion 1.x / 2.x priors, not {self.family}")
+            if getattr(self.denoiser, "encoder_hid_proj", None) is not None:
+                raise ValueError("guidance_form='domain-text' does not support IP-Adapter image prompts")
             if getattr(self, "control_unet", None) is not None:
                 raise ValueError("guidance_form='domain-text' measures the control term with the domain model; it "
                                  "cannot be combined with a control_unet")
