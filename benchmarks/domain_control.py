@@ -21,6 +21,9 @@ domain term d = eps_domain − eps_prior(∅), of the prior's control term p = e
 domain-side control term q = eps_dt(c) − eps_dt(∅), and the cosines cos(d, p), cos(d, q), cos(p, q): mean over images
 of the per-image values. Also ``switch``: the prompt's term on the first k steps only (then domain only), k over the
 trajectory, to find where identity is fixed and where the style is lost.
+
+``report``: the tables (shares pooled over seeds with their binomial SE, FD mean and seed range) and one control-vs-FD
+plot per domain, with the baselines' rows of the full benchmark (docs/RESULTS.md, :data:`BASELINES`) beside.
 """
 
 from __future__ import annotations
@@ -167,18 +170,123 @@ def cmd_terms(args) -> None:
         print("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in s.values()) + " |")
 
 
+# The baselines' rows of the full benchmark (docs/RESULTS.md, held-out prompts, N = 96 x 2 seeds, prior v2, models
+# trained as here): (label, control_top1, fd mean, fd min, fd max). Ours' own rows are re-measured by `eval`.
+BASELINES = {
+    "openmoji": [("fine-tune + CFG 1.5 (best FD)", 0.385, 14.59, 14.27, 14.91),
+                 ("fine-tune + CFG 7.5 (most control)", 0.589, 15.77, 15.63, 15.91),
+                 ("LoRA fine-tune + CFG 2.5", 0.490, 16.08, 15.63, 16.52),
+                 ("rectified 2.5 (best FD)", 0.443, 12.08, 11.14, 13.01),
+                 ("prior (w_c 2.5)", 1.000, 25.52, 25.12, 25.91)],
+    "sepia": [("fine-tune + CFG 1.5 (best FD)", 0.375, 6.53, 6.34, 6.72),
+              ("fine-tune + CFG 7.5 (most control)", 0.609, 6.84, 6.75, 6.93),
+              ("LoRA fine-tune + CFG 1.5", 0.432, 6.78, 6.45, 7.10),
+              ("rectified 1.5 (best FD)", 0.318, 7.32, 7.13, 7.51),
+              ("prior (w_c 2.5)", 1.000, 12.28, 12.21, 12.34)],
+    "sticker": [("fine-tune + CFG 1.5 (best FD)", 0.323, 5.18, 4.98, 5.39),
+                ("fine-tune + CFG 7.5 (most control)", 0.458, 5.96, 5.70, 6.21),
+                ("LoRA fine-tune + CFG 2.5", 0.432, 6.40, 6.11, 6.68),
+                ("rectified 1.5 (best FD)", 0.266, 5.78, 5.72, 5.84),
+                ("prior (w_c 2.5)", 1.000, 18.45, 17.87, 19.03)],
+}
+
+
+def aggregate(rows: list[dict], domain: str) -> list[dict]:
+    """One row per setting: shares pooled over seeds (binomial SE), FD mean (min-max over seeds)."""
+    import math
+
+    fd = f"fd_{domain}"
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["setting"], []).append(r)
+    out = []
+    for setting, rs in groups.items():
+        n = sum(r["n"] for r in rs)
+        agg = {"setting": setting, "seeds": len(rs), "n": n}
+        for col in ("control_top1", "control_domain_top1", "openmoji_share"):
+            if col in rs[0]:
+                p = sum(r[col] for r in rs) / len(rs)
+                agg[col], agg[f"{col}_se"] = p, math.sqrt(p * (1 - p) / n)
+        for col in (fd, f"recall_{domain}", f"precision_{domain}"):
+            v = [r[col] for r in rs]
+            agg[col], agg[f"{col}_min"], agg[f"{col}_max"] = sum(v) / len(v), min(v), max(v)
+        out.append(agg)
+    return out
+
+
+def cmd_report(args) -> None:
+    """Tables (markdown) and one control-vs-FD plot per domain from the `eval` records."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    domains = args.domains
+    fig = Figure(figsize=(5.2 * len(domains), 4.6), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(domains), squeeze=False)[0]
+    for ax, domain in zip(axes, domains):
+        path = Path(f"{args.root}/dc-{domain}/eval.json")
+        rows = aggregate(json.loads(path.read_text()), domain)
+        fd = f"fd_{domain}"
+        print(f"\n### {domain} (from {path})\n")
+        cols = ["control_top1", "control_domain_top1", "openmoji_share", fd, f"recall_{domain}"]
+        cols = [c for c in cols if c in rows[0]]
+        print("| setting | seeds × N | " + " | ".join(cols) + " |")
+        print("|---|---|" + "---|" * len(cols))
+        for r in rows:
+            cells = []
+            for c in cols:
+                if f"{c}_se" in r:
+                    cells.append(f"{r[c]:.3f} ± {r[f'{c}_se']:.3f}")
+                elif r["seeds"] > 1:
+                    cells.append(f"{r[c]:.2f} ({r[f'{c}_min']:.2f}–{r[f'{c}_max']:.2f})")
+                else:
+                    cells.append(f"{r[c]:.2f}")
+            print(f"| {r['setting']} | {r['seeds']} × {r['n'] // r['seeds']} | " + " | ".join(cells) + " |")
+        for label, c, m, lo, hi in BASELINES[domain]:
+            ax.errorbar([c], [m], yerr=[[m - lo], [hi - m]], fmt="s", color="black" if "prior" in label else "tab:blue",
+                        markersize=5, capsize=2)
+            ax.annotate(label, (c, m), fontsize=6, xytext=(3, -8), textcoords="offset points")
+        for form, colour in (("decoupled", "tab:red"), ("domain-text", "tab:green")):
+            pts = [r for r in rows if r["setting"].split(":")[0] == form and len(r["setting"].split(":")) == 3]
+            if pts:
+                ax.errorbar([r["control_top1"] for r in pts], [r[fd] for r in pts],
+                            xerr=[r["control_top1_se"] for r in pts],
+                            yerr=[[r[fd] - r[f"{fd}_min"] for r in pts], [r[f"{fd}_max"] - r[fd] for r in pts]],
+                            fmt="o", color=colour, markersize=4, capsize=2,
+                            label=f"ours, {form} (Eq. A)" if form == "decoupled" else f"ours, {form}")
+                for r in pts:
+                    ax.annotate("/".join(r["setting"].split(":")[1:]), (r["control_top1"], r[fd]), fontsize=6,
+                                xytext=(3, 3), textcoords="offset points", color=colour)
+        unc = [r for r in rows if r["setting"].startswith("uncond:2.5")]
+        for r in unc:
+            ax.axhline(r[fd], color="gray", linestyle=":", linewidth=1)
+            ax.text(0.3, r[fd], "domain model alone, no prompt (w_d 2.5)", fontsize=6, color="gray",
+                    transform=ax.get_yaxis_transform(), va="bottom")
+        ax.set_title(f"{domain}: held-out prompts", fontsize=9)
+        ax.set_xlabel("control_top1 (higher is better)")
+        ax.set_ylabel(f"{fd} (lower is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(args.plot)
+    print(f"\nplot: {args.plot}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["eval", "terms"])
-    ap.add_argument("--bench", required=True)
+    ap.add_argument("command", choices=["eval", "terms", "report"])
+    ap.add_argument("--bench", default=None)
+    ap.add_argument("--root", default="outputs", help="report: where the dc-<domain>/ folders are")
+    ap.add_argument("--domains", nargs="*", default=["openmoji", "sepia", "sticker"], help="report: the domains")
+    ap.add_argument("--plot", default="outputs/domain_control.png", help="report: the plot's path")
     ap.add_argument("--domain", default="openmoji")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", default=None)
     ap.add_argument("--settings", nargs="*", default=["decoupled:2.5:2.5", "uncond:2.5:0", "domain-text:2.5:2.5"])
     ap.add_argument("--seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--n", type=int, default=96)
     ap.add_argument("--num-prompts", type=int, default=32)
     args = ap.parse_args()
-    {"eval": cmd_eval, "terms": cmd_terms}[args.command](args)
+    {"eval": cmd_eval, "terms": cmd_terms, "report": cmd_report}[args.command](args)
 
 
 if __name__ == "__main__":
