@@ -143,31 +143,58 @@ def cmd_terms(args) -> None:
             dt_u, dt_c = dt.chunk(2)
         d, p, q = eps_d - eps_u, eps_c - eps_u, dt_c - dt_u
         stats.append({"step": i, "t": int(t), "|d|": norm(d), "|p|": norm(p), "|q|": norm(q),
-                      "|dt(∅)-d_const|": norm(dt_u - eps_d), "cos(d,p)": cos(d, p), "cos(d,q)": cos(d, q),
-                      "cos(p,q)": cos(p, q)})
+                      "|p-q|": norm(p - q), "|dt(∅)-d|": norm(dt_u - eps_d), "cos(d,p)": cos(d, p),
+                      "cos(d,q)": cos(d, q), "cos(p,q)": cos(p, q), "cos(d,p-q)": cos(d, p - q)})
 
     def callback(p, i, t, kw):
         return {}
 
-    # run Eq. A (2.5, 2.5) and record the terms at the x_t the sampler visits
-    gens = [torch.Generator("cpu").manual_seed(j) for j in range(len(names))]
+    # run Eq. A (2.5, 2.5) and record the terms at the x_t the sampler visits; then, for Eq. A and for domain-text at
+    # (4, 2.5), the clean image each step predicts (x0 from the combined prediction), decoded and scored
+    from indomain.world.evaluators import load_evaluators
+
+    scorer = load_evaluators().scorer(k=10, domain=args.domain)
     original = pipe.predict
+    alphas = pipe.scheduler.alphas_cumprod
+    x0_scores: dict[str, list[dict]] = {}
+    for label, w_d, w_c, form in (("decoupled 2.5/2.5", 2.5, 2.5, "decoupled"), ("domain-text 4/2.5", 4.0, 2.5,
+                                                                                  "domain-text")):
+        x0s = []
 
-    def predict(latents, t, c, i, n):
-        record(i, t, pipe.scheduler.scale_model_input(latents, t))
-        return original(latents, t, c, i, n)
+        def predict(latents, t, c, i, n, form=form, x0s=x0s):
+            if form == "decoupled":
+                record(i, t, pipe.scheduler.scale_model_input(latents, t))
+            eps = original(latents, t, c, i, n)
+            a = alphas[int(t)]
+            x0s.append((latents - (1 - a).sqrt() * eps) / a.sqrt())
+            return eps
 
-    pipe.predict = predict
-    pipe(names, domain_guidance_scale=2.5, guidance_scale=2.5, num_inference_steps=steps, generator=gens)
-    pipe.predict = original
+        pipe.predict = predict
+        gens = [torch.Generator("cpu").manual_seed(j) for j in range(len(names))]
+        pipe(names, domain_guidance_scale=w_d, guidance_scale=w_c, num_inference_steps=steps, generator=gens,
+             guidance_form=form)
+        pipe.predict = original
+        rows = []
+        for i, x0 in enumerate(x0s):
+            with torch.no_grad():
+                images = pipe.latents_to_images(x0, "pil")
+            scores = scorer(images, names)
+            rows.append({"step": i, **{k: round(float(v), 3) for k, v in scores.items()}})
+        x0_scores[label] = rows
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "terms.json").write_text(json.dumps(stats, indent=1))
+    (out / "terms.json").write_text(json.dumps({"terms": stats, "x0": x0_scores}, indent=1))
     keys = list(stats[0])
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for s in stats:
         print("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in s.values()) + " |")
+    fd = f"fd_{args.domain}"
+    print(f"\n| step | " + " | ".join(f"{label}: control / {fd}" for label in x0_scores) + " |")
+    print("|---|" + "---|" * len(x0_scores))
+    for i in range(steps):
+        print(f"| {i} | " + " | ".join(f"{x0_scores[k][i]['control_top1']:.2f} / {x0_scores[k][i][fd]:.1f}"
+                                       for k in x0_scores) + " |")
 
 
 # The baselines' rows of the full benchmark (docs/RESULTS.md, held-out prompts, N = 96 x 2 seeds, prior v2, models
