@@ -88,6 +88,8 @@ def test_domain_text_is_refused_where_it_cannot_apply(components, other_domain):
     tuned.set_progress_bar_config(disable=True)
     with pytest.raises(ValueError, match="null-text domain model"):
         tuned("a dog", guidance_form="domain-text", num_inference_steps=1, output_type="latent")
+    with pytest.raises(ValueError, match="domain_guidance_every"):
+        pipe("a dog", guidance_form="domain-text", domain_guidance_every=2, num_inference_steps=1, output_type="latent")
     with pytest.raises(TypeError):
         with prior_text_pathway(tiny_unet(seed=3), components["unet"]):
             pass

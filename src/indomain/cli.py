@@ -308,7 +308,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
                    help="how the prompt's term is measured. domain-text (issue #24): by the domain model with the "
                         "prior's cross-attention put back, so the prompted subject comes in the domain's style; "
                         "decoupled: by the prior, the paper's Eq. A. auto (default): domain-text for a null-text domain "
-                        "model on a Stable Diffusion 1.x/2.x prior, else decoupled. Default weights: domain-text "
+                        "model on a Stable Diffusion 1.x/2.x prior (without --domain-every), else decoupled. Default weights: domain-text "
                         "--domain-scale 4 --guidance-scale 2.5, decoupled 2.5 / 2.5 (docs/RESULTS.md)")
     p.add_argument("--share-base", action="store_true",
                    help="serve a LoRA domain model (from `indomain train --lora-rank`) from the prior's own UNet: every "
@@ -329,7 +329,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.domain_scale is None:
         args.domain_scale = 2.5  # until the form is known (extra --domain models keep this default)
     pipe, out, device = _open_pipeline(InDomainPipeline, args, "generate")
-    args.guidance_form = _guidance_form(args.guidance_form, pipe)
+    args.guidance_form = _guidance_form(args.guidance_form, pipe, args.domain_every)
     if not scale_given and args.domain:
         from .guidance import DEFAULT_WEIGHTS
 
@@ -365,14 +365,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guidance_form(form: str, pipe: Any) -> str:
+def _guidance_form(form: str, pipe: Any, domain_every: int = 1) -> str:
     """``auto`` resolved for this pipeline: ``domain-text`` where it applies (a null-text domain model on an SD 1.x/2.x
-    prior, no --control-model, no --share-base), else ``decoupled``; an explicit form is checked by the pipeline."""
+    prior, no --control-model, --share-base, IP-Adapter or --domain-every > 1, which is an approximation of Eq. A), else
+    ``decoupled``; an explicit form is checked by the pipeline."""
     if form != "auto":
         if form != "decoupled":
             pipe.check_guidance_form(form)
         return form
-    if pipe.domain_model is None:
+    if pipe.domain_model is None or domain_every > 1:
         return "decoupled"
     try:
         return pipe.check_guidance_form("domain-text")

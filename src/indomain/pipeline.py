@@ -559,6 +559,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             raise ValueError(f"domain_guidance_every must be a positive integer, got {domain_guidance_every!r}")
         self._domain_every, self._domain_delta = domain_guidance_every, {}
         self._guidance_form = self.check_guidance_form(guidance_form)
+        if guidance_form == DOMAIN_TEXT_FORM and domain_guidance_every > 1:
+            raise ValueError("domain_guidance_every > 1 reuses Eq. A's domain term; the domain-text form computes every "
+                             "term at every step (use guidance_form='decoupled' for the approximation)")
         return tensor_inputs
 
     def check_guidance_form(self, form: str) -> str:
