@@ -35,7 +35,9 @@ def test_generate_writes_pngs_grid_and_settings(prior_and_domain, tmp_path):
     assert pngs == ["p00_seed000005.png", "p00_seed000006.png", "p01_seed000007.png", "p01_seed000008.png"]
     assert (tmp_path / "grid.png").is_file()
     record = json.loads((tmp_path / "settings.json").read_text())
-    assert record["settings"]["domain_scale"] == 2.5 and record["settings"]["scheduler"] == "ddim"
+    # the default form for a null-text domain model on an SD prior is domain-text, at its default weights (issue #24)
+    assert record["settings"]["guidance_form"] == "domain-text" and record["settings"]["domain_scale"] == 4.0
+    assert record["settings"]["guidance_scale"] == 2.5 and record["settings"]["scheduler"] == "ddim"
     assert record["resolved"]["scheduler"]["_class_name"] == "DDIMScheduler"
     assert [i["seed"] for i in record["images"]] == [5, 6, 7, 8]
     assert "torch" in record["environment"]
@@ -45,11 +47,28 @@ def test_generate_writes_pngs_grid_and_settings(prior_and_domain, tmp_path):
 def test_domain_every_changes_the_images_and_is_recorded(prior_and_domain, tmp_path):
     prior, domain = prior_and_domain
     common = ["generate", "--prior", str(prior), "--domain", str(domain), "--steps", "4", "--scheduler", "ddim"]
-    assert main(common + ["--out", str(tmp_path / "exact")]) == 0
+    assert main(common + ["--guidance-form", "decoupled", "--out", str(tmp_path / "exact")]) == 0
     assert main(common + ["--domain-every", "2", "--out", str(tmp_path / "fast")]) == 0
-    assert json.loads((tmp_path / "fast" / "settings.json").read_text())["settings"]["domain_every"] == 2
+    fast = json.loads((tmp_path / "fast" / "settings.json").read_text())["settings"]
+    assert fast["domain_every"] == 2 and fast["guidance_form"] == "decoupled"  # an approximation of Eq. A: auto picks it
     exact, fast = ((tmp_path / d / "p00_seed000000.png").read_bytes() for d in ("exact", "fast"))
     assert exact != fast
+
+
+def test_guidance_form_decoupled_keeps_the_paper_weights_and_changes_the_images(prior_and_domain, tmp_path):
+    prior, domain = prior_and_domain
+    common = ["generate", "--prior", str(prior), "--domain", str(domain), "--prompt", "a cat", "--num-images", "1",
+              "--steps", "2", "--scheduler", "ddim"]
+    assert main(common + ["--out", str(tmp_path / "auto")]) == 0
+    assert main(common + ["--guidance-form", "decoupled", "--out", str(tmp_path / "eq_a")]) == 0
+    assert main(common + ["--guidance-form", "domain-text", "--domain-scale", "2.5", "--out", str(tmp_path / "dt")]) == 0
+    settings = {d: json.loads((tmp_path / d / "settings.json").read_text())["settings"] for d in ("auto", "eq_a", "dt")}
+    assert settings["eq_a"]["guidance_form"] == "decoupled" and settings["eq_a"]["domain_scale"] == 2.5
+    assert settings["dt"]["guidance_form"] == "domain-text" and settings["dt"]["domain_scale"] == 2.5  # as given
+    images = {d: (tmp_path / d / "p00_seed000000.png").read_bytes() for d in ("auto", "eq_a", "dt")}
+    # this domain model is an untrained copy of the prior: with the prior's text put back it is the prior, so domain-text
+    # is plain CFG at any w_d (auto at 4 == domain-text at 2.5), while Eq. A's constant cross-attention is not
+    assert images["auto"] == images["dt"] and images["eq_a"] != images["auto"]
 
 
 def test_same_seed_same_image_regardless_of_batch(prior_and_domain, tmp_path):

@@ -31,4 +31,6 @@ def test_shortened_demo_run_completes(tmp_path, monkeypatch):
         assert column in text
     assert (out / "eval-held-out-seed0" / "report.html").is_file() and (out / "tradeoff-held-out.png").is_file()
     assert "Smoke run" in text and "Smoke run" in index.read_text()  # its numbers say what they are
+    # the default form (domain-text, issue #24) is scored and pictured beside the paper's Eq. A
+    assert "| ours-dt |" in text and "| ours |" in text and "the default: domain-text" in index.read_text()
     assert np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / "overview.png")).std() > 10

@@ -141,3 +141,37 @@ def test_dict_conditions_batch_per_key():
     out = MultiGuidance({"prior": model}, cfg(2.0, c, null))(x, 0)
     torch.testing.assert_close(out.pred, x + 2.0 * ((2 * x + 1) - x))
     assert calls == [4]
+
+
+def test_domain_text_preset_measures_the_control_term_in_the_domain():
+    # eps_p(∅) + w_d (eps_dt(∅) − eps_p(∅)) + w_c (eps_dt(c) − eps_dt(∅)), one batched call per model
+    from indomain.guidance import domain_text
+
+    x, c, null = rand(3, 4), rand(3, 4, seed=5), rand(3, 4, seed=6)
+    prior, dt = Linear(0.5), Linear(-1.0)
+    out = MultiGuidance({"prior": prior, "domain_text": dt}, domain_text(2.5, 1.5, c, null))(x, torch.tensor(1))
+    u, dn, dc = 0.5 * x + null, -1.0 * x + null, -1.0 * x + c
+    torch.testing.assert_close(out.pred, u + 2.5 * (dn - u) + 1.5 * (dc - dn))
+    assert prior.calls == [3] and dt.calls == [6]  # dt(∅) computed once for its two terms, batched with dt(c)
+    # where the domain-text model is the prior itself, it is exactly Eq. A with the prior as the domain: CFG at w_c
+    same = Linear(0.5)
+    out = MultiGuidance({"prior": same, "domain_text": same}, domain_text(2.5, 1.5, c, null))(x, torch.tensor(1))
+    torch.testing.assert_close(out.pred, u + 1.5 * ((0.5 * x + c) - u))
+    # and it is not Eq. A: the control term's reference is dt(∅), not the prior's ∅
+    eq_a = MultiGuidance({"prior": prior, "domain": dt, "control": dt},
+                         decoupled(2.5, 1.5, c, null, control="control"))(x, torch.tensor(1))
+    assert not torch.allclose(eq_a.pred, MultiGuidance({"prior": prior, "domain_text": dt},
+                                                       domain_text(2.5, 1.5, c, null))(x, torch.tensor(1)).pred)
+
+
+def test_domain_text_windows_keep_the_equation_per_step():
+    from indomain.guidance import domain_text
+
+    x, c, null = rand(2, 4), rand(2, 4, seed=5), rand(2, 4, seed=6)
+    prior, dt = Linear(0.5), Linear(-1.0)
+    plan = domain_text(2.0, 3.0, c, null, control_window=(0.0, 0.5))
+    u, dn, dc = 0.5 * x + null, -1.0 * x + null, -1.0 * x + c
+    early = MultiGuidance({"prior": prior, "domain_text": dt}, plan)(x, torch.tensor(1), step=0, num_steps=4)
+    late = MultiGuidance({"prior": prior, "domain_text": dt}, plan)(x, torch.tensor(1), step=3, num_steps=4)
+    torch.testing.assert_close(early.pred, u + 2.0 * (dn - u) + 3.0 * (dc - dn))
+    torch.testing.assert_close(late.pred, u + 2.0 * (dn - u))  # control off: the domain term alone

@@ -87,9 +87,9 @@ def test_shortened_benchmark_trains_every_method_and_writes_results(tmp_path):
         assert (out / name / "config.json").is_file(), name
     text = (out / "RESULTS.md").read_text()
     assert "## seen prompts" in text and "## held-out prompts" in text and "Smoke run" in text
-    for method in ["prior", "finetune-cfg", "finetune-lora-cfg", "rectified", "ours", REAL, ROUND_TRIP]:
+    for method in ["prior", "finetune-cfg", "finetune-lora-cfg", "rectified", "ours", "ours-dt", REAL, ROUND_TRIP]:
         assert f"| {method} |" in text
-    assert "| ours | 0 |" not in text  # ours at w_d = 0 is the prior: not generated twice
+    assert "| ours | 0 |" not in text and "| ours-dt | 0 |" not in text  # w_d = 0 is the prior: not generated twice
     assert " ± " in text and "FD reference: OpenMoji font renders" in text
     for split in ["seen", "held-out"]:
         assert (out / f"tradeoff-{split}.png").is_file() and f"](tradeoff-{split}.png)" in text

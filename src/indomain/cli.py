@@ -50,7 +50,8 @@ def _domain_spec(text: str) -> tuple[str, float | None]:
     return path, value
 
 
-def _add_sampling_options(p: argparse.ArgumentParser, command: str) -> None:
+def _add_sampling_options(p: argparse.ArgumentParser, command: str, domain_scale: float | None = 2.5,
+                          domain_scale_help: str = "the official value") -> None:
     """The options `generate` and `edit` share: models, guidance weights, sampler, seed, device, output."""
     from .schedulers import SCHEDULERS
 
@@ -66,7 +67,8 @@ def _add_sampling_options(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--negative-prompt", default=None, help="replaces the empty prompt in the prior's unconditional branch (as in Stable Diffusion)")
     p.add_argument("--weighted-prompt", action="append", type=_weighted, default=None, metavar="TEXT:WEIGHT",
                    help="extra guidance term shared by all images; repeatable; a negative weight pushes away (e.g. 'blurry:-1.5')")
-    p.add_argument("--domain-scale", type=finite_float, default=2.5, help="domain guidance weight w_d (default: %(default)s, the official value; 0 = prior only)")
+    p.add_argument("--domain-scale", type=finite_float, default=domain_scale,
+                   help=f"domain guidance weight w_d (default: {domain_scale_help}; 0 = prior only)")
     p.add_argument("--guidance-scale", type=finite_float, default=2.5, help="control guidance weight w_c on --prompt (default: %(default)s, the official value)")
     p.add_argument("--steps", type=positive_int, default=25, help="number of sampler steps (default: %(default)s)")
     p.add_argument("--scheduler", default="auto", help=f"sampler: {', '.join(SCHEDULERS)} (default: %(default)s: dpm++, "
@@ -308,10 +310,17 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
                    help="opt-in speed-up: run the domain model every K steps and reuse its term between (default: 1, "
                         "exact). K=2 saved 15-23%% of the time of ours, for no quality cost beyond the seed spread in the emoji "
                         "world (BENCHMARKS.md, 'Sampling speed')")
+    p.add_argument("--guidance-form", default="auto", choices=["auto", "domain-text", "decoupled"],
+                   help="how the prompt's term is measured. domain-text (issue #24): by the domain model with the "
+                        "prior's cross-attention put back, so the prompted subject comes in the domain's style; "
+                        "decoupled: by the prior, the paper's Eq. A. auto (default): domain-text for a null-text domain "
+                        "model on a Stable Diffusion 1.x/2.x prior (without --domain-every), else decoupled. Default weights: domain-text "
+                        "--domain-scale 4 --guidance-scale 2.5, decoupled 2.5 / 2.5 (docs/RESULTS.md)")
     p.add_argument("--share-base", action="store_true",
                    help="serve a LoRA domain model (from `indomain train --lora-rank`) from the prior's own UNet: every "
                         "branch in one call per step and no second UNet in memory; same images up to float round-off")
-    _add_sampling_options(p, "generate")
+    _add_sampling_options(p, "generate", None, "the --guidance-form's: 4 for domain-text, 2.5 (the official value) for "
+                          "decoupled")
     _add_control_options(p)
     p.set_defaults(func=cmd_generate)
 
@@ -322,7 +331,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .outputs import make_grid
     from .pipeline import InDomainPipeline
 
+    scale_given = args.domain_scale is not None or any(w is not None for _, w in (args.domain or [])[:1])
+    if args.domain_scale is None:
+        args.domain_scale = 2.5  # until the form is known (extra --domain models keep this default)
     pipe, out, device = _open_pipeline(InDomainPipeline, args, "generate")
+    args.guidance_form = _guidance_form(args.guidance_form, pipe, args.domain_every)
+    if not scale_given and args.domain:
+        from .guidance import DEFAULT_WEIGHTS
+
+        args.domain_scale = DEFAULT_WEIGHTS[args.guidance_form][0]
     prompts = args.prompt or [None]
     control = _control_call_kwargs(args, pipe)
     images, files = [], []
@@ -338,6 +355,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             guidance_scale=args.guidance_scale,
             domain_guidance_scale=args.domain_scale,
             domain_guidance_every=args.domain_every,
+            **({"guidance_form": args.guidance_form} if args.guidance_form != "decoupled" else {}),
             height=args.height,
             width=args.width,
             generator=[torch.Generator(device).manual_seed(s) for s in seeds],
@@ -351,6 +369,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     make_grid(images, ncols=args.num_images).save(out / "grid.png")
     _finish(args, pipe, out, device, files, start, "images")
     return 0
+
+
+def _guidance_form(form: str, pipe: Any, domain_every: int = 1) -> str:
+    """``auto`` resolved for this pipeline: ``domain-text`` where it applies (a null-text domain model on an SD 1.x/2.x
+    prior, no --control-model, --share-base, IP-Adapter or --domain-every > 1, which is an approximation of Eq. A), else
+    ``decoupled``; an explicit form is checked by the pipeline."""
+    if form != "auto":
+        if form != "decoupled":
+            pipe.check_guidance_form(form)
+        return form
+    if pipe.domain_model is None or domain_every > 1:
+        return "decoupled"
+    try:
+        return pipe.check_guidance_form("domain-text")
+    except ValueError:
+        return "decoupled"
 
 
 EDIT_METHODS = ("sdedit", "invert")  # = indomain.editing.METHODS, written here so `edit --help` loads no torch

@@ -30,6 +30,7 @@ def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: 
     """Run the demo into ``out``; returns the index page."""
     import torch
 
+    from .guidance import DEFAULT_WEIGHTS
     from .outputs import make_grid
     from .pipeline import InDomainPipeline
     from .world.benchmark import DOMAIN_CAPTION, full_command, run_benchmark
@@ -54,7 +55,12 @@ def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: 
     rows = {"domain (real OpenMoji renders)": _real(out, 8)}
     rows["ours, unconditional (w_d=2.5)"] = ours(num_images_per_prompt=8, generator=gens(), num_inference_steps=sample_steps).images
     rows["prior alone, held-out prompts"] = ours(names, domain_guidance_scale=0, guidance_scale=2.5, generator=gens(), num_inference_steps=sample_steps).images
-    rows["ours, held-out prompts (w_d=2.5, w_c=2.5)"] = ours(names, generator=gens(), num_inference_steps=sample_steps).images
+    rows["ours, the paper's Eq. A, held-out prompts (w_d=2.5, w_c=2.5)"] = ours(
+        names, generator=gens(), num_inference_steps=sample_steps).images
+    w_d, w_c = DEFAULT_WEIGHTS["domain-text"]
+    rows[f"ours, the default: domain-text, held-out prompts (w_d={w_d:g}, w_c={w_c:g})"] = ours(
+        names, domain_guidance_scale=w_d, guidance_scale=w_c, guidance_form="domain-text", generator=gens(),
+        num_inference_steps=sample_steps).images
     ft = InDomainPipeline.from_pretrained(prior, unet=ours.unet.__class__.from_pretrained(out / "finetune"))
     ft.set_progress_bar_config(disable=True)
     rows["fine-tune + CFG, held-out prompts"] = ft([f"{DOMAIN_CAPTION}, {n}" for n in names], domain_guidance_scale=0, guidance_scale=2.5, generator=gens(), num_inference_steps=sample_steps).images

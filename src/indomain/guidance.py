@@ -39,6 +39,10 @@ NoisePredictor = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
 PRIOR = "prior"
 DOMAIN = "domain"
+DOMAIN_TEXT = "domain_text"  # the domain model with the prior's text pathway put back (nulltext.prior_text_pathway)
+# The default weights (w_d, w_c) of each guidance form of `indomain generate` (one rule for every domain; the
+# measurements behind them: docs/RESULTS.md, "The domain under a prompt"). "decoupled" keeps the paper's official values.
+DEFAULT_WEIGHTS = {"decoupled": (2.5, 2.5), "domain-text": (4.0, 2.5)}
 
 
 @dataclass(frozen=True)
@@ -258,6 +262,35 @@ def decoupled(
     terms = [Guidance(domain, None, domain_scale)]
     if cond is not None:
         terms.append(Guidance(control or prior, cond, control_scale))
+    return GuidancePlan(Branch(prior, null_cond), tuple(terms))
+
+
+def domain_text(
+    domain_scale: float,
+    control_scale: float,
+    cond: Any,
+    null_cond: Any,
+    model: str = DOMAIN_TEXT,
+    prior: str = PRIOR,
+    domain_window: tuple[float, float] = (0.0, 1.0),
+    control_window: tuple[float, float] = (0.0, 1.0),
+) -> GuidancePlan:
+    """Domain-side control (issue #24): the control term measured by a model that is *in* the domain.
+
+    ``eps_prior(x, ∅) + w_d (eps_dt(x, ∅) − eps_prior(x, ∅)) + w_c (eps_dt(x, c) − eps_dt(x, ∅))``, where ``eps_dt``
+    is the null-text domain model with the prior's cross-attention put back (``model``). Eq. A's control term
+    ``eps_prior(x, c) − eps_prior(x, ∅)`` is the prior's own answer to the prompt, the prompt's identity *in the prior's
+    style*, which pulls against the domain term; here the prompt's direction is measured inside the domain, so
+    identity comes with the domain's style. ∅ stays the frozen prior's.
+
+    As the combiner's terms: ``dt(∅)`` with weight w_d on the domain window, ``dt(∅)`` with −w_c and ``dt(c)`` with
+    w_c on the control window (the two ``dt(∅)`` share one condition object, so they are computed once). With
+    ``cond=None`` it is unconditional in-domain generation through ``eps_dt(x, ∅)``.
+    """
+    terms = [Guidance(model, null_cond, domain_scale, *domain_window)]
+    if cond is not None:
+        terms += [Guidance(model, null_cond, -control_scale, *control_window),
+                  Guidance(model, cond, control_scale, *control_window)]
     return GuidancePlan(Branch(prior, null_cond), tuple(terms))
 
 

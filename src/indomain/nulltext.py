@@ -28,8 +28,9 @@ and values are zero, so its output is exactly ``to_out``'s bias and the constant
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -434,6 +435,34 @@ class NullTextTransformer(RefusePlainLoaders, ModelMixin, ConfigMixin):
             joint_attention_kwargs=joint_attention_kwargs, block_controlnet_hidden_states=block_controlnet_hidden_states,
             return_dict=return_dict,
         )
+
+
+@contextlib.contextmanager
+def prior_text_pathway(domain: NullTextUNet, prior_unet: UNet2DConditionModel) -> Iterator[UNet2DConditionModel]:
+    """The domain model with the prior's text pathway put back, for the duration of the block (issue #24).
+
+    Inside, ``domain.unet`` is a text-conditioned UNet: every cross-attention layer and the LayerNorm in front of it
+    (``attn2``, ``norm2``) are the prior's own modules (shared, not copied), every other weight is the domain model's.
+    Its prediction ``eps_dt(x, c)`` answers a prompt the way a model trained *in* the domain would, which is what the
+    ``domain-text`` guidance form uses for its control term (`indomain.guidance.domain_text`). On leaving, the domain
+    model's own modules are restored, also after an error. Only a `NullTextUNet` of a UNet prior of the same structure.
+    """
+    if not isinstance(domain, NullTextUNet):
+        raise TypeError(f"the prior's text pathway can be put back only into a NullTextUNet, got {type(domain).__name__}")
+    if hasattr(domain, "null_text_embeds"):
+        raise ValueError("the domain-text form supports SD 1.x / 2.x domain models (text through cross-attention only), "
+                         "not SDXL's (pooled text)")
+    ours, theirs = dict(_cross_attention_blocks(domain.unet)), dict(_cross_attention_blocks(prior_unet))
+    if set(ours) != set(theirs):
+        raise ValueError("domain model does not fit the prior: their cross-attention layers differ")
+    saved = {name: (block.attn2, block.norm2) for name, block in ours.items()}
+    try:
+        for name, block in ours.items():
+            block.attn2, block.norm2 = theirs[name].attn2, theirs[name].norm2
+        yield domain.unet
+    finally:
+        for name, block in ours.items():
+            block.attn2, block.norm2 = saved[name]
 
 
 TRANSFORMER_STRUCTURE_KEYS = (

@@ -44,10 +44,12 @@ from .control import (
     prepare_adapter_state, prepare_controlnet_images,
 )
 from .families import FAMILIES, detect_family
-from .guidance import DOMAIN, PRIOR, Branch, Guidance, GuidancePlan, MultiGuidance
+from .guidance import DOMAIN, DOMAIN_TEXT, PRIOR, Branch, Guidance, GuidancePlan, MultiGuidance, domain_text
 from .loading import is_lora_folder, load_domain_model, resolve_domain_path
 from .numerics import require_finite
-from .nulltext import STRUCTURE_KEYS, DomainModels, NullTextTransformer, NullTextUNet, check_compatible
+from .nulltext import (
+    STRUCTURE_KEYS, DomainModels, NullTextTransformer, NullTextUNet, check_compatible, prior_text_pathway,
+)
 from .safeload import check_prior
 from .shared_base import ROWS, SharedBaseDomain
 from .streams import run_on_streams
@@ -473,6 +475,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         lora_in_uncond: bool = True,
         ip_adapter_image: Any = None,
         ip_adapter_image_embeds: list[torch.Tensor] | None = None,
+        guidance_form: str = "decoupled",
     ) -> InDomainPipelineOutput | tuple:
         """Generate in-domain images.
 
@@ -525,6 +528,11 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
                 eps_prior(x, ∅)) + ...``, the UNet's adapters disabled for that branch, which then runs in its own call;
                 the text encoder, if the LoRA touches it, stays LoRA'd).
             control_guidance_start/end also gate the ControlNet and adapter residuals (diffusers' window rule).
+            guidance_form: which model measures the control prompt's term (:data:`GUIDANCE_FORMS`). ``"decoupled"``
+                (the paper's Eq. A): the prior, ``w_c (eps_prior(x, c) − eps_prior(x, ∅))``. ``"domain-text"``
+                (issue #24): the domain model with the prior's cross-attention put back (`prior_text_pathway`),
+                ``w_d (eps_dt(x, ∅) − eps_prior(x, ∅)) + w_c (eps_dt(x, c) − eps_dt(x, ∅))``, so the prompt's identity
+                comes in the domain's style (`indomain.guidance.domain_text`; needs a `NullTextUNet` domain model).
             Other arguments as in `StableDiffusionPipeline.__call__`.
         """
         # 1. Check inputs; record the weights a callback may change
@@ -537,7 +545,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             prompt, negative_prompt, height, width, guidance_scale, domain_guidance_scale, weighted_prompts,
             prompt_embeds, callback_on_step_end, callback_on_step_end_tensor_inputs, guidance_rescale, clip_skip,
             cross_attention_kwargs, domain_weights=domain_weights, lora_in_uncond=lora_in_uncond,
-            domain_guidance_every=domain_guidance_every,
+            domain_guidance_every=domain_guidance_every, guidance_form=guidance_form,
         )
 
         # 2-3. Encode prompts: one row per image, prompts repeated num_images_per_prompt times as SD does
@@ -580,6 +588,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         domain_guidance_scale: float, weighted_prompts: Any, prompt_embeds: torch.Tensor | None, callback: Any,
         tensor_inputs: Sequence[str], guidance_rescale: float, clip_skip: int | None, cross_attention_kwargs: dict | None,
         domain_weights: Sequence[float] | None = None, lora_in_uncond: bool = True, domain_guidance_every: int = 1,
+        guidance_form: str = "decoupled",
     ) -> Sequence[str]:
         """Check a call's inputs and record the settings the properties (and callbacks) read; returns the tensors
         the callback asks for (a diffusers `PipelineCallback` names its own)."""
@@ -598,7 +607,28 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         if not isinstance(domain_guidance_every, int) or domain_guidance_every < 1:
             raise ValueError(f"domain_guidance_every must be a positive integer, got {domain_guidance_every!r}")
         self._domain_every, self._domain_delta = domain_guidance_every, {}
+        self._guidance_form = self.check_guidance_form(guidance_form)
+        if guidance_form == DOMAIN_TEXT_FORM and domain_guidance_every > 1:
+            raise ValueError("domain_guidance_every > 1 reuses Eq. A's domain term; the domain-text form computes every "
+                             "term at every step (use guidance_form='decoupled' for the approximation)")
         return tensor_inputs
+
+    def check_guidance_form(self, form: str) -> str:
+        """``form`` if this pipeline can sample with it (:data:`GUIDANCE_FORMS`), else a ValueError saying why not."""
+        if form not in GUIDANCE_FORMS:
+            raise ValueError(f"guidance_form must be one of {GUIDANCE_FORMS}, got {form!r}")
+        if form == DOMAIN_TEXT_FORM:
+            if not isinstance(self.domain_model, NullTextUNet) or getattr(self, "shared_domain", None) is not None:
+                raise ValueError("guidance_form='domain-text' needs a null-text domain model (a NullTextUNet, not a "
+                                 "text-conditioned fine-tune or a shared-base LoRA)")
+            if self.family != "sd":
+                raise ValueError(f"guidance_form='domain-text' supports Stable Diffusion 1.x / 2.x priors, not {self.family}")
+            if getattr(self.denoiser, "encoder_hid_proj", None) is not None:
+                raise ValueError("guidance_form='domain-text' does not support IP-Adapter image prompts")
+            if getattr(self, "control_unet", None) is not None:
+                raise ValueError("guidance_form='domain-text' measures the control term with the domain model; it "
+                                 "cannot be combined with a control_unet")
+        return form
 
     def resolve_domain_weights(self, domain_weights: Sequence[float] | None) -> list[float]:
         """The weights of the extra domain models for this call: ``domain_weights``, else those stored with them."""
@@ -620,6 +650,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         """This step's Eq. C: the call's weights (a callback may have changed them), its extra domains, which model
         gives ∅ (the prior, or the prior without its LoRA) and which the control prompt (the prior or ``control_unet``)."""
         extras = [(f"{DOMAIN}_{j + 1}", w) for j, w in enumerate(getattr(self, "_domain_weights", []))]
+        if getattr(self, "_guidance_form", "decoupled") == DOMAIN_TEXT_FORM:
+            return cond.plan_domain_text(self.guidance_scale, self.domain_guidance_scale, extras)
         return cond.plan(
             self.guidance_scale, self.domain_guidance_scale, extras,
             uncond_model=PRIOR if getattr(self, "_lora_in_uncond", True) else PRISTINE_PRIOR,
@@ -804,7 +836,13 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
                 return self.call_denoiser(model, x, t, self.model_inputs(emb, x.shape[0]), domain_residuals(x, t, emb))
             return predict
 
+        def domain_text_model(x: torch.Tensor, t: torch.Tensor, emb: Any) -> torch.Tensor:
+            with prior_text_pathway(self.domain_model, self.denoiser) as unet:
+                return self.call_denoiser(unet, x, t, self.model_inputs(emb, x.shape[0]), domain_residuals(x, t, emb))
+
         models = {PRIOR: prior, DOMAIN: domain, PRISTINE_PRIOR: pristine}
+        if isinstance(self.domain_model, NullTextUNet):
+            models[DOMAIN_TEXT] = domain_text_model
         if getattr(self, "control_unet", None) is not None:
             models[CONTROL] = lambda x, t, emb: prior(x, t, emb, self.control_unet)
         extras = getattr(self, "extra_domains", None)
@@ -927,6 +965,22 @@ class Conditioning:
         return GuidancePlan(Branch(uncond_model, self.prior_cond(self.negative_prompt_embeds, False)), terms)
 
 
+    def plan_domain_text(self, guidance_scale: float, domain_guidance_scale: float,
+                         extra_domains: Sequence[tuple[str, float]] = ()) -> GuidancePlan:
+        """The ``domain-text`` form (`indomain.guidance.domain_text`): the domain and control terms both through the
+        domain model with the prior's text pathway; extra domain models and weighted prompts as in `plan`."""
+        if self.ip_adapter is not None:
+            raise ValueError("guidance_form='domain-text' does not support IP-Adapter image prompts")
+        base = domain_text(domain_guidance_scale, guidance_scale, self.prompt_embeds, self.negative_prompt_embeds,
+                           domain_window=self.domain_window, control_window=self.control_window)
+        terms = [term for term in base.terms if term.weight != 0]
+        terms += [Guidance(name, None, w, *self.domain_window) for name, w in extra_domains]
+        terms += [Guidance(PRIOR, emb, w, *self.control_window) for emb, w in self.extra]
+        return GuidancePlan(base.uncond, terms)
+
+
+GUIDANCE_FORMS = ("decoupled", "domain-text")  # how the control prompt's term is measured (`__call__`'s guidance_form)
+DOMAIN_TEXT_FORM = "domain-text"
 TEXT, IP = "text", "ip"  # the keys of a prior condition with IP-Adapter image embeddings
 NULL_TEXT_MODELS = (NullTextUNet, NullTextTransformer)  # domain models that ignore text
 PRISTINE_PRIOR = "prior_without_lora"  # the prior with its LoRA adapters disabled (lora_in_uncond=False)
@@ -960,7 +1014,7 @@ def check_control_unet(unet: Any, control_unet: Any) -> None:
 
 def _domain_key(term: Guidance) -> str | None:
     """The name of a domain term (a domain model's, or a shared-base domain model's rows in the prior), else None."""
-    if term.model.startswith(DOMAIN):
+    if term.model.startswith(DOMAIN) and term.model != DOMAIN_TEXT:  # domain-text terms are always computed
         return term.model
     if isinstance(term.cond, dict) and ROWS in term.cond and bool(term.cond[ROWS].all()):
         return DOMAIN

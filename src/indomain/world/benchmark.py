@@ -12,6 +12,8 @@ the *seen* emoji, images only), it trains and compares:
    over its scale;
 4. ``ours``: the null-text domain model with guidance-decoupled sampling, over w_d x w_c (at w_d = 0 it is the
    prior, the same images, so those points are the prior's rows and are not generated twice).
+5. ``ours-dt``: the same domain model with the ``domain-text`` guidance form (issue #24: the control term from the
+   domain model with the prior's cross-attention put back), over the same w_d x w_c (``--guidance-forms``).
 
 Every method is scored on prompts of *seen* emoji and of *held-out* emoji (never in domain training) with the
 project's emoji evaluators: ``control_top1`` (is it the prompted emoji: top-1 among 10 candidates),
@@ -52,6 +54,7 @@ ROUND_TRIP = "VAE round trip"  # the real renders through the prior's VAE: the c
 def spread_columns(domain: str = "openmoji") -> tuple[str, ...]:
     """The set statistics of a domain's scores (range over seeds): its FD, precision and recall."""
     return (f"fd_{domain}", f"precision_{domain}", f"recall_{domain}")
+OURS_METHODS = {"decoupled": "ours", "domain-text": "ours-dt"}  # guidance form -> the method's name in the tables
 _KEYS = ("method", "w_d", "w_c", "setting", "n_generated", "images")  # evaluate's row columns that are not scores
 
 
@@ -86,6 +89,11 @@ class BenchmarkConfig:
                                           nargs="*")
     baseline_scales: list[float] = option([1.5, 2.5, 5.0, 7.5], "scale sweep of the fine-tunes (their CFG w_c) and of "
                                           "rectified (its w_d)", type=finite_float, nargs="*")
+    guidance_forms: list[str] = option(["decoupled", "domain-text"], "the guidance forms of ours, each a method over the "
+                                       "same w_d x w_c grid: decoupled (the paper's Eq. A, method `ours`) and "
+                                       "domain-text (the control term from the domain model with the prior's "
+                                       "cross-attention, issue #24, method `ours-dt`)", nargs="*",
+                                       choices=("decoupled", "domain-text"))
     seed: int = option(0, "seed of the training runs (sampling: --seeds; the seen/held-out split is the "
                        "evaluators' fixed one)")
     overwrite: bool = option(False, "start over in --out, replacing an earlier benchmark or demo (default: continue "
@@ -94,7 +102,7 @@ class BenchmarkConfig:
     @classmethod
     def demo(cls, prior: str, out: str, **changes: Any) -> BenchmarkConfig:
         """The `indomain demo` preset, a smoke run: shorter training, fewer images, one seed, one weight per method."""
-        preset = dict(train_steps=300, num_prompts=12, images_per_setting=24, seeds=[0], domain_scales=[0.0, 2.5],
+        preset = dict(train_steps=300, num_prompts=12, images_per_setting=24, seeds=[0], domain_scales=[0.0, 2.5, 4.0],
                       guidance_scales=[2.5], baseline_scales=[2.5])
         return cls(prior=prior, out=out, **(preset | changes))
 
@@ -246,9 +254,9 @@ def benchmark_methods(config: BenchmarkConfig, ours: Any, finetune: Any, lora: A
                domain_scales=scales),
     ]
     domain_scales = [w for w in config.domain_scales if w != 0]
-    if domain_scales:
-        methods.append(Method("ours", config.prior, domain=ours, domain_scales=domain_scales,
-                              guidance_scales=config.guidance_scales))
+    for form in config.guidance_forms if domain_scales else []:
+        methods.append(Method(OURS_METHODS[form], config.prior, domain=ours, domain_scales=domain_scales,
+                              guidance_scales=config.guidance_scales, guidance_form=form))
     return methods
 
 
@@ -359,13 +367,13 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], front: Sequence[int], path: Pa
     colours = iter(["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive"])
     for method in dict.fromkeys(r["method"] for r in shown if r["method"] not in ("prior", REAL, ROUND_TRIP)):
         points = sorted((r for r in shown if r["method"] == method), key=lambda r: (r["w_c"], r["w_d"]))
-        colour = "tab:red" if method == "ours" else next(colours, "tab:gray")
-        if method != "ours":  # a baseline: one line along its scale
+        colour = {"ours": "tab:red", "ours-dt": "tab:cyan"}.get(method) or next(colours, "tab:gray")
+        if method not in OURS_METHODS.values():  # a baseline: one line along its scale
             draw(points, method, color=colour, marker="o", linewidth=1, markersize=4)
             continue
         for k, w_c in enumerate(dict.fromkeys(r["w_c"] for r in points)):  # ours: one line per w_c along w_d
             line = [prior[w_c]] if w_c in prior else []
-            draw(line + [r for r in points if r["w_c"] == w_c], f"ours, w_c = {w_c:g} (along w_d)", color=colour,
+            draw(line + [r for r in points if r["w_c"] == w_c], f"{method}, w_c = {w_c:g} (along w_d)", color=colour,
                  marker="osD^v"[k % 5], linestyle=["-", "--", ":", "-."][k % 4], linewidth=1.2, markersize=4)
     if prior:
         draw(sorted(prior.values(), key=lambda r: r["w_c"]), "prior (w_d = 0)", color="black", marker="s",
