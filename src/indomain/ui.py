@@ -543,8 +543,9 @@ def build_app(config: UIConfig) -> Any:
                     start = gr.Button("Start training", variant="primary", elem_id="train-start")
                     t_stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
                     resume = gr.Button("Resume", elem_id="train-resume")
+                train_msg = gr.HTML(elem_id="train-message")  # what the last button did (an error stays here)
                 run = gr.Dropdown([], label="run", elem_id="train-run")
-                train_status = gr.HTML(elem_id="train-status")
+                train_status = gr.HTML(elem_id="train-status")  # the chosen run, read every 2 s
                 with gr.Row():
                     curve = gr.LinePlot(x="step", y="loss", label="training loss", elem_id="train-loss")
                     samples = gr.Gallery(label="validation samples (unconditional, w_d as in training)", columns=2,
@@ -554,13 +555,13 @@ def build_app(config: UIConfig) -> Any:
                 def begin(*values: Any) -> Any:
                     cfg = _train_config(config, *values)
                     start_training(cfg)
-                    return _train_view(config, Path(cfg.output).name)
+                    return (*_train_view(config, Path(cfg.output).name), _status(f"started {Path(cfg.output).name}"))
 
                 def halt(name: str | None) -> Any:
                     if not name:
                         raise ValueError("no run chosen")
                     message = stop_training(config.out_root / name)
-                    return (*_train_view(config, name)[:3], _status(message))
+                    return (*_train_view(config, name), _status(message))
 
                 def again(name: str | None) -> Any:
                     import json
@@ -576,12 +577,12 @@ def build_app(config: UIConfig) -> Any:
                     if saved is None:
                         raise ValueError(f"{name} wrote no train_config.json: nothing to resume")
                     start_training(TrainConfig(**{**saved, "resume": "latest", "overwrite": False}))
-                    return _train_view(config, name)
+                    return (*_train_view(config, name), _status(f"resumed {name} from its last checkpoint"))
 
-                start.click(_guarded(begin, 4), [source, files, folder, prior, kind, rank, t_steps, lr, resolution,
-                                                 every, sample_steps], view)
-                t_stop.click(_guarded(halt, 4), [run], view)
-                resume.click(_guarded(again, 4), [run], view)
+                start.click(_guarded(begin, 5), [source, files, folder, prior, kind, rank, t_steps, lr, resolution,
+                                                 every, sample_steps], [*view, train_msg])
+                t_stop.click(_guarded(halt, 5), [run], [*view, train_msg])
+                resume.click(_guarded(again, 5), [run], [*view, train_msg])
                 run.input(_guarded(lambda n: _train_view(config, n), 4), [run], view)
                 timer = gr.Timer(2.0)
                 timer.tick(_guarded(lambda n: _train_view(config, n), 4), [run], view, show_progress="hidden")
