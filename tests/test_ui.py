@@ -290,9 +290,10 @@ def test_the_page_in_a_real_browser(app, tmp_path):
             fill("#w_d input[type=number]", w_d)
             before = element("#gen-status").text
             element("#generate-btn").click()
-            wait(180, lambda: element("#gen-status").text not in ("", before))
+            done = ("wrote", "error:", "stopped")
+            wait(180, lambda: element("#gen-status").text != before and element("#gen-status").text.startswith(done))
             status = element("#gen-status").text
-            assert status.startswith("wrote 4 images"), status
+            assert status.startswith("wrote 8 images"), status  # 4 prior alone + 4 ours
             src = element("#ours-gallery img").get_attribute("src")
             with urllib.request.urlopen(src, timeout=10) as r:
                 pictures.append(r.read())

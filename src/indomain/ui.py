@@ -404,7 +404,7 @@ def _train_view(config: UIConfig, run_name: str | None) -> tuple[Any, Any, list,
         return choose, pd.DataFrame({"step": [], "loss": []}), [], _status("no training run yet")
     status = read_status(config.out_root / name)
     curve = pd.DataFrame({"step": [s for s, _ in status.losses], "loss": [v for _, v in status.losses]})
-    samples = [(str(p), p.stem) for p in status.samples]
+    samples = [(str(p), p.stem) for p in reversed(status.samples)]  # the newest first
     return choose, curve, samples, _status(f"{name}: {status.message}")
 
 
@@ -469,6 +469,7 @@ def _number(value: str) -> Any:
 
 CSS = """
 .indomain-status.error { color: #b00020; font-weight: 600; }
+#prior-gallery img, #ours-gallery img, #train-samples img, #results-grids img { image-rendering: pixelated; }
 .indomain-status { font-family: ui-monospace, monospace; white-space: pre-wrap; }
 """
 
@@ -530,7 +531,10 @@ def build_app(config: UIConfig) -> Any:
                     source = gr.Radio(["server folder", "upload"], value="server folder", label="images from",
                                       elem_id="train-source")
                     folder = gr.Textbox(label="images folder (inside the data root)", elem_id="train-folder")
-                    files = gr.File(file_count="multiple", file_types=["image"], label="upload images", elem_id="train-upload")
+                    files = gr.File(file_count="multiple", file_types=["image"], label="upload images", visible=False,
+                                    elem_id="train-upload")
+                source.change(lambda s: (gr.update(visible=s != "upload"), gr.update(visible=s == "upload")), [source],
+                              [folder, files], queue=False)
                 with gr.Row():
                     kind = gr.Radio(["full", "LoRA"], value="full", label="train", elem_id="train-kind")
                     rank = gr.Number(4, precision=0, label="LoRA rank", elem_id="train-rank")
@@ -548,8 +552,8 @@ def build_app(config: UIConfig) -> Any:
                 train_status = gr.HTML(elem_id="train-status")  # the chosen run, read every 2 s
                 with gr.Row():
                     curve = gr.LinePlot(x="step", y="loss", label="training loss", elem_id="train-loss")
-                    samples = gr.Gallery(label="validation samples (unconditional, w_d as in training)", columns=2,
-                                         elem_id="train-samples")
+                    samples = gr.Gallery(label="validation samples: one row per step (unconditional, w_d as in "
+                                         "training)", columns=1, object_fit="contain", elem_id="train-samples")
                 view = [run, curve, samples, train_status]
 
                 def begin(*values: Any) -> Any:
