@@ -140,6 +140,93 @@ def test_train_argv_is_the_config_on_the_command_line(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------
+# The tabs' functions, without a browser (the shipped emoji prior, 32 px, 2 steps)
+
+
+@pytest.fixture
+def page(tmp_path):
+    pytest.importorskip("gradio")
+    from indomain import ui
+    from indomain.world.prior import emoji_prior_dir
+
+    root = (tmp_path / "root").resolve()
+    root.mkdir()
+    return ui.UIConfig({ui.SHIPPED_PRIOR: str(emoji_prior_dir())}, {}, root, root / "outputs" / "ui", "cpu")
+
+
+def test_generate_writes_what_indomain_generate_writes(page):
+    import json
+    import zipfile
+
+    from indomain import ui
+
+    gen = ui.Generator(page)
+    prior, ours, download, status = gen.run(False, ui.SHIPPED_PRIOR, [], "smiling face", "", 2.5, 2.5, 2, 5, 2, 32,
+                                            None, progress=lambda *a, **k: None)
+    assert "no domain model chosen" in status and len(prior) == 2 and ours == []
+    out = Path(download[0]).parent
+    record = json.loads((out / "settings.json").read_text())
+    assert record["settings"]["seed"] == 5 and record["settings"]["domain_scale"] == 0.0
+    assert [f["file"] for f in record["images"]] == ["prior_seed000005.png", "prior_seed000006.png"]
+    assert set(zipfile.ZipFile(download[0]).namelist()) == {"prior_seed000005.png", "prior_seed000006.png", "grid.png",
+                                                           "settings.json"}
+    assert json.loads((out / ".indomain-run.json").read_text())["command"] == "generate"  # claimed, closed
+
+
+def test_stop_ends_sampling_and_saves_nothing(page):
+    from indomain import ui
+
+    gen = ui.Generator(page)
+    _, _, _, status = gen.run(False, ui.SHIPPED_PRIOR, [], "", "", 0.0, 2.5, 5, 0, 1, 32, None,
+                              progress=lambda *a, **k: gen.stop.set())  # Stop pressed during the first step
+    assert "stopped after 1 of 5 steps; nothing was saved" in status
+    assert not list(page.out_root.glob("generate-*"))  # the claimed folder held nothing and is gone
+
+
+def test_generate_errors_are_the_cli_lines(page):
+    from indomain import ui
+
+    gen = ui.Generator(page)
+    run = ui._guarded(lambda: gen.run(False, ui.SHIPPED_PRIOR, [], "", "", 2.5, 2.5, 2, 0, 1, 33, None,
+                                      progress=lambda *a, **k: None), 4)
+    assert "error:" in run()[3] and "Traceback" not in run()[3]
+    grid = ui._guarded(lambda: gen.run(True, ui.SHIPPED_PRIOR, [], "", "", 2.5, 2.5, 2, 0, 1, 32, None,
+                                       progress=lambda *a, **k: None), 4)
+    assert "error: the weight grid varies w_d: choose a domain model" in grid()[3]
+
+
+def test_edit_runs_indomain_edit(page, tmp_path):
+    from PIL import Image
+
+    from indomain import ui
+
+    Image.new("RGB", (32, 32), (250, 200, 40)).save(tmp_path / "face.png")
+    before, after, status = ui.run_edit(page, str(tmp_path / "face.png"), ui.SHIPPED_PRIOR, [], "smiling face", "",
+                                        2.5, 2.5, 0.6, "sdedit", 2, 0)
+    assert before == str(tmp_path / "face.png") and Path(after).is_file() and "edited (sdedit" in status
+    assert (Path(after).parent / "settings.json").is_file()
+
+
+def test_results_reads_an_evaluate_folder_and_marks_the_pareto_front(page):
+    from PIL import Image
+
+    from indomain import ui
+
+    folder = page.data_root / "eval"
+    (folder / "grids").mkdir(parents=True)
+    (folder / "results.csv").write_text("method,w_d,w_c,setting,clip_score,fid\n"
+                                        "ours,1,2.5,a,0.30,40\nours,2.5,2.5,b,0.25,30\nft,0,2.5,c,0.20,35\n")
+    Image.new("RGB", (8, 8)).save(folder / "plot.png")
+    Image.new("RGB", (8, 8)).save(folder / "grids" / "a.png")
+    plots, grids, table, status = ui.open_results(page, "eval")
+    assert [c for _, c in plots] == ["plot.png"] and len(grids) == 1 and "1 plot(s), 1 grid(s)" in status
+    rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+    assert [r.startswith("| ● |") for r in rows] == [True, True, False]  # c: worse clip and worse fid than b
+    with pytest.raises(ValueError, match="not an `indomain evaluate`"):
+        ui.open_results(page, ".")
+
+
+# ----------------------------------------------------------------------------------------------------
 # A real browser
 
 
@@ -293,7 +380,7 @@ def test_the_page_in_a_real_browser(app, tmp_path):
             done = ("wrote", "error:", "stopped")
             wait(180, lambda: element("#gen-status").text != before and element("#gen-status").text.startswith(done))
             status = element("#gen-status").text
-            assert status.startswith("wrote 8 images"), status  # 4 prior alone + 4 ours
+            assert status.startswith("wrote 4 prior-alone and 4 ours images (seeds 0-3)"), status
             src = element("#ours-gallery img").get_attribute("src")
             with urllib.request.urlopen(src, timeout=10) as r:
                 pictures.append(r.read())

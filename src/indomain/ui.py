@@ -309,7 +309,7 @@ class Generator:
                         image.save(out / name)
                         files.append({"file": name, "prompt": args.prompt[0] if args.prompt else None, "seed": s,
                                       "domain_scale": wd, "guidance_scale": wc})
-                        caption = f"w_d={wd:g}, w_c={wc:g}, seed {s}"
+                        caption = f"w_d {wd:g}, w_c {wc:g}" if grid else f"seed {s}"
                         (shown_ours if grid or name.startswith("ours") else shown_prior).append((str(out / name), caption))
                 all_images = [im for images in results for im in images]
                 make_grid(all_images, ncols=len(GRID_W_D) if grid else len(seeds)).save(out / "grid.png")
@@ -324,9 +324,12 @@ class Generator:
 
             what = (f"weight grid: columns w_d = {', '.join(f'{v:g}' for v in GRID_W_D)}; rows w_c = "
                     f"{', '.join(f'{v:g}' for v in GRID_W_C)}; " if grid else "")
-            note = "" if args.domain else "no domain model chosen: the prior alone; "
+            if grid or not args.domain:
+                images_text = f"{len(files)} images" + ("" if grid or args.domain else " (no domain model chosen: the prior alone)")
+            else:
+                images_text = f"{len(seeds)} prior-alone and {len(seeds)} ours images (seeds {seeds[0]}-{seeds[-1]})"
             return (shown_prior, shown_ours, [str(download)],
-                    _status(f"{what}{note}wrote {len(files)} images, grid.png and settings.json to "
+                    _status(f"{what}wrote {images_text}, grid.png and settings.json to "
                             f"{shown(out, self.config.data_root)} in {time.time() - start:.1f} s"))
 
 
@@ -511,8 +514,10 @@ def build_app(config: UIConfig) -> Any:
                     stop = gr.Button("Stop", variant="stop", elem_id="stop-btn")
                 gen_status = gr.HTML(elem_id="gen-status")
                 with gr.Row():
-                    prior_gallery = gr.Gallery(label="prior alone (w_d = 0), same seeds", columns=4, elem_id="prior-gallery")
-                    ours_gallery = gr.Gallery(label="ours", columns=4, elem_id="ours-gallery")
+                    prior_gallery = gr.Gallery(label="prior alone (w_d = 0), same seeds", columns=4, height="auto",
+                                               elem_id="prior-gallery")
+                    ours_gallery = gr.Gallery(label="ours (w_d, w_c from the sliders); the weight grid", columns=4,
+                                              height="auto", elem_id="ours-gallery")
                 download = gr.File(label="download: images.zip (PNGs, grid.png, settings.json)", elem_id="download")
                 inputs = [prior, domains, prompt, negative, w_d, w_c, steps, seed, num, size, control]
                 outputs = [prior_gallery, ours_gallery, download, gen_status]
