@@ -129,11 +129,11 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
         if domain is None or not is_lora_folder(domain) or len(specs) > 1:
             raise ValueError("--share-base needs one --domain that is a LoRA domain model (`indomain train --lora-rank`)")
         control["share_base"] = True
-    out = claim_output_dir(args.out, command, owned=GENERATE_OUTPUTS, record="settings.json", overwrite=args.overwrite)
     if getattr(args, "prior_config", None):
         if not Path(args.prior).is_file():
             raise ValueError("--prior-config is for a single-file --prior (a .safetensors checkpoint)")
         control["config"] = args.prior_config  # a single-file --prior's diffusers configs
+    out = claim_output_dir(args.out, command, owned=GENERATE_OUTPUTS, record="settings.json", overwrite=args.overwrite)
     pipe = cls.from_pretrained(args.prior, domain_unet=domain, allow_pickle=args.allow_pickle, dtype=dtype, **control)
     pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
     if len(specs) > 1:
