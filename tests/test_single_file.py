@@ -56,6 +56,7 @@ def test_single_file_rules(world, tmp_path, capsys):
     assert main(["generate", "--prior", str(prior), "--prior-config", str(prior), "--domain-scale", "0",
                  "--out", str(tmp_path / "o2")]) == 2
     assert "--prior-config is for a single-file --prior" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o2").exists()  # refused before --out is claimed
     with pytest.raises(ValueError, match="--prior-config"):  # offline, no config: nothing to build it from
         InDomainPipeline.from_pretrained(file, local_files_only=True)
 

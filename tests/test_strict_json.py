@@ -109,3 +109,11 @@ def test_every_command_writes_strict_json(world, tmp_path, capfd):
     assert {"settings.json", "log.jsonl"} <= set(check_folder(d3))
     assert main(["3d", "--prior", "p", "--prompt", "owl", "--out", str(tmp_path / "o"), "--dry-run"]) == 0
     strict_loads(capfd.readouterr().out)
+
+
+def test_the_emoji_world_renderer_writes_strict_json(tmp_path):
+    from indomain.world import render as R
+
+    R.render_dataset(tmp_path / "ds", styles=R.STYLES, size=32, limit=2, progress=False)
+    written = check_folder(tmp_path / "ds")
+    assert "index.json" in written and any(w.endswith("metadata.jsonl") for w in written)
