@@ -178,12 +178,18 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _pick(name: str | None, known: dict[str, str], root: Path, what: str) -> str:
-    """A model chosen in the page: one the operator named, or a folder typed in, confined to the data root."""
+    """A model chosen in the page: one the operator named, a folder typed in (confined to the data root), or a hub id
+    (``owner/name`` where no such folder exists; read through the Hugging Face cache, or downloaded when online)."""
+    import re
+
     from .uipaths import confine
 
     if name in known:
         return known[name]
-    return str(confine(name or "", root, what))
+    path = confine(name or "", root, what)
+    if not path.exists() and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", name or ""):
+        return name  # type: ignore[return-value]
+    return str(path)
 
 
 def _new_folder(config: UIConfig, kind: str) -> Path:
