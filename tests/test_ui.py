@@ -172,13 +172,15 @@ def _job(tmp_path, name, argv):
     import json
 
     from indomain import uijobs
+    from indomain.outputs import claim_output_dir, close_run
 
     run, job = tmp_path / name, tmp_path / (name + uijobs.JOB_SUFFIX)
     run.mkdir()
-    job.mkdir()
+    claim_output_dir(job, "ui-train")  # as start_training does
     proc = subprocess.Popen(argv, start_new_session=True)
     uijobs._CHILDREN[proc.pid] = proc
     (job / "job.json").write_text(json.dumps({"pid": proc.pid, "max_train_steps": 10}))
+    close_run(job)
     return run, job, proc
 
 
