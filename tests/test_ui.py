@@ -280,6 +280,18 @@ def test_generate_errors_are_the_cli_lines(page):
     assert "error: the weight grid varies w_d: choose a domain model" in grid()[3]
 
 
+def test_a_domain_that_is_not_a_model_is_the_cli_error_and_leaves_nothing(page):
+    from indomain import ui
+
+    (page.data_root / "notamodel").mkdir()
+    (page.data_root / "notamodel" / "x.txt").write_text("x")
+    run = ui._guarded(lambda: ui.Generator(page).run(False, ui.SHIPPED_PRIOR, ["notamodel"], "", "", 2.5, 2.5, 2, 0, 1,
+                                                     32, None, progress=lambda *a, **k: None), 4)
+    message = run()[3]
+    assert "error:" in message and "notamodel" in message and "Traceback" not in message
+    assert not list(page.out_root.glob("generate-*"))
+
+
 def test_edit_runs_indomain_edit(page, tmp_path):
     from PIL import Image
 

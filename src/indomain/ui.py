@@ -287,7 +287,11 @@ class Generator:
                              control_image, out_folder)
             if grid and not args.domain:
                 raise ValueError("the weight grid varies w_d: choose a domain model")
-            pipe, out, device = self.open(args)
+            try:
+                pipe, out, device = self.open(args)
+            except BaseException:
+                close_run(out_folder)  # claimed, then the model failed to load: leave no empty folder behind
+                raise
             try:
                 if grid:
                     settings = [(wd, wc) for wc in GRID_W_C for wd in GRID_W_D]
