@@ -75,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", default=".", type=path_arg,
                    help="paths typed in the page must lie inside this folder (default: the current folder)")
     p.add_argument("--out", default="outputs/ui", type=path_arg,
-                   help="where the page writes its runs, inside --data-root (default: %(default)s)")
+                   help="where the page writes its runs, relative to --data-root and inside it (default: %(default)s)")
     p.add_argument("--device", default="auto", help="torch device for Generate and Edit (default: %(default)s)")
     p.set_defaults(func=cmd_ui)
 
