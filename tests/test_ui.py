@@ -196,6 +196,28 @@ def test_a_run_is_running_then_stopped(tmp_path):
     assert proc.poll() is not None and read_status(run).state == "stopped"
 
 
+def test_a_process_id_reused_by_another_process_is_not_the_run(tmp_path):
+    import json
+
+    from indomain import uijobs
+
+    run, job, proc = _job(tmp_path, "train-3", ["sleep", "60"])
+    uijobs._CHILDREN.pop(proc.pid)  # as seen by a restarted server
+    record = json.loads((job / "job.json").read_text())
+    try:
+        assert uijobs.read_status(run).state == "running"  # no start time recorded: the id alone
+        ticks = uijobs._start_ticks(proc.pid)
+        (job / "job.json").write_text(json.dumps({**record, "start_ticks": ticks}))
+        assert uijobs.read_status(run).state == "running"
+        (job / "job.json").write_text(json.dumps({**record, "start_ticks": ticks - 1}))
+        assert uijobs.read_status(run).state == "failed"
+        assert uijobs.stop_training(run) == "train-3 is not running"  # and no signal is sent
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_a_failed_run_shows_its_error_line(tmp_path):
     run, job, proc = _job(tmp_path, "train-2", ["true"])
     proc.wait()
