@@ -73,6 +73,18 @@ def test_the_page_functions_confine_what_they_read(tmp_path):
     assert "Traceback" not in shown[3]
 
 
+def test_a_hub_id_is_a_hub_id_unless_such_a_folder_exists(tmp_path):
+    pytest.importorskip("gradio")
+    from indomain import ui
+
+    assert ui._pick("someone/ffhq-domain", {}, tmp_path, "domain model") == "someone/ffhq-domain"
+    (tmp_path / "someone" / "ffhq-domain").mkdir(parents=True)
+    assert ui._pick("someone/ffhq-domain", {}, tmp_path, "domain model") == str(tmp_path.resolve() / "someone" / "ffhq-domain")
+    for text in ("../ffhq", "/etc/x"):
+        with pytest.raises(OutsideDataRoot):
+            ui._pick(text, {}, tmp_path, "domain model")
+
+
 def test_ui_refuses_an_output_folder_outside_the_data_root(tmp_path, capsys):
     (tmp_path / "root").mkdir()
     assert main(["ui", "--data-root", str(tmp_path / "root"), "--out", str(tmp_path / "elsewhere")]) == 2
@@ -140,6 +152,83 @@ def test_train_argv_is_the_config_on_the_command_line(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Training jobs: uploads, state, Stop (a stand-in process; the browser test runs a real one)
+
+
+def test_uploads_land_in_a_claimed_folder(tmp_path):
+    import json
+
+    from indomain.uijobs import save_uploads
+
+    (tmp_path / "a.png").write_bytes(b"x")
+    folder = save_uploads([str(tmp_path / "a.png")], tmp_path / "out")
+    assert (folder / "0000_a.png").read_bytes() == b"x"
+    assert json.loads((folder / ".indomain-run.json").read_text())["command"] == "ui-upload"
+    with pytest.raises(ValueError, match="no images uploaded"):
+        save_uploads([], tmp_path / "out")
+
+
+def _job(tmp_path, name, argv):
+    import json
+
+    from indomain import uijobs
+    from indomain.outputs import claim_output_dir, close_run
+
+    run, job = tmp_path / name, tmp_path / (name + uijobs.JOB_SUFFIX)
+    run.mkdir()
+    claim_output_dir(job, "ui-train")  # as start_training does
+    proc = subprocess.Popen(argv, start_new_session=True)
+    uijobs._CHILDREN[proc.pid] = proc
+    (job / "job.json").write_text(json.dumps({"pid": proc.pid, "max_train_steps": 10}))
+    close_run(job)
+    return run, job, proc
+
+
+def test_a_run_is_running_then_stopped(tmp_path):
+    from indomain.uijobs import list_runs, read_status, stop_training
+
+    run, _, proc = _job(tmp_path, "train-1", ["sleep", "60"])
+    (run / "train_log.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
+    status = read_status(run)
+    assert status.state == "running" and status.losses == [(1, 0.5), (2, 0.4)] and "step 2 of 10" in status.message
+    assert list_runs(tmp_path) == [run]
+    assert stop_training(run).startswith("stopped train-1")
+    assert proc.poll() is not None and read_status(run).state == "stopped"
+
+
+def test_a_process_id_reused_by_another_process_is_not_the_run(tmp_path):
+    import json
+
+    from indomain import uijobs
+
+    run, job, proc = _job(tmp_path, "train-3", ["sleep", "60"])
+    uijobs._CHILDREN.pop(proc.pid)  # as seen by a restarted server
+    record = json.loads((job / "job.json").read_text())
+    try:
+        assert uijobs.read_status(run).state == "running"  # no start time recorded: the id alone
+        ticks = uijobs._start_ticks(proc.pid)
+        (job / "job.json").write_text(json.dumps({**record, "start_ticks": ticks}))
+        assert uijobs.read_status(run).state == "running"
+        (job / "job.json").write_text(json.dumps({**record, "start_ticks": ticks - 1}))
+        assert uijobs.read_status(run).state == "failed"
+        assert uijobs.stop_training(run) == "train-3 is not running"  # and no signal is sent
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_failed_run_shows_its_error_line(tmp_path):
+    run, job, proc = _job(tmp_path, "train-2", ["true"])
+    proc.wait()
+    (job / "train.log").write_text("loading\nerror: training diverged: non-finite loss nan at step 3\n")
+    from indomain.uijobs import read_status
+
+    status = read_status(run)
+    assert status.state == "failed" and status.message == "error: training diverged: non-finite loss nan at step 3"
+
+
+# ----------------------------------------------------------------------------------------------------
 # The tabs' functions, without a browser (the shipped emoji prior, 32 px, 2 steps)
 
 
@@ -173,6 +262,24 @@ def test_generate_writes_what_indomain_generate_writes(page):
     assert json.loads((out / ".indomain-run.json").read_text())["command"] == "generate"  # claimed, closed
 
 
+def test_generate_with_a_controlnet_takes_the_control_image(page, tmp_path):
+    from PIL import Image, ImageDraw
+
+    from indomain import ui
+    from indomain.world.prior import SHIPPED
+
+    page.controlnet = str(SHIPPED.parent / "emoji-controlnet")
+    edges = Image.new("RGB", (32, 32), "black")
+    ImageDraw.Draw(edges).ellipse((4, 4, 28, 28), outline="white")
+    edges.save(tmp_path / "edges.png")
+    prior, _, download, status = ui.Generator(page).run(False, ui.SHIPPED_PRIOR, [], "", "", 0.0, 2.5, 2, 0, 1, 32,
+                                                        str(tmp_path / "edges.png"), progress=lambda *a, **k: None)
+    import json
+
+    settings = json.loads((Path(download[0]).parent / "settings.json").read_text())["settings"]
+    assert settings["controlnet"] == [page.controlnet] and settings["control_image"] == [str(tmp_path / "edges.png")]
+
+
 def test_stop_ends_sampling_and_saves_nothing(page):
     from indomain import ui
 
@@ -193,6 +300,18 @@ def test_generate_errors_are_the_cli_lines(page):
     grid = ui._guarded(lambda: gen.run(True, ui.SHIPPED_PRIOR, [], "", "", 2.5, 2.5, 2, 0, 1, 32, None,
                                        progress=lambda *a, **k: None), 4)
     assert "error: the weight grid varies w_d: choose a domain model" in grid()[3]
+
+
+def test_a_domain_that_is_not_a_model_is_the_cli_error_and_leaves_nothing(page):
+    from indomain import ui
+
+    (page.data_root / "notamodel").mkdir()
+    (page.data_root / "notamodel" / "x.txt").write_text("x")
+    run = ui._guarded(lambda: ui.Generator(page).run(False, ui.SHIPPED_PRIOR, ["notamodel"], "", "", 2.5, 2.5, 2, 0, 1,
+                                                     32, None, progress=lambda *a, **k: None), 4)
+    message = run()[3]
+    assert "error:" in message and "notamodel" in message and "Traceback" not in message
+    assert not list(page.out_root.glob("generate-*"))
 
 
 def test_edit_runs_indomain_edit(page, tmp_path):

@@ -75,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", default=".", type=path_arg,
                    help="paths typed in the page must lie inside this folder (default: the current folder)")
     p.add_argument("--out", default="outputs/ui", type=path_arg,
-                   help="where the page writes its runs, inside --data-root (default: %(default)s)")
+                   help="where the page writes its runs, relative to --data-root and inside it (default: %(default)s)")
     p.add_argument("--device", default="auto", help="torch device for Generate and Edit (default: %(default)s)")
     p.set_defaults(func=cmd_ui)
 
@@ -178,12 +178,18 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _pick(name: str | None, known: dict[str, str], root: Path, what: str) -> str:
-    """A model chosen in the page: one the operator named, or a folder typed in, confined to the data root."""
+    """A model chosen in the page: one the operator named, a folder typed in (confined to the data root), or a hub id
+    (``owner/name`` where no such folder exists; read through the Hugging Face cache, or downloaded when online)."""
+    import re
+
     from .uipaths import confine
 
     if name in known:
         return known[name]
-    return str(confine(name or "", root, what))
+    path = confine(name or "", root, what)
+    if not path.exists() and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", name or ""):
+        return name  # type: ignore[return-value]
+    return str(path)
 
 
 def _new_folder(config: UIConfig, kind: str) -> Path:
@@ -281,7 +287,11 @@ class Generator:
                              control_image, out_folder)
             if grid and not args.domain:
                 raise ValueError("the weight grid varies w_d: choose a domain model")
-            pipe, out, device = self.open(args)
+            try:
+                pipe, out, device = self.open(args)
+            except BaseException:
+                close_run(out_folder)  # claimed, then the model failed to load: leave no empty folder behind
+                raise
             try:
                 if grid:
                     settings = [(wd, wc) for wc in GRID_W_C for wd in GRID_W_D]

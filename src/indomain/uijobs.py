@@ -96,13 +96,23 @@ def start_training(config: Any) -> subprocess.Popen:
                                     start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         _CHILDREN[proc.pid] = proc
         (job / "job.json").write_text(json.dumps({"argv": argv, "pid": proc.pid, "started": time.time(),
-                                                  "run": str(run), "max_train_steps": config.max_train_steps}, indent=2))
+                                                  "run": str(run), "max_train_steps": config.max_train_steps,
+                                                  "start_ticks": _start_ticks(proc.pid)}, indent=2))
     finally:
         close_run(job)
     return proc
 
 
-def _alive(pid: int) -> bool:
+def _start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat field 22); None where unknown."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int, ticks: int | None = None) -> bool:
+    """Whether the run's process still runs; ``ticks`` (its start time) tells it from a later process given its id."""
     proc = _CHILDREN.get(pid)
     if proc is not None:
         return proc.poll() is None
@@ -110,6 +120,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):
         return False
+    if ticks is not None and _start_ticks(pid) not in (None, ticks):
+        return False  # the id now belongs to another process
     try:  # a zombie of another parent has exited
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
     except OSError:
@@ -124,8 +136,9 @@ def _job(run: Path) -> dict:
 
 def stop_training(run: Path) -> str:
     """Stop the run's process (SIGTERM to its session); a later `start_training` with ``resume`` continues it."""
-    pid = int(_job(run)["pid"])
-    if not _alive(pid):
+    job = _job(run)
+    pid = int(job["pid"])
+    if not _alive(pid, job.get("start_ticks")):
         return f"{run.name} is not running"
     os.killpg(pid, signal.SIGTERM)
     proc = _CHILDREN.get(pid)
@@ -165,7 +178,7 @@ def read_status(run: Path) -> TrainStatus:
     total = int(job.get("max_train_steps", 0))
     step = losses[-1][0] if losses else 0
     job_dir = run.with_name(run.name + JOB_SUFFIX)
-    if _alive(int(job["pid"])):
+    if _alive(int(job["pid"]), job.get("start_ticks")):
         return TrainStatus(run, "running", f"running: step {step} of {total}", losses, samples, total)
     if (run / "README.md").is_file() and step >= total:
         return TrainStatus(run, "finished", f"finished: {step} steps; the model is in {run}", losses, samples, total)
