@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cliargs import path_arg, positive_int
+from .cliargs import positive_int
 
 HELP = "open a web page to generate, train, edit and compare results in a browser (gradio)"
 SHIPPED_PRIOR = "emoji prior (shipped)"
@@ -63,18 +63,18 @@ def host_warning(host: str) -> str | None:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ui", help=HELP, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prior", default=None, type=path_arg,
+    p.add_argument("--prior", default=None,
                    help="prior pipeline folder (default: the shipped emoji prior, which needs nothing downloaded)")
-    p.add_argument("--domain", action="append", default=None, type=path_arg, metavar="DIR",
+    p.add_argument("--domain", action="append", default=None, metavar="DIR",
                    help="domain model folder offered in the page; repeatable (default: outputs/demo/ours when `make demo` "
                         "made it)")
-    p.add_argument("--controlnet", default=None, type=path_arg, metavar="DIR",
+    p.add_argument("--controlnet", default=None, metavar="DIR",
                    help="a ControlNet for the prior: the Generate tab then takes a control image")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     p.add_argument("--port", type=positive_int, default=7860, help="port (default: %(default)s)")
-    p.add_argument("--data-root", default=".", type=path_arg,
+    p.add_argument("--data-root", default=".",
                    help="paths typed in the page must lie inside this folder (default: the current folder)")
-    p.add_argument("--out", default="outputs/ui", type=path_arg,
+    p.add_argument("--out", default="outputs/ui",
                    help="where the page writes its runs, relative to --data-root and inside it (default: %(default)s)")
     p.add_argument("--device", default="auto", help="torch device for Generate and Edit (default: %(default)s)")
     p.set_defaults(func=cmd_ui)
