@@ -56,7 +56,7 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from indomain.world.benchmark import vae_round_trip
+    from indomain.world.prior import vae_round_trip_images as vae_round_trip
     from indomain.world.evaluators import load_evaluators, to_batch
     from indomain.world.prior import emoji_prior_dir
     from indomain.world.render import list_emoji, render, split_emoji

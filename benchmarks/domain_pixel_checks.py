@@ -56,7 +56,7 @@ def main() -> None:
 
     from PIL import Image
 
-    from indomain.world.benchmark import vae_round_trip
+    from indomain.world.prior import vae_round_trip_images as vae_round_trip
     from indomain.world.domains import get_domain
     from indomain.world.render import evenly_spaced, list_emoji, split_emoji
 

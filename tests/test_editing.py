@@ -128,7 +128,7 @@ def test_several_images_without_a_prompt_edit_one_each(pipe, picture):
 
 
 def test_the_cli_offers_every_editing_method():
-    from indomain.cli import EDIT_METHODS
+    from indomain.generate import EDIT_METHODS
     from indomain.editing import METHODS
 
     assert EDIT_METHODS == METHODS

@@ -108,3 +108,9 @@ def output_level(new: str) -> Iterator[None]:
             _level = old
             for step in reversed(undo):
                 step()
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures that are the input's fault: one ``error:`` line, not a traceback (NonFiniteError is a ValueError)."""
+    safetensors = sys.modules.get("safetensors")  # a file that is not safetensors, read by a library directly
+    return (ValueError, OSError) + ((safetensors.SafetensorError,) if safetensors else ())

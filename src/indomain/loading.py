@@ -3,6 +3,7 @@
 - `load_prior_components`: a prior's denoiser, VAE, noise scheduler and (optionally) text encoders, for
   each family of `indomain.families`, after `indomain.safeload.check_prior` has checked the folder; used by the trainer.
   `InDomainPipeline.from_pretrained` runs the same check before diffusers' own loader.
+- `load_model`: any other diffusers model folder (ControlNet, adapter, VAE, a customised UNet), pickle refused.
 - `load_domain_model`: a domain model folder as `indomain train` writes it: a `NullTextUNet`, an
   adapter-only (LoRA) `NullTextUNet`, or a text-conditioned fine-tune; used by the pipeline and evaluator.
 - The adapter-only folder format: `save_lora` / `load_lora` / `is_lora_folder`.
@@ -23,6 +24,22 @@ from safetensors.torch import save_file
 from .nulltext import NullTextTransformer, NullTextUNet, json_config
 from .outputs import read_json_object, to_json
 from .safeload import HUB_ID, check_prior, check_safe, read_safetensors
+
+
+def load_model(cls: Any, path: str | os.PathLike, *, flag: str = "model", allow_pickle: bool = False, dtype: Any = None,
+               find_unet: bool = False, **kwargs: Any) -> Any:
+    """A diffusers model (``cls``: a ControlNet, adapter, VAE, UNet, ...) from a local folder, refusing pickle unless
+    allowed, with errors that name ``flag``; ``find_unet`` also accepts a pipeline folder with ``unet/``."""
+    path = str(path)
+    if find_unet and not Path(path, "config.json").is_file() and Path(path, "unet", "config.json").is_file():
+        kwargs["subfolder"] = "unet"
+    if not Path(path, kwargs.get("subfolder", ""), "config.json").is_file():
+        raise ValueError(f"{flag} {path}: not a model folder (no config.json)")
+    check_safe(path, allow_pickle)
+    try:
+        return cls.from_pretrained(path, use_safetensors=None if allow_pickle else True, torch_dtype=dtype, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{flag} {path}: cannot be loaded as a {cls.__name__}: {err}") from None
 
 
 def load_prior_components(prior: str | os.PathLike, *, allow_pickle: bool = False, need_text: bool = True) -> dict:

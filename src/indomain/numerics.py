@@ -13,6 +13,13 @@ class NonFiniteError(ValueError):
     """A loss, weight, latent, image or field was NaN or infinite; nothing from it was saved."""
 
 
+def is_finite_number(value: object) -> bool:
+    """A real number (not a bool, not a string) that is neither NaN nor infinite: a score a table or plot can use."""
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def all_finite(tensors: "Iterable[torch.Tensor]") -> bool:
     """One cheap reduction per tensor (the largest magnitude), no forward pass: every value is finite."""
     import torch

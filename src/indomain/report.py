@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .metrics import MetricResult
 from .outputs import to_json, write_record
+from .numerics import is_finite_number
 
 if TYPE_CHECKING:
     from .evaluate import EvalConfig, EvalResult
@@ -38,10 +39,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if math.isfinite(value) else str(value)
     return "" if value is None else str(value)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _axes(rows: Sequence[dict[str, Any]], x: str | None, y: str | None) -> tuple[str, str | None]:
@@ -62,37 +59,52 @@ def _label(column: str) -> str:
     return names.get(column, column) + arrow
 
 
+def new_plot(figsize: tuple[float, float] = (6.4, 4.8)) -> tuple[Any, Any]:
+    """A figure and its axes for a trade-off plot: the one home of how indomain draws plots (evaluate, tune, the
+    emoji world's benchmark). The object API with the Agg canvas: no pyplot, so no global backend or figure state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=120)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
+def label_weights(ax: Any, points: Sequence[dict[str, Any]], x: str, y: str, fontsize: int = 7) -> None:
+    """Each point labelled ``w_d/w_c``, the weights that made it."""
+    for r in points:
+        ax.annotate(f"{r['w_d']:g}/{r['w_c']:g}", (r[x], r[y]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=fontsize)
+
+
+def save_plot(fig: Any, ax: Any, path: str | os.PathLike, *, xlabel: str, ylabel: str, title: str,
+              legend_size: int = 8) -> Path:
+    """Axis labels, title, grid and legend, then the PNG at ``path``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path)
+    return Path(path)
+
+
 def plot_results(rows: Sequence[dict[str, Any]], path: str | os.PathLike, x: str | None = None,
                  y: str | None = None) -> Path | None:
     """Scatter-and-line plot of ``y`` (fidelity) against ``x`` (controllability), one series per method, each point
     labelled ``w_d/w_c``. Returns None (writes nothing) when no fidelity column exists."""
-    # The object API with the Agg canvas: no pyplot, so no global backend or figure state is touched.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     x, y = _axes(rows, x, y)
     if y is None:
         return None
-    fig = Figure(figsize=(6.4, 4.8), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    fig, ax = new_plot()
     for method in dict.fromkeys(r["method"] for r in rows):
-        points = sorted((r for r in rows if r["method"] == method and _finite(r.get(x)) and _finite(r.get(y))),
-                        key=lambda r: r[x])
+        points = sorted((r for r in rows if r["method"] == method and is_finite_number(r.get(x))
+                         and is_finite_number(r.get(y))), key=lambda r: r[x])
         ax.plot([r[x] for r in points], [r[y] for r in points], marker="o", linewidth=1, label=method)
-        for r in points:
-            ax.annotate(f"{r['w_d']:g}/{r['w_c']:g}", (r[x], r[y]), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7)
-    ax.set_xlabel(_label(x))
-    ax.set_ylabel(_label(y))
-    ax.set_title("points labelled w_d/w_c", fontsize=9)
+        label_weights(ax, points, x, y)
     ax.locator_params(axis="x", nbins=6)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    return save_plot(fig, ax, path, xlabel=_label(x), ylabel=_label(y), title="points labelled w_d/w_c")
 
 
 def _markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

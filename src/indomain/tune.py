@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from .cliargs import add_options, finite_float, from_args, option, positive_float, positive_int
 from .evaluate import EvalConfig, Method, Scorer, Sweep, read_lines
 from .outputs import to_json
+from .numerics import is_finite_number
 
 if TYPE_CHECKING:
     from torch import nn
@@ -149,13 +150,9 @@ class TuneResult:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def binomial_se(p: float, n: int) -> float:
     """Standard error of a share ``p`` of ``n`` independent trials, sqrt(p (1 - p) / n) (0 at p = 0 or 1)."""
-    return math.sqrt(max(p * (1.0 - p), 0.0) / n) if n > 0 and _finite(p) else math.nan
+    return math.sqrt(max(p * (1.0 - p), 0.0) / n) if n > 0 and is_finite_number(p) else math.nan
 
 
 def _is_reference(row: Mapping[str, Any], goal: Goal) -> bool:
@@ -174,28 +171,28 @@ def choose(rows: Sequence[Mapping[str, Any]], goal: Goal) -> Choice:
         raise ValueError("the probe table is empty")
     for column in (goal.control, goal.fidelity):
         if not any(column in r for r in rows):
-            columns = sorted({k for r in rows for k in r if _finite(r[k])} - {"w_d", "w_c", "n_generated"})
+            columns = sorted({k for r in rows for k in r if is_finite_number(r[k])} - {"w_d", "w_c", "n_generated"})
             raise ValueError(f"no column {column!r} in the probe results; columns: {columns} (pick them with "
                              "--control / --fidelity)")
     reference = next((dict(r) for r in rows if _is_reference(r, goal)), None)
     if reference is None:
         raise ValueError(f"the probe has no prior's row at w_d = 0, w_c = {goal.reference_w_c:g}")
     c0 = reference.get(goal.control)
-    if not _finite(c0) or c0 <= 0:
+    if not is_finite_number(c0) or c0 <= 0:
         raise ValueError(f"the prior's {goal.control} is {c0} at w_d = 0, w_c = {goal.reference_w_c:g}: a share of "
                          "it means nothing (is the control column right, and higher better?)")
     table = []
     for r in rows:
         c, f = r.get(goal.control), r.get(goal.fidelity)
-        kept = c / c0 if _finite(c) else math.nan
-        ok = _finite(kept) and _finite(f) and (kept >= goal.keep or math.isclose(kept, goal.keep))
+        kept = c / c0 if is_finite_number(c) else math.nan
+        ok = is_finite_number(kept) and is_finite_number(f) and (kept >= goal.keep or math.isclose(kept, goal.keep))
         table.append({**r, "kept": kept, "feasible": ok})
     sign = -1.0 if goal.fidelity_higher_is_better else 1.0  # sort key: smaller is better
     feasible = [r for r in table if r["feasible"]]
     if feasible:
         chosen = min(feasible, key=lambda r: (sign * r[goal.fidelity], -r[goal.control], r["w_d"], r["w_c"]))
         return Choice(table, {**reference, "kept": 1.0}, chosen, None)
-    scored = [r for r in table if _finite(r["kept"]) and _finite(r.get(goal.fidelity))]
+    scored = [r for r in table if is_finite_number(r["kept"]) and is_finite_number(r.get(goal.fidelity))]
     best = min(scored, key=lambda r: (-r["kept"], sign * r[goal.fidelity])) if scored else None
     choice = Choice(table, {**reference, "kept": 1.0}, None, best)
     closest = ("none has both columns finite" if best is None else
@@ -363,10 +360,10 @@ def _tune(config: TuneConfig, protocol: EvalConfig, preset: TunePreset | None, e
 
 def _se(row: Mapping[str, Any], column: str, n: int, shares: set[str]) -> float:
     """Binomial SE of a share column; else the metric's own ``<column>_std`` (KID's subset spread) if any; else NaN."""
-    if column in shares and _finite(row.get(column)):
+    if column in shares and is_finite_number(row.get(column)):
         return binomial_se(row[column], n)
     std = row.get(f"{column}_std")
-    return std if _finite(std) else math.nan
+    return std if is_finite_number(std) else math.nan
 
 
 def _summary(row: Mapping[str, Any] | None, goal: Goal, reference: Mapping[str, Any], n: int,
@@ -376,11 +373,11 @@ def _summary(row: Mapping[str, Any] | None, goal: Goal, reference: Mapping[str, 
         return None
     c, c0 = row.get(goal.control, math.nan), reference[goal.control]
     se_c, se_c0 = _se(row, goal.control, n, shares), _se(reference, goal.control, n, shares)
-    kept = c / c0 if _finite(c) and _finite(c0) and c0 else math.nan
+    kept = c / c0 if is_finite_number(c) and is_finite_number(c0) and c0 else math.nan
     if row is reference or _is_reference(row, goal):
         se_kept = 0.0  # the reference against itself (same images)
     else:
-        se_kept = abs(kept) * math.sqrt((se_c / c) ** 2 + (se_c0 / c0) ** 2) if _finite(kept) and c else math.nan
+        se_kept = abs(kept) * math.sqrt((se_c / c) ** 2 + (se_c0 / c0) ** 2) if is_finite_number(kept) and c else math.nan
     return {"w_d": row["w_d"], "w_c": row["w_c"], "setting": row.get("setting"), "n": n,
             "control": c, "control_se": se_c, "kept": kept, "kept_se": se_kept,
             "fidelity": row.get(goal.fidelity, math.nan), "fidelity_se": _se(row, goal.fidelity, n, shares)}
@@ -413,12 +410,12 @@ def _validate(choice: Choice, held: Sequence[Mapping[str, Any]], goal: Goal, n: 
     gain_measured = _gain(goal, prior_held["fidelity"], measured["fidelity"])
     return {
         "predicted": predicted, "measured": measured, "prior_probe": prior_probe, "prior_validation": prior_held,
-        "constraint_held": bool(_finite(measured["kept"]) and measured["kept"] >= goal.keep),
+        "constraint_held": bool(is_finite_number(measured["kept"]) and measured["kept"] >= goal.keep),
         "kept_difference": diff, "kept_difference_se": se_diff,
         # within two standard errors of the prediction (only where the SEs are known)
-        "control_as_predicted": bool(abs(diff) <= 2 * se_diff) if _finite(se_diff) and se_diff > 0 else None,
+        "control_as_predicted": bool(abs(diff) <= 2 * se_diff) if is_finite_number(se_diff) and se_diff > 0 else None,
         "fidelity_gain_predicted": gain_predicted, "fidelity_gain_measured": gain_measured,
-        "fidelity_better_than_prior": bool(_finite(gain_measured) and gain_measured > 0),
+        "fidelity_better_than_prior": bool(is_finite_number(gain_measured) and gain_measured > 0),
     }
 
 
@@ -428,9 +425,9 @@ def _validate(choice: Choice, held: Sequence[Mapping[str, Any]], goal: Goal, n: 
 
 
 def _fmt(value: Any, se: Any = None, sign: bool = False) -> str:
-    if not _finite(value):
+    if not is_finite_number(value):
         return "n/a" if value is None else str(value)
-    return f"{value:{'+' if sign else ''}.3f}" + (f" ± {se:.3f}" if _finite(se) and se > 0 else "")
+    return f"{value:{'+' if sign else ''}.3f}" + (f" ± {se:.3f}" if is_finite_number(se) and se > 0 else "")
 
 
 def _markdown(record: dict[str, Any], goal: Goal) -> str:
@@ -483,21 +480,16 @@ def plot_probe(choice: Choice, goal: Goal, path: str | os.PathLike, validation: 
     """tune.png: fidelity (y) against control as a share of the prior's (x, so that probe and held-out prompts share
     the axis) over the probe grid; settings that keep the control filled, the others hollow, the prior a star, the
     choice ringed, the goal's floor dashed; the held-out prior and choice in orange, an arrow between them."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from .report import label_weights, new_plot, save_plot
 
-    fig = Figure(figsize=(6.4, 4.8), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    points = [r for r in choice.rows if _finite(r.get("kept")) and _finite(r.get(goal.fidelity))]
+    fig, ax = new_plot()
+    points = [r for r in choice.rows if is_finite_number(r.get("kept")) and is_finite_number(r.get(goal.fidelity))]
     for feasible, style in ((True, dict(color="tab:blue", label=f"keeps >= {goal.keep:g} of the prior's control")),
                             (False, dict(facecolors="none", edgecolors="tab:gray", label="loses control"))):
         sel = [r for r in points if r["feasible"] is feasible]
         if sel:
             ax.scatter([r["kept"] for r in sel], [r[goal.fidelity] for r in sel], s=30, zorder=3, **style)
-    for r in points:
-        ax.annotate(f"{r['w_d']:g}/{r['w_c']:g}", (r["kept"], r[goal.fidelity]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=7)
+    label_weights(ax, points, "kept", goal.fidelity)
     ref = choice.reference
     ax.scatter([1.0], [ref[goal.fidelity]], marker="*", s=160, color="black", zorder=4,
                label=f"prior (w_d 0, w_c {goal.reference_w_c:g})")
@@ -513,14 +505,9 @@ def plot_probe(choice: Choice, goal: Goal, path: str | os.PathLike, validation: 
         ax.annotate("", (m["kept"], m["fidelity"]), (p["kept"], p["fidelity"]),
                     arrowprops=dict(arrowstyle="->", color="tab:orange"))
     arrow = "higher" if goal.fidelity_higher_is_better else "lower"
-    ax.set_xlabel(f"control: {goal.control} / the prior's ({ref[goal.control]:.3g} on the probe)")
-    ax.set_ylabel(f"fidelity: {goal.fidelity} ({arrow} is better)")
-    ax.set_title("probe grid, points labelled w_d/w_c", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    return Path(path)
+    return save_plot(fig, ax, path, xlabel=f"control: {goal.control} / the prior's ({ref[goal.control]:.3g} on the probe)",
+                     ylabel=f"fidelity: {goal.fidelity} ({arrow} is better)",
+                     title="probe grid, points labelled w_d/w_c", legend_size=7)
 
 
 def _write(out: Path, record: dict[str, Any], choice: Choice, goal: Goal, validation: dict[str, Any] | None) -> None:

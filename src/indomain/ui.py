@@ -143,13 +143,13 @@ def _guarded(fn: Callable, n_outputs: int) -> Callable:
 
     import gradio as gr
 
-    from .cli import _expected_errors
+    from .console import expected_errors
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except _expected_errors() as e:
+        except expected_errors() as e:
             message = f"error: {e}"
         except Exception as e:  # a bug: the page gets one line, the server's console the traceback
             traceback.print_exc()
@@ -164,15 +164,17 @@ class _ArgumentError(ValueError):
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    """``indomain <argv>`` parsed by the command line's own parser, raising on a bad value instead of exiting."""
-    from .cli import _subcommands, build_parser
+    """``indomain generate|edit <argv>`` parsed by the command's own parser, raising on a bad value instead of exiting."""
+    from .generate import add_edit_parser, add_generate_parser
 
-    parser = build_parser(argv)
+    parser = argparse.ArgumentParser(prog="indomain")
+    sub = parser.add_subparsers(dest="command", required=True)
+    {"generate": add_generate_parser, "edit": add_edit_parser}[argv[0]](sub)
 
     def error(message: str) -> None:
         raise _ArgumentError(message)
 
-    for p in [parser, *_subcommands(parser)]:
+    for p in [parser, *sub.choices.values()]:
         p.error = error  # type: ignore[method-assign]
     return parser.parse_args(argv)
 
@@ -233,7 +235,7 @@ class Generator:
     def open(self, args: argparse.Namespace) -> tuple[Any, Path, str]:
         """The pipeline for ``args`` (loaded by `indomain generate`'s own loader, or the cached one) and ``--out``
         claimed for `generate`."""
-        from .cli import _open_pipeline
+        from .generate import _open_pipeline
         from .outputs import claim_output_dir
         from .pipeline import InDomainPipeline
 
@@ -254,7 +256,7 @@ class Generator:
         """`indomain generate`'s pipeline call at weights (w_d, w_c); None when Stop was pressed."""
         import torch
 
-        from .cli import _control_call_kwargs
+        from .generate import _control_call_kwargs
 
         def callback(p: Any, i: int, t: Any, tensors: dict) -> dict:
             tick()
@@ -277,7 +279,7 @@ class Generator:
             progress: Any) -> tuple[list, list, list[str], str]:
         """Prior alone and ours with the same seeds (or, with ``grid``, one image per (w_d, w_c) of the weight grid),
         written like `indomain generate` writes: PNGs, grid.png, settings.json, plus images.zip to download."""
-        from .cli import _finish
+        from .generate import _finish
         from .outputs import close_run, make_grid
 
         with self.lock:
@@ -350,7 +352,7 @@ class Generator:
 def run_edit(config: UIConfig, image: str | None, prior: str, domains: list[str], prompt: str, negative: str,
              w_d: float, w_c: float, strength: float, method: str, steps: int, seed: int) -> tuple[str, str, str]:
     """`indomain edit` on one uploaded image; returns (before, after, status)."""
-    from .cli import cmd_edit
+    from .generate import cmd_edit
     from .outputs import close_run
     from .uipaths import shown
 

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..numerics import is_finite_number
 from ..outputs import to_json
 from ..cliargs import add_options, finite_float, from_args, nonnegative_int, option, positive_float, positive_int
 
@@ -211,29 +212,12 @@ def score_real_renders(prompts: Sequence[str], n: int, resolution: int, scorer: 
     names = [prompts[i % len(prompts)] for i in range(n)]
     images = [renders[name] for name in names]
     if vae is not None:
-        images = vae_round_trip(images, vae)
+        from .prior import vae_round_trip_images
+
+        images = vae_round_trip_images(images, vae)
     values = scorer(images, names)
     return {"method": REAL if vae is None else ROUND_TRIP, "w_d": None, "w_c": None, "n_generated": n,
             **{k: float(v) for k, v in values.items()}}
-
-
-def vae_round_trip(images: Sequence[Any], vae_dir: str, batch_size: int = 64) -> list[Any]:
-    """PIL images encoded (latent mode) and decoded by the AutoencoderKL in ``vae_dir``."""
-    import numpy as np
-    import torch
-    from diffusers import AutoencoderKL
-    from PIL import Image
-
-    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images[i : i + batch_size]]))
-            x = x.permute(0, 3, 1, 2).float().div(127.5).sub(1)
-            y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
-            arrays = y.add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
-            out += [Image.fromarray(a) for a in arrays]
-    return out
 
 
 def benchmark_methods(config: BenchmarkConfig, ours: Any, finetune: Any, lora: Any) -> list[Any]:
@@ -332,36 +316,27 @@ def _run_benchmark(config: BenchmarkConfig, scorer: Any, out: Path, start: float
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def plot_tradeoff(rows: Sequence[dict[str, Any]], front: Sequence[int], path: Path, title: str,
                   fd: str = "fd_openmoji") -> Path | None:
     """Control (``control_top1``, error bar: its SE) against fidelity (``fd``, lower is better, error bar: the range
     over seeds), one line per method (ours: one per w_c, from the prior's point along w_d), the prior, the real renders
     and their VAE round trip as reference points, the Pareto front ``front`` (indices into ``rows``) ringed and joined.
     Returns None (writes nothing) without both columns."""
-    # The object API with the Agg canvas: no pyplot, so no global backend or figure state is touched.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from ..report import label_weights, new_plot, save_plot
 
     x, y = "control_top1", fd
-    shown = [r for r in rows if _finite(r.get(x)) and _finite(r.get(y))]
+    shown = [r for r in rows if is_finite_number(r.get(x)) and is_finite_number(r.get(y))]
     if not shown:
         return None
-    fig = Figure(figsize=(7.5, 5.6), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    fig, ax = new_plot((7.5, 5.6))
 
     def draw(points: list[dict[str, Any]], label: str, labels: bool = True, **style: Any) -> None:
         xerr = [r.get(f"{x}_se", 0.0) for r in points]
         yerr = [[r[y] - r.get(f"{y}_min", r[y]) for r in points], [r.get(f"{y}_max", r[y]) - r[y] for r in points]]
         ax.errorbar([r[x] for r in points], [r[y] for r in points], xerr=xerr, yerr=yerr, capsize=2, elinewidth=0.8,
                     label=label, **style)
-        for r in points if labels else []:
-            ax.annotate(f"{r['w_d']:g}/{r['w_c']:g}", (r[x], r[y]), textcoords="offset points", xytext=(3, 3),
-                        fontsize=6)
+        if labels:
+            label_weights(ax, points, x, y, fontsize=6)
 
     prior = {r["w_c"]: r for r in shown if r["method"] == "prior"}
     colours = iter(["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive"])
@@ -383,7 +358,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], front: Sequence[int], path: Pa
         if real:
             draw(real, label, labels=False, color="gold", marker=marker, markersize=14 if marker == "*" else 10,
                  markeredgecolor="black", linestyle="none")
-    on_front = sorted((rows[i] for i in front if _finite(rows[i].get(x)) and _finite(rows[i].get(y))),
+    on_front = sorted((rows[i] for i in front if is_finite_number(rows[i].get(x)) and is_finite_number(rows[i].get(y))),
                       key=lambda r: r[x])
     if on_front:
         ax.plot([r[x] for r in on_front], [r[y] for r in on_front], color="gray", linestyle="--", linewidth=0.8,
@@ -392,15 +367,10 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], front: Sequence[int], path: Pa
                    linewidths=1.2, label="Pareto front (not dominated)")
     generated = next((r for r in shown if r["method"] not in (REAL, ROUND_TRIP)), shown[0])
     n, seeds = generated.get("n", 0), generated.get("seeds", 1)
-    ax.set_xlabel("control: control_top1 (higher is better; bars: binomial SE)")
-    ax.set_ylabel(f"fidelity: {fd} (lower is better; bars: seed range)")
     per_seed = f"{n // seeds} images × {seeds} seed{'s' * (seeds != 1)}"
-    ax.set_title(f"{title}: N = {per_seed} per point; points labelled w_d/w_c", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return save_plot(fig, ax, path, xlabel="control: control_top1 (higher is better; bars: binomial SE)",
+                     ylabel=f"fidelity: {fd} (lower is better; bars: seed range)",
+                     title=f"{title}: N = {per_seed} per point; points labelled w_d/w_c", legend_size=7)
 
 
 def _cell(row: dict[str, Any], column: str) -> str:
@@ -416,7 +386,7 @@ def _cell(row: dict[str, Any], column: str) -> str:
         return f"{value:g}"
     if f"{column}_se" in row:
         return f"{value:.3f} ± {row[f'{column}_se']:.3f}"
-    if row.get("seeds", 1) > 1 and _finite(row.get(f"{column}_min")):
+    if row.get("seeds", 1) > 1 and is_finite_number(row.get(f"{column}_min")):
         return f"{value:.{digits}f} ({row[f'{column}_min']:.{digits}f}–{row[f'{column}_max']:.{digits}f})"
     return f"{value:.{digits}f}"
 

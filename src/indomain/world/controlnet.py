@@ -75,13 +75,12 @@ def build_controlnet(prior_unet):
 def _data(prior_dir: Path, seed: int):
     """Seen emoji in Noto and Twemoji: VAE latent posteriors (scaled), control images, names."""
     import torch
-    from diffusers import AutoencoderKL
 
-    from .prior import PRIOR_STYLES
+    from .prior import PRIOR_STYLES, open_vae
     from .render import list_emoji, render, split_emoji
 
     seen, _ = split_emoji(list_emoji(), seed=seed)
-    vae = AutoencoderKL.from_pretrained(prior_dir / "vae").eval()
+    vae = open_vae(prior_dir / "vae")
     pixels, controls, names = [], [], []
     for e in seen:
         for style in PRIOR_STYLES:
@@ -103,26 +102,27 @@ def train(out: Path, steps: int, batch: int = 32, lr: float = 4e-4, checkpoint_e
     import torch.nn.functional as F
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    from .prior import _load_state, _save_state, emoji_prior_dir, encode_names
+    from ..loading import load_model
+    from .prior import emoji_prior_dir, encode_names, load_resume_state, save_resume_state
 
     out.mkdir(parents=True, exist_ok=True)
     prior_dir = emoji_prior_dir()
     data_file = out / "data.pt"
     if data_file.is_file():
-        d = _load_state(data_file)
+        d = load_resume_state(data_file)
         latents, controls, text, null = d["latents"], d["controls"], d["text"], d["null"]
     else:
         latents, controls, names = _data(prior_dir, seed)
         text, null = encode_names(names)
-        _save_state(data_file, latents=latents, controls=controls, text=text, null=null)
-    unet = UNet2DConditionModel.from_pretrained(prior_dir / "unet").float().eval().requires_grad_(False)
+        save_resume_state(data_file, latents=latents, controls=controls, text=text, null=null)
+    unet = load_model(UNet2DConditionModel, prior_dir / "unet", flag="the emoji prior's UNet").float().eval().requires_grad_(False)
     torch.manual_seed(seed)
     cn = build_controlnet(unet).train()
     opt = torch.optim.AdamW(cn.parameters(), lr=lr, weight_decay=1e-2)
     sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
     step, state_file = 0, out / "state.pt"
     if state_file.is_file():
-        st = _load_state(state_file)
+        st = load_resume_state(state_file)
         cn.load_state_dict(st["model"]), opt.load_state_dict(st["opt"])
         step = st["step"]
     log = (out / "log.jsonl").open("a")
@@ -152,7 +152,7 @@ def train(out: Path, steps: int, batch: int = 32, lr: float = 4e-4, checkpoint_e
             log.flush()
             print(f"step {step} loss {np.mean(losses):.4f} {elapsed / len(losses):.2f}s/step", flush=True)
             t0, losses = time.time(), []
-            _save_state(state_file, model=cn.state_dict(), opt=opt.state_dict(), step=step)
+            save_resume_state(state_file, model=cn.state_dict(), opt=opt.state_dict(), step=step)
             export(cn, out / "controlnet")
     return out / "controlnet"
 

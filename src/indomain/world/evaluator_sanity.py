@@ -48,6 +48,7 @@ from .evaluators import (
     evaluator_holdout,
     render_batch,
 )
+from .prior import vae_round_trip
 from .render import STYLES, Emoji, evenly_spaced
 
 __all__ = [
@@ -61,7 +62,6 @@ __all__ = [
     "sanity_cases",
     "sanity_markdown",
     "sanity_table",
-    "vae_round_trip",
     "write_sanity",
 ]
 
@@ -136,23 +136,6 @@ def blob_disc(x: Tensor, softness: float = 1.5) -> Tensor:
     dist = ((yy - cy.view(B, 1, 1)) ** 2 + (xx - cx.view(B, 1, 1)) ** 2).sqrt()
     alpha = torch.sigmoid((radius.view(B, 1, 1) - dist) / (softness / 2)).unsqueeze(1)  # (B, 1, H, W)
     return 1 - alpha + alpha * colour.view(B, 3, 1, 1)
-
-
-@torch.inference_mode()
-def vae_round_trip(x: Tensor, vae_dir: str | os.PathLike | None = None, batch_size: int = 64) -> Tensor:
-    """``x`` encoded (latent mean) and decoded by an ``AutoencoderKL`` (default: the shipped emoji prior's VAE)."""
-    from diffusers import AutoencoderKL
-
-    if vae_dir is None:
-        from .prior import SHIPPED
-
-        vae_dir = SHIPPED / "vae"  # the folder that emoji_prior_dir() copies into the assembled pipeline
-    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
-    out = []
-    for i in range(0, x.shape[0], batch_size):
-        z = vae.encode(x[i : i + batch_size] * 2 - 1).latent_dist.mode()
-        out.append((vae.decode(z).sample / 2 + 0.5).clamp(0, 1))
-    return torch.cat(out)
 
 
 # --------------------------------------------------------------------------- the table

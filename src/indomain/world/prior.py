@@ -124,8 +124,44 @@ def build_unet():
     )
 
 
-def _load_state(path: Path) -> dict:
-    """A resume file, read with ``weights_only=True``: tensors, numbers and strings only, never code."""
+def open_vae(vae_dir: str | os.PathLike | None = None):
+    """The prior's ``AutoencoderKL`` (default: the shipped emoji prior's), opened by `indomain.loading`."""
+    from diffusers import AutoencoderKL
+
+    from ..loading import load_model
+
+    return load_model(AutoencoderKL, vae_dir if vae_dir is not None else SHIPPED / "vae", flag="VAE").eval()
+
+
+def vae_round_trip(x: "torch.Tensor", vae_dir: str | os.PathLike | None = None, batch_size: int = 64) -> "torch.Tensor":
+    """``x`` (N, 3, H, W) in [0, 1] encoded (latent mode) and decoded by the prior's VAE: the ceiling of any image
+    that VAE decodes. The one VAE round trip of the world (benchmark reference row, evaluator sanity table)."""
+    import torch
+
+    vae = open_vae(vae_dir)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, x.shape[0], batch_size):
+            z = vae.encode(x[i : i + batch_size] * 2 - 1).latent_dist.mode()
+            out.append((vae.decode(z).sample / 2 + 0.5).clamp(0, 1))
+    return torch.cat(out)
+
+
+def vae_round_trip_images(images: list, vae_dir: str | os.PathLike | None = None) -> list:
+    """:func:`vae_round_trip` for PIL images, returned as 8-bit PIL images."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    x = torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])).permute(0, 3, 1, 2).float() / 255
+    arrays = vae_round_trip(x, vae_dir).mul(255).round().byte().permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(a) for a in arrays]
+
+
+def load_resume_state(path: Path) -> dict:
+    """A resume file of the world's trainers, read with ``weights_only=True``: tensors, numbers and strings only,
+    never code. (Not `indomain.checkpoint`: that format is a domain-model run's, with its prior and config; these
+    are the lab's own stage files, rebuilt by deleting them.)"""
     import torch
 
     try:
@@ -135,7 +171,7 @@ def _load_state(path: Path) -> dict:
                          "delete it to restart that stage") from None
 
 
-def _save_state(path: Path, **state) -> None:
+def save_resume_state(path: Path, **state) -> None:
     import torch
 
     with atomic_path(path) as tmp:
@@ -146,17 +182,16 @@ def train_vae(config: PriorConfig, images: torch.Tensor, out: Path):
     """Stage 1: the VAE. Resumes from ``out/vae_state.pt``."""
     import torch
     import torch.nn.functional as F
-    from diffusers import AutoencoderKL
 
     if (out / "vae" / "config.json").is_file():
-        return AutoencoderKL.from_pretrained(out / "vae")
+        return open_vae(out / "vae")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     vae = build_vae().train().to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
     step, state_file = 0, out / "vae_state.pt"
     if state_file.is_file():
-        state = _load_state(state_file)
+        state = load_resume_state(state_file)
         vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
         step = state["step"]
     bar = progress(total=config.vae_steps, initial=step, desc="VAE")
@@ -173,7 +208,7 @@ def train_vae(config: PriorConfig, images: torch.Tensor, out: Path):
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % config.checkpoint_every == 0:
-            _save_state(state_file, model=vae.state_dict(), opt=opt.state_dict(), step=step)
+            save_resume_state(state_file, model=vae.state_dict(), opt=opt.state_dict(), step=step)
     bar.close()
     vae.eval().to("cpu")
     with torch.no_grad():
@@ -215,14 +250,16 @@ def train_unet(config: PriorConfig, latents: torch.Tensor, text: torch.Tensor, n
     ema = EMAModel(unet.parameters(), decay=config.ema_decay)
     step, state_file = 0, out / "unet_state.pt"
     if state_file.is_file():
-        state = _load_state(state_file)
+        state = load_resume_state(state_file)
         unet.load_state_dict(state["model"]), opt.load_state_dict(state["opt"]), ema.load_state_dict(state["ema"])
         ema.to(device)
         step = state["step"]
     elif config.init_from is not None:  # a warm start: the given weights, a fresh optimizer
         from diffusers import UNet2DConditionModel
 
-        start = UNet2DConditionModel.from_pretrained(Path(config.init_from) / "unet", torch_dtype=torch.float32)
+        from ..loading import load_model
+
+        start = load_model(UNet2DConditionModel, Path(config.init_from) / "unet", flag="--init-from", dtype=torch.float32)
         unet.load_state_dict(start.state_dict())
         ema = EMAModel(unet.parameters(), decay=config.ema_decay)
         step = config.init_step
@@ -256,7 +293,7 @@ def train_unet(config: PriorConfig, latents: torch.Tensor, text: torch.Tensor, n
             t_last = now
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % config.checkpoint_every == 0 or step == config.unet_steps:
-            _save_state(state_file, model=unet.state_dict(), opt=opt.state_dict(), ema=ema.state_dict(), step=step)
+            save_resume_state(state_file, model=unet.state_dict(), opt=opt.state_dict(), ema=ema.state_dict(), step=step)
             export_unet(unet, ema, out)
     bar.close()
     return unet, ema, sched
@@ -309,11 +346,11 @@ def train_prior(config: PriorConfig) -> Path:
     (out / "prior_config.json").write_text(to_json(asdict(config), indent=2))
     data_file = out / "data.pt"
     if data_file.is_file():
-        data = _load_state(data_file)
+        data = load_resume_state(data_file)
         images, names = data["images"], data["names"]
     else:
         images, names = render_prior_images(config.resolution, config.limit)
-        _save_state(data_file, images=images, names=names)
+        save_resume_state(data_file, images=images, names=names)
     start = time.time()
     if config.init_from is not None and not (out / "vae" / "config.json").is_file():
         shutil.copytree(Path(config.init_from) / "vae", out / "vae")  # kept: the domain latents stay the same
@@ -379,12 +416,11 @@ def measure_prior(prior_dir: str | Path, num_prompts: int = 200, guidance_scale:
 def real_prior_world(num_prompts: int = 200, vae_dir: str | Path | None = None) -> tuple[list, list[str]]:
     """The ceiling of :func:`measure_prior`: real renders of the same names, alternately Noto and Twemoji, through
     the prior's VAE (default: the shipped one), as PIL images, with their names."""
-    from .benchmark import vae_round_trip
     from .render import evenly_spaced, list_emoji, render
 
     emojis = evenly_spaced(list_emoji(), num_prompts)
     images = [render(e, PRIOR_STYLES[i % 2], 32) for i, e in enumerate(emojis)]
-    return vae_round_trip(images, str(vae_dir or SHIPPED / "vae")), [e.name for e in emojis]
+    return vae_round_trip_images(images, vae_dir), [e.name for e in emojis]
 
 
 def score_prior_world(images: list, names: list[str], seed: int = 0) -> dict[str, float]:
