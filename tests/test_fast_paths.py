@@ -180,7 +180,9 @@ def test_generate_share_base_flag(lora_world, tmp_path):
     from indomain.cli import main
 
     prior, domain = lora_world
-    common = ["generate", "--prior", str(prior), "--domain", str(domain), "--prompt", "a cat", "--steps", "3"]
+    # --share-base serves Eq. A (decoupled); auto would pick domain-text for the separate model only
+    common = ["generate", "--prior", str(prior), "--domain", str(domain), "--prompt", "a cat", "--steps", "3",
+              "--guidance-form", "decoupled"]
     assert main(common + ["--out", str(tmp_path / "separate")]) == 0
     assert main(common + ["--share-base", "--out", str(tmp_path / "shared")]) == 0
     a, b = (np.asarray(Image.open(tmp_path / d / "p00_seed000000.png"), np.int16) for d in ("separate", "shared"))
