@@ -2,7 +2,7 @@
 emoji they are. Identity (`control_top1` with the emoji's name, top-1 among 10, chance 0.10) and OpenMoji share
 (the evaluators' style head) for each method at each strength.
 
-    python benchmarks/editing_emoji.py --models outputs/demo --out outputs/editing
+    python experiments/editing_emoji.py --models outputs/demo --out outputs/editing
 
 `--models` is a folder with the trained `ours` (null-text domain model) and `finetune` (full fine-tune, caption
 "openmoji style") of `indomain demo` / `indomain world benchmark`. Writes results.json, results.md and
