@@ -439,7 +439,7 @@ class NullTextTransformer(RefusePlainLoaders, ModelMixin, ConfigMixin):
 
 @contextlib.contextmanager
 def prior_text_pathway(domain: NullTextUNet, prior_unet: UNet2DConditionModel) -> Iterator[UNet2DConditionModel]:
-    """The domain model with the prior's text pathway put back, for the duration of the block (issue #24).
+    """The domain model with the prior's text pathway put back, for the duration of the block.
 
     Inside, ``domain.unet`` is a text-conditioned UNet: every cross-attention layer and the LayerNorm in front of it
     (``attn2``, ``norm2``) are the prior's own modules (shared, not copied), every other weight is the domain model's.
