@@ -1,4 +1,4 @@
-"""The quality cost of the opt-in sampling approximations, in the emoji world (issue #15).
+"""The quality cost of the opt-in sampling approximations, in the emoji world.
 
     python experiments/approximations_emoji.py --models outputs/demo --out outputs/approximations
 

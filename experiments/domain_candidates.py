@@ -1,4 +1,4 @@
-"""Which derived styles can the 32-px emoji world and its VAE represent? (issue #14 §4: choosing the extra domains)
+"""Which derived styles can the 32-px emoji world and its VAE represent? (Choosing the extra domains.)
 
     python experiments/domain_candidates.py [--out outputs/domain_candidates]
 

@@ -1,4 +1,4 @@
-"""Why the domain is lost under a prompt, and which guidance forms keep it (issue #24).
+"""Why the domain is lost under a prompt, and which guidance forms keep it.
 
     python experiments/domain_control.py eval  --bench outputs/bench-openmoji --domain openmoji --out outputs/dc-openmoji
     python experiments/domain_control.py terms --bench outputs/bench-openmoji --domain openmoji --out outputs/dc-openmoji

@@ -1,4 +1,4 @@
-"""Pixel-level checks of the derived domains' style, independent of the evaluators' feature space (issue #14 §4).
+"""Pixel-level checks of the derived domains' style, independent of the evaluators' feature space.
 
     python experiments/domain_pixel_checks.py outputs/benchmark-sepia outputs/benchmark-sticker
 

@@ -1,4 +1,4 @@
-"""Editing in the emoji world (issue #13 §2): move held-out Noto/Twemoji emoji into the OpenMoji style, keep which
+"""Editing in the emoji world: move held-out Noto/Twemoji emoji into the OpenMoji style, keep which
 emoji they are. Identity (`control_top1` with the emoji's name, top-1 among 10, chance 0.10) and OpenMoji share
 (the evaluators' style head) for each method at each strength.
 

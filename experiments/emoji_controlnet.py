@@ -1,4 +1,4 @@
-"""Spatial control in the emoji world (issue #11 §4): edge-map ControlNet of the emoji prior, routed to the prior's
+"""Spatial control in the emoji world: edge-map ControlNet of the emoji prior, routed to the prior's
 branches only or to every branch. Held-out emoji (names the ControlNet never saw), control = the `edge_map` of their
 Noto / Twemoji render (alternating); one seed per emoji; DPM++ at --steps; w_d = w_c = --weight (ours: w_d = --ours-domain-scale when given).
 

@@ -1,4 +1,4 @@
-"""Does the method work on every family? A two-style toy world for SD, SDXL and SD3 priors (issue #12 §5).
+"""Does the method work on every family? A two-style toy world for SD, SDXL and SD3 priors.
 
     python experiments/families_toy.py [--families sd sdxl sd3] [--prior-steps 1500] [--domain-steps 300] [--n 48]
 

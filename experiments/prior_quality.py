@@ -1,4 +1,4 @@
-"""Is a longer-trained emoji prior measurably better? (issue #14 §6)
+"""Is a longer-trained emoji prior measurably better?
 
     python experiments/prior_quality.py --out outputs/prior-quality \
         --unets shipped runs/emoji-prior-continued/snapshots/unet-*

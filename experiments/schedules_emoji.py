@@ -1,4 +1,4 @@
-"""Weight schedules that constant (w_d, w_c) cannot express, against the emoji benchmark's curve (issue #14 §5).
+"""Weight schedules that constant (w_d, w_c) cannot express, against the emoji benchmark's curve.
 
     python experiments/schedules_emoji.py --bench outputs/benchmark --out outputs/schedules
 

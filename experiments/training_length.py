@@ -1,4 +1,4 @@
-"""The paper's Figure 2, measured in the emoji world: control and fidelity against training length (issue #14 §3).
+"""The paper's Figure 2, measured in the emoji world: control and fidelity against training length.
 
     python experiments/training_length.py --demo outputs/demo --out outputs/training_length [--steps 300 1000 3000]
 
