@@ -1,6 +1,6 @@
-"""Replay the hostile and careless inputs of issue #8 and print the table of docs/RELIABILITY.md.
+"""Replay hostile and careless inputs to the command line and print the table of docs/RELIABILITY.md.
 
-    python benchmarks/hostile_inputs.py            # about a minute on 2 CPU cores; prints a Markdown table
+    python benchmarks/hostile_inputs.py            # prints a Markdown table
 
 Each case runs one `indomain` command in this process (as `indomain.cli.main`) on a tiny random prior in a
 temporary folder and records what a user sees: the exit code, the first `error:` line, whether a raw traceback

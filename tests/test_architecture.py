@@ -40,7 +40,7 @@ FLOORS = {
     # 5. entry points
     "cli": 5, "demo": 5, "__init__": 5,
     "ui": 5,  # `indomain ui`, the gradio page
-    # tests and benchmarks only
+    # tests, benchmarks and experiments only
     "testing": 6,
 }
 CORE = {"guidance", "control", "nulltext", "safeload", "schedulers", "loading", "pipeline", "editing", "families",

@@ -85,7 +85,7 @@ class Method:
     """A named generator: the prior plus what replaces or joins its UNet.
 
     * ours: ``domain=<NullTextUNet folder>`` (decoupled guidance: w_d on the domain model, w_c on the prior; with
-      ``guidance_form="domain-text"``, w_c on the domain model with the prior's text pathway, issue #24);
+      ``guidance_form="domain-text"``, w_c on the domain model with the prior's text pathway put back);
     * conventional fine-tune + CFG: ``unet=<fine-tuned UNet folder>``, no domain (its rows have w_d = 0);
     * rectified CFG / Domain Guidance: ``domain=<fine-tuned text UNet folder>``, ``domain_prompt=<its caption>``,
       ``guidance_scales=(0,)``.
@@ -104,7 +104,7 @@ class Method:
     domain_scales: Sequence[float] | None = None
     guidance_scales: Sequence[float] | None = None
     allow_pickle: bool = False
-    guidance_form: str = "decoupled"  # the pipeline's guidance_form: "decoupled" (Eq. A) or "domain-text" (issue #24)
+    guidance_form: str = "decoupled"  # the pipeline's guidance_form: "decoupled" (Eq. A) or "domain-text"
 
     def record(self) -> dict[str, Any]:
         """JSON-ready fields; model instances are named by class (their repr is the whole network)."""

@@ -163,7 +163,7 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
 
 
 def _add_control_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("control (issue #11)")
+    g = p.add_argument_group("spatial control and image prompts")
     g.add_argument("--controlnet", action="append", default=None, metavar="DIR",
                    help="a diffusers ControlNet folder for the prior; repeat for multi-ControlNet (one --control-image each)")
     g.add_argument("--adapter", default=None, metavar="DIR", help="a diffusers T2I-Adapter folder for the prior (uses --control-image)")
@@ -174,7 +174,7 @@ def _add_control_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--control-prior-only", dest="control_to_domain", action="store_false",
                    help="send the ControlNet/adapter residuals to the prior's branches only (default: every branch, the "
                         "domain's too: with prior branches only their net weight is 1 - w_d, which pushes away from the "
-                        "control; measured in docs/RESULTS.md)")
+                        "control)")
     g.add_argument("--ip-adapter", default=None, metavar="FILE",
                    help="an IP-Adapter weights file for the prior (diffusers' load_ip_adapter); its CLIP image encoder is "
                         "read from an image_encoder/ folder beside the file (the h94/IP-Adapter layout)")
@@ -294,14 +294,13 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=positive_int, default=None, help="image width in pixels (default: the prior's native size)")
     p.add_argument("--domain-every", type=positive_int, default=1, metavar="K",
                    help="opt-in speed-up: run the domain model every K steps and reuse its term between (default: 1, "
-                        "exact). K=2 saved 15-23%% of the time of ours, for no quality cost beyond the seed spread in the emoji "
-                        "world (BENCHMARKS.md, 'Sampling speed')")
+                        "exact). Fewer domain-model calls for a small change in the images")
     p.add_argument("--guidance-form", default="auto", choices=["auto", "domain-text", "decoupled"],
-                   help="how the prompt's term is measured. domain-text (issue #24): by the domain model with the "
+                   help="how the prompt's term is measured. domain-text: by the domain model with the "
                         "prior's cross-attention put back, so the prompted subject comes in the domain's style; "
                         "decoupled: by the prior, the paper's Eq. A. auto (default): domain-text for a null-text domain "
                         "model on a Stable Diffusion 1.x/2.x prior (without --domain-every), else decoupled. Default weights: domain-text "
-                        "--domain-scale 4 --guidance-scale 2.5, decoupled 2.5 / 2.5 (docs/RESULTS.md)")
+                        "--domain-scale 4 --guidance-scale 2.5, decoupled 2.5 / 2.5")
     p.add_argument("--share-base", action="store_true",
                    help="serve a LoRA domain model (from `indomain train --lora-rank`) from the prior's own UNet: every "
                         "branch in one call per step and no second UNet in memory; same images up to float round-off")

@@ -275,7 +275,7 @@ def domain_text(
     domain_window: tuple[float, float] = (0.0, 1.0),
     control_window: tuple[float, float] = (0.0, 1.0),
 ) -> GuidancePlan:
-    """Domain-side control (issue #24): the control term measured by a model that is *in* the domain.
+    """Domain-side control: the control term measured by a model that is *in* the domain.
 
     ``eps_prior(x, ∅) + w_d (eps_dt(x, ∅) − eps_prior(x, ∅)) + w_c (eps_dt(x, c) − eps_dt(x, ∅))``, where ``eps_dt``
     is the null-text domain model with the prior's cross-attention put back (``model``). Eq. A's control term

@@ -364,7 +364,7 @@ class NullTextTransformer(RefusePlainLoaders, ModelMixin, ConfigMixin):
     The prior's transformer with its text input fixed to the prior's empty-prompt embeddings, held as buffers
     (``null_embedding`` (1, L, D) and ``null_pooled`` (1, P)): the "exact" mode. There is no constant mode. In the
     MMDiT the text tokens are a second stream that attends to the image tokens in every block, so a text stream
-    held at calibrated per-layer constants is not the prior's null prediction; `benchmarks/nulltext_gap.py
+    held at calibrated per-layer constants is not the prior's null prediction; `experiments/nulltext_gap.py
     --family sd3` measures how far it is (docs/NULLTEXT.md), and it is not offered.
     ``forward`` accepts and ignores any text input. Build it with `NullTextTransformer.from_prior`.
     """
@@ -439,7 +439,7 @@ class NullTextTransformer(RefusePlainLoaders, ModelMixin, ConfigMixin):
 
 @contextlib.contextmanager
 def prior_text_pathway(domain: NullTextUNet, prior_unet: UNet2DConditionModel) -> Iterator[UNet2DConditionModel]:
-    """The domain model with the prior's text pathway put back, for the duration of the block (issue #24).
+    """The domain model with the prior's text pathway put back, for the duration of the block.
 
     Inside, ``domain.unet`` is a text-conditioned UNet: every cross-attention layer and the LayerNorm in front of it
     (``attn2``, ``norm2``) are the prior's own modules (shared, not copied), every other weight is the domain model's.

@@ -512,8 +512,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             controlnet_conditioning_scale, adapter_conditioning_scale: as in diffusers (a list: one per net).
             controlnet_to_domain: send the ControlNet / adapter residuals to the domain branch too (default). With
                 the residuals on the prior's branches only, Eq. C gives them a net weight of 1 − w_d (−1.5 at the
-                official 2.5) and the image moves away from the control: in the emoji world edge F1 0.673 against
-                0.912 with every branch (docs/RESULTS.md, "Spatial control"). False sends them to the prior's only.
+                official 2.5) and the image moves away from the control (the emoji world's measurement:
+                docs/RESULTS.md, "Spatial control"). False sends them to the prior's only.
             guess_mode: only False is supported.
             domain_weights: one weight per model of ``extra_domains`` (default: the weights stored with them); each adds
                 ``w_j (eps_domain_j(x) − eps_u)`` within the domain window. Independent of ``domain_guidance_scale``.
@@ -530,7 +530,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             control_guidance_start/end also gate the ControlNet and adapter residuals (diffusers' window rule).
             guidance_form: which model measures the control prompt's term (:data:`GUIDANCE_FORMS`). ``"decoupled"``
                 (the paper's Eq. A): the prior, ``w_c (eps_prior(x, c) − eps_prior(x, ∅))``. ``"domain-text"``
-                (issue #24): the domain model with the prior's cross-attention put back (`prior_text_pathway`),
+                the domain model with the prior's cross-attention put back (`prior_text_pathway`),
                 ``w_d (eps_dt(x, ∅) − eps_prior(x, ∅)) + w_c (eps_dt(x, c) − eps_dt(x, ∅))``, so the prompt's identity
                 comes in the domain's style (`indomain.guidance.domain_text`; needs a `NullTextUNet` domain model).
             Other arguments as in `StableDiffusionPipeline.__call__`.

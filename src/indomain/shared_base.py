@@ -1,4 +1,4 @@
-"""One batched call for the prior and a LoRA domain model that shares its weights (issue #15).
+"""One batched call for the prior and a LoRA domain model that shares its weights.
 
 A LoRA null-text domain model (`indomain train --lora-rank R`) is the prior's UNet plus low-rank adapters, with every
 cross-attention output replaced by its calibrated constant. Loaded the usual way it becomes a second, fused UNet: twice

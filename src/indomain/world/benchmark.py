@@ -12,7 +12,7 @@ the *seen* emoji, images only), it trains and compares:
    over its scale;
 4. ``ours``: the null-text domain model with guidance-decoupled sampling, over w_d x w_c (at w_d = 0 it is the
    prior, the same images, so those points are the prior's rows and are not generated twice).
-5. ``ours-dt``: the same domain model with the ``domain-text`` guidance form (issue #24: the control term from the
+5. ``ours-dt``: the same domain model with the ``domain-text`` guidance form (the control term from the
    domain model with the prior's cross-attention put back), over the same w_d x w_c (``--guidance-forms``).
 
 Every method is scored on prompts of *seen* emoji and of *held-out* emoji (never in domain training) with the
@@ -93,7 +93,7 @@ class BenchmarkConfig:
     guidance_forms: list[str] = option(["decoupled", "domain-text"], "the guidance forms of ours, each a method over the "
                                        "same w_d x w_c grid: decoupled (the paper's Eq. A, method `ours`) and "
                                        "domain-text (the control term from the domain model with the prior's "
-                                       "cross-attention, issue #24, method `ours-dt`)", nargs="*",
+                                       "cross-attention put back, method `ours-dt`)", nargs="*",
                                        choices=("decoupled", "domain-text"))
     seed: int = option(0, "seed of the training runs (sampling: --seeds; the seen/held-out split is the "
                        "evaluators' fixed one)")

@@ -1,4 +1,4 @@
-"""A small ControlNet for the emoji world's prior (issue #11 §4): edge-map control at 32 px, and its score.
+"""A small ControlNet for the emoji world's prior: edge-map control at 32 px, and its score.
 
     OMP_NUM_THREADS=1 python -m indomain.world.controlnet --out outputs/emoji-controlnet-run --steps 1600 --batch 32 --lr 4e-4
 

@@ -5,11 +5,12 @@
     d.caption                    # the fine-tune baselines' caption ("sepia style")
 
 A domain is a base style of :mod:`indomain.world.render` plus a pixel recipe. The method is tuned on ``openmoji`` only;
-the others exist to test it on domains it was never tuned on (issue #14 §4). They were chosen among candidates for
-what the 32-px world *and its VAE* can represent, measured on the 276 held-out emoji (the emoji prior's VAE round
-trip, `benchmarks/domain_candidates.py`): a sepia tint and a small-sticker layout survive it (round-trip MSE 0.004 and
-0.003; OpenMoji 0.012). Colour negatives and two-colour palettes (navy/peach duotone) were rejected: the VAE,
-trained on Noto and Twemoji on white, turns their backgrounds into speckle and invents colours (MSE 0.02-0.09).
+the others exist to test it on domains it was never tuned on. They were chosen among candidates for what the
+32-px world *and its VAE* can represent, on the 276 held-out emoji (the emoji prior's VAE round trip,
+`experiments/domain_candidates.py`; its table is in docs/RESULTS.md): a sepia tint and a small-sticker layout survive
+the round trip with less error than OpenMoji itself. Colour negatives and two-colour palettes (navy/peach duotone)
+were rejected: the VAE, trained on Noto and Twemoji on white, turns their backgrounds into speckle and invents
+colours.
 
 * ``openmoji`` -- the OpenMoji font, the world's original domain (shapes the prior has never seen);
 * ``sepia``    -- Twemoji, luminance mapped to a brown-to-cream sepia ramp (a colour shift: shapes the prior knows);

@@ -1,6 +1,6 @@
 """Do the evaluators' metrics rank known cases correctly? The sanity table of the evaluators' card.
 
-    table = sanity_table(load_evaluators())     # ~15 s on one core
+    table = sanity_table(load_evaluators())
     write_sanity(table)                         # into assets/evaluators/card.json under "sanity"
     print(sanity_markdown(table))
 
@@ -13,7 +13,7 @@ FD and recall, compare like with like) built from renders the evaluators never t
 * ``vae``: the same renders through the shipped emoji prior's VAE (encode, latent mean, decode): the best a
   generator working in that latent space can reach;
 * mild degradations of ``real``: ``blur`` (Gaussian, sigma 1.5 px), ``posterise`` (2 levels per channel);
-* blobs, the failure the issue saw at high domain weights: ``blob_blur`` (Gaussian, sigma 3 px), ``blob_disc`` (a soft
+* blobs, the failure seen in samples at high domain weights: ``blob_blur`` (Gaussian, sigma 3 px), ``blob_disc`` (a soft
   disc of the drawing's mean colour, at its centre and of its area), ``blob_ghost`` (70% that disc over 30% of the
   sigma-1.5 blur: a blob with a ghosted outline);
 * another style: ``noto`` and ``twemoji`` held-out renders;

@@ -1,6 +1,6 @@
 """Training and validation of the emoji world's evaluators (:mod:`indomain.world.evaluators`).
 
-    train_evaluators()                          # rebuilds assets/evaluators/ (weights + card.json), ~10 min on 1 core
+    train_evaluators()                          # rebuilds assets/evaluators/ (weights + card.json; the card records the time)
     validate_evaluators(load_evaluators())      # figures on renders training never saw; written into card.json
 
 Training augments every batch (random shift/scale/rotation, colour jitter, down-up resampling, Gaussian blur and

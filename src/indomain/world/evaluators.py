@@ -40,12 +40,12 @@ Choices, documented once here
   case; docs/RESULTS.md). ``fd_openmoji`` ranks every known case correctly: real renders best, then the VAE round
   trip, then blobs, other styles and noise; so does ``openmoji_share``, though it gives half of a set of mean-colour
   discs the OpenMoji style. ``precision_openmoji`` flags other styles, noise and heavy blur, but **not** blobs: a disc
-  of an emoji's mean colour looks like OpenMoji's own circle emoji (precision 0.88 vs 0.91 for real renders).
-  ``recall_openmoji`` flags blobs (≤ 0.03 vs 0.78) but not another style (Twemoji 0.76). Read the two together, never
-  one alone. ``control_top1`` tells apart the cases that keep the drawing (other styles, blur) from those that erase
-  it (discs, noise). The VAE round trip itself scores FD 7.5, share 0.79, precision 0.67 (real: 3.8, 0.96, 0.91):
-  the ceiling for images decoded by the emoji prior's VAE. FD depends strongly on N (real renders: 12.6 at N = 24,
-  1.6 at N = 276), precision and recall little (0.88-0.96 and 0.78-0.82).
+  of an emoji's mean colour looks like OpenMoji's own circle emoji, so discs keep nearly the precision of real
+  renders. ``recall_openmoji`` flags blobs but not another style (Twemoji). Read the two together, never one alone.
+  ``control_top1`` tells apart the cases that keep the drawing (other styles, blur) from those that erase it (discs,
+  noise). The VAE round trip scores well below real renders on every fidelity metric: the ceiling for images decoded
+  by the emoji prior's VAE. FD depends strongly on N, precision and recall little. The figures are in the card and in
+  docs/RESULTS.md, "Do the metrics rank known cases correctly?".
 * **Honest validation, the held-out renders.** Evaluator training never sees: the **OpenMoji** renders of the
   ``split_emoji(seed=0)`` held-out emoji (the domain protocol's held-out set, 276 emoji), the **Noto** renders of a
   fixed 8% of the other emoji, and the **Twemoji** renders of a disjoint fixed 8% (both drawn by

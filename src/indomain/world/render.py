@@ -89,7 +89,7 @@ OPENMOJI_SIZE, OPENMOJI_CANVAS = 56, 72
 OPENMOJI_FONT = "openmoji/font/glyf_colr0.ttf"
 TWEMOJI_DIR = "assets/72x72"
 
-#: The issue's protocol: at least this fraction of the emoji is held out of domain training.
+#: The domain protocol: at least this fraction of the emoji is held out of domain training.
 MIN_HELD_OUT_FRACTION = 0.2
 
 _WHITE = (255, 255, 255)

@@ -1,8 +1,8 @@
-"""Spatial control in the emoji world (issue #11 §4): edge-map ControlNet of the emoji prior, routed to the prior's
+"""Spatial control in the emoji world: edge-map ControlNet of the emoji prior, routed to the prior's
 branches only or to every branch. Held-out emoji (names the ControlNet never saw), control = the `edge_map` of their
 Noto / Twemoji render (alternating); one seed per emoji; DPM++ at --steps; w_d = w_c = --weight (ours: w_d = --ours-domain-scale when given).
 
-    OMP_NUM_THREADS=1 python benchmarks/emoji_controlnet.py --controlnet src/indomain/assets/emoji-controlnet \
+    OMP_NUM_THREADS=1 python experiments/emoji_controlnet.py --controlnet src/indomain/assets/emoji-controlnet \
         --models outputs/demo --out outputs/emoji-controlnet --num-emoji 48
 
 Scores per method: edge F1 (control adherence, `indomain.world.controlnet.edge_f1`, 1 px tolerance, 32 px),

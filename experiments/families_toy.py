@@ -1,6 +1,6 @@
-"""Does the method work on every family? A two-style toy world for SD, SDXL and SD3 priors (issue #12 §5).
+"""Does the method work on every family? A two-style toy world for SD, SDXL and SD3 priors.
 
-    python benchmarks/families_toy.py [--families sd sdxl sd3] [--prior-steps 1500] [--domain-steps 300] [--n 48]
+    python experiments/families_toy.py [--families sd sdxl sd3] [--prior-steps 1500] [--domain-steps 300] [--n 48]
 
 The world: 32 px images of a red or a blue disc on white (the *control*, named in the caption "red" / "blue"), plain
 or with a black outline (the *style*, never named; shapes the shipped emoji VAE reproduces). Per family:

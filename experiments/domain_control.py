@@ -1,7 +1,7 @@
-"""Why the domain is lost under a prompt, and which guidance forms keep it (issue #24).
+"""Why the domain is lost under a prompt, and which guidance forms keep it.
 
-    python benchmarks/domain_control.py eval  --bench outputs/bench-openmoji --domain openmoji --out outputs/dc-openmoji
-    python benchmarks/domain_control.py terms --bench outputs/bench-openmoji --domain openmoji --out outputs/dc-openmoji
+    python experiments/domain_control.py eval  --bench outputs/bench-openmoji --domain openmoji --out outputs/dc-openmoji
+    python experiments/domain_control.py terms --bench outputs/bench-openmoji --domain openmoji --out outputs/dc-openmoji
 
 ``--bench`` is a folder with a trained null-text domain model in ``ours/`` (`indomain world benchmark`'s, or one
 trained the same way: seed 0, 400 steps). Every setting is sampled exactly as the benchmark samples ours: its 96

@@ -1,8 +1,8 @@
-"""Editing in the emoji world (issue #13 §2): move held-out Noto/Twemoji emoji into the OpenMoji style, keep which
+"""Editing in the emoji world: move held-out Noto/Twemoji emoji into the OpenMoji style, keep which
 emoji they are. Identity (`control_top1` with the emoji's name, top-1 among 10, chance 0.10) and OpenMoji share
 (the evaluators' style head) for each method at each strength.
 
-    python benchmarks/editing_emoji.py --models outputs/demo --out outputs/editing
+    python experiments/editing_emoji.py --models outputs/demo --out outputs/editing
 
 `--models` is a folder with the trained `ours` (null-text domain model) and `finetune` (full fine-tune, caption
 "openmoji style") of `indomain demo` / `indomain world benchmark`. Writes results.json, results.md and

@@ -1,7 +1,7 @@
 """How strong are the two guidance terms of Eq. A, per prior? The domain term eps_domain(x) − eps_prior(x, ∅) and the
 prompt term eps_prior(x, c) − eps_prior(x, ∅), as mean L2 norms over held-out emoji names at a few timesteps.
 
-    python benchmarks/guidance_terms.py --pair <prior v1 pipeline> outputs/prior-v1/demo/ours \
+    python experiments/guidance_terms.py --pair <prior v1 pipeline> outputs/prior-v1/demo/ours \
         --pair <prior v2 pipeline> outputs/demo/ours --labels "prior v1" "prior v2"
 
 At equal weights the larger term steers more: the ratio |domain| / |prompt| says how far toward the domain the same

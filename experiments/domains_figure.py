@@ -1,6 +1,6 @@
 """One picture per emoji-world domain from finished benchmark runs: held-out prompts, each method at one weight.
 
-    python benchmarks/domains_figure.py outputs/benchmark outputs/benchmark-sepia outputs/benchmark-sticker \
+    python experiments/domains_figure.py outputs/benchmark outputs/benchmark-sepia outputs/benchmark-sticker \
         --out docs/images/domains_examples.png
 
 Per domain, a block of rows over the same first K held-out prompts (seed 0): the real renders in the domain's style,

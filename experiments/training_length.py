@@ -1,6 +1,6 @@
-"""The paper's Figure 2, measured in the emoji world: control and fidelity against training length (issue #14 §3).
+"""The paper's Figure 2, measured in the emoji world: control and fidelity against training length.
 
-    python benchmarks/training_length.py --demo outputs/demo --out outputs/training_length [--steps 300 1000 3000]
+    python experiments/training_length.py --demo outputs/demo --out outputs/training_length [--steps 300 1000 3000]
 
 The paper's claim: a fine-tune's control falls as its fidelity rises with training, while ours (the null-text domain
 model with decoupled guidance) keeps control at every length. Both models train on the demo's domain images (OpenMoji

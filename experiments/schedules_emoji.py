@@ -1,6 +1,6 @@
-"""Weight schedules that constant (w_d, w_c) cannot express, against the emoji benchmark's curve (issue #14 §5).
+"""Weight schedules that constant (w_d, w_c) cannot express, against the emoji benchmark's curve.
 
-    python benchmarks/schedules_emoji.py --bench outputs/benchmark --out outputs/schedules
+    python experiments/schedules_emoji.py --bench outputs/benchmark --out outputs/schedules
 
 Each schedule is sampled exactly as `indomain world benchmark` samples a setting of ours: its trained `ours` model, its
 96 held-out prompts, N = 96 images per seed with seeds 0 and 1 (image i of seed s: generator seed s x 1,000,000 + i),

@@ -1,6 +1,6 @@
-"""The quality cost of the opt-in sampling approximations, in the emoji world (issue #15).
+"""The quality cost of the opt-in sampling approximations, in the emoji world.
 
-    python benchmarks/approximations_emoji.py --models outputs/demo --out outputs/approximations
+    python experiments/approximations_emoji.py --models outputs/demo --out outputs/approximations
 
 For held-out emoji prompted by name (the domain model never saw them), ours at w_d = w_c = 2.5 is run exactly and with
 each approximation; every setting draws the same images (seed i for prompt i, several seeds). Scores: the shipped

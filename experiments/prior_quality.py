@@ -1,6 +1,6 @@
-"""Is a longer-trained emoji prior measurably better? (issue #14 §6)
+"""Is a longer-trained emoji prior measurably better?
 
-    python benchmarks/prior_quality.py --out outputs/prior-quality \
+    python experiments/prior_quality.py --out outputs/prior-quality \
         --unets shipped runs/emoji-prior-continued/snapshots/unet-*
 
 Each UNet (``shipped``, or an EMA UNet folder named ``unet-<step>``, such as the snapshots of
@@ -44,7 +44,7 @@ def main() -> None:
     cache = out / "results.json"
     results = json.loads(cache.read_text()) if cache.is_file() else {"rows": {}}
     results.update(num_prompts=args.num_prompts, seeds=args.seeds, guidance_scale=5.0, sample_steps=20,
-                   command="python benchmarks/prior_quality.py --out {} --unets {}".format(args.out, " ".join(args.unets)))
+                   command="python experiments/prior_quality.py --out {} --unets {}".format(args.out, " ".join(args.unets)))
     rows = results["rows"]
     pipelines = {}
     for unet in args.unets:

@@ -1,6 +1,6 @@
-"""Text-to-3D in the emoji world (issue #13 §4): score distillation with and without the OpenMoji domain term.
+"""Text-to-3D in the emoji world: score distillation with and without the OpenMoji domain term.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/text3d_emoji.py --out outputs/text3d     # ~12 min on 2 cores
+    OMP_NUM_THREADS=2 .venv/bin/python experiments/text3d_emoji.py --out outputs/text3d
 
 1. The OpenMoji null-text domain model: ``<out>/openmoji-domain`` if it is there, else trained as
    `indomain world benchmark` trains ``ours`` (OpenMoji renders of the *seen* emoji, 300 steps, batch 16,

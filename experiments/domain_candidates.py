@@ -1,6 +1,6 @@
-"""Which derived styles can the 32-px emoji world and its VAE represent? (issue #14 §4: choosing the extra domains)
+"""Which derived styles can the 32-px emoji world and its VAE represent? (Choosing the extra domains.)
 
-    python benchmarks/domain_candidates.py [--out outputs/domain_candidates]
+    python experiments/domain_candidates.py [--out outputs/domain_candidates]
 
 Each candidate style (a base style of the world plus a pixel recipe) is drawn for the 276 held-out emoji and sent
 through the emoji prior's VAE (encode to the latent mode, decode). Per candidate, for the real renders and their round

@@ -1,6 +1,6 @@
-"""Pixel-level checks of the derived domains' style, independent of the evaluators' feature space (issue #14 §4).
+"""Pixel-level checks of the derived domains' style, independent of the evaluators' feature space.
 
-    python benchmarks/domain_pixel_checks.py outputs/benchmark-sepia outputs/benchmark-sticker
+    python experiments/domain_pixel_checks.py outputs/benchmark-sepia outputs/benchmark-sticker
 
 The evaluators were trained on Noto, Twemoji and OpenMoji only, so their FD to a derived style is a borrowed measure.
 Each derived style is defined by a pixel recipe, which gives a direct test of it:

@@ -1,6 +1,6 @@
 """Headline rows of `indomain world benchmark` runs side by side (for example the same domain on two priors).
 
-    python benchmarks/compare_benchmarks.py outputs/prior-v1/benchmark outputs/benchmark --labels "prior v1" "prior v2"
+    python experiments/compare_benchmarks.py outputs/prior-v1/benchmark outputs/benchmark --labels "prior v1" "prior v2"
 
 For each split: the prior at w_c 2.5, each baseline's best FD, rectified's best FD, ours at the official weights
 (2.5, 2.5), ours' best FD and ours' most control, as control_top1 / FD (seed range). Reads each run's results.json;

@@ -1,10 +1,10 @@
-"""Is a per-layer constant text stream sound for an MMDiT (SD3) prior? Measure it before offering it (issue #12 §3).
+"""Is a per-layer constant text stream sound for an MMDiT (SD3) prior? Measure it before offering it.
 
-    python benchmarks/nulltext_gap_sd3.py [--prior runs/families_toy/sd3-prior]
+    python experiments/nulltext_gap_sd3.py [--prior runs/families_toy/sd3-prior]
 
 In a UNet the text enters only through cross-attention, whose output under the empty prompt is nearly constant, so
-the paper replaces it by a calibrated per-layer constant (mean relative gap 0.014 on tiny random UNets,
-benchmarks/nulltext_gap.py). In an MMDiT the text tokens are a second stream: every block mixes them with the image
+the paper replaces it by a calibrated per-layer constant (its gap on tiny random UNets: experiments/nulltext_gap.py,
+docs/NULLTEXT.md). In an MMDiT the text tokens are a second stream: every block mixes them with the image
 tokens in joint attention and modulates them with the timestep. The cheapest analogue of the paper's constant holds
 the text stream entering each block at its calibrated mean (per token, averaged over noise draws and timesteps the
 way `calibrate_null_text_features` averages), so the text side of every block could be precomputed once.
