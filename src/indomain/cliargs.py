@@ -143,3 +143,11 @@ def from_args(cls: type[T], args: argparse.Namespace) -> T:
             value = getattr(args, f.name)
             values[f.name] = tuple(value) if isinstance(f.default, tuple) and value is not None else value
     return cls(**values)
+
+
+def require_domain_for_weight(domain_scale: float, domain: object) -> None:
+    """The flags' check, before any model loads: a nonzero ``--domain-scale`` needs a ``--domain`` model (the
+    pipeline's own check, `InDomainPipeline.check_domain_weight`, covers Python callers)."""
+    if domain_scale != 0 and domain is None:
+        raise ValueError(f"--domain-scale is {domain_scale:g} but no --domain model was given "
+                         "(pass --domain DIR or --domain-scale 0)")

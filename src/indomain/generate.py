@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cliargs import finite_float, positive_int
+from .cliargs import finite_float, positive_int, require_domain_for_weight
 
 DESCRIPTION = """\
 In-domain generation with a frozen diffusion prior plus a null-text domain model
@@ -102,8 +102,7 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
     if specs and specs[0][1] is not None:  # --domain DIR:WEIGHT gives the first domain's weight
         args.domain_scale = specs[0][1]
     check_prior(args.prior, args.allow_pickle)
-    if domain is None and args.domain_scale != 0:
-        raise ValueError("--domain-scale is nonzero but no --domain model was given (pass --domain DIR or --domain-scale 0)")
+    require_domain_for_weight(args.domain_scale, domain)
     dtype = getattr(torch, args.dtype)
     control = _check_control_args(args, dtype)
     family = detect_family(args.prior, getattr(args, "prior_config", None))

@@ -252,16 +252,24 @@ def decoupled(
     domain: str = DOMAIN,
     prior: str = PRIOR,
     control: str | None = None,
+    *,
+    domain_cond: Any = None,
+    extra_domains: Sequence[Guidance] = (),
+    domain_window: tuple[float, float] = (0.0, 1.0),
+    control_window: tuple[float, float] = (0.0, 1.0),
 ) -> GuidancePlan:
-    """The paper's guidance-decoupled sampler (Eq. A).
+    """The paper's guidance-decoupled sampler (Eq. A), and Eq. C with ``extra_domains``: the one place its plan is
+    built (the pipelines and score distillation use it).
 
     ``eps_prior(x, ∅) + w_d (eps_domain(x) − eps_prior(x, ∅)) + w_c (eps_control(x, c) − eps_prior(x, ∅))``.
     The control branch is the prior itself unless ``control`` names another (customised) model. With
-    ``cond=None`` and ``control_scale=0`` this is unconditional in-domain generation (Eq. B).
+    ``cond=None`` this is unconditional in-domain generation (Eq. B). ``domain_cond`` is the domain model's condition
+    (None for a null-text model), ``extra_domains`` further domain terms (Eq. C), summed after the domain term.
     """
-    terms = [Guidance(domain, None, domain_scale)]
+    terms = [Guidance(domain, domain_cond, domain_scale, *domain_window)] if domain_scale != 0 else []
+    terms += extra_domains
     if cond is not None:
-        terms.append(Guidance(control or prior, cond, control_scale))
+        terms.append(Guidance(control or prior, cond, control_scale, *control_window))
     return GuidancePlan(Branch(prior, null_cond), tuple(terms))
 
 

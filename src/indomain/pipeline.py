@@ -44,7 +44,7 @@ from .control import (
     prepare_adapter_state, prepare_controlnet_images,
 )
 from .families import FAMILIES, detect_family
-from .guidance import DOMAIN, DOMAIN_TEXT, PRIOR, Branch, Guidance, GuidancePlan, MultiGuidance, domain_text
+from .guidance import DOMAIN, DOMAIN_TEXT, PRIOR, Guidance, GuidancePlan, MultiGuidance, decoupled, domain_text
 from .loading import is_lora_folder, load_domain_model, resolve_domain_path
 from .numerics import require_finite
 from .nulltext import (
@@ -376,6 +376,14 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         repeat = lambda e: None if e is None else e.repeat_interleave(num_images_per_prompt, dim=0)  # noqa: E731
         return repeat(prompt_embeds), repeat(negative_prompt_embeds if do_classifier_free_guidance else None)
 
+    def check_domain_weight(self, domain_guidance_scale: float) -> None:
+        """The one check that a domain weight w_d != 0 has a domain model to weigh (sampling, editing, SDS)."""
+        if domain_guidance_scale != 0 and self.domain_model is None and getattr(self, "shared_domain", None) is None:
+            raise ValueError(
+                f"domain_guidance_scale={domain_guidance_scale} needs a domain model: pass domain_unet= to from_pretrained, "
+                "or set domain_guidance_scale=0 for the plain prior"
+            )
+
     def check_inputs(
         self,
         prompt: Any,
@@ -395,11 +403,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         ]:
             if not isinstance(w, (int, float)) or not math.isfinite(w):
                 raise ValueError(f"{name} must be a finite number, got {w!r}")
-        if domain_guidance_scale != 0 and self.domain_model is None and getattr(self, "shared_domain", None) is None:
-            raise ValueError(
-                f"domain_guidance_scale={domain_guidance_scale} needs a domain model: pass domain_unet= to from_pretrained, "
-                "or set domain_guidance_scale=0 for the plain prior"
-            )
+        self.check_domain_weight(domain_guidance_scale)
         if prompt is not None and prompt_embeds is not None:
             raise ValueError("pass either prompt or prompt_embeds, not both")
         if prompt is not None and not isinstance(prompt, (str, list)):
@@ -952,18 +956,19 @@ class Conditioning:
     ) -> GuidancePlan:
         """Eq. C for these weights: ∅ from ``uncond_model`` (the prior), the domain term, one term per extra domain
         model ``(name, weight)``, the control prompt from ``control_model`` (the prior), the weighted prompts."""
-        terms = []
-        if domain_guidance_scale != 0 and self.shared_domain:  # the domain model's rows ride in the prior's call
-            domain = self.prior_cond(self.negative_prompt_embeds, False, domain=True)
-            terms.append(Guidance(PRIOR, domain, domain_guidance_scale, *self.domain_window))
-        elif domain_guidance_scale != 0:
-            terms.append(Guidance(DOMAIN, self.domain_cond, domain_guidance_scale, *self.domain_window))
-        terms += [Guidance(name, None, w, *self.domain_window) for name, w in extra_domains]
-        if self.prompt_embeds is not None:
-            terms.append(Guidance(control_model, self.prior_cond(self.prompt_embeds, True), guidance_scale, *self.control_window))
-        terms += [Guidance(PRIOR, self.prior_cond(emb, True), w, *self.control_window) for emb, w in self.extra]
-        return GuidancePlan(Branch(uncond_model, self.prior_cond(self.negative_prompt_embeds, False)), terms)
-
+        if self.shared_domain:  # the domain model's rows ride in the prior's call
+            domain, domain_cond = PRIOR, self.prior_cond(self.negative_prompt_embeds, False, domain=True)
+        else:
+            domain, domain_cond = DOMAIN, self.domain_cond
+        plan = decoupled(
+            domain_guidance_scale, guidance_scale,
+            None if self.prompt_embeds is None else self.prior_cond(self.prompt_embeds, True),
+            self.prior_cond(self.negative_prompt_embeds, False), domain=domain, prior=uncond_model,
+            control=control_model, domain_cond=domain_cond, domain_window=self.domain_window,
+            control_window=self.control_window,
+            extra_domains=[Guidance(name, None, w, *self.domain_window) for name, w in extra_domains])
+        weighted = [Guidance(PRIOR, self.prior_cond(emb, True), w, *self.control_window) for emb, w in self.extra]
+        return GuidancePlan(plan.uncond, plan.terms + tuple(weighted))
 
     def plan_domain_text(self, guidance_scale: float, domain_guidance_scale: float,
                          extra_domains: Sequence[tuple[str, float]] = ()) -> GuidancePlan:

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from diffusers import UNet2DConditionModel
 
-from .guidance import DOMAIN, PRIOR, Branch, Guidance, GuidancePlan, MultiGuidance
+from .guidance import DOMAIN, PRIOR, GuidancePlan, MultiGuidance, decoupled
 from .pipeline import InDomainPipeline
 
 WEIGHTINGS = ("sds", "uniform", "fantasia3d")
@@ -100,8 +100,7 @@ class ScoreDistillation:
 
     def __init__(self, pipe: InDomainPipeline, config: SDSConfig | None = None) -> None:
         self.config = config or SDSConfig()
-        if self.config.domain_scale != 0 and pipe.domain_unet is None:
-            raise ValueError(f"domain_scale={self.config.domain_scale} needs a domain model (the pipeline has none)")
+        pipe.check_domain_weight(self.config.domain_scale)
         self.pipe = pipe
         for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.domain_unet):
             if module is not None:
@@ -154,13 +153,10 @@ class ScoreDistillation:
 
     def plan(self, cond: torch.Tensor, null: torch.Tensor) -> GuidancePlan:
         """Eq. A: the prior's unconditional branch, the domain term and the control term."""
-        terms = []
-        if self.config.domain_scale != 0:
-            domain_cond = cond if isinstance(self.pipe.domain_unet, UNet2DConditionModel) else None
-            terms.append(Guidance(DOMAIN, domain_cond, self.config.domain_scale))
-        if self.config.guidance_scale != 0:
-            terms.append(Guidance(PRIOR, cond, self.config.guidance_scale))
-        return GuidancePlan(Branch(PRIOR, null), tuple(terms))
+        text_domain = isinstance(self.pipe.domain_unet, UNet2DConditionModel)  # a fine-tune: rectified CFG's condition
+        return decoupled(self.config.domain_scale, self.config.guidance_scale,
+                         cond if self.config.guidance_scale != 0 else None, null,
+                         domain_cond=cond if text_domain else None)
 
     @torch.no_grad()
     def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, null: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .cliargs import add_options, finite_float, from_args, option, positive_float, positive_int
+from .cliargs import add_options, finite_float, from_args, option, positive_float, positive_int, require_domain_for_weight
 from .console import progress
 from .devices import resolve_device
 from .numerics import require_finite
@@ -231,8 +231,7 @@ def check_inputs(config: Text3DConfig) -> None:
     if config.distance_range[0] <= config.bound * 3**0.5:
         raise ValueError(f"--distance-range starts at {config.distance_range[0]}, inside the scene box (corner at "
                          f"{config.bound * 3**0.5:.2f}); cameras must see the whole box")
-    if config.domain_scale != 0 and config.domain is None:
-        raise ValueError(f"--domain-scale is {config.domain_scale} but no --domain model was given")
+    require_domain_for_weight(config.domain_scale, config.domain)
     if config.view_dependent:
         try:
             config.view_template.format(view="front", prompt=config.prompt)

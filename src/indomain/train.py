@@ -59,6 +59,15 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
                  "piecewise_constant")
 
 
+FULL_WEIGHTS_LR = 1e-5  # the paper's rate for all weights
+LORA_LR_FACTOR = 10  # a low-rank update needs larger steps: 1e-4, the usual LoRA rate
+
+
+def learning_rate_for(lora: bool, full_weights_rate: float = FULL_WEIGHTS_LR) -> float:
+    """The one learning-rate rule: ``full_weights_rate`` for all weights, ``LORA_LR_FACTOR`` times it for adapters."""
+    return full_weights_rate * LORA_LR_FACTOR if lora else full_weights_rate
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a run. Saved as ``train_config.json`` next to the model and in each checkpoint.
@@ -138,7 +147,7 @@ class TrainConfig:
         # The one learning-rate rule, resolved here so train_config.json records the value used: the paper's 1e-5
         # for all weights, the usual 1e-4 for LoRA adapters (a low-rank update needs larger steps).
         if self.learning_rate is None:
-            self.learning_rate = 1e-4 if self.lora_rank else 1e-5
+            self.learning_rate = learning_rate_for(lora=bool(self.lora_rank))
 
     def validate(self) -> None:
         """Refuse settings that would crash later or silently train nothing; errors name the CLI flag."""

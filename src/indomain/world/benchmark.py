@@ -261,7 +261,7 @@ def run_benchmark(config: BenchmarkConfig, scorer: Any = None) -> Path:
 
 def _run_benchmark(config: BenchmarkConfig, scorer: Any, out: Path, start: float) -> Path:
     from ..evaluate import EvalConfig, Sweep, evaluate
-    from ..train import TrainConfig, train
+    from ..train import TrainConfig, learning_rate_for, train
     from .domains import get_domain
     from .render import evenly_spaced
 
@@ -283,7 +283,7 @@ def _run_benchmark(config: BenchmarkConfig, scorer: Any, out: Path, start: float
     ours = fit("ours")
     finetune = fit("finetune", baseline=True, caption=caption)
     lora = fit("finetune-lora", baseline=True, caption=caption, lora_rank=config.lora_rank,
-               learning_rate=10 * config.learning_rate)
+               learning_rate=learning_rate_for(lora=True, full_weights_rate=config.learning_rate))
     methods = benchmark_methods(config, ours, finetune, lora)
     sweep = Sweep()  # unused: every method names its own weights
     results = {}
