@@ -88,10 +88,10 @@ def test_shipped_weights_and_card(ev: E.EmojiEvaluators) -> None:
 
 
 def test_missing_weights_say_how_to_train(tmp_path) -> None:
-    with pytest.raises(MissingWeightsError, match="train_evaluators") as info:
+    with pytest.raises(MissingWeightsError, match="indomain world train-evaluators") as info:
         E.load_evaluators(tmp_path / "nowhere")
     assert isinstance(info.value, FileNotFoundError)
-    with pytest.raises(FileNotFoundError, match="train_evaluators"):
+    with pytest.raises(FileNotFoundError, match="indomain world train-evaluators"):
         E.load_evaluators(tmp_path / "x.safetensors")
 
 
@@ -370,6 +370,14 @@ def test_train_and_validate_smoke(tmp_path) -> None:
     card = json.loads((tmp_path / E.CARD_FILENAME).read_text(encoding="utf-8"))
     assert card["training"]["steps"] == 2 and card["validation"]["noise"]["n"] == 10
     assert set(res) >= {"heldout_openmoji", "heldout_noto", "heldout_twemoji", "noise"}
+
+
+def test_train_evaluators_is_a_world_command(tmp_path) -> None:
+    from indomain.cli import main
+
+    assert main(["world", "train-evaluators", "--out", str(tmp_path / "ev"), "--steps", "2", "--batch-size", "8",
+                 "--no-validate"]) == 0
+    assert E.load_evaluators(tmp_path / "ev").net.config == E.EmojiNet().config
 
 
 def test_holdout_protocol() -> None:

@@ -40,6 +40,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="write the table under 'sanity' in the evaluators' card.json")
     p.set_defaults(func=_evaluator_sanity)
 
+    from .controlnet import ControlNetConfig
+
+    p = wsub.add_parser("train-controlnet", help="train the emoji prior's edge-map ControlNet; resumable")
+    add_options(p, ControlNetConfig)
+    p.set_defaults(func=_train_controlnet)
+
+    p = wsub.add_parser("train-evaluators", help="train the emoji world's evaluators (style and identity scores) on "
+                        "its renders; deterministic for a seed and thread count")
+    p.add_argument("--out", default=None, help="folder for evaluators.safetensors and card.json (default: the shipped "
+                   "assets/evaluators, which this replaces)")
+    p.add_argument("--steps", type=positive_int, default=1500, help="AdamW steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="batch size (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    p.add_argument("--no-validate", dest="validate", action="store_false",
+                   help="skip the held-out validation that the card records (a smoke run)")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="torch threads; the weights depend on it (default: %(default)s)")
+    p.set_defaults(func=_train_evaluators)
+
     from .benchmark import add_parser as add_benchmark
 
     add_benchmark(wsub)
@@ -72,4 +91,27 @@ def _evaluator_sanity(args: argparse.Namespace) -> int:
     from .evaluator_sanity import run
 
     run(args.evaluators, n=args.n, seed=args.seed, write_card=args.write_card, vae_dir=args.vae)
+    return 0
+
+
+def _train_controlnet(args: argparse.Namespace) -> int:
+    from ..outputs import claim_output_dir
+    from .controlnet import ControlNetConfig, train
+
+    config = from_args(ControlNetConfig, args)
+    claim_output_dir(config.out, "world train-controlnet", reuse=True)  # rerun = resume
+    out = train(Path(config.out), config.steps, config.batch, config.lr, config.checkpoint_every)
+    print(f"ControlNet: {out}")
+    return 0
+
+
+def _train_evaluators(args: argparse.Namespace) -> int:
+    from ..outputs import claim_output_dir
+    from .evaluator_training import train_evaluators
+
+    if args.out is not None:
+        claim_output_dir(args.out, "world train-evaluators", reuse=True)
+    out = train_evaluators(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, threads=args.threads,
+                           validate=args.validate)
+    print(f"evaluators: {out}")
     return 0

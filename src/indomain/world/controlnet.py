@@ -1,6 +1,6 @@
 """A small ControlNet for the emoji world's prior: edge-map control at 32 px, and its score.
 
-    OMP_NUM_THREADS=1 python -m indomain.world.controlnet --out outputs/emoji-controlnet-run --steps 1600 --batch 32 --lr 4e-4
+    OMP_NUM_THREADS=1 indomain world train-controlnet --out outputs/emoji-controlnet-run --steps 1600 --batch 32 --lr 4e-4
 
 Control: `edge_map` of an emoji render (rule below), white edges on black, RGB. Training data: the *seen* emoji
 (`split_emoji(list_emoji(), seed=0)[0]`) rendered in the prior's own styles, Noto and Twemoji, at 32 px; OpenMoji
@@ -20,14 +20,15 @@ generated edge pixel, F1 = 2PR / (P + R) (0 when both are 0).
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 
+from ..cliargs import option, positive_float, positive_int
 from ..outputs import to_json
 
 EDGE_THRESHOLD = 0.5
@@ -94,6 +95,18 @@ def _data(prior_dir: Path, seed: int):
         params = torch.cat([vae.encode(x[i : i + 256].float()).latent_dist.parameters for i in range(0, len(x), 256)])
     latents = torch.cat([params[:, :4] * s, params[:, 4:] + 2 * math.log(s)], 1)
     return latents, torch.stack(controls).contiguous(), names
+
+
+@dataclass
+class ControlNetConfig:
+    """Every setting of `indomain world train-controlnet` (each field is also its option ``--field-name``)."""
+
+    out: str = option("outputs/emoji-controlnet-run", "run folder; rerun the same command to resume")
+    steps: int = option(1600, "AdamW steps", type=positive_int)
+    batch: int = option(32, "batch size", type=positive_int)
+    lr: float = option(4e-4, "learning rate (AdamW)", type=positive_float)
+    checkpoint_every: int = option(100, "steps between checkpoints (the fp16 export is refreshed with each)",
+                                   type=positive_int)
 
 
 def train(out: Path, steps: int, batch: int = 32, lr: float = 4e-4, checkpoint_every: int = 100, seed: int = 0,
@@ -166,18 +179,3 @@ def export(cn, target: Path) -> None:
 
     with atomic_path(target) as tmp:
         copy.deepcopy(cn).to(torch.float16).save_pretrained(tmp)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="outputs/emoji-controlnet-run")
-    parser.add_argument("--steps", type=int, default=1600)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=4e-4)
-    parser.add_argument("--checkpoint-every", type=int, default=100)
-    args = parser.parse_args()
-    train(Path(args.out), args.steps, args.batch, args.lr, args.checkpoint_every)
-
-
-if __name__ == "__main__":
-    main()

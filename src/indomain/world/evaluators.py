@@ -64,6 +64,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,8 +117,7 @@ def default_evaluator_dir() -> Path:
 
 def train_command(out_dir: str | os.PathLike | None = None) -> str:
     """The shell command that trains the evaluators into ``out_dir`` (default: the shipped folder)."""
-    arg = "" if out_dir is None else repr(str(out_dir))
-    return f"python -c \"from indomain.world.evaluator_training import train_evaluators; train_evaluators({arg})\""
+    return "indomain world train-evaluators" + ("" if out_dir is None else f" --out {shlex.quote(str(out_dir))}")
 
 
 # --------------------------------------------------------------------------- the network
@@ -601,8 +601,8 @@ def load_evaluators(path: str | os.PathLike | None = None, device: torch.device 
         raise MissingWeightsError(
             f"emoji-world evaluator weights not found at {file}. Train them (about 10 minutes on one CPU core) with\n"
             f"  {train_command(None if path is None else file.parent)}\n"
-            "i.e. indomain.world.evaluator_training.train_evaluators(out_dir), which also writes the model card "
-            "card.json."
+            "(in Python: indomain.world.evaluator_training.train_evaluators(out_dir)), which also writes the model "
+            "card card.json."
         )
     with safe_open(str(file), framework="pt") as f:
         meta = dict(f.metadata() or {})
