@@ -3,9 +3,31 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..cliargs import add_options, from_args, positive_int
+from ..cliargs import add_options, from_args, option, positive_int
+
+
+@dataclass
+class RenderConfig:
+    """`indomain world render`: each field is also its option ``--field-name``."""
+
+    out: str = option(help="output folder: <out>/<style>/<CODEPOINT>.png plus index files")
+    styles: list[str] = option(["noto", "twemoji", "openmoji"], "styles (default: all three)", nargs="*")
+    size: int = option(32, "image size in pixels", type=positive_int)
+    limit: int | None = option(None, "render only this many emoji, evenly spaced", type=positive_int)
+
+
+@dataclass
+class SanityConfig:
+    """`indomain world evaluator-sanity`: each field is also its option ``--field-name``."""
+
+    evaluators: str | None = option(None, "evaluator weights folder (default: the shipped ones)")
+    vae: str | None = option(None, "AutoencoderKL folder of the round trip (default: the shipped emoji prior's VAE)")
+    n: int = option(110, "images per case", type=positive_int)
+    seed: int = option(0, "seed of the noise case and the retrieval candidates")
+    write_card: bool = option(False, "write the table under 'sanity' in the evaluators' card.json")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -13,10 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     wsub = world.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
 
     p = wsub.add_parser("render", help="render emoji in the three styles to PNG folders, with the held-out split")
-    p.add_argument("--out", required=True, help="output folder: <out>/<style>/<CODEPOINT>.png plus index files")
-    p.add_argument("--styles", nargs="*", default=["noto", "twemoji", "openmoji"], help="styles (default: all three)")
-    p.add_argument("--size", type=positive_int, default=32, help="image size in pixels (default: %(default)s)")
-    p.add_argument("--limit", type=positive_int, default=None, help="render only this many emoji, evenly spaced")
+    add_options(p, RenderConfig)
     p.set_defaults(func=_render)
 
     from .prior import PriorConfig
@@ -30,14 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = wsub.add_parser("evaluator-sanity", help="score known cases (real, VAE round trip, blur, blobs, other styles, "
                         "noise) with every evaluator metric; which metrics rank them correctly")
-    p.add_argument("--evaluators", default=None, help="evaluator weights folder (default: the shipped ones)")
-    p.add_argument("--vae", default=None, help="AutoencoderKL folder of the round trip (default: the shipped emoji "
-                   "prior's VAE)")
-    p.add_argument("--n", type=positive_int, default=110, help="images per case (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the noise case and the retrieval candidates (default: %(default)s)")
-    p.add_argument("--write-card", action="store_true",
-                   help="write the table under 'sanity' in the evaluators' card.json")
+    add_options(p, SanityConfig)
     p.set_defaults(func=_evaluator_sanity)
 
     from .controlnet import ControlNetConfig
@@ -70,7 +82,8 @@ def _render(args: argparse.Namespace) -> int:
 
     # a rerun adds what is missing; a folder that holds something else is refused
     claim_output_dir(args.out, "world render", reuse=True)
-    counts = render_dataset(args.out, styles=args.styles, size=args.size, limit=args.limit)
+    c = from_args(RenderConfig, args)
+    counts = render_dataset(c.out, styles=c.styles, size=c.size, limit=c.limit)
     print(f"rendered {counts} into {args.out}")
     return 0
 
@@ -90,7 +103,8 @@ def _train_prior(args: argparse.Namespace) -> int:
 def _evaluator_sanity(args: argparse.Namespace) -> int:
     from .evaluator_sanity import run
 
-    run(args.evaluators, n=args.n, seed=args.seed, write_card=args.write_card, vae_dir=args.vae)
+    c = from_args(SanityConfig, args)
+    run(c.evaluators, n=c.n, seed=c.seed, write_card=c.write_card, vae_dir=c.vae)
     return 0
 
 
