@@ -99,7 +99,7 @@ class InDomainImg2ImgPipeline(InDomainPipeline):
         # 1. Check inputs; record the weights a callback may change
         pixels = self.image_processor.preprocess(image)
         height, width = pixels.shape[-2:]
-        callback_on_step_end_tensor_inputs = self.begin_call(
+        callback_on_step_end_tensor_inputs, options = self.begin_call(
             prompt, negative_prompt, height, width, guidance_scale, domain_guidance_scale, weighted_prompts,
             prompt_embeds, callback_on_step_end, callback_on_step_end_tensor_inputs, guidance_rescale, clip_skip,
             cross_attention_kwargs,
@@ -114,6 +114,7 @@ class InDomainImg2ImgPipeline(InDomainPipeline):
             domain_window=(domain_guidance_start, domain_guidance_end),
             batch_size=pixels.shape[0],  # without a prompt, one output per image
         )
+        cond.options = options
         cond.spatial = self.prepare_spatial_control(
             control_image, height, width, cond, num_images_per_prompt, controlnet_conditioning_scale,
             adapter_conditioning_scale, controlnet_to_domain, False, (control_guidance_start, control_guidance_end), device,

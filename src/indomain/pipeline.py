@@ -20,7 +20,7 @@ import inspect
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -545,7 +545,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             height, width = height or h, width or w
         height = height or self.denoiser.config.sample_size * self.vae_scale_factor
         width = width or self.denoiser.config.sample_size * self.vae_scale_factor
-        callback_on_step_end_tensor_inputs = self.begin_call(
+        callback_on_step_end_tensor_inputs, options = self.begin_call(
             prompt, negative_prompt, height, width, guidance_scale, domain_guidance_scale, weighted_prompts,
             prompt_embeds, callback_on_step_end, callback_on_step_end_tensor_inputs, guidance_rescale, clip_skip,
             cross_attention_kwargs, domain_weights=domain_weights, lora_in_uncond=lora_in_uncond,
@@ -560,6 +560,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             control_window=(control_guidance_start, control_guidance_end),
             domain_window=(domain_guidance_start, domain_guidance_end),
         )
+        cond.options = options
         cond.ip_adapter = self.prepare_ip_adapter(ip_adapter_image, ip_adapter_image_embeds, cond, device)
         cond.spatial = self.prepare_spatial_control(
             image, height, width, cond, num_images_per_prompt, controlnet_conditioning_scale, adapter_conditioning_scale,
@@ -593,9 +594,10 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         tensor_inputs: Sequence[str], guidance_rescale: float, clip_skip: int | None, cross_attention_kwargs: dict | None,
         domain_weights: Sequence[float] | None = None, lora_in_uncond: bool = True, domain_guidance_every: int = 1,
         guidance_form: str = "decoupled",
-    ) -> Sequence[str]:
-        """Check a call's inputs and record the settings the properties (and callbacks) read; returns the tensors
-        the callback asks for (a diffusers `PipelineCallback` names its own)."""
+    ) -> tuple[Sequence[str], CallOptions]:
+        """Check a call's inputs and record the weights the properties (and callbacks) read; returns the tensors
+        the callback asks for (a diffusers `PipelineCallback` names its own) and the call's `CallOptions`, which
+        go on its `Conditioning`."""
         if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
             tensor_inputs = callback.tensor_inputs
         self.check_inputs(prompt, negative_prompt, height, width, guidance_scale, domain_guidance_scale, weighted_prompts,
@@ -603,19 +605,17 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         self._guidance_scale, self._domain_guidance_scale = guidance_scale, domain_guidance_scale
         self._guidance_rescale, self._clip_skip = guidance_rescale, clip_skip
         self._cross_attention_kwargs, self._interrupt = cross_attention_kwargs, False
-        self._domain_weights = self.resolve_domain_weights(domain_weights)
         if not lora_in_uncond and not getattr(self.denoiser, "_hf_peft_config_loaded", False):
             raise ValueError("lora_in_uncond=False disables the prior's LoRA for ∅, but no LoRA is loaded "
                              "(load one with pipe.load_lora_weights(...))")
-        self._lora_in_uncond = lora_in_uncond
         if not isinstance(domain_guidance_every, int) or domain_guidance_every < 1:
             raise ValueError(f"domain_guidance_every must be a positive integer, got {domain_guidance_every!r}")
-        self._domain_every, self._domain_delta = domain_guidance_every, {}
-        self._guidance_form = self.check_guidance_form(guidance_form)
         if guidance_form == DOMAIN_TEXT_FORM and domain_guidance_every > 1:
             raise ValueError("domain_guidance_every > 1 reuses Eq. A's domain term; the domain-text form computes every "
                              "term at every step (use guidance_form='decoupled' for the approximation)")
-        return tensor_inputs
+        options = CallOptions(self.resolve_domain_weights(domain_weights), self.check_guidance_form(guidance_form),
+                              lora_in_uncond, domain_guidance_every)
+        return tensor_inputs, options
 
     def check_guidance_form(self, form: str) -> str:
         """``form`` if this pipeline can sample with it (:data:`GUIDANCE_FORMS`), else a ValueError saying why not."""
@@ -653,12 +653,13 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
     def plan(self, cond: Conditioning) -> GuidancePlan:
         """This step's Eq. C: the call's weights (a callback may have changed them), its extra domains, which model
         gives ∅ (the prior, or the prior without its LoRA) and which the control prompt (the prior or ``control_unet``)."""
-        extras = [(f"{DOMAIN}_{j + 1}", w) for j, w in enumerate(getattr(self, "_domain_weights", []))]
-        if getattr(self, "_guidance_form", "decoupled") == DOMAIN_TEXT_FORM:
+        options = cond.options
+        extras = [(f"{DOMAIN}_{j + 1}", w) for j, w in enumerate(options.domain_weights)]
+        if options.guidance_form == DOMAIN_TEXT_FORM:
             return cond.plan_domain_text(self.guidance_scale, self.domain_guidance_scale, extras)
         return cond.plan(
             self.guidance_scale, self.domain_guidance_scale, extras,
-            uncond_model=PRIOR if getattr(self, "_lora_in_uncond", True) else PRISTINE_PRIOR,
+            uncond_model=PRIOR if options.lora_in_uncond else PRISTINE_PRIOR,
             control_model=CONTROL if getattr(self, "control_unet", None) is not None else PRIOR,
         )
 
@@ -863,7 +864,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         # flow-matching schedulers have no input scaling
         x_in = self.scheduler.scale_model_input(latents, t) if hasattr(self.scheduler, "scale_model_input") else latents
         plan = self.plan(cond)
-        every, cache = getattr(self, "_domain_every", 1), getattr(self, "_domain_delta", {})
+        every, cache = cond.options.domain_every, cond.options.domain_delta
         reused = []
         if every > 1 and i % every:
             reused = [term for term in plan.terms if _domain_key(term) in cache and term.active(i, num_steps)]
@@ -923,6 +924,18 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
 
 
 @dataclass
+class CallOptions:
+    """The settings of one call that shape its plan, beyond the weights (``guidance_scale`` and
+    ``domain_guidance_scale`` stay on the pipeline, where diffusers' callbacks read and change them)."""
+
+    domain_weights: list[float] = field(default_factory=list)  # of the extra domain models (Eq. C)
+    guidance_form: str = "decoupled"  # how the control term is measured: "decoupled" (Eq. A) or "domain-text"
+    lora_in_uncond: bool = True  # ∅ from the LoRA'd prior (diffusers' behaviour), else from the prior without it
+    domain_every: int = 1  # run the domain terms every k-th step (an opt-in approximation)
+    domain_delta: dict = field(default_factory=dict)  # the domain terms' differences kept for the steps between
+
+
+@dataclass
 class Conditioning:
     """The text side of one call, one row per image; a callback may replace ``prompt_embeds`` and
     ``negative_prompt_embeds`` between steps."""
@@ -937,6 +950,7 @@ class Conditioning:
     spatial: SpatialControl | None = None  # ControlNet / T2I-Adapter residuals for every branch (see control.py)
     ip_adapter: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # (negative, positive) image embeddings
     shared_domain: bool = False  # the domain model shares the prior's UNet (shared_base.py): its rows ride in prior calls
+    options: CallOptions = field(default_factory=CallOptions)  # the call's settings that shape its plan
 
     def prior_cond(self, emb: torch.Tensor, positive: bool, domain: bool = False) -> Any:
         """A prior branch's condition: the text, or a batchable dict {text, ...} with an image prompt (ip0, ip1, ...)
