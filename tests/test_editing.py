@@ -58,7 +58,7 @@ def test_inversion_then_reconstruction_returns_the_input():
     pipe = InDomainImg2ImgPipeline.from_pretrained(emoji_prior_dir())
     pipe.set_progress_bar_config(disable=True)
     picture = render(get_emoji("red apple"), "noto", 32)
-    source = pipe.encode_image(pipe.image_processor.preprocess(picture), 1, None, sample=False)
+    source = pipe.encode_pixels(pipe.image_processor.preprocess(picture), 1, None, sample=False)
     kw = dict(image=picture, method="invert", strength=1.0, num_inference_steps=25, guidance_scale=0,
               domain_guidance_scale=0, output_type="latent")
     err = (pipe(**kw).images - source).abs()
@@ -74,7 +74,7 @@ def test_inversion_then_reconstruction_returns_the_input():
 def test_mask_keeps_the_unmasked_region(pipe, picture, method):
     mask = np.zeros((32, 32), dtype="uint8")
     mask[:, 16:] = 255  # regenerate the right half
-    source = pipe.encode_image(pipe.image_processor.preprocess(picture), 1, gen(0), sample=method == "sdedit")
+    source = pipe.encode_pixels(pipe.image_processor.preprocess(picture), 1, gen(0), sample=method == "sdedit")
     out = pipe("a cat", image=picture, mask_image=Image.fromarray(mask), method=method, strength=0.8,
                num_inference_steps=6, generator=gen(0), output_type="latent").images
     assert torch.equal(out[..., :8], source[..., :8])  # the kept half is the source latent itself

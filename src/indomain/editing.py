@@ -135,7 +135,7 @@ class InDomainImg2ImgPipeline(InDomainPipeline):
 
             # 5. Source latents, then the starting point: noised (SDEdit) or inverted
             dtype = cond.negative_prompt_embeds.dtype
-            source = self.encode_image(pixels.to(device, dtype), cond.n, generator, sample=method == "sdedit")
+            source = self.encode_pixels(pixels.to(device, dtype), cond.n, generator, sample=method == "sdedit")
             if method == "sdedit":
                 noise = randn_tensor(source.shape, generator=generator, device=device, dtype=dtype)
                 latents = self.scheduler.add_noise(source, noise, timesteps[:1].repeat(cond.n))
@@ -165,7 +165,7 @@ class InDomainImg2ImgPipeline(InDomainPipeline):
             return (images,)
         return InDomainPipelineOutput(images=images)
 
-    def encode_image(self, pixels: torch.Tensor, n: int, generator: Any, sample: bool = True) -> torch.Tensor:
+    def encode_pixels(self, pixels: torch.Tensor, n: int, generator: Any, sample: bool = True) -> torch.Tensor:
         """The VAE latent of ``pixels`` (B, 3, H, W in [-1, 1]), repeated to ``n`` rows, as SD img2img draws it
         (a posterior sample; ``sample=False`` takes its mode, for a deterministic inversion)."""
         if isinstance(generator, list) and len(generator) != n:
