@@ -301,3 +301,17 @@ def test_generate_with_an_ip_adapter(prior_and_domain, tmp_path, capsys):
     assert (tmp_path / "ok" / "p00_seed000000.png").is_file()
     assert main(base + ["--ip-image", str(tmp_path / "face.png"), "--out", str(tmp_path / "bad")]) == 2
     assert "--ip-adapter and --ip-image go together" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["generate", "train", "tune", "world", "3d", "convert"])
+def test_a_command_gets_its_one_line_of_help_from_the_registry(name):
+    """cli.COMMANDS is the only home of a command's help line: the lazily listed and the fully built parser agree."""
+    import argparse
+
+    from indomain.cli import COMMANDS, build_parser
+
+    def help_of(parser: argparse.ArgumentParser) -> str:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return next(c.help for c in sub._choices_actions if c.dest == name)
+
+    assert help_of(build_parser([name])) == help_of(build_parser(["demo"])) == COMMANDS[name][0]

@@ -16,10 +16,10 @@ from . import console
 from .cliargs import expand_home
 from .generate import DESCRIPTION, add_edit_parser, add_generate_parser
 
-def add_convert_parser(sub: argparse._SubParsersAction) -> None:
+def add_convert_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser(
         "convert",
-        help=COMMANDS["convert"][0],
+        help=help,
         description="Copy SRC to DST, re-saving every pickle weights file as safetensors. Each file is read with "
         "torch.load(weights_only=True), which refuses anything but tensors; a file that holds more is refused "
         "with its name. Works on pipeline folders, single model folders and folders that mix both formats.",
@@ -42,34 +42,34 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
+def _add_train(sub: argparse._SubParsersAction, help: str) -> None:
     from .train import add_parser
 
-    add_parser(sub)
+    add_parser(sub, help)
 
 
-def _add_export(sub: argparse._SubParsersAction) -> None:
+def _add_export(sub: argparse._SubParsersAction, help: str) -> None:
     from .export import add_parser
 
-    add_parser(sub)
+    add_parser(sub, help)
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
+def _add_demo(sub: argparse._SubParsersAction, help: str) -> None:
     from .demo import add_parser
 
-    add_parser(sub)
+    add_parser(sub, help)
 
 
-def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+def _add_evaluate(sub: argparse._SubParsersAction, help: str) -> None:
     from .evaluate import add_parser
 
-    add_parser(sub)
+    add_parser(sub, help)
 
 
-def _add_tune(sub: argparse._SubParsersAction) -> None:
+def _add_tune(sub: argparse._SubParsersAction, help: str) -> None:
     from .tune import add_parser
 
-    add_parser(sub, presets={"emoji": _emoji_tune_preset})
+    add_parser(sub, help, presets={"emoji": _emoji_tune_preset})
 
 
 def _emoji_tune_preset(config: Any) -> Any:
@@ -79,27 +79,27 @@ def _emoji_tune_preset(config: Any) -> Any:
     return emoji_preset(config)
 
 
-def _add_world(sub: argparse._SubParsersAction) -> None:
+def _add_world(sub: argparse._SubParsersAction, help: str) -> None:
     from .world.cli import add_parser
 
-    add_parser(sub)
+    add_parser(sub, help)
 
 
-def _add_ui(sub: argparse._SubParsersAction) -> None:
+def _add_ui(sub: argparse._SubParsersAction, help: str) -> None:
     from .ui import add_parser
 
-    add_parser(sub)
+    add_parser(sub, help)
 
 
-def _add_3d(sub: argparse._SubParsersAction) -> None:
+def _add_3d(sub: argparse._SubParsersAction, help: str) -> None:
     from .text3d import add_parser
 
-    add_parser(sub)
+    add_parser(sub, help)
 
 
-# name -> (the line `indomain --help` shows, what builds the full parser); the line must match the one the command's
-# own add_parser gives (a test compares the two)
-COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None]]] = {
+# name -> (its one line of help, what builds its full parser): the one home of that line, which `indomain --help`
+# shows without importing the command and which the command's own parser is given
+COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction, str], None]]] = {
     "generate": ("sample in-domain images from a prior plus a domain model", add_generate_parser),
     "edit": ("edit images into the domain: SDEdit or inversion, optionally inpainting a mask", add_edit_parser),
     "train": ("train a domain model (or a conventional fine-tune baseline) on a folder of unlabeled images", _add_train),
@@ -146,7 +146,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help, add) in COMMANDS.items():
         if named is None or name == named:
-            add(sub)
+            add(sub, help)
         else:
             sub.add_parser(name, help=help)
     for child in _subcommands(parser):  # --quiet/--verbose also after the command; SUPPRESS keeps an earlier one

@@ -96,8 +96,8 @@ def _real(out: Path, n: int) -> list:
     return [Image.open(p).convert("RGB") for p in evenly_spaced(files, n)]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the end-to-end emoji-world demo (offline, CPU, minutes)", description=__doc__,
+def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
+    p = sub.add_parser("demo", help=help, description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/demo", help="output folder (default: %(default)s)")
     p.add_argument("--prior", default=None, help="emoji prior pipeline folder (default: the shipped one)")

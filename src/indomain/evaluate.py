@@ -514,12 +514,12 @@ def _random_conv_seed(text: str) -> int:
     return int(seed)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     from .schedulers import SCHEDULERS
 
     p = sub.add_parser(
         "evaluate",
-        help="generate N images per setting (sharded over processes) and score FID/KID/CLIP; sweeps, plot, report",
+        help=help,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -318,9 +318,8 @@ def _export_lora(domain: Path, out: Path, fmt: str) -> list[Path]:
     return [written, out / "export.json"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a domain model as a plain diffusers UNet or a single-file checkpoint "
-                       "(for diffusers, ComfyUI, A1111)", description=__doc__,
+def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
+    p = sub.add_parser("export", help=help, description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("domain", help="domain model folder written by `indomain train`")
     p.add_argument("--out", required=True, help="output folder (new or empty)")

@@ -22,8 +22,6 @@ In-domain generation with a frozen diffusion prior plus a null-text domain model
   eps = eps_prior(x, "") + w_d (eps_domain(x) - eps_prior(x, ""))
                          + w_c (eps_prior(x, prompt) - eps_prior(x, ""))
 """
-GENERATE_HELP = "sample in-domain images from a prior plus a domain model"
-EDIT_HELP = "edit images into the domain: SDEdit or inversion, optionally inpainting a mask"
 
 
 def _weighted(text: str) -> tuple[str, float]:
@@ -280,10 +278,10 @@ def _finish(args: argparse.Namespace, pipe: Any, out: Path, device: str, files: 
         print(f"wrote {len(files)} {what}, grid.png and settings.json to {out}")
 
 
-def add_generate_parser(sub: argparse._SubParsersAction) -> None:
+def add_generate_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser(
         "generate",
-        help=GENERATE_HELP,
+        help=help,
         description=DESCRIPTION + "\nWrites one PNG per image, grid.png and settings.json into --out.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -374,10 +372,10 @@ def _guidance_form(form: str, pipe: Any, domain_every: int = 1) -> str:
 EDIT_METHODS = ("sdedit", "invert")  # = indomain.editing.METHODS, written here so `edit --help` loads no torch
 
 
-def add_edit_parser(sub: argparse._SubParsersAction) -> None:
+def add_edit_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser(
         "edit",
-        help=EDIT_HELP,
+        help=help,
         description="Edit images into the domain with decoupled guidance (SDEdit, or DDIM inversion then regeneration; "
         "optional inpainting mask). Writes one edited PNG per image, grid.png (before above after) and settings.json.",
     )

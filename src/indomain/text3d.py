@@ -402,8 +402,8 @@ def _regularisers(opacity: torch.Tensor, field: VoxelField, config: Text3DConfig
 # CLI
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("3d", help="text-to-3D: optimise a small voxel radiance field by score distillation (prior + domain model)",
+def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
+    p = sub.add_parser("3d", help=help,
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p, Text3DConfig)
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")

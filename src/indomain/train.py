@@ -973,10 +973,10 @@ def _ema_weights(ema: Any, params: list) -> Iterator[None]:
 # CLI
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser(
         "train",
-        help="train a domain model (or a conventional fine-tune baseline) on a folder of unlabeled images",
+        help=help,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -530,13 +530,12 @@ def _write(out: Path, record: dict[str, Any], choice: Choice, goal: Goal, valida
 PROTOCOL_OPTIONS = ["scheduler", "steps", "batch_size", "height", "width", "dtype"]  # EvalConfig's, for both runs
 METRIC_OPTIONS = ["real", "metrics", "resolution", "kid_subset_size", "kid_subsets", "stats_cache", "use_stats_cache",
                   "clip_model"]
-HELP = "choose the weights (w_d, w_c) for a goal on probe prompts and check them on held-out prompts"
 
 
-def add_parser(sub: argparse._SubParsersAction,
+def add_parser(sub: argparse._SubParsersAction, help: str,
                presets: Mapping[str, Callable[[TuneConfig], TunePreset]] | None = None) -> None:
     """The `indomain tune` parser; ``presets`` name the scorers ``--scorer`` may pick (the CLI passes the emoji one)."""
-    p = sub.add_parser("tune", help=HELP, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("tune", help=help, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("models")
     add_options(g, TuneConfig, ["prior", "domain", "allow_pickle"])
     g = p.add_argument_group("goal")

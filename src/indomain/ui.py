@@ -26,7 +26,6 @@ from typing import Any
 
 from .cliargs import positive_int
 
-HELP = "open a web page to generate, train, edit and compare results in a browser (gradio)"
 SHIPPED_PRIOR = "emoji prior (shipped)"
 GRID_W_D = (0.0, 1.0, 2.5, 4.0)  # the weight grid's columns
 GRID_W_C = (0.0, 2.5, 5.0)  # and rows
@@ -61,8 +60,8 @@ def host_warning(host: str) -> str | None:
 # The command line
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ui", help=HELP, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
+    p = sub.add_parser("ui", help=help, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prior", default=None,
                    help="prior pipeline folder (default: the shipped emoji prior, which needs nothing downloaded)")
     p.add_argument("--domain", action="append", default=None, metavar="DIR",
@@ -169,7 +168,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(prog="indomain")
     sub = parser.add_subparsers(dest="command", required=True)
-    {"generate": add_generate_parser, "edit": add_edit_parser}[argv[0]](sub)
+    {"generate": add_generate_parser, "edit": add_edit_parser}[argv[0]](sub, "")
 
     def error(message: str) -> None:
         raise _ArgumentError(message)

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cliargs import add_options, from_args, option, positive_int
+from ..cliargs import add_options, from_args, option, positive_float, positive_int
 
 
 @dataclass
@@ -30,8 +30,20 @@ class SanityConfig:
     write_card: bool = option(False, "write the table under 'sanity' in the evaluators' card.json")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    world = sub.add_parser("world", help="the emoji world: an offline miniature of the paper's experiment")
+@dataclass
+class ControlNetConfig:
+    """Every setting of `indomain world train-controlnet` (each field is also its option ``--field-name``)."""
+
+    out: str = option("outputs/emoji-controlnet-run", "run folder; rerun the same command to resume")
+    steps: int = option(1600, "AdamW steps", type=positive_int)
+    batch: int = option(32, "batch size", type=positive_int)
+    lr: float = option(4e-4, "learning rate (AdamW)", type=positive_float)
+    checkpoint_every: int = option(100, "steps between checkpoints (the fp16 export is refreshed with each)",
+                                   type=positive_int)
+
+
+def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
+    world = sub.add_parser("world", help=help)
     wsub = world.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
 
     p = wsub.add_parser("render", help="render emoji in the three styles to PNG folders, with the held-out split")
@@ -51,8 +63,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "noise) with every evaluator metric; which metrics rank them correctly")
     add_options(p, SanityConfig)
     p.set_defaults(func=_evaluator_sanity)
-
-    from .controlnet import ControlNetConfig
 
     p = wsub.add_parser("train-controlnet", help="train the emoji prior's edge-map ControlNet; resumable")
     add_options(p, ControlNetConfig)
@@ -110,7 +120,7 @@ def _evaluator_sanity(args: argparse.Namespace) -> int:
 
 def _train_controlnet(args: argparse.Namespace) -> int:
     from ..outputs import claim_output_dir
-    from .controlnet import ControlNetConfig, train
+    from .controlnet import train
 
     config = from_args(ControlNetConfig, args)
     claim_output_dir(config.out, "world train-controlnet", reuse=True)  # rerun = resume

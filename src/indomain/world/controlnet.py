@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 
-from ..cliargs import option, positive_float, positive_int
 from ..outputs import to_json
 
 EDGE_THRESHOLD = 0.5
@@ -95,18 +93,6 @@ def _data(prior_dir: Path, seed: int):
         params = torch.cat([vae.encode(x[i : i + 256].float()).latent_dist.parameters for i in range(0, len(x), 256)])
     latents = torch.cat([params[:, :4] * s, params[:, 4:] + 2 * math.log(s)], 1)
     return latents, torch.stack(controls).contiguous(), names
-
-
-@dataclass
-class ControlNetConfig:
-    """Every setting of `indomain world train-controlnet` (each field is also its option ``--field-name``)."""
-
-    out: str = option("outputs/emoji-controlnet-run", "run folder; rerun the same command to resume")
-    steps: int = option(1600, "AdamW steps", type=positive_int)
-    batch: int = option(32, "batch size", type=positive_int)
-    lr: float = option(4e-4, "learning rate (AdamW)", type=positive_float)
-    checkpoint_every: int = option(100, "steps between checkpoints (the fp16 export is refreshed with each)",
-                                   type=positive_int)
 
 
 def train(out: Path, steps: int, batch: int = 32, lr: float = 4e-4, checkpoint_every: int = 100, seed: int = 0,
