@@ -106,3 +106,87 @@ def test_a_lora_domain_exports_whole_and_fused(world, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(whole.unet(x, t, encoder_hidden_states=torch.randn(1, 77, 32)).sample,
                                    model(x, t).sample, rtol=0, atol=1e-5)
+
+
+def realigned(pipe):
+    """The pipeline with every model's weights copied into fresh memory. CPU matmul kernels round differently on
+    differently aligned buffers, and weights mmap'd from a folder's files lie at other offsets than the ones
+    from_single_file builds (SD3: images 1e-6 apart with equal weights, exactly equal after this)."""
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            for param in module.parameters():
+                param.data = param.data.clone()
+    domain = pipe.domain_model
+    if domain is not None:
+        for param in domain.parameters():
+            param.data = param.data.clone()
+    return pipe
+
+
+@pytest.fixture(scope="module", params=["sdxl", "sd3"])
+def family_world(request, tmp_path_factory):
+    """A tiny SDXL / SD3 prior folder, the same prior as one original-layout .safetensors, and a domain model.
+
+    The second text encoder is 48 wide: diffusers' single-file loader tells SDXL's / SD3's two CLIPs apart by their
+    width alone (real checkpoints: 768 vs 1280), so two equally wide tiny encoders would both load CLIP-L."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from indomain import InDomainAutoPipeline, NullTextTransformer
+    from indomain.export import sd3_checkpoint, sdxl_checkpoint
+    from indomain.testing import tiny_sd3_components
+
+    family = request.param
+    root = tmp_path_factory.mktemp(family)
+    if family == "sd3":
+        parts = tiny_sd3_components(root / "tok", width_2=48)
+        with torch.no_grad():  # the SD3 single-file loader gives CLIP-L an identity projection (the file has none)
+            parts["text_encoder"].text_projection.weight.copy_(torch.eye(32))
+        StableDiffusion3Pipeline(**parts).save_pretrained(root / "prior", safe_serialization=True)
+        prior = root / "prior"
+    else:
+        prior = save_tiny_prior(root / "prior", family="sdxl", width_2=48)
+    pipe = InDomainAutoPipeline.from_pretrained(prior)
+    null = pipe.encode_negative(None, 1, "cpu")
+    if family == "sd3":
+        NullTextTransformer.from_prior(pipe.transformer, null["text"], null["pooled"]).save_pretrained(root / "domain")
+        state = sd3_checkpoint(pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
+    else:
+        NullTextUNet.from_prior(pipe.unet, null["text"], null_pooled=null["pooled"], num_timesteps=2,
+                                batch_size=1).save_pretrained(root / "domain")
+        state = sdxl_checkpoint(pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
+    save_file(state, root / f"tiny-{family}.safetensors")
+    return family, prior, root / "domain", root / f"tiny-{family}.safetensors"
+
+
+def test_single_file_sdxl_and_sd3_priors_give_the_images_of_their_folder(family_world):
+    from indomain import InDomainAutoPipeline, InDomainSD3Pipeline, InDomainXLPipeline
+
+    family, prior, domain, file = family_world
+    cls = InDomainSD3Pipeline if family == "sd3" else InDomainXLPipeline
+    folder = realigned(InDomainAutoPipeline.from_pretrained(prior, domain_unet=domain))
+    single = realigned(InDomainAutoPipeline.from_pretrained(file, config=prior, domain_unet=domain))
+    assert type(single) is cls and single.domain_model is not None
+    for name in ("vae", "text_encoder", "text_encoder_2", "unet" if family == "sdxl" else "transformer"):
+        want, got = getattr(folder, name).state_dict(), getattr(single, name).state_dict()
+        assert want.keys() == got.keys(), name
+        for key, value in want.items():
+            assert torch.equal(got[key].reshape(value.shape), value), (name, key)
+    for scale in (0.0, 2.0):  # the prior alone, and with the domain model
+        def run(pipe):
+            pipe.set_progress_bar_config(disable=True)
+            return pipe("a cat", num_inference_steps=2, domain_guidance_scale=scale, output_type="np",
+                        generator=torch.Generator().manual_seed(0)).images
+        np.testing.assert_array_equal(run(single), run(folder))
+
+
+def test_a_single_file_that_leaves_weights_unfilled_is_refused(tmp_path):
+    """Two equally wide SDXL text encoders: diffusers loads CLIP-L's weights into both and leaves the second one's
+    projection on the meta device; the loader says so instead of failing at the first step."""
+    from indomain import InDomainAutoPipeline
+    from indomain.export import sdxl_checkpoint
+
+    prior = save_tiny_prior(tmp_path / "prior", family="sdxl")
+    pipe = InDomainAutoPipeline.from_pretrained(prior)
+    save_file(sdxl_checkpoint(pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2), tmp_path / "xl.safetensors")
+    with pytest.raises(ValueError, match="no weights for text_encoder_2"):
+        InDomainAutoPipeline.from_pretrained(tmp_path / "xl.safetensors", config=prior)

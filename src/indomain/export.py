@@ -244,6 +244,126 @@ def ldm_checkpoint(unet: Any, vae: Any = None, text_encoder: Any = None) -> dict
     return state
 
 
+def _text_model_keys(encoder: Any) -> dict[str, "torch.Tensor"]:
+    """A CLIP encoder's weights under transformers' ``text_model.*`` names (newer transformers flatten
+    `CLIPTextModel`), without the position-id buffer."""
+    out = {}
+    for key, value in encoder.state_dict().items():
+        if key.endswith("position_ids"):
+            continue
+        key = key if key.startswith(("text_model.", "text_projection.")) else f"text_model.{key}"
+        out[key] = value.detach().contiguous().cpu()
+    return out
+
+
+def open_clip_state_dict(encoder: Any, prefix: str = "conditioner.embedders.1.model.") -> dict[str, "torch.Tensor"]:
+    """A `CLIPTextModelWithProjection` in OpenCLIP's layout (SDXL's second text encoder in the original checkpoint):
+    fused ``in_proj`` attention, ``ln_1 / mlp.c_fc`` names and a transposed ``text_projection``; diffusers'
+    ``convert_open_clip_checkpoint`` reads it back."""
+    import torch
+
+    hf = _text_model_keys(encoder)
+    out = {prefix + "token_embedding.weight": hf.pop("text_model.embeddings.token_embedding.weight"),
+           prefix + "positional_embedding": hf.pop("text_model.embeddings.position_embedding.weight"),
+           prefix + "ln_final.weight": hf.pop("text_model.final_layer_norm.weight"),
+           prefix + "ln_final.bias": hf.pop("text_model.final_layer_norm.bias"),
+           prefix + "text_projection": hf.pop("text_projection.weight").T.contiguous()}
+    names = {"layer_norm1.": "ln_1.", "layer_norm2.": "ln_2.", "mlp.fc1.": "mlp.c_fc.", "mlp.fc2.": "mlp.c_proj.",
+             "self_attn.out_proj.": "attn.out_proj."}
+    layers = sorted({int(k.split(".")[3]) for k in hf if k.startswith("text_model.encoder.layers.")})
+    for i in layers:
+        src, dst = f"text_model.encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{dst}attn.in_proj_{kind}"] = torch.cat([hf.pop(f"{src}self_attn.{p}_proj.{kind}") for p in "qkv"])
+        for key in [k for k in hf if k.startswith(src)]:
+            rest = key[len(src):]
+            head = next((h for h in names if rest.startswith(h)), None)
+            if head is None:
+                raise ExportError(f"no OpenCLIP name for text encoder weight {key!r}")
+            out[dst + names[head] + rest[len(head):]] = hf.pop(key)
+    if hf:
+        raise ExportError(f"no OpenCLIP name for text encoder weights {sorted(hf)[:3]}")
+    return out
+
+
+def sdxl_checkpoint(unet: Any, vae: Any, text_encoder: Any, text_encoder_2: Any) -> dict[str, "torch.Tensor"]:
+    """A whole SDXL checkpoint in the original (SGM) layout A1111 and ComfyUI load and diffusers'
+    ``StableDiffusionXLPipeline.from_single_file`` reads: UNet, VAE, CLIP-L (``conditioner.embedders.0.transformer.``)
+    and OpenCLIP-G (``conditioner.embedders.1.model.``)."""
+    state = {**ldm_unet_state_dict(unet), **ldm_vae_state_dict(vae)}
+    state.update({f"conditioner.embedders.0.transformer.{k}": v for k, v in _text_model_keys(text_encoder).items()
+                  if not k.startswith("text_projection")})
+    state.update(open_clip_state_dict(text_encoder_2))
+    return state
+
+
+def mmdit_state_dict(transformer: Any, prefix: str = "model.diffusion_model.") -> dict[str, "torch.Tensor"]:
+    """An `SD3Transformer2DModel`'s weights in Stability's original MMDiT layout (``joint_blocks.N.x_block`` /
+    ``context_block``, fused ``qkv``, ``final_layer``): the inverse of diffusers'
+    ``convert_sd3_transformer_checkpoint_to_diffusers``, which `from_single_file` runs."""
+    import torch
+
+    sd = {k: v.detach().contiguous().cpu() for k, v in transformer.state_dict().items()}
+
+    def swap(w: "torch.Tensor") -> "torch.Tensor":  # diffusers orders adaLN (scale, shift), the original (shift, scale)
+        a, b = w.chunk(2, dim=0)
+        return torch.cat([b, a], dim=0)
+
+    top = {"pos_embed.pos_embed": "pos_embed", "pos_embed.proj.": "x_embedder.proj.",
+           "time_text_embed.timestep_embedder.linear_1.": "t_embedder.mlp.0.",
+           "time_text_embed.timestep_embedder.linear_2.": "t_embedder.mlp.2.",
+           "time_text_embed.text_embedder.linear_1.": "y_embedder.mlp.0.",
+           "time_text_embed.text_embedder.linear_2.": "y_embedder.mlp.2.",
+           "context_embedder.": "context_embedder.", "proj_out.": "final_layer.linear."}
+    block = {"attn.to_out.0.": "x_block.attn.proj.", "attn.to_add_out.": "context_block.attn.proj.",
+             "attn.norm_q.": "x_block.attn.ln_q.", "attn.norm_k.": "x_block.attn.ln_k.",
+             "attn.norm_added_q.": "context_block.attn.ln_q.", "attn.norm_added_k.": "context_block.attn.ln_k.",
+             "attn2.to_out.0.": "x_block.attn2.proj.", "attn2.norm_q.": "x_block.attn2.ln_q.",
+             "attn2.norm_k.": "x_block.attn2.ln_k.", "norm1.linear.": "x_block.adaLN_modulation.1.",
+             "norm1_context.linear.": "context_block.adaLN_modulation.1.", "ff.net.0.proj.": "x_block.mlp.fc1.",
+             "ff.net.2.": "x_block.mlp.fc2.", "ff_context.net.0.proj.": "context_block.mlp.fc1.",
+             "ff_context.net.2.": "context_block.mlp.fc2."}
+    fused = {"attn.to_": "x_block.attn.qkv.", "attn.add_": "context_block.attn.qkv.", "attn2.to_": "x_block.attn2.qkv."}
+    last = transformer.config.num_layers - 1
+    out = {}
+    for kind in ("weight", "bias"):
+        out[f"final_layer.adaLN_modulation.1.{kind}"] = swap(sd.pop(f"norm_out.linear.{kind}"))
+        for i in range(transformer.config.num_layers):
+            b = f"transformer_blocks.{i}."
+            for src, dst in fused.items():
+                parts = [f"{b}{src}{p}.{kind}" if src.endswith("to_") else f"{b}{src}{p[0]}_proj.{kind}"
+                         for p in ("q", "k", "v")]
+                if parts[0] in sd:
+                    out[f"joint_blocks.{i}.{dst}{kind}"] = torch.cat([sd.pop(p) for p in parts])
+            if i == last:  # the last context block is pre-only: its adaLN is swapped like the final layer's
+                key = f"{b}norm1_context.linear.{kind}"
+                out[f"joint_blocks.{i}.context_block.adaLN_modulation.1.{kind}"] = swap(sd.pop(key))
+    for key in list(sd):
+        match = next(((s, d) for s, d in top.items() if key.startswith(s)), None)
+        if match is None and key.startswith("transformer_blocks."):
+            i, rest = key.split(".", 2)[1:]
+            match = next(((f"transformer_blocks.{i}.{s}", f"joint_blocks.{i}.{d}") for s, d in block.items()
+                          if rest.startswith(s)), None)
+        if match is None:
+            raise ExportError(f"no original MMDiT name for SD3 transformer weight {key!r}")
+        out[match[1] + key[len(match[0]):]] = sd.pop(key)
+    return {prefix + k: v for k, v in out.items()}
+
+
+def sd3_checkpoint(transformer: Any, vae: Any, text_encoder: Any, text_encoder_2: Any) -> dict[str, "torch.Tensor"]:
+    """A whole SD3 checkpoint in Stability's single-file layout (``sd3_medium_incl_clips.safetensors``): MMDiT, VAE and
+    the two CLIPs under ``text_encoders.clip_l/clip_g.transformer.`` (no T5), as diffusers'
+    ``StableDiffusion3Pipeline.from_single_file`` reads it. That loader gives CLIP-L an identity ``text_projection``
+    (the file has none), so a prior whose CLIP-L projection is not the identity does not round-trip exactly."""
+    state = {**mmdit_state_dict(transformer), **ldm_vae_state_dict(vae)}
+    for name, encoder in (("clip_l", text_encoder), ("clip_g", text_encoder_2)):
+        keys = _text_model_keys(encoder)
+        if name == "clip_l":
+            keys.pop("text_projection.weight", None)
+        state.update({f"text_encoders.{name}.transformer.{k}": v for k, v in keys.items()})
+    return state
+
+
 def export_domain(domain: str | Path, out: str | Path, *, fmt: str = "diffusers", prior: str | None = None,
                   allow_pickle: bool = False) -> list[Path]:
     """Write ``domain`` (a folder `indomain train` wrote) as a plain model into ``out``; return the files written."""

@@ -78,6 +78,13 @@ def load_single_file_prior(file: str | os.PathLike, config: str | os.PathLike | 
     if config is not None:
         extra["config"] = str(config)
         kwargs.setdefault("local_files_only", Path(config).expanduser().is_dir())
+        from .families import read_model_index
+
+        hub = {k: kwargs[k] for k in ("local_files_only", "token", "revision", "cache_dir") if k in kwargs}
+        # components the config leaves out (SD3 without T5): diffusers' single-file loader skips them but then
+        # reports them missing unless they are passed as None
+        extra.update({name: None for name, entry in read_model_index(config, **hub).items()
+                      if isinstance(entry, list) and entry[:1] == [None] and name not in kwargs})
     if dtype is not None:
         extra["torch_dtype"] = dtype
     try:
@@ -87,6 +94,11 @@ def load_single_file_prior(file: str | os.PathLike, config: str | os.PathLike | 
                                               "a diffusers folder of the same model; nothing is downloaded offline)")
         raise ValueError(f"single-file prior {str(file)!r} could not be opened as a {family.title} checkpoint{hint}: "
                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    unfilled = [name for name, module in pipe.components.items() if isinstance(module, torch.nn.Module)
+                and any(t.is_meta for t in (*module.parameters(), *module.buffers()))]
+    if unfilled:  # diffusers leaves weights the file lacks on the meta device; fail here, not at the first step
+        raise ValueError(f"single-file prior {str(file)!r}: the file has no weights for {', '.join(unfilled)} (or "
+                         "they do not fit the config's architecture); pass a checkpoint that holds them")
     return dict(pipe.components), family
 
 
