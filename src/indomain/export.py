@@ -102,7 +102,7 @@ def ldm_prefixes(config: Any) -> list[tuple[str, str]]:
     layers = config["layers_per_block"]
     layers = [layers] * n if isinstance(layers, int) else list(layers)
     attn_down = [t.startswith("CrossAttn") for t in config["down_block_types"]]
-    attn_up = [t.startswith("CrossAttn") for t in config["up_block_types"]]
+    attn_up = [t.startswith("CrossAttn") for t in config.get("up_block_types") or ()]  # a ControlNet has none
     pairs = [("conv_in.", "input_blocks.0.0."), ("time_embedding.linear_1.", "time_embed.0."),
              ("time_embedding.linear_2.", "time_embed.2."), ("add_embedding.linear_1.", "label_emb.0.0."),
              ("add_embedding.linear_2.", "label_emb.0.2."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2."),
@@ -120,7 +120,7 @@ def ldm_prefixes(config: Any) -> list[tuple[str, str]]:
             k += 1
     k = 0
     up_layers = list(reversed(layers))
-    for i in range(n):
+    for i in range(len(attn_up)):
         for j in range(up_layers[i] + 1):
             pairs.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{k}.0."))
             if attn_up[i]:
@@ -134,10 +134,15 @@ def ldm_prefixes(config: Any) -> list[tuple[str, str]]:
 def ldm_unet_state_dict(unet: "UNet2DConditionModel", prefix: str = "model.diffusion_model.") -> dict[str, "torch.Tensor"]:
     """A `UNet2DConditionModel`'s weights under the original Stable Diffusion key names (diffusers' single-file
     loader, `from_single_file`, reads them back: `tests/test_export.py`)."""
-    pairs = sorted(ldm_prefixes(unet.config), key=lambda p: -len(p[0]))
+    return _ldm_names(unet.state_dict(), unet.config, prefix)
+
+
+def _ldm_names(state: dict[str, "torch.Tensor"], config: Any, prefix: str) -> dict[str, "torch.Tensor"]:
+    """UNet-named weights (a UNet's, or a ControlNet's UNet-like part) under their original SD names."""
+    pairs = sorted(ldm_prefixes(config), key=lambda p: -len(p[0]))
     resnet = _resnet_names()
     out = {}
-    for key, value in unet.state_dict().items():
+    for key, value in state.items():
         match = next(((d, o) for d, o in pairs if key.startswith(d)), None)
         if match is None:
             raise ExportError(f"no original-SD name for UNet weight {key!r} (an architecture the exporter does not know)")
@@ -148,6 +153,27 @@ def ldm_unet_state_dict(unet: "UNet2DConditionModel", prefix: str = "model.diffu
             rest = f"{resnet.get(head, head)}.{tail}"
         out[prefix + o + rest] = value.detach().contiguous().cpu()
     return out
+
+
+def ldm_controlnet_state_dict(controlnet: Any, prefix: str = "control_model.") -> dict[str, "torch.Tensor"]:
+    """A `ControlNetModel`'s weights in the original ControlNet layout (``control_model.input_blocks...``,
+    ``zero_convs``, ``middle_block_out``, ``input_hint_block``), as the ``control_*.safetensors`` files A1111 and
+    ComfyUI load; diffusers' ``ControlNetModel.from_single_file`` reads it back."""
+    hint = {"controlnet_cond_embedding.conv_in.": "input_hint_block.0.",
+            "controlnet_cond_embedding.conv_out.": "input_hint_block.14."}
+    hint.update({f"controlnet_cond_embedding.blocks.{j}.": f"input_hint_block.{2 * (j + 1)}."
+                 for j in range(len(controlnet.controlnet_cond_embedding.blocks))})
+    hint.update({f"controlnet_down_blocks.{i}.": f"zero_convs.{i}.0." for i in range(len(controlnet.controlnet_down_blocks))})
+    hint["controlnet_mid_block."] = "middle_block_out.0."
+    own, rest = {}, {}
+    for key, value in controlnet.state_dict().items():
+        match = next((k for k in hint if key.startswith(k)), None)
+        if match is None:
+            rest[key] = value
+        else:
+            own[prefix + hint[match] + key[len(match):]] = value.detach().contiguous().cpu()
+    # the rest (conv_in, time embedding, down and mid blocks) has the UNet's names and layout
+    return {**_ldm_names(rest, controlnet.config, prefix), **own}
 
 
 def kohya_state_dict(folder: str | Path) -> dict[str, "torch.Tensor"]:
