@@ -3,6 +3,8 @@ config: the same images as the diffusers folder they were written from."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -280,3 +282,35 @@ def test_single_file_control_rules(world, control_world, tmp_path, capsys):
         err = capsys.readouterr().err
         assert __import__("re").search(message, err), (message, err)
         assert "Traceback" not in err and not (tmp_path / f"bad{i}").exists()
+
+
+def test_train_on_a_single_file_prior_gives_the_weights_of_its_folder(world, tmp_path, capsys):
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    prior, _, file = world
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray((rng.random((40, 36, 3)) * 255).astype("uint8")).save(images / f"{i}.png")
+    common = ["--images", str(images), "--resolution", "32", "--train-batch-size", "2", "--max-train-steps", "2",
+              "--learning-rate", "1e-3", "--validation-steps", "2", "--num-validation-images", "1",
+              "--validation-inference-steps", "2"]
+    for bad, message in (([str(file)], "is a single file: pass --prior-config DIR"),
+                         ([str(prior), "--prior-config", str(prior)], "--prior-config is for a single-file --prior")):
+        assert main(["train", "--prior", *bad, *common, "--output", str(tmp_path / "bad")]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["train", "--prior", str(prior), *common, "--output", str(tmp_path / "a")]) == 0, capsys.readouterr().err
+    assert main(["train", "--prior", str(file), "--prior-config", str(prior), *common,
+                 "--output", str(tmp_path / "b")]) == 0, capsys.readouterr().err
+    want = load_file(tmp_path / "a" / "raw" / "diffusion_pytorch_model.safetensors")
+    got = load_file(tmp_path / "b" / "raw" / "diffusion_pytorch_model.safetensors")
+    assert want.keys() == got.keys()
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+    prior_unet = load_file(prior / "unet" / "diffusion_pytorch_model.safetensors")
+    trained = [k for k in want if k.removeprefix("unet.") in prior_unet]
+    assert trained and any(not torch.equal(want[k], prior_unet[k.removeprefix("unet.")]) for k in trained)  # it trained
+    assert json.loads((tmp_path / "b" / "train_config.json").read_text())["prior_config"] == str(prior)
+    assert (tmp_path / "b" / "samples" / "step0000002_uncond.png").is_file()  # validation opened the single file

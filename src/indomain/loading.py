@@ -28,16 +28,33 @@ from .outputs import read_json_object, to_json
 from .safeload import HUB_ID, check_prior, check_safe, read_safetensors
 
 
-def load_prior_components(prior: str | os.PathLike, *, allow_pickle: bool = False, need_text: bool = True) -> dict:
+def load_prior_components(prior: str | os.PathLike, *, allow_pickle: bool = False, need_text: bool = True,
+                          config: str | os.PathLike | None = None) -> dict:
     """The prior's denoiser (``unet``, or ``transformer`` for SD3), ``vae`` and training ``noise_scheduler`` (DDPM, or
     the prior's flow-matching scheduler), its ``family`` and ``model_index``; with ``need_text``, every text encoder
-    and tokenizer under their component names (``text_encoder``, ``tokenizer_2``, ...)."""
+    and tokenizer under their component names (``text_encoder``, ``tokenizer_2``, ...).
+
+    ``prior`` may be a single ``.safetensors`` file with ``config`` a diffusers folder of the same model
+    (`load_single_file_prior`); the noise scheduler then comes from that folder."""
     import transformers
     from diffusers import AutoencoderKL, DDPMScheduler, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
     from .families import family_of, read_model_index
 
     check_prior(prior, allow_pickle)
+    if Path(prior).expanduser().is_file():
+        if config is None:
+            raise ValueError(f"prior {str(prior)!r} is a single file: pass config=DIR / --prior-config DIR, a diffusers "
+                             "folder of the same model (its configs, tokenizers and scheduler)")
+        components, family = load_single_file_prior(prior, config)
+        scheduler_cls = FlowMatchEulerDiscreteScheduler if family.objective == "flow" else DDPMScheduler
+        names = (*family.text_encoders, *family.optional_text_encoders)
+        text = {k: components.get(k) for n in names for k in (n, family.tokenizer(n))} if need_text else {}
+        return {"family": family, "model_index": read_model_index(config), family.denoiser: components[family.denoiser],
+                "vae": components["vae"], "noise_scheduler": scheduler_cls.from_pretrained(config, subfolder="scheduler"),
+                **text}
+    if config is not None:
+        raise ValueError(f"config= (--prior-config) is for a single-file prior; {str(prior)!r} is not a file")
     safe = None if allow_pickle else True
     index = read_model_index(prior)
     family = family_of(index)
