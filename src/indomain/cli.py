@@ -93,7 +93,7 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
     from .loading import resolve_domain_path
     from .outputs import claim_output_dir
     from .pipeline import InDomainPipeline
-    from .safeload import check_prior
+    from .safeload import check_prior, check_prior_config
     from .schedulers import make_scheduler
 
     device = resolve_device(args.device)
@@ -102,6 +102,7 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
     if specs and specs[0][1] is not None:  # --domain DIR:WEIGHT gives the first domain's weight
         args.domain_scale = specs[0][1]
     check_prior(args.prior, args.allow_pickle)
+    check_prior_config(args.prior, getattr(args, "prior_config", None))
     if domain is None and args.domain_scale != 0:
         raise ValueError("--domain-scale is nonzero but no --domain model was given (pass --domain DIR or --domain-scale 0)")
     dtype = getattr(torch, args.dtype)
@@ -122,8 +123,6 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
             raise ValueError("--share-base needs one --domain that is a LoRA domain model (`indomain train --lora-rank`)")
         control["share_base"] = True
     if getattr(args, "prior_config", None):
-        if not Path(args.prior).is_file():
-            raise ValueError("--prior-config is for a single-file --prior (a .safetensors checkpoint)")
         control["config"] = args.prior_config  # a single-file --prior's diffusers configs
     inputs = {"--prior": args.prior, "--prior-config": getattr(args, "prior_config", None),
               "--domain": [p for p, _ in specs], "--image": getattr(args, "image", None),

@@ -517,16 +517,11 @@ def check_inputs(config: TrainConfig) -> tuple[list[Path], list[tuple[Path, str]
     from diffusers import AutoencoderKL
 
     from .families import detect_family
-    from .safeload import check_prior
+    from .safeload import check_prior, check_prior_config
 
     config.validate()
     check_prior(config.prior, config.allow_pickle)
-    single = Path(config.prior).expanduser().is_file()
-    if single and not config.prior_config:
-        raise ValueError(f"--prior {config.prior} is a single file: pass --prior-config DIR, a diffusers folder of the "
-                         "same model (its configs, tokenizers and scheduler)")
-    if config.prior_config and not single:
-        raise ValueError("--prior-config is for a single-file --prior (a .safetensors checkpoint)")
+    check_prior_config(config.prior, config.prior_config, required=True)  # train reads the configs before loading
     folder = config.prior_config or config.prior  # the configs (a single file carries none)
     vae_config = AutoencoderKL.load_config(folder, subfolder="vae")
     factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
