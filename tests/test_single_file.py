@@ -332,3 +332,11 @@ def test_evaluate_reads_a_single_file_prior(world, tmp_path, capsys):
     assert main(["evaluate", "--prior", str(prior), "--prior-config", str(prior), *common,
                  "--out", str(tmp_path / "c")]) == 2
     assert "--prior-config is for a single-file --prior" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["tune", "--domain", "d"], ["3d", "--prompt", "apple"]], ids=lambda c: c[0])
+def test_prior_config_goes_with_a_single_file_prior(world, tmp_path, capsys, command):
+    prior, _, _ = world
+    argv = [command[0], "--prior", str(prior), "--prior-config", str(prior), *command[1:], "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "--prior-config is for a single-file --prior" in capsys.readouterr().err and not (tmp_path / "o").exists()

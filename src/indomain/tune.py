@@ -590,7 +590,10 @@ def add_parser(sub: argparse._SubParsersAction,
 def cmd_tune(args: argparse.Namespace) -> int:
     from .evaluate import extractor_from_args
 
+    from .safeload import check_prior_config
+
     config = from_args(TuneConfig, args)
+    check_prior_config(config.prior, config.prior_config)  # the flags first, as every command
     for name in ("prompts", "probe_prompts", "validation_prompts"):
         path = getattr(args, f"{name}_file")
         if path:  # argparse lets only one of --X / --X-file through
