@@ -125,16 +125,18 @@ def realigned(pipe):
     return pipe
 
 
-@pytest.fixture(scope="module", params=["sdxl", "sd3"])
+@pytest.fixture(scope="module", params=["sd2", "sdxl", "sd3"])
 def family_world(request, tmp_path_factory):
-    """A tiny SDXL / SD3 prior folder, the same prior as one original-layout .safetensors, and a domain model.
+    """A tiny SD 2.x / SDXL / SD3 prior folder, the same prior as one original-layout .safetensors, and a domain model.
+    "sd2" is the tiny SD prior with its text encoder in SD 2.x's OpenCLIP layout (``cond_stage_model.model.``).
 
     The second text encoder is 48 wide: diffusers' single-file loader tells SDXL's / SD3's two CLIPs apart by their
     width alone (real checkpoints: 768 vs 1280), so two equally wide tiny encoders would both load CLIP-L."""
     from diffusers import StableDiffusion3Pipeline
 
     from indomain import InDomainAutoPipeline, NullTextTransformer
-    from indomain.export import sd3_checkpoint, sdxl_checkpoint
+    from indomain.export import (ldm_unet_state_dict, ldm_vae_state_dict, open_clip_state_dict, sd3_checkpoint,
+                                 sdxl_checkpoint)
     from indomain.testing import tiny_sd3_components
 
     family = request.param
@@ -146,29 +148,46 @@ def family_world(request, tmp_path_factory):
         StableDiffusion3Pipeline(**parts).save_pretrained(root / "prior", safe_serialization=True)
         prior = root / "prior"
     else:
-        prior = save_tiny_prior(root / "prior", family="sdxl", width_2=48)
+        prior = save_tiny_prior(root / "prior", family="sd" if family == "sd2" else "sdxl", width_2=48)
     pipe = InDomainAutoPipeline.from_pretrained(prior)
-    null = pipe.encode_negative(None, 1, "cpu")
+    null = pipe.encode_negative(None, 1, "cpu") if family != "sd2" else None
     if family == "sd3":
         NullTextTransformer.from_prior(pipe.transformer, null["text"], null["pooled"]).save_pretrained(root / "domain")
         state = sd3_checkpoint(pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
+    elif family == "sd2":
+        NullTextUNet.from_prior(pipe.unet, pipe.encode_text([""], torch.device("cpu")), num_timesteps=2,
+                                batch_size=1).save_pretrained(root / "domain")
+        state = {**ldm_unet_state_dict(pipe.unet), **ldm_vae_state_dict(pipe.vae),
+                 **open_clip_state_dict(pipe.text_encoder, prefix="cond_stage_model.model.")}
     else:
         NullTextUNet.from_prior(pipe.unet, null["text"], null_pooled=null["pooled"], num_timesteps=2,
                                 batch_size=1).save_pretrained(root / "domain")
         state = sdxl_checkpoint(pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
     save_file(state, root / f"tiny-{family}.safetensors")
-    return family, prior, root / "domain", root / f"tiny-{family}.safetensors"
+    return family, prior, root / "domain", root / f"tiny-{family}.safetensors", config_only(prior, root / "config")
 
 
-def test_single_file_sdxl_and_sd3_priors_give_the_images_of_their_folder(family_world):
+def config_only(folder, dest):
+    """A copy of a pipeline folder without its weights: what a single file is opened with. Every weight must then
+    come from the file (a component diffusers found missing there would fail to load instead of being taken from
+    the folder)."""
+    import shutil
+
+    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    return dest
+
+
+def test_single_file_sd2_sdxl_and_sd3_priors_give_the_images_of_their_folder(family_world):
     from indomain import InDomainAutoPipeline, InDomainSD3Pipeline, InDomainXLPipeline
 
-    family, prior, domain, file = family_world
-    cls = InDomainSD3Pipeline if family == "sd3" else InDomainXLPipeline
+    family, prior, domain, file, config = family_world
+    cls = {"sd2": InDomainPipeline, "sdxl": InDomainXLPipeline, "sd3": InDomainSD3Pipeline}[family]
     folder = realigned(InDomainAutoPipeline.from_pretrained(prior, domain_unet=domain))
-    single = realigned(InDomainAutoPipeline.from_pretrained(file, config=prior, domain_unet=domain))
+    single = realigned(InDomainAutoPipeline.from_pretrained(file, config=config, domain_unet=domain))
     assert type(single) is cls and single.domain_model is not None
-    for name in ("vae", "text_encoder", "text_encoder_2", "unet" if family == "sdxl" else "transformer"):
+    names = ("vae", "text_encoder", "unet") if family == "sd2" else ("vae", "text_encoder", "text_encoder_2",
+                                                                     "unet" if family == "sdxl" else "transformer")
+    for name in names:
         want, got = getattr(folder, name).state_dict(), getattr(single, name).state_dict()
         assert want.keys() == got.keys(), name
         for key, value in want.items():
@@ -302,7 +321,8 @@ def test_train_on_a_single_file_prior_gives_the_weights_of_its_folder(world, tmp
         assert main(["train", "--prior", *bad, *common, "--output", str(tmp_path / "bad")]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["train", "--prior", str(prior), *common, "--output", str(tmp_path / "a")]) == 0, capsys.readouterr().err
-    assert main(["train", "--prior", str(file), "--prior-config", str(prior), *common,
+    config = config_only(prior, tmp_path / "config")  # every weight from the file
+    assert main(["train", "--prior", str(file), "--prior-config", str(config), *common,
                  "--output", str(tmp_path / "b")]) == 0, capsys.readouterr().err
     want = load_file(tmp_path / "a" / "raw" / "diffusion_pytorch_model.safetensors")
     got = load_file(tmp_path / "b" / "raw" / "diffusion_pytorch_model.safetensors")
@@ -312,7 +332,7 @@ def test_train_on_a_single_file_prior_gives_the_weights_of_its_folder(world, tmp
     prior_unet = load_file(prior / "unet" / "diffusion_pytorch_model.safetensors")
     trained = [k for k in want if k.removeprefix("unet.") in prior_unet]
     assert trained and any(not torch.equal(want[k], prior_unet[k.removeprefix("unet.")]) for k in trained)  # it trained
-    assert json.loads((tmp_path / "b" / "train_config.json").read_text())["prior_config"] == str(prior)
+    assert json.loads((tmp_path / "b" / "train_config.json").read_text())["prior_config"] == str(config)
     assert (tmp_path / "b" / "samples" / "step0000002_uncond.png").is_file()  # validation opened the single file
 
 
@@ -323,7 +343,8 @@ def test_evaluate_reads_a_single_file_prior(world, tmp_path, capsys):
     common = ["--domain", str(domain), "--num-images", "2", "--batch-size", "2", "--steps", "2", "--scheduler", "ddim",
               "--domain-scales", "1.5", "--guidance-scales", "0"]
     assert main(["evaluate", "--prior", str(prior), *common, "--out", str(tmp_path / "a")]) == 0, capsys.readouterr().err
-    assert main(["evaluate", "--prior", str(file), "--prior-config", str(prior), *common,
+    config = config_only(prior, tmp_path / "config")
+    assert main(["evaluate", "--prior", str(file), "--prior-config", str(config), *common,
                  "--out", str(tmp_path / "b")]) == 0, capsys.readouterr().err
     grids = [sorted((tmp_path / d / "grids").glob("*.png")) for d in ("a", "b")]
     assert len(grids[0]) == 1 and [g.name for g in grids[0]] == [g.name for g in grids[1]]

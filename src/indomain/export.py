@@ -283,7 +283,8 @@ def _text_model_keys(encoder: Any) -> dict[str, "torch.Tensor"]:
 
 
 def open_clip_state_dict(encoder: Any, prefix: str = "conditioner.embedders.1.model.") -> dict[str, "torch.Tensor"]:
-    """A `CLIPTextModelWithProjection` in OpenCLIP's layout (SDXL's second text encoder in the original checkpoint):
+    """A CLIP text encoder in OpenCLIP's layout (SDXL's second text encoder in the original checkpoint; SD 2.x's with
+    ``prefix="cond_stage_model.model."``):
     fused ``in_proj`` attention, ``ln_1 / mlp.c_fc`` names and a transposed ``text_projection``; diffusers'
     ``convert_open_clip_checkpoint`` reads it back."""
     import torch
@@ -292,8 +293,9 @@ def open_clip_state_dict(encoder: Any, prefix: str = "conditioner.embedders.1.mo
     out = {prefix + "token_embedding.weight": hf.pop("text_model.embeddings.token_embedding.weight"),
            prefix + "positional_embedding": hf.pop("text_model.embeddings.position_embedding.weight"),
            prefix + "ln_final.weight": hf.pop("text_model.final_layer_norm.weight"),
-           prefix + "ln_final.bias": hf.pop("text_model.final_layer_norm.bias"),
-           prefix + "text_projection": hf.pop("text_projection.weight").T.contiguous()}
+           prefix + "ln_final.bias": hf.pop("text_model.final_layer_norm.bias")}
+    if "text_projection.weight" in hf:  # SDXL's encoder has one; SD 2.x's CLIPTextModel none
+        out[prefix + "text_projection"] = hf.pop("text_projection.weight").T.contiguous()
     names = {"layer_norm1.": "ln_1.", "layer_norm2.": "ln_2.", "mlp.fc1.": "mlp.c_fc.", "mlp.fc2.": "mlp.c_proj.",
              "self_attn.out_proj.": "attn.out_proj."}
     layers = sorted({int(k.split(".")[3]) for k in hf if k.startswith("text_model.encoder.layers.")})
