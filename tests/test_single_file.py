@@ -334,6 +334,7 @@ def test_train_on_a_single_file_prior_gives_the_weights_of_its_folder(world, tmp
     assert trained and any(not torch.equal(want[k], prior_unet[k.removeprefix("unet.")]) for k in trained)  # it trained
     assert json.loads((tmp_path / "b" / "train_config.json").read_text())["prior_config"] == str(config)
     assert (tmp_path / "b" / "samples" / "step0000002_uncond.png").is_file()  # validation opened the single file
+    assert f'from_pretrained("{file}", config="{config}", ' in (tmp_path / "b" / "README.md").read_text()
 
 
 def test_evaluate_reads_a_single_file_prior(world, tmp_path, capsys):

@@ -828,10 +828,12 @@ def model_card(config: TrainConfig, num_images: int, steps: int) -> str:
     settings = ["resolution", "train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler",
                 "use_ema", "ema_decay", "mixed_precision", "snr_gamma", "seed"]
     rows = "\n".join(f"| `{k}` | `{getattr(config, k)}` |" for k in settings)
+    single = f", config=\"{config.prior_config}\"" if config.prior_config else ""  # a single-file prior's configs
     use = ("from diffusers import UNet2DConditionModel\nfrom indomain import InDomainPipeline\n\n"
-           f"pipe = InDomainPipeline.from_pretrained(\"{config.prior}\", unet=UNet2DConditionModel.from_pretrained(\"{here}\"))"
+           f"pipe = InDomainPipeline.from_pretrained(\"{config.prior}\"{single}, "
+           f"unet=UNet2DConditionModel.from_pretrained(\"{here}\"))"
            if config.baseline else
-           f"from indomain import InDomainAutoPipeline\n\npipe = InDomainAutoPipeline.from_pretrained(\"{config.prior}\", "
+           f"from indomain import InDomainAutoPipeline\n\npipe = InDomainAutoPipeline.from_pretrained(\"{config.prior}\"{single}, "
            f"domain_unet=\"{here}\")\nimages = pipe(\"a prompt\", domain_guidance_scale=2.5, guidance_scale=2.5).images")
     return f"""---
 {data.to_yaml()}
