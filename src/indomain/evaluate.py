@@ -105,6 +105,7 @@ class Method:
     guidance_scales: Sequence[float] | None = None
     allow_pickle: bool = False
     guidance_form: str = "decoupled"  # the pipeline's guidance_form: "decoupled" (Eq. A) or "domain-text"
+    prior_config: str | os.PathLike | None = None  # a single-file (.safetensors) prior's diffusers config folder
 
     def record(self) -> dict[str, Any]:
         """JSON-ready fields; model instances are named by class (their repr is the whole network)."""
@@ -246,8 +247,9 @@ def load_method(method: Method, config: EvalConfig, device: torch.device) -> Any
     from .schedulers import make_scheduler
 
     dtype = getattr(torch, config.dtype)
+    single = {"config": method.prior_config} if method.prior_config is not None else {}
     pipe = InDomainAutoPipeline.from_pretrained(
-        method.prior, domain_unet=method.domain, allow_pickle=method.allow_pickle, dtype=dtype
+        method.prior, domain_unet=method.domain, allow_pickle=method.allow_pickle, dtype=dtype, **single
     )
     if method.unet is not None:
         # Swapped in after loading, so a LoRA domain model is rebuilt on the prior's weights, not the fine-tune's.
@@ -365,6 +367,7 @@ def score_setting(
 def _check_config(methods: Sequence[Method], config: EvalConfig, extractor: nn.Module | None) -> int | None:
     """Everything that can fail before generation fails here, on every process alike; returns N real."""
     from .metrics import MissingWeightsError, check_kid_subset, list_images
+    from .safeload import check_prior_config
 
     names = [m.name for m in methods]
     if not methods or len(set(names)) != len(names):
@@ -386,6 +389,11 @@ def _check_config(methods: Sequence[Method], config: EvalConfig, extractor: nn.M
     unknown = set(config.metrics) - {"fid", "kid"}
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; choose from fid, kid")
+    for m in methods:  # --prior-config (prior_config) goes with a single-file prior only
+        try:
+            check_prior_config(m.prior, m.prior_config)
+        except ValueError as err:
+            raise ValueError(f"method {m.name!r}: {err}") from None
     if config.real is None:
         return None
     if extractor is None:
@@ -431,6 +439,7 @@ def evaluate(
     if state.is_main_process:
         inputs = {"--real": config.real, "--clip-model": config.clip_model,
                   "--prior": [m.prior for m in methods],
+                  "--prior-config": [m.prior_config for m in methods if m.prior_config is not None],
                   "--domain": [m.domain for m in methods if isinstance(m.domain, (str, os.PathLike))],
                   "--unet": [m.unet for m in methods if isinstance(m.unet, (str, os.PathLike))]}
         out = claim_output_dir(out, "evaluate", overwrite=config.overwrite, inputs=inputs)
@@ -524,14 +533,19 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("method (one from these flags, or several from --methods)")
-    g.add_argument("--prior", default=None, help="prior pipeline folder or hub id (e.g. Stable Diffusion 1.5); required without --methods")
+    g.add_argument("--prior", default=None, help="prior pipeline folder or hub id (e.g. Stable Diffusion 1.5), or a "
+                   "single-file .safetensors checkpoint (with --prior-config); required without --methods")
+    g.add_argument("--prior-config", default=None, metavar="DIR",
+                   help="for a single-file --prior: a diffusers folder of the same model (its configs, tokenizers and "
+                        "scheduler; its weights are not read)")
     g.add_argument("--domain", default=None, help="domain model folder: a NullTextUNet (ours) or a text-conditioned fine-tune (rectified / Domain Guidance) (default: none, w_d = 0)")
     g.add_argument("--unet", default=None, help="fine-tuned text-conditioned UNet folder that replaces the prior's UNet (conventional fine-tune + CFG) (default: the prior's)")
     g.add_argument("--domain-prompt", default=None, help="text for a text-conditioned --domain model, e.g. its training caption (default: the prompt)")
     g.add_argument("--name", default=None, help="method name in tables and plot (default: ours with --domain, finetune with --unet, else prior)")
     g.add_argument("--methods", default=None, metavar="FILE.json",
                    help="JSON list of methods, each with Method fields: name, prior (default --prior), domain, unet, "
-                        "domain_prompt, weighted_prompts, domain_scales, guidance_scales, allow_pickle")
+                        "domain_prompt, weighted_prompts, domain_scales, guidance_scales, allow_pickle, prior_config "
+                        "(default --prior-config when prior is --prior's)")
     g.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (weights_only loading); only for files you trust")
     g = p.add_argument_group("sweep and sampling")
     g.add_argument("--domain-scales", type=finite_float, nargs="+", default=[2.5], metavar="W", help="domain weights w_d (default: %(default)s; methods without a domain model use 0)")
@@ -597,6 +611,8 @@ def methods_from_args(args: argparse.Namespace) -> list[Method]:
             unknown = set(entry) - known
             if unknown:
                 raise ValueError(f"{args.methods}: unknown method fields {sorted(unknown)}; known: {sorted(known)}")
+            if "prior" not in entry:
+                entry.setdefault("prior_config", args.prior_config)
             entry.setdefault("prior", args.prior)
             entry.setdefault("allow_pickle", args.allow_pickle)
             if entry["prior"] is None:
@@ -607,7 +623,7 @@ def methods_from_args(args: argparse.Namespace) -> list[Method]:
         raise ValueError("pass --prior (or --methods FILE.json)")
     name = args.name or ("ours" if args.domain else "finetune" if args.unet else "prior")
     return [Method(name=name, prior=args.prior, domain=args.domain, unet=args.unet, domain_prompt=args.domain_prompt,
-                   allow_pickle=args.allow_pickle)]
+                   allow_pickle=args.allow_pickle, prior_config=args.prior_config)]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -102,7 +102,7 @@ def ldm_prefixes(config: Any) -> list[tuple[str, str]]:
     layers = config["layers_per_block"]
     layers = [layers] * n if isinstance(layers, int) else list(layers)
     attn_down = [t.startswith("CrossAttn") for t in config["down_block_types"]]
-    attn_up = [t.startswith("CrossAttn") for t in config["up_block_types"]]
+    attn_up = [t.startswith("CrossAttn") for t in config.get("up_block_types") or ()]  # a ControlNet has none
     pairs = [("conv_in.", "input_blocks.0.0."), ("time_embedding.linear_1.", "time_embed.0."),
              ("time_embedding.linear_2.", "time_embed.2."), ("add_embedding.linear_1.", "label_emb.0.0."),
              ("add_embedding.linear_2.", "label_emb.0.2."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2."),
@@ -120,7 +120,7 @@ def ldm_prefixes(config: Any) -> list[tuple[str, str]]:
             k += 1
     k = 0
     up_layers = list(reversed(layers))
-    for i in range(n):
+    for i in range(len(attn_up)):
         for j in range(up_layers[i] + 1):
             pairs.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{k}.0."))
             if attn_up[i]:
@@ -134,10 +134,15 @@ def ldm_prefixes(config: Any) -> list[tuple[str, str]]:
 def ldm_unet_state_dict(unet: "UNet2DConditionModel", prefix: str = "model.diffusion_model.") -> dict[str, "torch.Tensor"]:
     """A `UNet2DConditionModel`'s weights under the original Stable Diffusion key names (diffusers' single-file
     loader, `from_single_file`, reads them back: `tests/test_export.py`)."""
-    pairs = sorted(ldm_prefixes(unet.config), key=lambda p: -len(p[0]))
+    return _ldm_names(unet.state_dict(), unet.config, prefix)
+
+
+def _ldm_names(state: dict[str, "torch.Tensor"], config: Any, prefix: str) -> dict[str, "torch.Tensor"]:
+    """UNet-named weights (a UNet's, or a ControlNet's UNet-like part) under their original SD names."""
+    pairs = sorted(ldm_prefixes(config), key=lambda p: -len(p[0]))
     resnet = _resnet_names()
     out = {}
-    for key, value in unet.state_dict().items():
+    for key, value in state.items():
         match = next(((d, o) for d, o in pairs if key.startswith(d)), None)
         if match is None:
             raise ExportError(f"no original-SD name for UNet weight {key!r} (an architecture the exporter does not know)")
@@ -148,6 +153,27 @@ def ldm_unet_state_dict(unet: "UNet2DConditionModel", prefix: str = "model.diffu
             rest = f"{resnet.get(head, head)}.{tail}"
         out[prefix + o + rest] = value.detach().contiguous().cpu()
     return out
+
+
+def ldm_controlnet_state_dict(controlnet: Any, prefix: str = "control_model.") -> dict[str, "torch.Tensor"]:
+    """A `ControlNetModel`'s weights in the original ControlNet layout (``control_model.input_blocks...``,
+    ``zero_convs``, ``middle_block_out``, ``input_hint_block``), as the ``control_*.safetensors`` files A1111 and
+    ComfyUI load; diffusers' ``ControlNetModel.from_single_file`` reads it back."""
+    hint = {"controlnet_cond_embedding.conv_in.": "input_hint_block.0.",
+            "controlnet_cond_embedding.conv_out.": "input_hint_block.14."}
+    hint.update({f"controlnet_cond_embedding.blocks.{j}.": f"input_hint_block.{2 * (j + 1)}."
+                 for j in range(len(controlnet.controlnet_cond_embedding.blocks))})
+    hint.update({f"controlnet_down_blocks.{i}.": f"zero_convs.{i}.0." for i in range(len(controlnet.controlnet_down_blocks))})
+    hint["controlnet_mid_block."] = "middle_block_out.0."
+    own, rest = {}, {}
+    for key, value in controlnet.state_dict().items():
+        match = next((k for k in hint if key.startswith(k)), None)
+        if match is None:
+            rest[key] = value
+        else:
+            own[prefix + hint[match] + key[len(match):]] = value.detach().contiguous().cpu()
+    # the rest (conv_in, time embedding, down and mid blocks) has the UNet's names and layout
+    return {**_ldm_names(rest, controlnet.config, prefix), **own}
 
 
 def kohya_state_dict(folder: str | Path) -> dict[str, "torch.Tensor"]:
@@ -241,6 +267,128 @@ def ldm_checkpoint(unet: Any, vae: Any = None, text_encoder: Any = None) -> dict
                 continue
             key = key if key.startswith("text_model.") else f"text_model.{key}"  # the original layout's names
             state[f"cond_stage_model.transformer.{key}"] = value.detach().contiguous().cpu()
+    return state
+
+
+def _text_model_keys(encoder: Any) -> dict[str, "torch.Tensor"]:
+    """A CLIP encoder's weights under transformers' ``text_model.*`` names (newer transformers flatten
+    `CLIPTextModel`), without the position-id buffer."""
+    out = {}
+    for key, value in encoder.state_dict().items():
+        if key.endswith("position_ids"):
+            continue
+        key = key if key.startswith(("text_model.", "text_projection.")) else f"text_model.{key}"
+        out[key] = value.detach().contiguous().cpu()
+    return out
+
+
+def open_clip_state_dict(encoder: Any, prefix: str = "conditioner.embedders.1.model.") -> dict[str, "torch.Tensor"]:
+    """A CLIP text encoder in OpenCLIP's layout (SDXL's second text encoder in the original checkpoint; SD 2.x's with
+    ``prefix="cond_stage_model.model."``):
+    fused ``in_proj`` attention, ``ln_1 / mlp.c_fc`` names and a transposed ``text_projection``; diffusers'
+    ``convert_open_clip_checkpoint`` reads it back."""
+    import torch
+
+    hf = _text_model_keys(encoder)
+    out = {prefix + "token_embedding.weight": hf.pop("text_model.embeddings.token_embedding.weight"),
+           prefix + "positional_embedding": hf.pop("text_model.embeddings.position_embedding.weight"),
+           prefix + "ln_final.weight": hf.pop("text_model.final_layer_norm.weight"),
+           prefix + "ln_final.bias": hf.pop("text_model.final_layer_norm.bias")}
+    if "text_projection.weight" in hf:  # SDXL's encoder has one; SD 2.x's CLIPTextModel none
+        out[prefix + "text_projection"] = hf.pop("text_projection.weight").T.contiguous()
+    names = {"layer_norm1.": "ln_1.", "layer_norm2.": "ln_2.", "mlp.fc1.": "mlp.c_fc.", "mlp.fc2.": "mlp.c_proj.",
+             "self_attn.out_proj.": "attn.out_proj."}
+    layers = sorted({int(k.split(".")[3]) for k in hf if k.startswith("text_model.encoder.layers.")})
+    for i in layers:
+        src, dst = f"text_model.encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{dst}attn.in_proj_{kind}"] = torch.cat([hf.pop(f"{src}self_attn.{p}_proj.{kind}") for p in "qkv"])
+        for key in [k for k in hf if k.startswith(src)]:
+            rest = key[len(src):]
+            head = next((h for h in names if rest.startswith(h)), None)
+            if head is None:
+                raise ExportError(f"no OpenCLIP name for text encoder weight {key!r}")
+            out[dst + names[head] + rest[len(head):]] = hf.pop(key)
+    if hf:
+        raise ExportError(f"no OpenCLIP name for text encoder weights {sorted(hf)[:3]}")
+    return out
+
+
+def sdxl_checkpoint(unet: Any, vae: Any, text_encoder: Any, text_encoder_2: Any) -> dict[str, "torch.Tensor"]:
+    """A whole SDXL checkpoint in the original (SGM) layout A1111 and ComfyUI load and diffusers'
+    ``StableDiffusionXLPipeline.from_single_file`` reads: UNet, VAE, CLIP-L (``conditioner.embedders.0.transformer.``)
+    and OpenCLIP-G (``conditioner.embedders.1.model.``)."""
+    state = {**ldm_unet_state_dict(unet), **ldm_vae_state_dict(vae)}
+    state.update({f"conditioner.embedders.0.transformer.{k}": v for k, v in _text_model_keys(text_encoder).items()
+                  if not k.startswith("text_projection")})
+    state.update(open_clip_state_dict(text_encoder_2))
+    return state
+
+
+def mmdit_state_dict(transformer: Any, prefix: str = "model.diffusion_model.") -> dict[str, "torch.Tensor"]:
+    """An `SD3Transformer2DModel`'s weights in Stability's original MMDiT layout (``joint_blocks.N.x_block`` /
+    ``context_block``, fused ``qkv``, ``final_layer``): the inverse of diffusers'
+    ``convert_sd3_transformer_checkpoint_to_diffusers``, which `from_single_file` runs."""
+    import torch
+
+    sd = {k: v.detach().contiguous().cpu() for k, v in transformer.state_dict().items()}
+
+    def swap(w: "torch.Tensor") -> "torch.Tensor":  # diffusers orders adaLN (scale, shift), the original (shift, scale)
+        a, b = w.chunk(2, dim=0)
+        return torch.cat([b, a], dim=0)
+
+    top = {"pos_embed.pos_embed": "pos_embed", "pos_embed.proj.": "x_embedder.proj.",
+           "time_text_embed.timestep_embedder.linear_1.": "t_embedder.mlp.0.",
+           "time_text_embed.timestep_embedder.linear_2.": "t_embedder.mlp.2.",
+           "time_text_embed.text_embedder.linear_1.": "y_embedder.mlp.0.",
+           "time_text_embed.text_embedder.linear_2.": "y_embedder.mlp.2.",
+           "context_embedder.": "context_embedder.", "proj_out.": "final_layer.linear."}
+    block = {"attn.to_out.0.": "x_block.attn.proj.", "attn.to_add_out.": "context_block.attn.proj.",
+             "attn.norm_q.": "x_block.attn.ln_q.", "attn.norm_k.": "x_block.attn.ln_k.",
+             "attn.norm_added_q.": "context_block.attn.ln_q.", "attn.norm_added_k.": "context_block.attn.ln_k.",
+             "attn2.to_out.0.": "x_block.attn2.proj.", "attn2.norm_q.": "x_block.attn2.ln_q.",
+             "attn2.norm_k.": "x_block.attn2.ln_k.", "norm1.linear.": "x_block.adaLN_modulation.1.",
+             "norm1_context.linear.": "context_block.adaLN_modulation.1.", "ff.net.0.proj.": "x_block.mlp.fc1.",
+             "ff.net.2.": "x_block.mlp.fc2.", "ff_context.net.0.proj.": "context_block.mlp.fc1.",
+             "ff_context.net.2.": "context_block.mlp.fc2."}
+    fused = {"attn.to_": "x_block.attn.qkv.", "attn.add_": "context_block.attn.qkv.", "attn2.to_": "x_block.attn2.qkv."}
+    last = transformer.config.num_layers - 1
+    out = {}
+    for kind in ("weight", "bias"):
+        out[f"final_layer.adaLN_modulation.1.{kind}"] = swap(sd.pop(f"norm_out.linear.{kind}"))
+        for i in range(transformer.config.num_layers):
+            b = f"transformer_blocks.{i}."
+            for src, dst in fused.items():
+                parts = [f"{b}{src}{p}.{kind}" if src.endswith("to_") else f"{b}{src}{p[0]}_proj.{kind}"
+                         for p in ("q", "k", "v")]
+                if parts[0] in sd:
+                    out[f"joint_blocks.{i}.{dst}{kind}"] = torch.cat([sd.pop(p) for p in parts])
+            if i == last:  # the last context block is pre-only: its adaLN is swapped like the final layer's
+                key = f"{b}norm1_context.linear.{kind}"
+                out[f"joint_blocks.{i}.context_block.adaLN_modulation.1.{kind}"] = swap(sd.pop(key))
+    for key in list(sd):
+        match = next(((s, d) for s, d in top.items() if key.startswith(s)), None)
+        if match is None and key.startswith("transformer_blocks."):
+            i, rest = key.split(".", 2)[1:]
+            match = next(((f"transformer_blocks.{i}.{s}", f"joint_blocks.{i}.{d}") for s, d in block.items()
+                          if rest.startswith(s)), None)
+        if match is None:
+            raise ExportError(f"no original MMDiT name for SD3 transformer weight {key!r}")
+        out[match[1] + key[len(match[0]):]] = sd.pop(key)
+    return {prefix + k: v for k, v in out.items()}
+
+
+def sd3_checkpoint(transformer: Any, vae: Any, text_encoder: Any, text_encoder_2: Any) -> dict[str, "torch.Tensor"]:
+    """A whole SD3 checkpoint in Stability's single-file layout (``sd3_medium_incl_clips.safetensors``): MMDiT, VAE and
+    the two CLIPs under ``text_encoders.clip_l/clip_g.transformer.`` (no T5), as diffusers'
+    ``StableDiffusion3Pipeline.from_single_file`` reads it. That loader gives CLIP-L an identity ``text_projection``
+    (the file has none), so a prior whose CLIP-L projection is not the identity does not round-trip exactly."""
+    state = {**mmdit_state_dict(transformer), **ldm_vae_state_dict(vae)}
+    for name, encoder in (("clip_l", text_encoder), ("clip_g", text_encoder_2)):
+        keys = _text_model_keys(encoder)
+        if name == "clip_l":
+            keys.pop("text_projection.weight", None)
+        state.update({f"text_encoders.{name}.transformer.{k}": v for k, v in keys.items()})
     return state
 
 

@@ -91,7 +91,7 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
     from .loading import resolve_domain_path
     from .outputs import claim_output_dir
     from .pipeline import InDomainPipeline
-    from .safeload import check_prior
+    from .safeload import check_prior, check_prior_config
     from .schedulers import make_scheduler
 
     device = resolve_device(args.device)
@@ -100,6 +100,7 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
     if specs and specs[0][1] is not None:  # --domain DIR:WEIGHT gives the first domain's weight
         args.domain_scale = specs[0][1]
     check_prior(args.prior, args.allow_pickle)
+    check_prior_config(args.prior, getattr(args, "prior_config", None))
     require_domain_for_weight(args.domain_scale, domain)
     dtype = getattr(torch, args.dtype)
     control = _check_control_args(args, dtype)
@@ -119,13 +120,12 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
             raise ValueError("--share-base needs one --domain that is a LoRA domain model (`indomain train --lora-rank`)")
         control["share_base"] = True
     if getattr(args, "prior_config", None):
-        if not Path(args.prior).is_file():
-            raise ValueError("--prior-config is for a single-file --prior (a .safetensors checkpoint)")
         control["config"] = args.prior_config  # a single-file --prior's diffusers configs
     inputs = {"--prior": args.prior, "--prior-config": getattr(args, "prior_config", None),
               "--domain": [p for p, _ in specs], "--image": getattr(args, "image", None),
               "--mask": getattr(args, "mask", None), **{f"--{k.replace('_', '-')}": getattr(args, k, None) for k in
-              ("controlnet", "adapter", "control_image", "ip_adapter", "ip_image", "lora", "control_model")}}
+              ("controlnet", "controlnet_config", "adapter", "control_image", "ip_adapter", "ip_image", "lora", "control_model",
+               "control_model_config")}}
     out = claim_output_dir(args.out, command, overwrite=args.overwrite, inputs=inputs)
     pipe = cls.from_pretrained(args.prior, domain_unet=domain, allow_pickle=args.allow_pickle, dtype=dtype, **control)
     pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
@@ -161,8 +161,12 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
 
 def _add_control_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("spatial control and image prompts")
-    g.add_argument("--controlnet", action="append", default=None, metavar="DIR",
-                   help="a diffusers ControlNet folder for the prior; repeat for multi-ControlNet (one --control-image each)")
+    g.add_argument("--controlnet", action="append", default=None, metavar="DIR|FILE",
+                   help="a diffusers ControlNet folder for the prior, or a single .safetensors ControlNet (with "
+                        "--controlnet-config); repeat for multi-ControlNet (one --control-image each)")
+    g.add_argument("--controlnet-config", action="append", default=None, metavar="DIR",
+                   help="for a single-file --controlnet: a diffusers ControlNet folder of the same architecture (its "
+                        "config.json; weights not read); one for every single-file --controlnet, or one per --controlnet")
     g.add_argument("--adapter", default=None, metavar="DIR", help="a diffusers T2I-Adapter folder for the prior (uses --control-image)")
     g.add_argument("--control-image", action="append", default=None, metavar="IMG",
                    help="the control image: one per --controlnet, or one for --adapter; it sets the default size")
@@ -181,9 +185,13 @@ def _add_control_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-uncond", default="lora", choices=["lora", "prior"],
                    help="with --lora, where the unconditional branch comes from: the LoRA'd prior (default, as diffusers) "
                         "or the pristine prior (the LoRA disabled for that branch)")
-    g.add_argument("--control-model", default=None, metavar="DIR",
-                   help="a customised checkpoint of the prior's architecture (a UNet folder, or a pipeline with unet/) "
-                        "that predicts the control prompt's term; the unconditional branch stays the prior's")
+    g.add_argument("--control-model", default=None, metavar="DIR|FILE",
+                   help="a customised checkpoint of the prior's architecture (a UNet folder, a pipeline with unet/, or a "
+                        "single .safetensors UNet with --control-model-config) that predicts the control prompt's term; "
+                        "the unconditional branch stays the prior's")
+    g.add_argument("--control-model-config", default=None, metavar="DIR",
+                   help="for a single-file --control-model: a diffusers UNet folder (or a pipeline folder with unet/) of "
+                        "the same architecture, e.g. the prior's folder; its weights are not read")
 
 
 def _check_control_args(args: argparse.Namespace, dtype: Any) -> dict:
@@ -220,6 +228,10 @@ def _check_control_args(args: argparse.Namespace, dtype: Any) -> dict:
     for image in images:
         if not Path(image).is_file():
             raise ValueError(f"{'--ip-image' if image == ip_image else '--control-image'} {image}: no such file")
+    net_configs = _controlnet_configs(nets, getattr(args, "controlnet_config", None) or [])
+    model_config = getattr(args, "control_model_config", None)
+    if model_config and not (model and Path(model).is_file()):
+        raise ValueError("--control-model-config is for a single-file --control-model (a .safetensors file)")
     out: dict = {}
     if nets or adapter or model:
         from diffusers import ControlNetModel, T2IAdapter, UNet2DConditionModel
@@ -228,13 +240,32 @@ def _check_control_args(args: argparse.Namespace, dtype: Any) -> dict:
 
         opts = {"allow_pickle": args.allow_pickle, "dtype": dtype}
         if nets:
-            loaded = [load_model(ControlNetModel, n, flag="--controlnet", **opts) for n in nets]
+            loaded = [load_model(ControlNetModel, n, "--controlnet", config=c, **opts) for n, c in zip(nets, net_configs)]
             out["controlnet"] = loaded[0] if len(loaded) == 1 else loaded
         if adapter:
-            out["adapter"] = load_model(T2IAdapter, adapter, flag="--adapter", **opts)
+            out["adapter"] = load_model(T2IAdapter, adapter, "--adapter", **opts)
         if model:
-            out["control_unet"] = load_model(UNet2DConditionModel, model, flag="--control-model", find_unet=True, **opts)
+            out["control_unet"] = load_model(UNet2DConditionModel, model, "--control-model", config=model_config, **opts)
     return out
+
+
+def _controlnet_configs(nets: list[str], configs: list[str]) -> list[str | None]:
+    """The ``--controlnet-config`` of each ``--controlnet`` (None for a folder): one for every single-file ControlNet,
+    or one per --controlnet."""
+    files = [Path(n).is_file() for n in nets]
+    if not configs:
+        return [None] * len(nets)
+    if not any(files):
+        raise ValueError("--controlnet-config is for a single-file --controlnet (a .safetensors file)")
+    if len(configs) == 1:
+        return [configs[0] if f else None for f in files]
+    if len(configs) != len(nets):
+        raise ValueError(f"{len(configs)} --controlnet-config for {len(nets)} --controlnet: give one, or one per ControlNet")
+    for net, config, f in zip(nets, configs, files):
+        if not f:
+            raise ValueError(f"--controlnet {net} is a folder: its --controlnet-config {config} would not be used "
+                             "(give one --controlnet-config for the single files only)")
+    return configs
 
 
 def _control_call_kwargs(args: argparse.Namespace, pipe: Any) -> dict:

@@ -3,7 +3,10 @@
 - `load_prior_components`: a prior's denoiser, VAE, noise scheduler and (optionally) text encoders, for
   each family of `indomain.families`, after `indomain.safeload.check_prior` has checked the folder; used by the trainer.
   `InDomainPipeline.from_pretrained` runs the same check before diffusers' own loader.
-- `load_model`: any other diffusers model folder (ControlNet, adapter, VAE, a customised UNet), pickle refused.
+- `load_single_file_prior`: a single-file ``.safetensors`` prior (+ a diffusers config folder), through diffusers'
+  ``from_single_file``; `load_prior_components` accepts one too.
+- `load_model`: any other diffusers model (ControlNet, T2I-Adapter, control UNet, VAE) from a folder or a
+  single ``.safetensors`` file (+ config), pickle refused, errors that name the flag.
 - `load_domain_model`: a domain model folder as `indomain train` writes it: a `NullTextUNet`, an
   adapter-only (LoRA) `NullTextUNet`, or a text-conditioned fine-tune; used by the pipeline and evaluator.
 - The adapter-only folder format: `save_lora` / `load_lora` / `is_lora_folder`.
@@ -26,32 +29,33 @@ from .outputs import read_json_object, to_json
 from .safeload import HUB_ID, check_prior, check_safe, read_safetensors
 
 
-def load_model(cls: Any, path: str | os.PathLike, *, flag: str = "model", allow_pickle: bool = False, dtype: Any = None,
-               find_unet: bool = False, **kwargs: Any) -> Any:
-    """A diffusers model (``cls``: a ControlNet, adapter, VAE, UNet, ...) from a local folder, refusing pickle unless
-    allowed, with errors that name ``flag``; ``find_unet`` also accepts a pipeline folder with ``unet/``."""
-    path = str(path)
-    if find_unet and not Path(path, "config.json").is_file() and Path(path, "unet", "config.json").is_file():
-        kwargs["subfolder"] = "unet"
-    if not Path(path, kwargs.get("subfolder", ""), "config.json").is_file():
-        raise ValueError(f"{flag} {path}: not a model folder (no config.json)")
-    check_safe(path, allow_pickle)
-    try:
-        return cls.from_pretrained(path, use_safetensors=None if allow_pickle else True, torch_dtype=dtype, **kwargs)
-    except (OSError, ValueError, TypeError, KeyError) as err:
-        raise ValueError(f"{flag} {path}: cannot be loaded as a {cls.__name__}: {err}") from None
-
-
-def load_prior_components(prior: str | os.PathLike, *, allow_pickle: bool = False, need_text: bool = True) -> dict:
+def load_prior_components(prior: str | os.PathLike, *, allow_pickle: bool = False, need_text: bool = True,
+                          config: str | os.PathLike | None = None) -> dict:
     """The prior's denoiser (``unet``, or ``transformer`` for SD3), ``vae`` and training ``noise_scheduler`` (DDPM, or
     the prior's flow-matching scheduler), its ``family`` and ``model_index``; with ``need_text``, every text encoder
-    and tokenizer under their component names (``text_encoder``, ``tokenizer_2``, ...)."""
+    and tokenizer under their component names (``text_encoder``, ``tokenizer_2``, ...).
+
+    ``prior`` may be a single ``.safetensors`` file with ``config`` a diffusers folder of the same model
+    (`load_single_file_prior`); the noise scheduler then comes from that folder."""
     import transformers
     from diffusers import AutoencoderKL, DDPMScheduler, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
     from .families import family_of, read_model_index
 
     check_prior(prior, allow_pickle)
+    if Path(prior).expanduser().is_file():
+        if config is None:
+            raise ValueError(f"prior {str(prior)!r} is a single file: pass config=DIR / --prior-config DIR, a diffusers "
+                             "folder of the same model (its configs, tokenizers and scheduler)")
+        components, family = load_single_file_prior(prior, config)
+        scheduler_cls = FlowMatchEulerDiscreteScheduler if family.objective == "flow" else DDPMScheduler
+        names = (*family.text_encoders, *family.optional_text_encoders)
+        text = {k: components.get(k) for n in names for k in (n, family.tokenizer(n))} if need_text else {}
+        return {"family": family, "model_index": read_model_index(config), family.denoiser: components[family.denoiser],
+                "vae": components["vae"], "noise_scheduler": scheduler_cls.from_pretrained(config, subfolder="scheduler"),
+                **text}
+    if config is not None:
+        raise ValueError(f"config= (--prior-config) is for a single-file prior; {str(prior)!r} is not a file")
     safe = None if allow_pickle else True
     index = read_model_index(prior)
     family = family_of(index)
@@ -95,6 +99,13 @@ def load_single_file_prior(file: str | os.PathLike, config: str | os.PathLike | 
     if config is not None:
         extra["config"] = str(config)
         kwargs.setdefault("local_files_only", Path(config).expanduser().is_dir())
+        from .families import read_model_index
+
+        hub = {k: kwargs[k] for k in ("local_files_only", "token", "revision", "cache_dir") if k in kwargs}
+        # components the config leaves out (SD3 without T5): diffusers' single-file loader skips them but then
+        # reports them missing unless they are passed as None
+        extra.update({name: None for name, entry in read_model_index(config, **hub).items()
+                      if isinstance(entry, list) and entry[:1] == [None] and name not in kwargs})
     if dtype is not None:
         extra["torch_dtype"] = dtype
     try:
@@ -104,7 +115,70 @@ def load_single_file_prior(file: str | os.PathLike, config: str | os.PathLike | 
                                               "a diffusers folder of the same model; nothing is downloaded offline)")
         raise ValueError(f"single-file prior {str(file)!r} could not be opened as a {family.title} checkpoint{hint}: "
                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    unfilled = [name for name, module in pipe.components.items() if isinstance(module, torch.nn.Module) and _unfilled(module)]
+    if unfilled:  # diffusers leaves weights the file lacks on the meta device; fail here, not at the first step
+        raise ValueError(f"single-file prior {str(file)!r}: the file has no weights for {', '.join(unfilled)} (or "
+                         "they do not fit the config's architecture); pass a checkpoint that holds them")
     return dict(pipe.components), family
+
+
+def _unfilled(module: torch.nn.Module) -> bool:
+    """Whether a model holds weights on the meta device: diffusers' single-file loaders leave there what the file
+    lacks."""
+    return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
+
+
+def load_model(cls: Any, path: str | os.PathLike, flag: str = "model", *, allow_pickle: bool = False,
+               dtype: torch.dtype | None = None, config: str | os.PathLike | None = None, **kwargs: Any) -> Any:
+    """A diffusers model (``ControlNetModel``, ``T2IAdapter``, ``UNet2DConditionModel``) from a local folder, or from a
+    single ``.safetensors`` file through ``cls.from_single_file`` with ``config`` a local diffusers folder of the same
+    architecture (its ``config.json``, or a pipeline folder's ``unet/`` / ``controlnet/``). The file may be in the
+    original layout (``control_model.*`` / ``model.diffusion_model.*``) or diffusers'. Pickle is refused (single files:
+    always; folders: unless ``allow_pickle``); errors name ``flag`` (the CLI flag, e.g. ``--controlnet``)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return _load_single_file_model(cls, path, flag, dtype, config)
+    if config is not None:
+        raise ValueError(f"{flag}-config is for a single-file {flag} (a .safetensors file); {path} is not a file")
+    if not Path(path, "config.json").is_file() and Path(path, "unet", "config.json").is_file() and cls is UNet2DConditionModel:
+        kwargs["subfolder"] = "unet"  # a pipeline folder: its UNet
+    if not Path(path, kwargs.get("subfolder", ""), "config.json").is_file():
+        raise ValueError(f"{flag} {path}: not a model folder (no config.json) and not a .safetensors file")
+    check_safe(path, allow_pickle)
+    try:
+        return cls.from_pretrained(path, use_safetensors=None if allow_pickle else True, torch_dtype=dtype, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{flag} {path}: cannot be loaded as a {cls.__name__}: {err}") from None
+
+
+def _load_single_file_model(cls: Any, file: Path, flag: str, dtype: torch.dtype | None,
+                            config: str | os.PathLike | None) -> Any:
+    """`load_model` of one ``.safetensors`` file (A1111 / ComfyUI style): configs from the local folder ``config``."""
+    if file.suffix != ".safetensors":  # as for priors: a single pickle file is never read, --allow-pickle or not
+        raise ValueError(f"{flag} {file}: a single-file model that is not .safetensors; only safetensors single files "
+                         "are read (convert it with a tool you trust, or pass a diffusers folder)")
+    if not hasattr(cls, "from_single_file"):
+        raise ValueError(f"{flag} {file}: a {cls.__name__} cannot be read from a single file; pass its diffusers folder")
+    if config is None:
+        raise ValueError(f"{flag} {file}: a single file carries no config; pass {flag}-config DIR, a diffusers folder "
+                         f"of the same {cls.__name__} (its weights are not read)")
+    config = Path(config).expanduser()
+    sub = next((s for s in ("", "controlnet" if "ControlNet" in cls.__name__ else "unet")
+                if (config / s / "config.json").is_file()), None)
+    if sub is None:
+        raise ValueError(f"{flag}-config {config}: no config.json there (a diffusers {cls.__name__} folder, or a "
+                         "pipeline folder with one)")
+    check_safe(file)  # its header must be readable
+    try:
+        model = cls.from_single_file(str(file), config=str(config), subfolder=sub or None, local_files_only=True,
+                                     torch_dtype=dtype)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
+        raise ValueError(f"{flag} {file}: cannot be loaded as a single-file {cls.__name__} with {flag}-config {config}: "
+                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    if _unfilled(model):
+        raise ValueError(f"{flag} {file}: the file does not hold every weight of the {cls.__name__} that {flag}-config "
+                         f"{config} describes (a different architecture, or another model's file)")
+    return model
 
 
 def resolve_domain_path(path: str | os.PathLike, **hub_kwargs: Any) -> Path:

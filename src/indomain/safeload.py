@@ -72,6 +72,22 @@ def check_safe(path: str | Path, allow_pickle: bool = False) -> None:
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
+def check_prior_config(prior: str | os.PathLike, config: str | os.PathLike | None, required: bool = False) -> None:
+    """``--prior-config`` goes with a single-file ``--prior`` only, and must be a diffusers pipeline folder (or a hub
+    id); ``required``: a single file needs one (without it diffusers looks its default config up on the hub)."""
+    single = Path(prior).expanduser().is_file()
+    if config is None:
+        if single and required:
+            raise ValueError(f"--prior {prior} is a single file: pass --prior-config DIR, a diffusers folder of the same "
+                             "model (its configs, tokenizers and scheduler; its weights are not read)")
+        return
+    if not single:
+        raise ValueError("--prior-config is for a single-file --prior (a .safetensors checkpoint)")
+    folder = Path(config).expanduser()
+    if folder.exists() and not (folder / "model_index.json").is_file():
+        raise ValueError(f"--prior-config {config}: not a diffusers pipeline folder (no model_index.json)")
+
+
 def check_prior(path: str | os.PathLike, allow_pickle: bool = False) -> None:
     """Check a prior before anything loads it: a hub id, or a complete local pipeline folder with safe weights.
 

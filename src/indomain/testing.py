@@ -123,34 +123,37 @@ def tiny_sd_components(tokenizer_dir: str | Path | None = None, seed: int = 0) -
     )
 
 
-def tiny_sdxl_components(tokenizer_dir: str | Path | None = None, seed: int = 0) -> dict:
-    """Components of a tiny SDXL prior (two CLIP text encoders, pooled text and time ids): 32x32 px, 16x16x4 latents."""
+def tiny_sdxl_components(tokenizer_dir: str | Path | None = None, seed: int = 0, width_2: int = 32) -> dict:
+    """Components of a tiny SDXL prior (two CLIP text encoders, pooled text and time ids): 32x32 px, 16x16x4 latents.
+    ``width_2``: the second encoder's width (diffusers' single-file loader tells the two CLIPs apart by width only)."""
     from transformers import CLIPTextModelWithProjection
 
     tokenizer = tiny_tokenizer(tokenizer_dir)
     encoder = tiny_text_encoder(tokenizer, seed=seed)
     torch.manual_seed(seed + 1)
-    encoder_2 = CLIPTextModelWithProjection(tiny_text_encoder(tokenizer, seed=seed + 1).config).eval()
-    unet = tiny_unet(cross_attention_dim=64, seed=seed, addition_embed_type="text_time", addition_time_embed_dim=8,
-                     projection_class_embeddings_input_dim=6 * 8 + 32)
+    encoder_2 = CLIPTextModelWithProjection(tiny_text_encoder(tokenizer, hidden_size=width_2, seed=seed + 1).config).eval()
+    unet = tiny_unet(cross_attention_dim=32 + width_2, seed=seed, addition_embed_type="text_time", addition_time_embed_dim=8,
+                     projection_class_embeddings_input_dim=6 * 8 + width_2)
     return dict(vae=tiny_vae(seed), text_encoder=encoder, text_encoder_2=encoder_2, tokenizer=tokenizer,
                 tokenizer_2=tokenizer, unet=unet, scheduler=tiny_scheduler())
 
 
-def tiny_sd3_components(tokenizer_dir: str | Path | None = None, seed: int = 0) -> dict:
-    """Components of a tiny SD3 prior (MMDiT transformer, two CLIPs, no T5, flow matching): 32x32 px, 16x16x4 latents."""
+def tiny_sd3_components(tokenizer_dir: str | Path | None = None, seed: int = 0, width_2: int = 32) -> dict:
+    """Components of a tiny SD3 prior (MMDiT transformer, two CLIPs, no T5, flow matching): 32x32 px, 16x16x4 latents.
+    ``width_2``: the second CLIP's width (as `tiny_sdxl_components`)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
     from transformers import CLIPTextModelWithProjection
 
     tokenizer = tiny_tokenizer(tokenizer_dir)
     encoders = []
-    for k in range(2):
+    for k, width in enumerate((32, width_2)):
         torch.manual_seed(seed + k)
-        encoders.append(CLIPTextModelWithProjection(tiny_text_encoder(tokenizer, seed=seed + k).config).eval())
+        encoders.append(CLIPTextModelWithProjection(tiny_text_encoder(tokenizer, hidden_size=width, seed=seed + k).config).eval())
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
         sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,
-        joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64, out_channels=4,
+        joint_attention_dim=max(64, 32 + width_2), caption_projection_dim=32, pooled_projection_dim=32 + width_2,
+        out_channels=4,
     ).eval()
     vae = tiny_vae(seed)
     vae.register_to_config(shift_factor=0.0609, scaling_factor=1.5035)
@@ -158,17 +161,18 @@ def tiny_sd3_components(tokenizer_dir: str | Path | None = None, seed: int = 0) 
                 tokenizer_2=tokenizer, tokenizer_3=None, transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler())
 
 
-def save_tiny_prior(folder: str | Path, seed: int = 0, family: str = "sd") -> Path:
+def save_tiny_prior(folder: str | Path, seed: int = 0, family: str = "sd", width_2: int = 32) -> Path:
     """Save a tiny `StableDiffusionPipeline` folder (``family="sdxl"``: `StableDiffusionXLPipeline`, ``"sd3"``:
-    `StableDiffusion3Pipeline`), loadable like any local checkpoint of that family."""
+    `StableDiffusion3Pipeline`, ``width_2`` their second text encoder's width), loadable like any local checkpoint of
+    that family."""
     from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     folder = Path(folder)
     if family != "sd":
         if family == "sdxl":
-            pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(seed=seed), add_watermarker=False)
+            pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(seed=seed, width_2=width_2), add_watermarker=False)
         else:
-            pipe = StableDiffusion3Pipeline(**tiny_sd3_components(seed=seed))
+            pipe = StableDiffusion3Pipeline(**tiny_sd3_components(seed=seed, width_2=width_2))
         pipe.save_pretrained(folder, safe_serialization=True)
         return folder
     pipe = StableDiffusionPipeline(

@@ -47,9 +47,12 @@ FIELD_KEYS = ("grid_resolution", "bound", "blob_density", "blob_radius", "seed")
 class Text3DConfig:
     """Every setting of `indomain 3d` (each field is also its option ``--field-name``); saved in settings.json."""
 
-    prior: str = option(help="prior pipeline: a local diffusers folder or a hub id")
+    prior: str = option(help="prior pipeline: a local diffusers folder or a hub id, or a single-file .safetensors "
+                        "checkpoint (with --prior-config)")
     prompt: str = option(help="what to make, e.g. 'red apple'")
     out: str = option(help="output folder (new, empty, or an earlier `indomain 3d` run with --resume/--overwrite)")
+    prior_config: str | None = option(None, "for a single-file --prior: a diffusers folder of the same model (its "
+                                      "configs, tokenizers and scheduler; its weights are not read)", metavar="DIR")
     domain: str | None = option(None, "null-text domain model folder written by `indomain train` (default: none)")
     domain_scale: float = option(0.0, "domain weight w_d (0: plain SDS from the prior)", type=finite_float)
     guidance_scale: float = option(25.0, "control weight w_c on the prompt; diffusers' convention eps_u + w (eps_c - "
@@ -232,6 +235,9 @@ def check_inputs(config: Text3DConfig) -> None:
         raise ValueError(f"--distance-range starts at {config.distance_range[0]}, inside the scene box (corner at "
                          f"{config.bound * 3**0.5:.2f}); cameras must see the whole box")
     require_domain_for_weight(config.domain_scale, config.domain)
+    from .safeload import check_prior_config
+
+    check_prior_config(config.prior, config.prior_config)
     if config.view_dependent:
         try:
             config.view_template.format(view="front", prompt=config.prompt)
@@ -303,7 +309,7 @@ def text_to_3d(config: Text3DConfig, pipe: Any = None) -> Path:
         raise ValueError("--resume and --overwrite cannot be combined: resume the run in --out, or replace it")
     record = _resume_state(config, Path(config.out)) if config.resume else None
     out = claim_output_dir(config.out, "3d", overwrite=config.overwrite, reuse=config.resume,
-                           inputs={"--prior": config.prior, "--domain": config.domain})
+                           inputs={"--prior": config.prior, "--prior-config": config.prior_config, "--domain": config.domain})
     try:
         return _text_to_3d(config, pipe, device, record, out)
     finally:
@@ -319,7 +325,8 @@ def _text_to_3d(config: Text3DConfig, pipe: Any, device: Any, record: dict | Non
 
     # 2. Models: the frozen prior (+ domain model) and the guidance around them
     if pipe is None:
-        pipe = InDomainPipeline.from_pretrained(config.prior, domain_unet=config.domain)
+        single = {"config": config.prior_config} if config.prior_config else {}
+        pipe = InDomainPipeline.from_pretrained(config.prior, domain_unet=config.domain, **single)
     pipe.to(device)
     guidance = ScoreDistillation(pipe, config.sds_config())
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor

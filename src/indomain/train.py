@@ -75,9 +75,12 @@ class TrainConfig:
     Each field is also an option of ``indomain train`` (``--field-name`` unless ``flag`` says otherwise).
     """
 
-    prior: str = option(help="prior pipeline folder or hub id: Stable Diffusion 1.x/2.x, SDXL or SD3 (diffusers layout)")
+    prior: str = option(help="prior pipeline folder or hub id: Stable Diffusion 1.x/2.x, SDXL or SD3 (diffusers layout), "
+                        "or a single-file .safetensors checkpoint (with --prior-config)")
     images: str = option(help="folder of domain images (PNG/JPEG/WebP/BMP, read recursively, no captions)")
     output: str = option(help="output folder for the model, checkpoints, samples and logs")
+    prior_config: str | None = option(None, "for a single-file --prior: a diffusers folder of the same model (its "
+                                      "configs, tokenizers and scheduler; its weights are not read)")
     resolution: int = option(512, "training resolution in pixels (shorter side resized, then cropped)", type=positive_int)
     center_crop: bool = option(True, "center crops; --random-crop takes random ones (in latent space, on the cached latents)",
                                flag="--random-crop")
@@ -523,16 +526,18 @@ def check_inputs(config: TrainConfig) -> tuple[list[Path], list[tuple[Path, str]
     from diffusers import AutoencoderKL
 
     from .families import detect_family
-    from .safeload import check_prior
+    from .safeload import check_prior, check_prior_config
 
     config.validate()
     check_prior(config.prior, config.allow_pickle)
-    vae_config = AutoencoderKL.load_config(config.prior, subfolder="vae")
+    check_prior_config(config.prior, config.prior_config, required=True)  # train reads the configs before loading
+    folder = config.prior_config or config.prior  # the configs (a single file carries none)
+    vae_config = AutoencoderKL.load_config(folder, subfolder="vae")
     factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
     if config.resolution % factor:
         raise ValueError(f"--resolution must be a multiple of the VAE factor {factor}, got {config.resolution}")
-    family = detect_family(config.prior)
-    denoiser = AutoencoderKL.load_config(config.prior, subfolder=family.denoiser)  # load_config only reads the JSON
+    family = detect_family(config.prior, config.prior_config)
+    denoiser = AutoencoderKL.load_config(folder, subfolder=family.denoiser)  # load_config only reads the JSON
     # the latents must survive the denoiser's downsampling (a UNet halves them once per block, an MMDiT patches them)
     step = 2 ** (len(denoiser["block_out_channels"]) - 1) if "block_out_channels" in denoiser else denoiser.get("patch_size", 1)
     if (config.resolution // factor) % step:
@@ -587,7 +592,9 @@ def validate(model: torch.nn.Module, config: TrainConfig, step: int, device: Any
     from .autopipeline import InDomainAutoPipeline
 
     # LoRA layers stay attached to `model`: its forward already includes them.
-    pipe = InDomainAutoPipeline.from_pretrained(config.prior, domain_unet=model, allow_pickle=config.allow_pickle).to(device)
+    single = {"config": config.prior_config} if config.prior_config else {}
+    pipe = InDomainAutoPipeline.from_pretrained(config.prior, domain_unet=model, allow_pickle=config.allow_pickle,
+                                                **single).to(device)
     pipe.vae.to(torch.float32)
     pipe.set_progress_bar_config(disable=True)
     folder = Path(config.output) / "samples"
@@ -623,7 +630,7 @@ def _train_inputs(config: TrainConfig, out: Path) -> dict[str, Any]:
     resume = config.resume if config.resume not in (None, "latest") else None
     if resume is not None and Path(resume).resolve().parent == out.resolve():
         resume = None  # its own checkpoint-N
-    return {"--images": config.images, "--prior": config.prior, "--resume": resume}
+    return {"--images": config.images, "--prior": config.prior, "--prior-config": config.prior_config, "--resume": resume}
 
 
 def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> Path:
@@ -670,7 +677,7 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
     accelerator.wait_for_everyone()
 
     # 2. Models: the trainable one from the prior; the VAE only for the cache
-    parts = load_prior_components(config.prior, allow_pickle=config.allow_pickle)
+    parts = load_prior_components(config.prior, allow_pickle=config.allow_pickle, config=config.prior_config)
     noise_scheduler, family = parts["noise_scheduler"], parts["family"]
     prediction_type = "flow" if family.objective == "flow" else noise_scheduler.config.prediction_type
     if family.objective == "flow" and config.snr_gamma is not None:
@@ -830,10 +837,12 @@ def model_card(config: TrainConfig, num_images: int, steps: int) -> str:
     settings = ["resolution", "train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler",
                 "use_ema", "ema_decay", "mixed_precision", "snr_gamma", "seed"]
     rows = "\n".join(f"| `{k}` | `{getattr(config, k)}` |" for k in settings)
+    single = f", config=\"{config.prior_config}\"" if config.prior_config else ""  # a single-file prior's configs
     use = ("from diffusers import UNet2DConditionModel\nfrom indomain import InDomainPipeline\n\n"
-           f"pipe = InDomainPipeline.from_pretrained(\"{config.prior}\", unet=UNet2DConditionModel.from_pretrained(\"{here}\"))"
+           f"pipe = InDomainPipeline.from_pretrained(\"{config.prior}\"{single}, "
+           f"unet=UNet2DConditionModel.from_pretrained(\"{here}\"))"
            if config.baseline else
-           f"from indomain import InDomainAutoPipeline\n\npipe = InDomainAutoPipeline.from_pretrained(\"{config.prior}\", "
+           f"from indomain import InDomainAutoPipeline\n\npipe = InDomainAutoPipeline.from_pretrained(\"{config.prior}\"{single}, "
            f"domain_unet=\"{here}\")\nimages = pipe(\"a prompt\", domain_guidance_scale=2.5, guidance_scale=2.5).images")
     return f"""---
 {data.to_yaml()}

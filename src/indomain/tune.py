@@ -54,9 +54,12 @@ METHOD, PRIOR = "ours", "prior"  # the method names in probe/ and validation/
 class TuneConfig:
     """Every setting of `indomain tune` (each field is also its option ``--field-name``); written to tune.json."""
 
-    prior: str = option(help="prior pipeline folder or hub id")
+    prior: str = option(help="prior pipeline folder or hub id, or a single-file .safetensors checkpoint (with "
+                        "--prior-config)")
     domain: str = option(help="domain model folder: the NullTextUNet `indomain train` wrote (ours)")
     out: str = option(help="output folder (probe/, validation/, tune.json, tune.md, tune.png)")
+    prior_config: str | None = option(None, "for a single-file --prior: a diffusers folder of the same model (its "
+                                      "configs, tokenizers and scheduler; its weights are not read)", metavar="DIR")
     scorer: str | None = option(None, "a named scorer with the prompts and columns that fit it (default: none: CLIP "
                                 "score and FID/KID only)", metavar="NAME")
     probe_prompts: list[str] | None = option(None, "prompts the weights are chosen on (default: from --prompts or "
@@ -278,7 +281,8 @@ def _phase(name: str, out: Path, prompts: list[str], methods: list[Method], swee
 
 
 def _prior_method(config: TuneConfig, w_c: float) -> Method:
-    return Method(PRIOR, config.prior, domain_scales=[0.0], guidance_scales=[w_c], allow_pickle=config.allow_pickle)
+    return Method(PRIOR, config.prior, domain_scales=[0.0], guidance_scales=[w_c], allow_pickle=config.allow_pickle,
+                  prior_config=config.prior_config)
 
 
 def tune(config: TuneConfig, protocol: EvalConfig | None = None, *, preset: TunePreset | None = None,
@@ -291,12 +295,15 @@ def tune(config: TuneConfig, protocol: EvalConfig | None = None, *, preset: Tune
     Raises :class:`NoFeasibleSetting` after writing the probe's outputs when no setting meets the goal.
     """
     from .outputs import claim_output_dir, close_run
+    from .safeload import check_prior_config
 
+    check_prior_config(config.prior, config.prior_config)  # before --out is claimed
     protocol = protocol or EvalConfig(out=config.out)
     goal, probe_prompts, validation_prompts = _resolve(config, protocol, preset)
     start = time.time()
     out = claim_output_dir(config.out, "tune", overwrite=config.overwrite,
-                           inputs={"--prior": config.prior, "--domain": config.domain, "--real": protocol.real})
+                           inputs={"--prior": config.prior, "--prior-config": config.prior_config, "--domain": config.domain,
+                                   "--real": protocol.real})
     try:
         return _tune(config, protocol, preset, extractor, goal, probe_prompts, validation_prompts, out, start)
     finally:
@@ -314,7 +321,8 @@ def _tune(config: TuneConfig, protocol: EvalConfig, preset: TunePreset | None, e
                               "share_columns": sorted(shares), "n_per_setting": config.num_images}
 
     # 1. Probe: the grid, and the prior's reference where the grid lacks it.
-    ours = Method(METHOD, config.prior, domain=config.domain, allow_pickle=config.allow_pickle)
+    ours = Method(METHOD, config.prior, domain=config.domain, allow_pickle=config.allow_pickle,
+                  prior_config=config.prior_config)
     sweep = Sweep(list(config.domain_scales), list(config.guidance_scales))
     grid = sweep.weights(ours, conditional=True)
     methods = [ours] + ([] if any(_is_reference({"w_d": wd, "w_c": wc}, goal) for wd, wc in grid)
@@ -537,7 +545,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str,
     """The `indomain tune` parser; ``presets`` name the scorers ``--scorer`` may pick (the CLI passes the emoji one)."""
     p = sub.add_parser("tune", help=help, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("models")
-    add_options(g, TuneConfig, ["prior", "domain", "allow_pickle"])
+    add_options(g, TuneConfig, ["prior", "prior_config", "domain", "allow_pickle"])
     g = p.add_argument_group("goal")
     actions = add_options(g, TuneConfig, ["scorer", "control", "fidelity", "fidelity_higher_is_better", "keep",
                                           "reference_guidance_scale"])
@@ -568,7 +576,10 @@ def add_parser(sub: argparse._SubParsersAction, help: str,
 def cmd_tune(args: argparse.Namespace) -> int:
     from .evaluate import extractor_from_args
 
+    from .safeload import check_prior_config
+
     config = from_args(TuneConfig, args)
+    check_prior_config(config.prior, config.prior_config)  # the flags first, as every command
     for name in ("prompts", "probe_prompts", "validation_prompts"):
         path = getattr(args, f"{name}_file")
         if path:  # argparse lets only one of --X / --X-file through
