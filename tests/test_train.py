@@ -208,14 +208,17 @@ def test_baseline_fine_tune_supports_cfg_and_rectified(world, tmp_path, lora):
 
 
 def test_latent_cache_is_reused_and_holds_both_flips(world, tmp_path):
-    out = train(config(world, tmp_path / "c", max_train_steps=1))
-    cache = out / "latent_cache" / "latents.safetensors"
-    keys = set(load_file(cache))
+    out = train(config(world, tmp_path / "c", max_train_steps=1, cache_shard_size=4, cache_batch_size=3))
+    shards = sorted((out / "latent_cache").iterdir())
+    assert [p.name for p in shards] == ["latents-00000.safetensors", "latents-00001.safetensors"]  # 6 images, 4 a shard
+    keys = set(load_file(shards[0])) | set(load_file(shards[1]))
     assert keys == {f"{i}" for i in range(6)} | {f"{i}_flip" for i in range(6)} | {f"{i}_size" for i in range(6)}
-    assert load_file(cache)["0_size"].tolist() == [40, 36]  # the original (height, width), for SDXL's time ids
-    mtime = cache.stat().st_mtime_ns
-    train(config(world, tmp_path / "c", max_train_steps=2, resume="latest"))
-    assert cache.stat().st_mtime_ns == mtime
+    assert load_file(shards[0])["0_size"].tolist() == [40, 36]  # the original (height, width), for SDXL's time ids
+    record = json.loads((out / ".indomain-run.json").read_text())
+    assert {"latent_cache/latents-00000.safetensors", "latent_cache/latents-00001.safetensors"} <= set(record["written"])
+    mtimes = [p.stat().st_mtime_ns for p in shards]
+    train(config(world, tmp_path / "c", max_train_steps=2, resume="latest", cache_shard_size=4, cache_batch_size=3))
+    assert [p.stat().st_mtime_ns for p in shards] == mtimes
 
 
 def test_two_process_data_parallel_run(world, tmp_path):
