@@ -307,3 +307,56 @@ def test_lora_run_does_not_depend_on_the_global_rng(world, tmp_path):
     b = train(config(world, tmp_path / "b", lora_rank=2, max_train_steps=1))
     wa, wb = load_file(a / "pytorch_lora_weights.safetensors"), load_file(b / "pytorch_lora_weights.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_the_sharded_plugin_branch_is_chosen_by_the_distributed_type():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    pick = train_mod.sharding_plugin
+    assert pick(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED)) == "deepspeed"
+    assert pick(SimpleNamespace(distributed_type=DistributedType.FSDP)) == "fsdp"
+    for plain in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        assert pick(SimpleNamespace(distributed_type=plain)) is None
+
+
+def test_under_a_sharding_plugin_checkpoints_go_through_accelerate_save_and_load_state(world, tmp_path, monkeypatch):
+    """DeepSpeed / FSDP cannot run on a CPU; this runs their branch (accelerator.save_state / load_state, gathered
+    weights) on a one-process accelerator, whose save_state writes what DeepSpeed ZeRO-2's does minus the shards."""
+    monkeypatch.setattr(train_mod, "sharding_plugin", lambda accelerator: "deepspeed")
+    full = train(config(world, tmp_path / "full", max_train_steps=4))
+    ckpt = full / "checkpoint-2"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["accelerate", "ema.safetensors", "model", "rng.safetensors",
+                                                      "train_state.json"]  # no optimizer.pt: accelerate/ holds it
+    assert sorted(p.name for p in (ckpt / "accelerate").iterdir()) == ["model.safetensors", "optimizer.bin", "scheduler.bin"]
+
+    def crash(step):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config(world, tmp_path / "cut", max_train_steps=4), on_step=crash)
+    resumed = train(config(world, tmp_path / "cut", max_train_steps=4, resume="latest"))
+    for folder in ["", "raw"]:
+        a, b = weights(full / folder), weights(resumed / folder)
+        assert all(torch.equal(a[k], b[k]) for k in a), folder
+    # a checkpoint of that branch is refused by a plain run, with a reason
+    monkeypatch.setattr(train_mod, "sharding_plugin", lambda accelerator: None)
+    with pytest.raises(ValueError, match="DeepSpeed / FSDP"):
+        train(config(world, tmp_path / "plain", max_train_steps=4, resume=str(ckpt)))
+    # a torch archive in accelerate/ that is not plain tensors is refused before accelerate loads it
+    import pickle
+
+    (ckpt / "accelerate" / "scheduler.bin").write_bytes(pickle.dumps(SystemExit))
+    from indomain.checkpoint import CheckpointError, read_checkpoint
+
+    with pytest.raises(CheckpointError, match="scheduler.bin: refused.*--allow-pickle"):
+        read_checkpoint(ckpt)
+
+
+def test_fsdp_refuses_ema_with_a_reason(world, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "sharding_plugin", lambda accelerator: "fsdp")
+    with pytest.raises(ValueError, match="EMA is not supported under FSDP.*--no-ema"):
+        train(config(world, tmp_path / "f", max_train_steps=1))
+    assert not (tmp_path / "f").exists()

@@ -523,18 +523,52 @@ def denoising_loss(pred: torch.Tensor, target: torch.Tensor, snr: torch.Tensor |
 # Checkpoints
 
 
+def sharding_plugin(accelerator: Any) -> str | None:
+    """``"deepspeed"`` or ``"fsdp"`` when accelerate's config shards the training state across processes (then
+    checkpoints go through ``accelerator.save_state`` / ``load_state``); None for one process or plain DDP."""
+    from accelerate.utils import DistributedType
+
+    return {DistributedType.DEEPSPEED: "deepspeed", DistributedType.FSDP: "fsdp"}.get(accelerator.distributed_type)
+
+
+def _save_state_dict(model: Any, state: dict, folder: Path) -> None:
+    """``model/`` of a sharded run: the gathered weights by parameter name (safetensors) and the model's config."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_config(folder)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, folder / "diffusion_pytorch_model.safetensors")
+
+
 def save_checkpoint(accelerator: Any, output: Path, step: int, config: TrainConfig, model: Any, optimizer: Any,
                     lr_scheduler: Any, ema: Any, params: list) -> Path:
-    """Write ``checkpoint-N`` (main process; see `indomain.checkpoint`) and prune old ones."""
+    """Write ``checkpoint-N`` (main process; see `indomain.checkpoint`) and prune old ones.
+
+    Under DeepSpeed / FSDP every process first writes its part through ``accelerator.save_state`` (the checkpoint's
+    ``accelerate/``), and the weights are gathered for ``model/``."""
     from .checkpoint import weights_are_finite, write_checkpoint
+    from .numerics import all_finite
 
     final = output / f"checkpoint-{step}"
+    plugin = sharding_plugin(accelerator)
+    staged, state = None, None
     accelerator.wait_for_everyone()
+    if plugin is not None:
+        staged = output / f".accelerate-{step}.tmp"  # the same name in every process; a kill leaves only this
+        if accelerator.is_main_process and staged.exists():
+            shutil.rmtree(staged)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staged), safe_serialization=True)
+        state = accelerator.get_state_dict(model)  # gathered from every process (a collective call)
+        accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if not weights_are_finite(params):
+        if not (weights_are_finite(params) if state is None else all_finite(list(state.values()))):
             raise NonFiniteError(f"the weights after step {step} are not finite; {_last_good(output, step, config)}")
-        write_checkpoint(final, step, dataclasses.asdict(config), accelerator.unwrap_model(model), optimizer,
-                         lr_scheduler, ema, accelerator.scaler, lambda m, d: save_model(m, d, config))
+        unwrapped = accelerator.unwrap_model(model)
+        write_checkpoint(final, step, dataclasses.asdict(config), unwrapped, None if plugin else optimizer,
+                         lr_scheduler, ema, accelerator.scaler,
+                         (lambda m, d: save_model(m, d, config)) if state is None
+                         else (lambda m, d: _save_state_dict(m, state, d)), accelerate_state=staged)
         if config.checkpoints_total_limit is not None:
             for old in list_checkpoints(output)[:-config.checkpoints_total_limit]:
                 shutil.rmtree(old)
@@ -617,7 +651,7 @@ def check_inputs(config: TrainConfig) -> tuple[list[Path], list[tuple[Path, str]
         return dataset.paths, dataset.skipped, None
     from .checkpoint import read_checkpoint
 
-    ckpt = read_checkpoint(resume_from)
+    ckpt = read_checkpoint(resume_from, allow_pickle=config.allow_pickle)
     return dataset.paths, dataset.skipped, ckpt
 
 
@@ -732,6 +766,10 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
         kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=config.ddp_timeout))],
     )
     config.resolve_steps(len(paths), accelerator.num_processes)
+    plugin = sharding_plugin(accelerator)
+    if plugin == "fsdp" and (config.use_ema or config.lora_rank):
+        raise ValueError(f"{'EMA' if config.use_ema else '--lora-rank'} is not supported under FSDP (it would need "
+                         "every process's weight shards); pass --no-ema and no --lora-rank, or use DeepSpeed ZeRO-2 or DDP")
     if accelerator.is_main_process:
         check_paths_apart(config.latent_cache or out / "latent_cache", _train_inputs(config, out), "--latent-cache")
         claim_output_dir(out, "train", overwrite=config.overwrite, reuse=config.resume is not None,
@@ -810,7 +848,13 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
     global_step = 0
     log_file = out / "train_log.jsonl"
     if ckpt is not None:
-        restore(ckpt, accelerator.unwrap_model(model), optimizer, lr_scheduler, ema, accelerator.scaler)
+        if plugin is not None:  # DeepSpeed / FSDP: the plugin's own files restore model, optimizer and schedule
+            if ckpt.accelerate is None:
+                raise ValueError(f"checkpoint {ckpt.path} was written without DeepSpeed / FSDP; resume it without them")
+            accelerator.load_state(str(ckpt.accelerate))
+            restore(ckpt, accelerator.unwrap_model(model), None, None, ema, None, weights=False)
+        else:
+            restore(ckpt, accelerator.unwrap_model(model), optimizer, lr_scheduler, ema, accelerator.scaler)
         _set_learning_rate(optimizer, lr_scheduler, ckpt.config.get("learning_rate"), config.learning_rate)
         global_step = ckpt.step
         if accelerator.is_main_process:
@@ -900,13 +944,18 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
 
     # 6. Final model: EMA weights at the top, raw weights in raw/; each written aside, then moved in
     accelerator.wait_for_everyone()
+    gathered = accelerator.get_state_dict(model) if plugin == "fsdp" else None  # collective: FSDP's shards joined
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        if not weights_are_finite(params):
+        if not weights_are_finite(params if gathered is None else list(gathered.values())):
             raise NonFiniteError(f"the final weights are not finite; {_last_good(out, global_step, config)}")
-        _save_aside(out, "raw", lambda d: save_model(unwrapped, d, config))
-        with _ema_weights(ema, params):
-            _save_aside(out, None, lambda d: save_model(unwrapped, d, config))
+        if gathered is not None:  # FSDP (no EMA): the gathered weights, at the top and in raw/
+            for sub in ("raw", None):
+                _save_aside(out, sub, lambda d: _save_state_dict(unwrapped, gathered, d))
+        else:
+            _save_aside(out, "raw", lambda d: save_model(unwrapped, d, config))
+            with _ema_weights(ema, params):
+                _save_aside(out, None, lambda d: save_model(unwrapped, d, config))
         atomic_write_text(out / "README.md", model_card(config, len(paths), global_step))
         if config.push_to_hub:
             info(f"uploaded to https://huggingface.co/{push_to_hub(out, config)}")
