@@ -777,6 +777,7 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
         _clean_leftovers(out)
         atomic_write_text(out / "train_config.json", to_json(dataclasses.asdict(config), indent=2))
         atomic_write_text(out / "skipped.json", to_json([{"file": str(p), "reason": r} for p, r in skipped], indent=2))
+        record_outputs(out, finished=False)  # a kill during the cache still leaves a run that --overwrite may replace
     if config.report_to != "none":
         # trackers take flat scalars and strings
         flat = {k: v if isinstance(v, (int, float, str, bool)) else to_json(v) for k, v in dataclasses.asdict(config).items()}
