@@ -4,6 +4,8 @@
     python benchmarks/train_scale.py kill --images 200 --repeats 5      # SIGKILL mid-cache, rerun, compare bit for bit
     python benchmarks/train_scale.py loop --images 64 --steps 30        # images/s of `indomain train` after caching
     python benchmarks/train_scale.py encode --images 256                # seconds per image to build the cache
+    python benchmarks/train_scale.py read --images 256 --batch 16       # the data path of a step alone (--src: before)
+    python benchmarks/train_scale.py estimate                           # per-image costs at 512 px, for the estimate
 
 Every run is `indomain train` in its own subprocess, on the tiny prior of `indomain.testing` (random weights; VAE
 factor 2) and synthetic PNGs (smooth random colour fields) generated once per size in --workdir. ``--src`` runs
@@ -76,7 +78,7 @@ def cmd_rss(a: argparse.Namespace) -> list[dict]:
     for n in a.images:
         images = make_images(a.workdir / f"images-{n}", n)
         cache = a.workdir / f"cache-{n}-{a.label}"
-        extra = ["--latent-cache", str(cache)] if "latent-cache" in a.cache_flags else []
+        extra = (["--latent-cache", str(cache)] if "latent-cache" in a.cache_flags else []) + a.train_flags.split()
         first = run_train(train_args(a.workdir, images, a.workdir / f"run-{n}-{a.label}-a", "--max-train-steps", "1",
                                      "--overwrite", *extra), a.src)
         second = run_train(train_args(a.workdir, images, a.workdir / f"run-{n}-{a.label}-b", "--max-train-steps", "1",
@@ -161,13 +163,110 @@ def cmd_encode(a: argparse.Namespace) -> list[dict]:
     return rows
 
 
+READ = r"""
+import inspect, json, sys, time, torch
+from pathlib import Path
+from indomain.data import ImageFolderDataset
+from indomain.testing import tiny_vae
+import indomain.train as T
+images, cache, batch, steps = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+config = T.TrainConfig(prior="unused", images=images, output="unused", resolution=64, train_batch_size=batch,
+                       center_crop=False)
+paths = ImageFolderDataset(images, 64).paths
+new = "source" in inspect.signature(T.LatentBatches.__init__).parameters
+if new:  # after #26: shards, per-sample generators
+    src = T.build_latent_cache(paths, tiny_vae(), config, cache, "tiny", "cpu")
+else:  # before: one file, one generator per micro-batch
+    src = T.build_latent_cache(paths, tiny_vae(), config, cache / "latents.safetensors", "tiny", "cpu")
+batches = T.LatentBatches(src, len(paths), config, 16, 0.18215, vae_factor=2)
+def one(step):
+    if new:
+        lat, gens = batches.get(step, 0, 0, 1)
+        noise = torch.stack([torch.randn(lat.shape[1:], generator=g) for g in gens])
+        t = torch.cat([torch.randint(0, 1000, (1,), generator=g) for g in gens])
+    else:
+        gen = torch.Generator().manual_seed(step)
+        lat = batches.get(step, 0, 0, 1, gen)
+        noise = torch.randn(lat.shape, generator=gen)
+        t = torch.randint(0, 1000, (batch,), generator=gen)
+    return lat, noise, t
+for s in range(5):
+    one(s)
+t0 = time.perf_counter()
+for s in range(steps):
+    one(s)
+print(json.dumps({"ms_per_batch": 1000 * (time.perf_counter() - t0) / steps, "batch": batch, "images": len(paths)}))
+"""
+
+
+def cmd_read(a: argparse.Namespace) -> list[dict]:
+    """The data path of one training step alone (LatentBatches.get + noise + timesteps), from a built cache."""
+    n = a.images[0]
+    images = make_images(a.workdir / f"images-{n}", n)
+    cache = a.workdir / f"read-cache-{a.label}"
+    cache.mkdir(exist_ok=True)
+    res = subprocess.run([sys.executable, "-c", READ, str(images), str(cache), str(a.batch), str(a.steps)], env=env(a.src),
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(res.stderr[-3000:])
+    row = {"label": a.label, **json.loads(res.stdout.strip().splitlines()[-1])}
+    print(json.dumps(row), flush=True)
+    return [row]
+
+
+ESTIMATE = r"""
+import json, os, resource, sys, tempfile, time, torch
+from pathlib import Path
+from diffusers import AutoencoderKL
+from safetensors.torch import save_file
+from indomain.latent_cache import ShardedLatents
+torch.manual_seed(0)
+out = {}
+# 1. the SD VAE's encoder (SD 1.5 architecture, random weights) on one 512 px image, fp32, this CPU
+vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4).eval()
+x = torch.randn(1, 3, 512, 512)
+with torch.no_grad():
+    vae.encode(x)
+    t0 = time.perf_counter(); vae.encode(x); out["sd_vae_encode_512_cpu_s"] = time.perf_counter() - t0
+# 2. a shard of 512 px SD latents: 64 images x (mean+logvar 8x64x64 fp32, its flip), written then read back by memory map
+shard = 64
+tensors = {}
+for i in range(shard):
+    tensors[f"{i}"] = torch.randn(8, 64, 64); tensors[f"{i}_flip"] = torch.randn(8, 64, 64)
+    tensors[f"{i}_size"] = torch.tensor([1024, 1024])
+d = Path(tempfile.mkdtemp())
+t0 = time.perf_counter()
+save_file(tensors, d / "latents-00000.safetensors", metadata={"key": "k", "shard": "0"})
+out["shard_write_ms_per_image"] = 1000 * (time.perf_counter() - t0) / shard
+out["bytes_per_image"] = (d / "latents-00000.safetensors").stat().st_size / shard
+r = ShardedLatents(d, "k", shard, shard)
+t0 = time.perf_counter()
+for k in range(2000):
+    p = r.params(k % shard, bool(k % 2))[:, :64, :64]
+    m, lv = p.chunk(2, 0); z = m + torch.exp(0.5 * lv) * torch.randn(m.shape)
+out["read_and_sample_ms_per_image"] = 1000 * (time.perf_counter() - t0) / 2000
+print(json.dumps(out))
+"""
+
+
+def cmd_estimate(a: argparse.Namespace) -> list[dict]:
+    """Per-image costs at SD 1.5's 512 px on this CPU, for the paper-scale estimate in BENCHMARKS.md."""
+    res = subprocess.run([sys.executable, "-c", ESTIMATE], env=env(a.src), capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(res.stderr[-3000:])
+    row = json.loads(res.stdout.strip().splitlines()[-1])
+    print(json.dumps(row), flush=True)
+    return [row]
+
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def main() -> None:
     global SRC
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["rss", "kill", "loop", "encode"])
+    p.add_argument("what", choices=["rss", "kill", "loop", "encode", "read", "estimate"])
     p.add_argument("--images", type=int, nargs="+", default=[2000])
     p.add_argument("--workdir", type=Path, default=Path("/tmp/indomain-train-scale"))
     p.add_argument("--src", default=SRC, help="the indomain source folder to run (default: this checkout's)")
@@ -177,9 +276,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--cache-flags", default="latent-cache", help=argparse.SUPPRESS)
+    p.add_argument("--train-flags", default="", help="more `indomain train` flags for rss, e.g. '--no-flip --cache-batch-size 1'")
     a = p.parse_args()
     SRC = a.src
-    rows = {"rss": cmd_rss, "kill": cmd_kill, "loop": cmd_loop, "encode": cmd_encode}[a.what](a)
+    rows = {"rss": cmd_rss, "kill": cmd_kill, "loop": cmd_loop, "encode": cmd_encode, "read": cmd_read,
+            "estimate": cmd_estimate}[a.what](a)
     print(json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "rows": rows}))
 
 

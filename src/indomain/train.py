@@ -7,11 +7,13 @@
 
 The run happens in this order (as diffusers' ``train_text_to_image.py``): build the accelerator; build
 the model from the prior (the text encoders run once, for the empty prompt or the fixed caption, and are
-freed); encode every image once with the VAE into a safetensors latent cache; then one loop: sample a
-batch of cached latents, noise them (`noise_and_target`), predict with the model, plain denoising loss
-(optionally min-SNR weighted), backward, clip, step, EMA. Checkpoints are written atomically every
-``--checkpointing-steps``; ``--resume latest`` continues exactly (step, optimizer, EMA, RNG and data
-order: batches, noise and timesteps are pure functions of ``(seed, step, rank)``).
+freed); encode every image once with the VAE into the sharded latent cache (`indomain.latent_cache`: every
+process encodes its share, a kill loses at most a shard), or, with ``--no-latent-cache``, encode each batch on
+the fly; then one loop: sample a batch of latents, noise them (`noise_and_target`), predict with the model, plain
+denoising loss (optionally min-SNR weighted), backward, clip, step, EMA. Checkpoints are written atomically every
+``--checkpointing-steps`` (through ``accelerator.save_state`` under DeepSpeed / FSDP); ``--resume latest``
+continues exactly (step, optimizer, EMA, RNG and data order: batches, noise and timesteps are pure functions of
+``(seed, step, rank)``, drawn per sample, so a global batch is the same on any number of processes).
 
 Every family of `indomain.families` trains in this one loop: SD 1.x/2.x (target epsilon or v, as the prior's
 scheduler says), SDXL (the same, with each image's size conditioning as time ids: original size from the cache,
