@@ -216,3 +216,38 @@ def test_two_processes_train_the_same_weights_as_one_with_the_same_global_batch(
     assert [r["loss"] for r in _log(two)] == pytest.approx([r["loss"] for r in _log(one)], rel=1e-5)
     c1, c2 = shards(one / "latent_cache"), shards(two / "latent_cache")
     assert all(torch.equal(c1[f][k], c2[f][k]) for f in c1 for k in c1[f])  # the same cache, whoever encoded it
+
+
+# -- the datasets library --------------------------------------------------------------------------------------
+
+
+def test_a_datasets_parquet_or_imagefolder_trains_like_the_folder(world, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    prior, images = world
+    files = sorted(images.glob("*.png"))
+    table = datasets.Dataset.from_dict({"picture": [str(p) for p in files], "label": list(range(len(files)))})
+    table = table.cast_column("picture", datasets.Image())
+    pq = tmp_path / "pq"
+    pq.mkdir()
+    table.to_parquet(str(pq / "train-00000.parquet"))
+
+    folder = train(config(world, tmp_path / "folder", log_every=1))
+    from_parquet = train(config(world, tmp_path / "parquet", images=None, dataset_dir=str(pq), log_every=1))
+    from_imagefolder = train(config(world, tmp_path / "imgf", images=None, dataset_name="imagefolder",
+                                    dataset_dir=str(images), log_every=1, cache_latents=False))
+    # the same images in the same order: the same batches and losses
+    losses = [r["loss"] for r in _log(folder)]
+    assert [r["loss"] for r in _log(from_parquet)] == pytest.approx(losses, rel=1e-6)
+    assert [r["loss"] for r in _log(from_imagefolder)] == pytest.approx(losses, rel=1e-4)
+    assert "unlabeled images from `" + str(pq) in (from_parquet / "README.md").read_text()
+
+    from indomain.data import DataError, load_image_dataset
+
+    with pytest.raises(DataError, match="--image-column 'label' .* is not an image column"):
+        load_image_dataset(None, str(pq), column="label")
+    with pytest.raises(DataError, match="--image-column 'nope' is not a column .*columns: picture, label"):
+        load_image_dataset(None, str(pq), column="nope")
+    with pytest.raises(DataError, match="--dataset-split 'test'"):
+        load_image_dataset(None, str(pq), split="test")
+    with pytest.raises(ValueError, match="two sources of images"):
+        config(world, "x", dataset_dir=str(pq)).validate()

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .console import progress
-from .data import load_rgb, resize_shorter, to_tensor
+from .data import DatasetImages, load_rgb, resize_shorter, to_tensor
 from .outputs import atomic_path
 
 if TYPE_CHECKING:
@@ -71,9 +71,12 @@ def vae_fingerprint(vae: Any, vae_id: str) -> str:
 def cache_key(paths: Sequence[Path], resolution: int, flip: bool, shard_size: int, vae_fp: str) -> str:
     """The key every shard carries: a shard with another key belongs to other images or settings."""
     h = hashlib.sha256()
-    for p in paths:
-        st = p.stat()
-        h.update(f"{p}:{st.st_size}:{st.st_mtime_ns};".encode())
+    if isinstance(paths, DatasetImages):  # a `datasets` split: its content fingerprint
+        h.update(paths.fingerprint.encode())
+    else:
+        for p in paths:
+            st = p.stat()
+            h.update(f"{p}:{st.st_size}:{st.st_mtime_ns};".encode())
     h.update(f"{resolution}:{flip}:{shard_size}:{vae_fp}:sizes".encode())
     return h.hexdigest()[:16]
 
@@ -89,15 +92,16 @@ class ImagePixels:
     factor; crops to the training size happen later, in latent space. Picklable, so DataLoader workers can run it.
     """
 
-    def __init__(self, paths: Sequence[Path], resolution: int, factor: int) -> None:
-        self.paths, self.resolution, self.factor = list(paths), resolution, factor
+    def __init__(self, paths: Sequence[Path] | DatasetImages, resolution: int, factor: int) -> None:
+        self.paths = paths if isinstance(paths, DatasetImages) else list(paths)
+        self.resolution, self.factor = resolution, factor
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, key: int | tuple[int, bool]) -> dict:
         i, flip = key if isinstance(key, tuple) else (key, False)
-        original = load_rgb(self.paths[i])
+        original = self.paths[i] if isinstance(self.paths, DatasetImages) else load_rgb(self.paths[i])
         img = resize_shorter(original, self.resolution)
         w, h = (s - s % self.factor for s in img.size)
         left, top = (img.width - w) // 2, (img.height - h) // 2

@@ -70,7 +70,8 @@ class TrainConfig:
     """
 
     prior: str = option(help="prior pipeline folder or hub id: Stable Diffusion 1.x/2.x, SDXL or SD3 (diffusers layout)")
-    images: str = option(help="folder of domain images (PNG/JPEG/WebP/BMP, read recursively, no captions)")
+    images: str = option(help="folder of domain images (PNG/JPEG/WebP/BMP, read recursively, no captions); or give "
+                         "--dataset-name / --dataset-dir instead")
     output: str = option(help="output folder for the model, checkpoints, samples and logs")
     resolution: int = option(512, "training resolution in pixels (shorter side resized, then cropped)", type=positive_int)
     center_crop: bool = option(True, "center crops; --random-crop takes random ones (in latent space, on the cached latents)",
@@ -138,6 +139,12 @@ class TrainConfig:
                                          "--no-latent-cache); 0 reads them in the main process", type=nonnegative_int)
     ddp_timeout: int = option(1800, "seconds a process waits for the others (torch.distributed process-group "
                               "timeout, set through accelerate's InitProcessGroupKwargs)", type=positive_int)
+    dataset_name: str | None = option(None, "a Hugging Face `datasets` dataset instead of --images: a hub id or a builder "
+                                      "(imagefolder, parquet, ...); needs pip install 'indomain[datasets]'")
+    dataset_dir: str | None = option(None, "a local folder for the `datasets` library (parquet / arrow / image files; "
+                                     "alone, the builder is inferred) instead of --images")
+    dataset_split: str = option("train", "the split of --dataset-name / --dataset-dir")
+    image_column: str | None = option(None, "the image column of the dataset (default: its only Image column)")
     seed: int = option(0, "seed of everything random")
     allow_pickle: bool = option(False, "allow pickle checkpoints for the prior (weights_only loading); only for files "
                                 "you trust")
@@ -182,6 +189,11 @@ class TrainConfig:
                 raise ValueError(f"{flag(name)} must be a whole number >= 1, got {value!r}")
         if not isinstance(self.dataloader_num_workers, int) or self.dataloader_num_workers < 0:
             raise ValueError(f"--dataloader-num-workers must be a whole number >= 0, got {self.dataloader_num_workers!r}")
+        uses_dataset = self.dataset_name is not None or self.dataset_dir is not None
+        if uses_dataset and self.images:
+            raise ValueError("--images and --dataset-name / --dataset-dir are two sources of images; give one")
+        if not uses_dataset and not self.images:
+            raise ValueError("give --images (a folder), or --dataset-name / --dataset-dir (the datasets library)")
         if not self.cache_latents and self.latent_cache is not None:
             raise ValueError("--latent-cache names the cache folder, but --no-latent-cache builds no cache; pass one")
         for name in ("lr_warmup_steps", "validation_steps"):
@@ -647,14 +659,21 @@ def check_inputs(config: TrainConfig) -> tuple[list[Path], list[tuple[Path, str]
     if (config.resolution // factor) % step:
         raise ValueError(f"--resolution must be a multiple of {factor * step} for this prior (VAE factor {factor} x "
                          f"{family.denoiser} factor {step}), got {config.resolution}")
-    dataset = ImageFolderDataset(config.images, config.resolution, min_size_policy=config.min_size_policy)
+    if config.dataset_name is not None or config.dataset_dir is not None:
+        from .data import load_image_dataset
+
+        paths: Any = load_image_dataset(config.dataset_name, config.dataset_dir, config.dataset_split, config.image_column)
+        skipped: list = []
+    else:
+        dataset = ImageFolderDataset(config.images, config.resolution, min_size_policy=config.min_size_policy)
+        paths, skipped = dataset.paths, dataset.skipped
     resume_from = resolve_resume(config)
     if resume_from is None:
-        return dataset.paths, dataset.skipped, None
+        return paths, skipped, None
     from .checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(resume_from, allow_pickle=config.allow_pickle)
-    return dataset.paths, dataset.skipped, ckpt
+    return paths, skipped, ckpt
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -732,7 +751,7 @@ def _train_inputs(config: TrainConfig, out: Path) -> dict[str, Any]:
     resume = config.resume if config.resume not in (None, "latest") else None
     if resume is not None and Path(resume).resolve().parent == out.resolve():
         resume = None  # its own checkpoint-N
-    return {"--images": config.images, "--prior": config.prior, "--resume": resume}
+    return {"--images": config.images, "--dataset-dir": config.dataset_dir, "--prior": config.prior, "--resume": resume}
 
 
 def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> Path:
@@ -991,10 +1010,10 @@ def model_card(config: TrainConfig, num_images: int, steps: int) -> str:
 {data.to_yaml()}
 ---
 
-# Domain model: {Path(config.images).name}
+# Domain model: {Path(_image_source(config)).name}
 
 A {kind} for the prior `{config.prior}`, trained with [indomain](https://arxiv.org/abs/2312.08195) {__version__}
-on {num_images} unlabeled images from `{config.images}` for {steps} optimizer steps. Every setting is in
+on {num_images} unlabeled images from `{_image_source(config)}` for {steps} optimizer steps. Every setting is in
 `train_config.json`; the training curve in `train_log.jsonl`; files that were skipped in `skipped.json`.
 
 | setting | value |
@@ -1013,6 +1032,11 @@ on {num_images} unlabeled images from `{config.images}` for {steps} optimizer st
 {use}
 ```
 """
+
+
+def _image_source(config: TrainConfig) -> str:
+    """Where the images came from: the --images folder, or the dataset."""
+    return config.images or config.dataset_name or config.dataset_dir or ""
 
 
 def hub_base_model(prior: str) -> str | None:
@@ -1073,7 +1097,7 @@ def push_to_hub(out: Path, config: TrainConfig) -> str:
     api = HfApi()
     repo_id = api.create_repo(repo_id, exist_ok=True).repo_id
     api.upload_folder(repo_id=repo_id, folder_path=str(out), allow_patterns=hub_upload_plan(out),
-                      commit_message=f"indomain train: {Path(config.images).name}")
+                      commit_message=f"indomain train: {Path(_image_source(config)).name}")
     return repo_id
 
 
@@ -1178,6 +1202,8 @@ def add_diffusers_aliases(parser: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     for dest in ("prior", "images", "output"):
+        if dest == "images" and (getattr(args, "dataset_name", None) or getattr(args, "dataset_dir", None)):
+            continue
         if getattr(args, dest, None) is None:
             alias = next(a for a, d in DIFFUSERS_FLAGS.items() if d == dest)
             raise ValueError(f"the following argument is required: --{dest} (or diffusers' {alias})")
