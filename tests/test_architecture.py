@@ -21,6 +21,7 @@ FLOORS = {
     "control": 0,  # ControlNet / T2I-Adapter residuals for the sampling core
     "nerf": 0,  # the 3-D scene for score distillation (pure torch)
     "streams": 0,  # a step's independent model calls on concurrent CUDA streams
+    "latent_cache": 0,  # the sharded VAE latent cache of `indomain train` and the image -> pixels transform
     # 1. the core: open models, sample
     "loading": 1, "pipeline": 1, "editing": 1,
     "pipeline_xl": 1, "pipeline_sd3": 1, "autopipeline": 1,  # the SDXL / SD3 pipelines on the same core

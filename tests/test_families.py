@@ -192,9 +192,9 @@ def test_latent_batches_carry_sdxl_size_conditioning(tmp_path, images):
     config = TrainConfig(prior="unused", images=str(images), output=str(tmp_path), resolution=32, train_batch_size=4,
                          center_crop=False, random_flip=False)
     paths = sorted(images.glob("*.png"))
-    cache = build_latent_cache(paths, tiny_vae(), config, tmp_path / "latents.safetensors", "tiny", "cpu")
+    cache = build_latent_cache(paths, tiny_vae(), config, tmp_path / "latents", "tiny", "cpu")
     batches = LatentBatches(cache, len(paths), config, 16, 0.18215, vae_factor=2)
-    batches.get(0, 0, 0, 1, gen())
+    batches.get(0, 0, 0, 1)
     ids = batches.time_ids
     sizes = {tuple(Image.open(p).size[::-1]) for p in paths}
     assert ids.shape == (4, 6) and {tuple(int(v) for v in row[:2]) for row in ids} == sizes

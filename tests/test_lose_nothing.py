@@ -222,7 +222,7 @@ def test_the_latent_cache_never_writes_into_the_images_or_over_a_foreign_file(wo
     assert sorted(p.name for p in imgs.iterdir()) == ["0.png", "1.png", "2.png", "3.png"]
     cache = tmp_path / "cache"
     cache.mkdir()
-    save_file({"x": torch.zeros(1)}, str(cache / "latents.safetensors"))  # someone else's file of that name
+    save_file({"x": torch.zeros(1)}, str(cache / "latents-00000.safetensors"))  # someone else's file of that name
     before = _snapshot(cache)
     _refused(capsys, *train, "--images", imgs, "--output", tmp_path / "b", "--latent-cache", cache,
              says="not written by `indomain train`")
@@ -326,9 +326,9 @@ def test_a_garbage_latent_cache_is_named(world, capsys, tmp_path):
     root, prior, images = world
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / "latents.safetensors").write_bytes(b"\xff" * 100)
+    (cache / "latents-00000.safetensors").write_bytes(b"\xff" * 100)
     _refused(capsys, "train", "--prior", prior, "--images", images, "--resolution", 32, "--max-train-steps", 1,
-             "--output", tmp_path / "t", "--latent-cache", cache, says="latents.safetensors")
+             "--output", tmp_path / "t", "--latent-cache", cache, says="latents-00000.safetensors")
 
 
 @pytest.mark.parametrize("device", ["bogus", "cuda", "cuda:7"])

@@ -208,14 +208,17 @@ def test_baseline_fine_tune_supports_cfg_and_rectified(world, tmp_path, lora):
 
 
 def test_latent_cache_is_reused_and_holds_both_flips(world, tmp_path):
-    out = train(config(world, tmp_path / "c", max_train_steps=1))
-    cache = out / "latent_cache" / "latents.safetensors"
-    keys = set(load_file(cache))
+    out = train(config(world, tmp_path / "c", max_train_steps=1, cache_shard_size=4, cache_batch_size=3))
+    shards = sorted((out / "latent_cache").iterdir())
+    assert [p.name for p in shards] == ["latents-00000.safetensors", "latents-00001.safetensors"]  # 6 images, 4 a shard
+    keys = set(load_file(shards[0])) | set(load_file(shards[1]))
     assert keys == {f"{i}" for i in range(6)} | {f"{i}_flip" for i in range(6)} | {f"{i}_size" for i in range(6)}
-    assert load_file(cache)["0_size"].tolist() == [40, 36]  # the original (height, width), for SDXL's time ids
-    mtime = cache.stat().st_mtime_ns
-    train(config(world, tmp_path / "c", max_train_steps=2, resume="latest"))
-    assert cache.stat().st_mtime_ns == mtime
+    assert load_file(shards[0])["0_size"].tolist() == [40, 36]  # the original (height, width), for SDXL's time ids
+    record = json.loads((out / ".indomain-run.json").read_text())
+    assert {"latent_cache/latents-00000.safetensors", "latent_cache/latents-00001.safetensors"} <= set(record["written"])
+    mtimes = [p.stat().st_mtime_ns for p in shards]
+    train(config(world, tmp_path / "c", max_train_steps=2, resume="latest", cache_shard_size=4, cache_batch_size=3))
+    assert [p.stat().st_mtime_ns for p in shards] == mtimes
 
 
 def test_two_process_data_parallel_run(world, tmp_path):
@@ -304,3 +307,56 @@ def test_lora_run_does_not_depend_on_the_global_rng(world, tmp_path):
     b = train(config(world, tmp_path / "b", lora_rank=2, max_train_steps=1))
     wa, wb = load_file(a / "pytorch_lora_weights.safetensors"), load_file(b / "pytorch_lora_weights.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_the_sharded_plugin_branch_is_chosen_by_the_distributed_type():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    pick = train_mod.sharding_plugin
+    assert pick(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED)) == "deepspeed"
+    assert pick(SimpleNamespace(distributed_type=DistributedType.FSDP)) == "fsdp"
+    for plain in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        assert pick(SimpleNamespace(distributed_type=plain)) is None
+
+
+def test_under_a_sharding_plugin_checkpoints_go_through_accelerate_save_and_load_state(world, tmp_path, monkeypatch):
+    """DeepSpeed / FSDP cannot run on a CPU; this runs their branch (accelerator.save_state / load_state, gathered
+    weights) on a one-process accelerator, whose save_state writes what DeepSpeed ZeRO-2's does minus the shards."""
+    monkeypatch.setattr(train_mod, "sharding_plugin", lambda accelerator: "deepspeed")
+    full = train(config(world, tmp_path / "full", max_train_steps=4))
+    ckpt = full / "checkpoint-2"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["accelerate", "ema.safetensors", "model", "rng.safetensors",
+                                                      "train_state.json"]  # no optimizer.pt: accelerate/ holds it
+    assert sorted(p.name for p in (ckpt / "accelerate").iterdir()) == ["model.safetensors", "optimizer.bin", "scheduler.bin"]
+
+    def crash(step):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config(world, tmp_path / "cut", max_train_steps=4), on_step=crash)
+    resumed = train(config(world, tmp_path / "cut", max_train_steps=4, resume="latest"))
+    for folder in ["", "raw"]:
+        a, b = weights(full / folder), weights(resumed / folder)
+        assert all(torch.equal(a[k], b[k]) for k in a), folder
+    # a checkpoint of that branch is refused by a plain run, with a reason
+    monkeypatch.setattr(train_mod, "sharding_plugin", lambda accelerator: None)
+    with pytest.raises(ValueError, match="DeepSpeed / FSDP"):
+        train(config(world, tmp_path / "plain", max_train_steps=4, resume=str(ckpt)))
+    # a torch archive in accelerate/ that is not plain tensors is refused before accelerate loads it
+    import pickle
+
+    (ckpt / "accelerate" / "scheduler.bin").write_bytes(pickle.dumps(SystemExit))
+    from indomain.checkpoint import CheckpointError, read_checkpoint
+
+    with pytest.raises(CheckpointError, match="scheduler.bin: refused.*--allow-pickle"):
+        read_checkpoint(ckpt)
+
+
+def test_fsdp_refuses_ema_with_a_reason(world, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "sharding_plugin", lambda accelerator: "fsdp")
+    with pytest.raises(ValueError, match="EMA is not supported under FSDP.*--no-ema"):
+        train(config(world, tmp_path / "f", max_train_steps=1))
+    assert not (tmp_path / "f").exists()

@@ -10,7 +10,15 @@ that could execute code on load. ``checkpoint-N/`` holds exactly these files:
 - ``optimizer.pt``: optimizer, LR-schedule and loss-scaler state: plain tensors, numbers and lists,
   read back with ``torch.load(weights_only=True)``, which refuses anything else;
 - ``rng.safetensors``: the torch random-number states;
-- ``train_state.json``: the step and the run's configuration (the prior it was made with included).
+- ``train_state.json``: the step and the run's configuration (the prior it was made with included);
+- ``accelerate/``: only where accelerate's config shards training (DeepSpeed ZeRO, FSDP): what
+  ``accelerator.save_state`` wrote (model and optimizer as the plugin lays them out, LR schedule), in place of
+  ``optimizer.pt``; resume loads it with ``accelerator.load_state``. Its weights are safetensors where the plugin
+  allows; its torch archives (``optimizer.bin``, ``scheduler.bin``, DeepSpeed's ``*_states.pt``) are each read
+  first with ``torch.load(weights_only=True)``, and a file that fails that (a pickle with code in it, FSDP's
+  ``.distcp``/``.metadata`` files) is refused unless the run passes ``--allow-pickle``. accelerate's
+  ``random_states_N.pkl`` (numpy pickles) are dropped: the run's randomness is in ``rng.safetensors`` and the
+  per-sample generators.
 
 `read_checkpoint` refuses any other file, and any file that fails to load, with an error naming it.
 Written into a hidden temporary folder and renamed (`indomain.outputs.atomic_path`), so a kill mid-save never leaves a half checkpoint.
@@ -31,8 +39,9 @@ from safetensors.torch import load_file, save_file
 from .numerics import all_finite
 from .outputs import atomic_path, to_json
 
-FILES = {"model.safetensors", "ema.safetensors", "optimizer.pt", "rng.safetensors", "train_state.json", "model"}
-REQUIRED = {"model", "optimizer.pt", "train_state.json"}
+FILES = {"model.safetensors", "ema.safetensors", "optimizer.pt", "rng.safetensors", "train_state.json", "model",
+         "accelerate"}
+REQUIRED = {"model", "train_state.json"}  # and optimizer.pt, or accelerate/ (DeepSpeed / FSDP)
 MODEL_FILES = ("*.safetensors", "*.json")  # all that model/ may hold (configs, adapter config, weights)
 
 
@@ -49,8 +58,9 @@ class Checkpoint:
     config: dict[str, Any]
     model: dict[str, torch.Tensor]
     ema: tuple[dict[str, torch.Tensor], dict[str, Any]] | None
-    optimizer: dict[str, Any]
+    optimizer: dict[str, Any] | None
     rng: dict[str, torch.Tensor]
+    accelerate: Path | None = None  # accelerator.save_state's folder (DeepSpeed / FSDP runs), checked
 
 
 def list_checkpoints(output: Path) -> list[Path]:
@@ -69,10 +79,19 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def write_checkpoint(folder: Path, step: int, config: dict[str, Any], model: torch.nn.Module, optimizer: Any,
-                     lr_scheduler: Any, ema: Any | None, scaler: Any | None, save_model: Any) -> Path:
-    """Write ``folder`` (``.../checkpoint-N``) atomically; ``save_model(model, dir)`` writes the hand-loadable copy."""
+                     lr_scheduler: Any, ema: Any | None, scaler: Any | None, save_model: Any,
+                     accelerate_state: Path | None = None) -> Path:
+    """Write ``folder`` (``.../checkpoint-N``) atomically; ``save_model(model, dir)`` writes the hand-loadable copy.
+
+    ``accelerate_state``: a folder ``accelerator.save_state`` wrote (DeepSpeed / FSDP), moved in as ``accelerate/``;
+    then it holds the optimizer and schedule, and ``optimizer`` is None.
+    """
     with atomic_path(folder) as tmp:
         tmp.mkdir(parents=True)
+        if accelerate_state is not None:
+            for pkl in Path(accelerate_state).glob("random_states_*.pkl"):
+                pkl.unlink()  # numpy pickles; the run's RNG is in rng.safetensors
+            Path(accelerate_state).replace(tmp / "accelerate")
         state = trainable_state(model)
         if any(not p.requires_grad for p in model.parameters()):  # LoRA: model/ holds adapters under other names
             save_file(state, tmp / "model.safetensors")
@@ -81,8 +100,9 @@ def write_checkpoint(folder: Path, step: int, config: dict[str, Any], model: tor
             counters = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
             save_file({n: s.detach().cpu().contiguous() for n, s in zip(names, ema.shadow_params)}, tmp / "ema.safetensors",
                       metadata={"counters": to_json(counters)})
-        torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
-                    "scaler": None if scaler is None else scaler.state_dict()}, tmp / "optimizer.pt")
+        if optimizer is not None:
+            torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                        "scaler": None if scaler is None else scaler.state_dict()}, tmp / "optimizer.pt")
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
@@ -103,8 +123,35 @@ def _safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e}); this checkpoint cannot be resumed") from None
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Load and check every file of a checkpoint folder, without executing anything stored in it."""
+def _check_accelerate_state(folder: Path, allow_pickle: bool) -> None:
+    """Every file of ``accelerate/``: safetensors with a readable header, or a torch archive that loads with
+    ``weights_only=True``; anything else only with ``allow_pickle``."""
+    for file in sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()):
+        if file.is_symlink():
+            raise CheckpointError(f"{file}: a link inside a checkpoint; refusing to resume from {folder.parent}")
+        if file.suffix == ".safetensors":
+            _safetensors(file)
+            continue
+        if file.suffix == ".json":
+            try:
+                json.loads(file.read_text())
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"{file}: not valid JSON ({e}); this checkpoint cannot be resumed") from None
+            continue
+        try:
+            torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - not plain tensors and numbers
+            if not allow_pickle:
+                raise CheckpointError(
+                    f"{file}: refused: it does not load as plain tensors and numbers ({type(e).__name__}), so loading "
+                    "it could run code. Resume with --allow-pickle only if you trust this checkpoint") from None
+
+
+def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
+    """Load and check every file of a checkpoint folder, without executing anything stored in it.
+
+    ``allow_pickle`` lets the files of a DeepSpeed / FSDP ``accelerate/`` folder that are not plain tensors through
+    (they are then loaded by accelerate and the plugin, with their own loaders)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a folder")
@@ -117,7 +164,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     unexpected = sorted(names - FILES)
     if unexpected:
         raise CheckpointError(f"{path / unexpected[0]}: unexpected file in a checkpoint; refusing to resume from {path}")
-    missing = sorted(REQUIRED - names)
+    missing = sorted(REQUIRED - names) + ([] if names & {"optimizer.pt", "accelerate"} else ["optimizer.pt"])
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: {', '.join(missing)} is missing")
     try:
@@ -147,17 +194,24 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         except ValueError as e:
             raise CheckpointError(f"{path / 'ema.safetensors'}: bad EMA counters in its metadata ({e})") from None
         ema = (shadow, counters)
-    try:
-        optimizer = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - UnpicklingError, EOFError, RuntimeError: all mean "not safe or not whole"
-        raise CheckpointError(
-            f"{path / 'optimizer.pt'}: refused: it does not load as plain tensors and numbers "
-            f"({type(e).__name__}); it may be corrupt or crafted to run code. Resume from another checkpoint"
-        ) from None
-    if not isinstance(optimizer, dict) or not {"optimizer", "lr_scheduler"} <= set(optimizer):
-        raise CheckpointError(f"{path / 'optimizer.pt'}: not an indomain optimizer state")
+    optimizer = None
+    if (path / "optimizer.pt").exists():
+        try:
+            optimizer = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - UnpicklingError, EOFError, RuntimeError: all mean "not safe or not whole"
+            raise CheckpointError(
+                f"{path / 'optimizer.pt'}: refused: it does not load as plain tensors and numbers "
+                f"({type(e).__name__}); it may be corrupt or crafted to run code. Resume from another checkpoint"
+            ) from None
+        if not isinstance(optimizer, dict) or not {"optimizer", "lr_scheduler"} <= set(optimizer):
+            raise CheckpointError(f"{path / 'optimizer.pt'}: not an indomain optimizer state")
+    accelerate = None
+    if (path / "accelerate").is_dir():
+        _check_accelerate_state(path / "accelerate", allow_pickle)
+        accelerate = path / "accelerate"
     rng = _safetensors(path / "rng.safetensors")[0] if (path / "rng.safetensors").exists() else {}
-    return Checkpoint(path=path, step=step, config=config, model=model, ema=ema, optimizer=optimizer, rng=rng)
+    return Checkpoint(path=path, step=step, config=config, model=model, ema=ema, optimizer=optimizer, rng=rng,
+                      accelerate=accelerate)
 
 
 def check_fits(ckpt: Checkpoint, model: torch.nn.Module, prior: str) -> None:
@@ -182,17 +236,24 @@ def check_fits(ckpt: Checkpoint, model: torch.nn.Module, prior: str) -> None:
 
 
 def restore(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Any, lr_scheduler: Any, ema: Any | None,
-            scaler: Any | None) -> None:
-    """Put a checked checkpoint into the (unwrapped) model, optimizer, schedule, EMA, scaler and RNG."""
+            scaler: Any | None, weights: bool = True) -> None:
+    """Put a checked checkpoint into the (unwrapped) model, optimizer, schedule, EMA, scaler and RNG.
+
+    ``weights=False`` with ``optimizer=None``: only EMA and RNG (``accelerator.load_state`` restored the rest)."""
     params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, p in params.items():
-            if p.requires_grad:
-                p.copy_(ckpt.model[name])
-    optimizer.load_state_dict(ckpt.optimizer["optimizer"])
-    lr_scheduler.load_state_dict(ckpt.optimizer["lr_scheduler"])
-    if scaler is not None and ckpt.optimizer.get("scaler") is not None:
-        scaler.load_state_dict(ckpt.optimizer["scaler"])
+    if weights:
+        with torch.no_grad():
+            for name, p in params.items():
+                if p.requires_grad:
+                    p.copy_(ckpt.model[name])
+    if optimizer is not None:
+        if ckpt.optimizer is None:
+            raise CheckpointError(f"checkpoint {ckpt.path} was written under DeepSpeed / FSDP (accelerate/, no "
+                                  "optimizer.pt); resume it with the same accelerate config")
+        optimizer.load_state_dict(ckpt.optimizer["optimizer"])
+        lr_scheduler.load_state_dict(ckpt.optimizer["lr_scheduler"])
+        if scaler is not None and ckpt.optimizer.get("scaler") is not None:
+            scaler.load_state_dict(ckpt.optimizer["scaler"])
     if ema is not None:
         if ckpt.ema is None:
             raise CheckpointError(f"checkpoint {ckpt.path} has no EMA weights but this run uses EMA (pass --no-ema)")

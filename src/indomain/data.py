@@ -74,7 +74,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -512,3 +512,70 @@ class ImageFolderDataset:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+
+# --------------------------------------------------------------------------- #
+# Hugging Face `datasets` input (optional dependency)
+# --------------------------------------------------------------------------- #
+
+
+class DatasetImages(Sequence):
+    """The images of one column of a Hugging Face `datasets` split, standing where the list of image paths stands.
+
+    ``images[i]`` is the row's image as upright 8-bit RGB (EXIF orientation and :func:`to_rgb`, as
+    :func:`load_rgb`); ``fingerprint`` identifies the content for the latent cache's key. Picklable (the Arrow
+    table is memory-mapped), so DataLoader workers can read it.
+    """
+
+    def __init__(self, dataset: Any, column: str, source: str) -> None:
+        self.dataset, self.column, self.source = dataset, column, source
+        self.fingerprint = f"{source}:{column}:{len(dataset)}:{getattr(dataset, '_fingerprint', '')}"
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Image.Image:  # type: ignore[override]
+        value = self.dataset[int(i)][self.column]
+        if not isinstance(value, Image.Image):
+            raise DataError(f"{self.source}: row {i} of column {self.column!r} is not an image ({type(value).__name__})")
+        return to_rgb(ImageOps.exif_transpose(value))
+
+    def __str__(self) -> str:
+        return self.source
+
+
+def load_image_dataset(name: str | None, data_dir: str | None, split: str = "train",
+                       column: str | None = None) -> DatasetImages:
+    """A split of a `datasets` dataset as `DatasetImages`: ``load_dataset(name or data_dir, data_dir=..., split=...)``.
+
+    ``name`` is a hub id or a builder (``imagefolder``, ``parquet``, ...); ``data_dir`` a local folder (alone, the
+    builder is inferred from its files). ``column`` defaults to the only ``Image`` column. Errors name the flag.
+    """
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError("--dataset-name / --dataset-dir need the datasets package: pip install 'indomain[datasets]'") from None
+    if name is None and data_dir is None:
+        raise ValueError("give --dataset-name or --dataset-dir")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise DataError(f"--dataset-dir {data_dir!r} is not a folder")
+    source = name or str(data_dir)
+    try:
+        ds = datasets.load_dataset(name or str(data_dir), data_dir=str(data_dir) if name and data_dir else None, split=split)
+    except ValueError as e:
+        raise DataError(f"--dataset-split {split!r} of {source!r}: {e}") from None
+    except (FileNotFoundError, OSError) as e:
+        raise DataError(f"cannot load the dataset {source!r}: {e}") from None
+    images = [k for k, f in ds.features.items() if isinstance(f, datasets.Image)]
+    if column is None:
+        if len(images) != 1:
+            raise DataError(f"{source!r} has {'no' if not images else len(images)} image columns "
+                            f"({', '.join(ds.column_names)}); name one with --image-column")
+        column = images[0]
+    elif column not in ds.column_names:
+        raise DataError(f"--image-column {column!r} is not a column of {source!r} (columns: {', '.join(ds.column_names)})")
+    elif column not in images:
+        raise DataError(f"--image-column {column!r} of {source!r} is not an image column ({ds.features[column]})")
+    if len(ds) == 0:
+        raise DataError(f"the {split!r} split of {source!r} is empty")
+    return DatasetImages(ds, column, source)

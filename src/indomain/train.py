@@ -7,11 +7,13 @@
 
 The run happens in this order (as diffusers' ``train_text_to_image.py``): build the accelerator; build
 the model from the prior (the text encoders run once, for the empty prompt or the fixed caption, and are
-freed); encode every image once with the VAE into a safetensors latent cache; then one loop: sample a
-batch of cached latents, noise them (`noise_and_target`), predict with the model, plain denoising loss
-(optionally min-SNR weighted), backward, clip, step, EMA. Checkpoints are written atomically every
-``--checkpointing-steps``; ``--resume latest`` continues exactly (step, optimizer, EMA, RNG and data
-order: batches, noise and timesteps are pure functions of ``(seed, step, rank)``).
+freed); encode every image once with the VAE into the sharded latent cache (`indomain.latent_cache`: every
+process encodes its share, a kill loses at most a shard), or, with ``--no-latent-cache``, encode each batch on
+the fly; then one loop: sample a batch of latents, noise them (`noise_and_target`), predict with the model, plain
+denoising loss (optionally min-SNR weighted), backward, clip, step, EMA. Checkpoints are written atomically every
+``--checkpointing-steps`` (through ``accelerator.save_state`` under DeepSpeed / FSDP); ``--resume latest``
+continues exactly (step, optimizer, EMA, RNG and data order: batches, noise and timesteps are pure functions of
+``(seed, step, rank)``, drawn per sample, so a global batch is the same on any number of processes).
 
 Every family of `indomain.families` trains in this one loop: SD 1.x/2.x (target epsilon or v, as the prior's
 scheduler says), SDXL (the same, with each image's size conditioning as time ids: original size from the cache,
@@ -23,8 +25,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import functools
-import hashlib
 import importlib.util
 import math
 import os
@@ -38,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from .cliargs import add_options, finite_float, from_args, nonnegative_int, option, positive_float, positive_int
 from .console import info
 from .console import progress as tqdm  # tqdm.auto, hidden by `indomain --quiet`
-from .data import ImageFolderDataset, load_rgb, resize_shorter, to_tensor
+from .data import ImageFolderDataset
 from .numerics import NonFiniteError
 from .outputs import (atomic_path, atomic_write_text, check_paths_apart, claim_output_dir, close_run, record_outputs,
                       run_foreign_entries, to_json, truncate_log)
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     import torch
 
     from .checkpoint import Checkpoint
+    from .latent_cache import ShardedLatents
 
 # torch, safetensors and the checkpoint module are imported where they are used, so that `indomain train --help`
 # (which builds its options from TrainConfig) starts without them.
@@ -77,7 +80,8 @@ class TrainConfig:
 
     prior: str = option(help="prior pipeline folder or hub id: Stable Diffusion 1.x/2.x, SDXL or SD3 (diffusers layout), "
                         "or a single-file .safetensors checkpoint (with --prior-config)")
-    images: str = option(help="folder of domain images (PNG/JPEG/WebP/BMP, read recursively, no captions)")
+    images: str = option(help="folder of domain images (PNG/JPEG/WebP/BMP, read recursively, no captions); or give "
+                         "--dataset-name / --dataset-dir instead")
     output: str = option(help="output folder for the model, checkpoints, samples and logs")
     prior_config: str | None = option(None, "for a single-file --prior: a diffusers folder of the same model (its "
                                       "configs, tokenizers and scheduler; its weights are not read)")
@@ -88,7 +92,11 @@ class TrainConfig:
                                flag="--no-flip")
     train_batch_size: int = option(16, "batch size per device", type=positive_int)
     gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step", type=positive_int)
-    max_train_steps: int = option(10_000, "optimizer steps", type=positive_int)
+    max_train_steps: int | None = option(None, "optimizer steps (default: from --num-train-epochs when given, else "
+                                         "10000); wins over --num-train-epochs", type=positive_int)
+    num_train_epochs: int | None = option(None, "passes over the images; sets the steps when --max-train-steps is not "
+                                          "given: ceil(images / (batch x accumulation x processes)) per epoch",
+                                          type=positive_int)
     learning_rate: float | None = option(None, "AdamW learning rate (default: 1e-5 for all weights, the paper's "
                                          "value; 1e-4 with --lora-rank)", type=positive_float)
     lr_scheduler: str = option("constant", "LR schedule: any diffusers.optimization.get_scheduler name")
@@ -133,6 +141,22 @@ class TrainConfig:
                                   choices=["warn-skip", "error", "allow"])
     latent_cache: str | None = option(None, "folder of the VAE latent cache, shareable between runs on the same images "
                                       "(default: <output>/latent_cache)")
+    cache_latents: bool = option(True, "encode every image once into the sharded latent cache; --no-latent-cache "
+                                 "encodes each batch on the fly instead (for datasets too big to cache)",
+                                 flag="--no-latent-cache")
+    cache_batch_size: int = option(8, "images per VAE call while encoding (each with its mirror image)", type=positive_int)
+    cache_shard_size: int = option(512, "images per latent-cache shard: the most a kill can lose, and the cache's "
+                                   "peak memory", type=positive_int)
+    dataloader_num_workers: int = option(0, "worker processes that read and resize images (cache building and "
+                                         "--no-latent-cache); 0 reads them in the main process", type=nonnegative_int)
+    ddp_timeout: int = option(1800, "seconds a process waits for the others (torch.distributed process-group "
+                              "timeout, set through accelerate's InitProcessGroupKwargs)", type=positive_int)
+    dataset_name: str | None = option(None, "a Hugging Face `datasets` dataset instead of --images: a hub id or a builder "
+                                      "(imagefolder, parquet, ...); needs pip install 'indomain[datasets]'")
+    dataset_dir: str | None = option(None, "a local folder for the `datasets` library (parquet / arrow / image files; "
+                                     "alone, the builder is inferred) instead of --images")
+    dataset_split: str = option("train", "the split of --dataset-name / --dataset-dir")
+    image_column: str | None = option(None, "the image column of the dataset (default: its only Image column)")
     seed: int = option(0, "seed of everything random")
     allow_pickle: bool = option(False, "allow pickle checkpoints for the prior (weights_only loading); only for files "
                                 "you trust")
@@ -151,6 +175,16 @@ class TrainConfig:
         # for all weights, the usual 1e-4 for LoRA adapters (a low-rank update needs larger steps).
         if self.learning_rate is None:
             self.learning_rate = learning_rate_for(lora=bool(self.lora_rank))
+        # diffusers' convention: --max-train-steps wins; epochs decide only when it is not given (`resolve_steps`)
+        if self.max_train_steps is None and self.num_train_epochs is None:
+            self.max_train_steps = 10_000
+
+    def resolve_steps(self, num_images: int, world: int) -> int:
+        """``max_train_steps``, derived from ``num_train_epochs`` when not given (and recorded in the config)."""
+        if self.max_train_steps is None:
+            per_epoch = math.ceil(num_images / (self.train_batch_size * self.gradient_accumulation_steps * world))
+            self.max_train_steps = self.num_train_epochs * per_epoch
+        return self.max_train_steps
 
     def validate(self) -> None:
         """Refuse settings that would crash later or silently train nothing; errors name the CLI flag."""
@@ -158,10 +192,22 @@ class TrainConfig:
             return "--" + name.replace("_", "-")
 
         for name in ("resolution", "train_batch_size", "gradient_accumulation_steps", "max_train_steps",
-                     "checkpointing_steps", "num_validation_images", "validation_inference_steps", "log_every"):
+                     "num_train_epochs", "checkpointing_steps", "num_validation_images", "validation_inference_steps",
+                     "log_every", "cache_batch_size", "cache_shard_size", "ddp_timeout"):
             value = getattr(self, name)
+            if value is None and name in ("max_train_steps", "num_train_epochs"):
+                continue
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{flag(name)} must be a whole number >= 1, got {value!r}")
+        if not isinstance(self.dataloader_num_workers, int) or self.dataloader_num_workers < 0:
+            raise ValueError(f"--dataloader-num-workers must be a whole number >= 0, got {self.dataloader_num_workers!r}")
+        uses_dataset = self.dataset_name is not None or self.dataset_dir is not None
+        if uses_dataset and self.images:
+            raise ValueError("--images and --dataset-name / --dataset-dir are two sources of images; give one")
+        if not uses_dataset and not self.images:
+            raise ValueError("give --images (a folder), or --dataset-name / --dataset-dir (the datasets library)")
+        if not self.cache_latents and self.latent_cache is not None:
+            raise ValueError("--latent-cache names the cache folder, but --no-latent-cache builds no cache; pass one")
         for name in ("lr_warmup_steps", "validation_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{flag(name)} must be >= 0, got {getattr(self, name)!r}")
@@ -222,110 +268,152 @@ def list_checkpoints(output: Path) -> list[Path]:
 # Latent cache
 
 
-def _cache_key(paths: list[Path], config: TrainConfig, vae_id: str) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        st = p.stat()
-        h.update(f"{p}:{st.st_size}:{st.st_mtime_ns};".encode())
-    h.update(f"{config.resolution}:{config.random_flip}:{vae_id}:sizes".encode())
-    return h.hexdigest()[:16]
+def sample_generator(seed: int, k: int) -> torch.Generator:
+    """The generator of sample ``k`` of the run's sample stream: its flip, crop, posterior draw, noise and timestep.
 
-
-@_no_grad
-def build_latent_cache(paths: list[Path], vae: Any, config: TrainConfig, cache_file: Path, vae_id: str, device: Any) -> Path:
-    """Encode every image once (and its mirror image when flips are on) into ``cache_file``.
-
-    Each image is resized on its shorter side, trimmed to a multiple of the VAE factor, and its VAE
-    posterior (mean and log-variance) stored under key ``"{i}"`` (``"{i}_flip"`` for the mirror), its original
-    (height, width) under ``"{i}_size"`` (SDXL's size conditioning). A
-    matching cache (same files, sizes, mtimes, resolution, flips, VAE) is reused.
-    """
+    Per sample, not per batch or per process, so a global batch is the same whether one process or eight share it
+    (and a resumed run draws what the uninterrupted one drew)."""
     import torch
-    from safetensors import safe_open
-    from safetensors.torch import save_file
 
-    key = _cache_key(paths, config, vae_id)
-    if cache_file.is_file() or cache_file.is_symlink():
-        try:
-            with safe_open(cache_file, "pt") as f:
-                metadata = f.metadata() or {}
-        except Exception:  # noqa: BLE001 - SafetensorError, OSError: not a file of ours either way
-            metadata = {}
-        if "key" not in metadata or "n" not in metadata:
-            raise ValueError(f"{cache_file} was not written by `indomain train` (not a latent cache); it is left as it "
-                             "is: choose another --latent-cache folder or move the file away")
-        if metadata["key"] == key:
-            return cache_file
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    tensors = {}
-    for i, path in enumerate(tqdm(paths, desc="encoding latents", unit="img")):
-        original = load_rgb(path)
-        tensors[f"{i}_size"] = torch.tensor([original.height, original.width])  # SDXL's original_size
-        img = resize_shorter(original, config.resolution)
-        w, h = (s - s % factor for s in img.size)
-        img = img.crop(((img.width - w) // 2, (img.height - h) // 2, (img.width - w) // 2 + w, (img.height - h) // 2 + h))
-        pixels = to_tensor(img)[None]
-        variants = {f"{i}": pixels}
-        if config.random_flip:
-            variants[f"{i}_flip"] = pixels.flip(-1)
-        for name, x in variants.items():
-            dist = vae.encode(x.to(device, vae.dtype)).latent_dist
-            tensors[name] = torch.cat([dist.mean, dist.logvar], 1)[0].float().cpu().contiguous()
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(cache_file) as tmp:
-        save_file(tensors, tmp, metadata={"key": key, "n": str(len(paths)), "flip": str(config.random_flip)})
-    return cache_file
+    return torch.Generator().manual_seed((seed * 0x9E3779B97F4A7C15 + k) % 2**63)
+
+
+def _latent_fingerprint(vae: Any, vae_id: str) -> str:
+    from .latent_cache import vae_fingerprint
+
+    return vae_fingerprint(vae, vae_id)
+
+
+def build_latent_cache(paths: list[Path], vae: Any, config: TrainConfig, cache_dir: Path, vae_id: str, device: Any,
+                       rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,
+                       on_shard: Callable[[Path], None] | None = None) -> ShardedLatents:
+    """Encode the images into the sharded cache in ``cache_dir`` (see `indomain.latent_cache`); returns its reader.
+
+    Every process calls it: the shards that are missing or stale are dealt round-robin over the ``world``
+    processes, each encodes its own in batches of ``--cache-batch-size``, and ``barrier`` (all processes) separates
+    the scan from the writing and the writing from the reading. A complete cache with this key is reused as it is.
+    """
+    from .latent_cache import ShardedLatents, build_shards, cache_key, missing_shards, remove_leftovers, split_round_robin
+
+    wait = barrier or (lambda: None)
+    key = cache_key(paths, config.resolution, config.random_flip, config.cache_shard_size,
+                    _latent_fingerprint(vae, vae_id))
+    if rank == 0:
+        remove_leftovers(cache_dir)  # temporary files of shards a kill interrupted
+    wait()
+    todo = missing_shards(cache_dir, key, len(paths), config.cache_shard_size)  # every process sees the same list
+    wait()
+    if todo:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        build_shards(paths, vae, cache_dir, key, resolution=config.resolution, flip=config.random_flip,
+                     shard_size=config.cache_shard_size, batch_size=config.cache_batch_size,
+                     todo=split_round_robin(todo, rank, world), device=device,
+                     num_workers=config.dataloader_num_workers, rank=rank, show_progress=rank == 0, on_shard=on_shard)
+        wait()
+        left = missing_shards(cache_dir, key, len(paths), config.cache_shard_size)
+        if left:
+            raise OSError(f"latent cache {cache_dir}: shard(s) {left[:5]} are still missing after encoding; another "
+                          "run may be writing the same --latent-cache folder with other settings")
+    return ShardedLatents(cache_dir, key, len(paths), config.cache_shard_size)
+
+
+class EncodedBatch:
+    """The posteriors of one batch, encoded on the fly (``--no-latent-cache``): the same reads as `ShardedLatents`."""
+
+    def __init__(self, items: list[dict], params: list[torch.Tensor]) -> None:
+        self._params = {(it["index"], it["flip"]): p for it, p in zip(items, params)}
+        self._sizes = {it["index"]: list(it["size"]) for it in items}
+
+    def params(self, i: int, flip: bool) -> torch.Tensor:
+        return self._params[(i, flip)]
+
+    def size(self, i: int) -> list[int]:
+        return self._sizes[i]
 
 
 class LatentBatches:
-    """Batches of cached latents whose content is a pure function of ``(seed, step, rank)``.
+    """Batches of latents whose content is a pure function of ``(seed, step, rank)``.
 
     The sample stream is the concatenation of per-epoch permutations of the images; optimizer step
     ``s`` with micro-step ``m`` reads a contiguous chunk of it and rank ``r`` takes its slice, so the
-    data order survives a resume and shards across processes without a sampler.
+    data order survives a resume and shards across processes without a sampler. Sample ``k`` of the stream
+    draws everything random from its own generator (`sample_generator`).
     """
 
-    def __init__(self, cache_file: Path, n: int, config: TrainConfig, latent_size: int, scaling_factor: float,
+    def __init__(self, source: Any, n: int, config: TrainConfig, latent_size: int, scaling_factor: float,
                  shift_factor: float | None = None, vae_factor: int = 8) -> None:
-        from safetensors import safe_open
-
-        self.file = safe_open(cache_file, "pt")
+        self.source = source  # ShardedLatents, or None when each call passes its EncodedBatch
         self.n, self.config, self.size, self.scale = n, config, latent_size, scaling_factor
         self.shift, self.factor = shift_factor, vae_factor
         self.time_ids: torch.Tensor | None = None  # SDXL's (original size, crop, target size) of the last batch
+        self._perm: tuple[int, Any] | None = None
 
     def _index(self, k: int) -> int:
         import torch
 
         epoch, pos = divmod(k, self.n)
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch))
-        return int(perm[pos])
+        if self._perm is None or self._perm[0] != epoch:  # one permutation per epoch, kept while it is in use
+            gen = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+            self._perm = (epoch, torch.randperm(self.n, generator=gen).tolist())
+        return self._perm[1][pos]
 
-    def get(self, step: int, micro: int, rank: int, world: int, generator: torch.Generator) -> torch.Tensor:
+    def plan(self, step: int, micro: int, rank: int, world: int) -> list[tuple[int, int, bool]]:
+        """``(k, image index, flip)`` of each sample this rank trains on at ``(step, micro)``."""
         import torch
 
         b = self.config.train_batch_size
         start = ((step * self.config.gradient_accumulation_steps + micro) * world + rank) * b
-        out, ids = [], []
+        out = []
         for k in range(start, start + b):
-            i = self._index(k)
-            flip = self.config.random_flip and bool(torch.rand(1, generator=generator) < 0.5)
-            params = self.file.get_tensor(f"{i}_flip" if flip else f"{i}")  # (2C, h, w)
+            gen = sample_generator(self.config.seed, k)
+            flip = self.config.random_flip and bool(torch.rand(1, generator=gen) < 0.5)
+            out.append((k, self._index(k), flip))
+        return out
+
+    def get(self, step: int, micro: int, rank: int, world: int,
+            source: Any = None) -> tuple[torch.Tensor, list[torch.Generator]]:
+        """The scaled latents of this rank's micro-batch, and each sample's generator (for its noise and timestep)."""
+        import torch
+
+        source = source if source is not None else self.source
+        out, ids, gens = [], [], []
+        for k, i, flip in self.plan(step, micro, rank, world):
+            gen = sample_generator(self.config.seed, k)
+            if self.config.random_flip:
+                torch.rand(1, generator=gen)  # the flip, drawn again so the stream stays the one `plan` read
+            params = source.params(i, flip)  # (2C, h, w)
             h, w = params.shape[-2:]
             if self.config.center_crop:
                 top, left = (h - self.size) // 2, (w - self.size) // 2
             else:
-                top = int(torch.randint(0, h - self.size + 1, (1,), generator=generator))
-                left = int(torch.randint(0, w - self.size + 1, (1,), generator=generator))
+                top = int(torch.randint(0, h - self.size + 1, (1,), generator=gen))
+                left = int(torch.randint(0, w - self.size + 1, (1,), generator=gen))
             params = params[:, top : top + self.size, left : left + self.size]
             mean, logvar = params.chunk(2, 0)
             std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-            z = mean + std * torch.randn(mean.shape, generator=generator)  # a posterior sample, as VAE.encode().sample()
+            z = mean + std * torch.randn(mean.shape, generator=gen)  # a posterior sample, as VAE.encode().sample()
             out.append(z * self.scale if self.shift is None else (z - self.shift) * self.scale)  # SD3's VAE is shifted
             target = self.size * self.factor
-            ids.append([*self.file.get_tensor(f"{i}_size").tolist(), top * self.factor, left * self.factor, target, target])
+            ids.append([*source.size(i), top * self.factor, left * self.factor, target, target])
+            gens.append(gen)
         self.time_ids = torch.tensor(ids, dtype=torch.float32)
-        return torch.stack(out)
+        return torch.stack(out), gens
+
+
+class PlannedBatches:
+    """The DataLoader batch sampler of ``--no-latent-cache``: this rank's ``(image, flip)`` keys for every
+    micro-step from ``first_step`` on, in the order the loop trains on them (`LatentBatches.plan`)."""
+
+    def __init__(self, batches: LatentBatches, first_step: int, last_step: int, rank: int, world: int) -> None:
+        self.batches, self.first, self.last, self.rank, self.world = batches, first_step, last_step, rank, world
+
+    def __len__(self) -> int:
+        return (self.last - self.first) * self.batches.config.gradient_accumulation_steps
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+        for step in range(self.first, self.last):
+            for micro in range(self.batches.config.gradient_accumulation_steps):
+                yield [(i, flip) for _, i, flip in self.batches.plan(step, micro, self.rank, self.world)]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -412,8 +500,9 @@ def batch_inputs(inputs: Any, n: int, device: Any) -> Any:
 
 
 def noise_and_target(family: Any, noise_scheduler: Any, latents: torch.Tensor, noise: torch.Tensor,
-                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(x_t, t, target)`` of the family's training objective.
+                     generator: torch.Generator | list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_t, t, target)`` of the family's training objective. ``generator`` is one for the batch, or one per
+    sample (the training loop's, so a sample's timestep does not depend on the batch it is in).
 
     Diffusion priors: ``t`` uniform over the training timesteps, ``x_t = add_noise(x0, noise, t)``, target noise or
     v as the prior's scheduler predicts. Flow-matching priors (SD3): ``t`` from the logit-normal density (Esser et
@@ -423,13 +512,20 @@ def noise_and_target(family: Any, noise_scheduler: Any, latents: torch.Tensor, n
     import torch
 
     b = latents.shape[0]
+
+    def draw(fn: Callable[[int, torch.Generator], torch.Tensor]) -> torch.Tensor:
+        if isinstance(generator, torch.Generator):
+            return fn(b, generator)
+        return torch.cat([fn(1, g) for g in generator])
+
     if family.objective == "flow":
-        u = torch.sigmoid(torch.randn(b, generator=generator))
+        u = torch.sigmoid(draw(lambda m, g: torch.randn(m, generator=g)))
         index = (u * noise_scheduler.config.num_train_timesteps).long().clamp(max=len(noise_scheduler.timesteps) - 1)
         sigma = noise_scheduler.sigmas[index].to(latents.device, latents.dtype).view(b, 1, 1, 1)
         t = noise_scheduler.timesteps[index].to(latents.device)
         return (1.0 - sigma) * latents + sigma * noise, t, noise - latents
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
+    steps = noise_scheduler.config.num_train_timesteps
+    t = draw(lambda m, g: torch.randint(0, steps, (m,), generator=g)).to(latents.device)
     noisy = noise_scheduler.add_noise(latents, noise, t)
     target = noise if noise_scheduler.config.prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, t)
     return noisy, t, target
@@ -453,18 +549,52 @@ def denoising_loss(pred: torch.Tensor, target: torch.Tensor, snr: torch.Tensor |
 # Checkpoints
 
 
+def sharding_plugin(accelerator: Any) -> str | None:
+    """``"deepspeed"`` or ``"fsdp"`` when accelerate's config shards the training state across processes (then
+    checkpoints go through ``accelerator.save_state`` / ``load_state``); None for one process or plain DDP."""
+    from accelerate.utils import DistributedType
+
+    return {DistributedType.DEEPSPEED: "deepspeed", DistributedType.FSDP: "fsdp"}.get(accelerator.distributed_type)
+
+
+def _save_state_dict(model: Any, state: dict, folder: Path) -> None:
+    """``model/`` of a sharded run: the gathered weights by parameter name (safetensors) and the model's config."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_config(folder)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, folder / "diffusion_pytorch_model.safetensors")
+
+
 def save_checkpoint(accelerator: Any, output: Path, step: int, config: TrainConfig, model: Any, optimizer: Any,
                     lr_scheduler: Any, ema: Any, params: list) -> Path:
-    """Write ``checkpoint-N`` (main process; see `indomain.checkpoint`) and prune old ones."""
+    """Write ``checkpoint-N`` (main process; see `indomain.checkpoint`) and prune old ones.
+
+    Under DeepSpeed / FSDP every process first writes its part through ``accelerator.save_state`` (the checkpoint's
+    ``accelerate/``), and the weights are gathered for ``model/``."""
     from .checkpoint import weights_are_finite, write_checkpoint
+    from .numerics import all_finite
 
     final = output / f"checkpoint-{step}"
+    plugin = sharding_plugin(accelerator)
+    staged, state = None, None
     accelerator.wait_for_everyone()
+    if plugin is not None:
+        staged = output / f".accelerate-{step}.tmp"  # the same name in every process; a kill leaves only this
+        if accelerator.is_main_process and staged.exists():
+            shutil.rmtree(staged)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staged), safe_serialization=True)
+        state = accelerator.get_state_dict(model)  # gathered from every process (a collective call)
+        accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if not weights_are_finite(params):
+        if not (weights_are_finite(params) if state is None else all_finite(list(state.values()))):
             raise NonFiniteError(f"the weights after step {step} are not finite; {_last_good(output, step, config)}")
-        write_checkpoint(final, step, dataclasses.asdict(config), accelerator.unwrap_model(model), optimizer,
-                         lr_scheduler, ema, accelerator.scaler, lambda m, d: save_model(m, d, config))
+        unwrapped = accelerator.unwrap_model(model)
+        write_checkpoint(final, step, dataclasses.asdict(config), unwrapped, None if plugin else optimizer,
+                         lr_scheduler, ema, accelerator.scaler,
+                         (lambda m, d: save_model(m, d, config)) if state is None
+                         else (lambda m, d: _save_state_dict(m, state, d)), accelerate_state=staged)
         if config.checkpoints_total_limit is not None:
             for old in list_checkpoints(output)[:-config.checkpoints_total_limit]:
                 shutil.rmtree(old)
@@ -543,14 +673,21 @@ def check_inputs(config: TrainConfig) -> tuple[list[Path], list[tuple[Path, str]
     if (config.resolution // factor) % step:
         raise ValueError(f"--resolution must be a multiple of {factor * step} for this prior (VAE factor {factor} x "
                          f"{family.denoiser} factor {step}), got {config.resolution}")
-    dataset = ImageFolderDataset(config.images, config.resolution, min_size_policy=config.min_size_policy)
+    if config.dataset_name is not None or config.dataset_dir is not None:
+        from .data import load_image_dataset
+
+        paths: Any = load_image_dataset(config.dataset_name, config.dataset_dir, config.dataset_split, config.image_column)
+        skipped: list = []
+    else:
+        dataset = ImageFolderDataset(config.images, config.resolution, min_size_policy=config.min_size_policy)
+        paths, skipped = dataset.paths, dataset.skipped
     resume_from = resolve_resume(config)
     if resume_from is None:
-        return dataset.paths, dataset.skipped, None
+        return paths, skipped, None
     from .checkpoint import read_checkpoint
 
-    ckpt = read_checkpoint(resume_from)
-    return dataset.paths, dataset.skipped, ckpt
+    ckpt = read_checkpoint(resume_from, allow_pickle=config.allow_pickle)
+    return paths, skipped, ckpt
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -630,7 +767,8 @@ def _train_inputs(config: TrainConfig, out: Path) -> dict[str, Any]:
     resume = config.resume if config.resume not in (None, "latest") else None
     if resume is not None and Path(resume).resolve().parent == out.resolve():
         resume = None  # its own checkpoint-N
-    return {"--images": config.images, "--prior": config.prior, "--prior-config": config.prior_config, "--resume": resume}
+    return {"--images": config.images, "--dataset-dir": config.dataset_dir, "--prior": config.prior,
+            "--prior-config": config.prior_config, "--resume": resume}
 
 
 def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> Path:
@@ -645,7 +783,7 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel, compute_snr
 
@@ -662,7 +800,14 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         log_with=None if config.report_to == "none" else config.report_to,
+        # how long a process waits for the others (at a barrier, in a collective) before the run fails
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=config.ddp_timeout))],
     )
+    config.resolve_steps(len(paths), accelerator.num_processes)
+    plugin = sharding_plugin(accelerator)
+    if plugin == "fsdp" and (config.use_ema or config.lora_rank):
+        raise ValueError(f"{'EMA' if config.use_ema else '--lora-rank'} is not supported under FSDP (it would need "
+                         "every process's weight shards); pass --no-ema and no --lora-rank, or use DeepSpeed ZeRO-2 or DDP")
     if accelerator.is_main_process:
         check_paths_apart(config.latent_cache or out / "latent_cache", _train_inputs(config, out), "--latent-cache")
         claim_output_dir(out, "train", overwrite=config.overwrite, reuse=config.resume is not None,
@@ -670,6 +815,7 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
         _clean_leftovers(out)
         atomic_write_text(out / "train_config.json", to_json(dataclasses.asdict(config), indent=2))
         atomic_write_text(out / "skipped.json", to_json([{"file": str(p), "reason": r} for p, r in skipped], indent=2))
+        record_outputs(out, finished=False)  # a kill during the cache still leaves a run that --overwrite may replace
     if config.report_to != "none":
         # trackers take flat scalars and strings
         flat = {k: v if isinstance(v, (int, float, str, bool)) else to_json(v) for k, v in dataclasses.asdict(config).items()}
@@ -695,14 +841,25 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
     vae = parts.pop("vae").eval()
     if vae.device != accelerator.device:
         vae.to(accelerator.device)
-    cache_file = Path(config.latent_cache or out / "latent_cache") / "latents.safetensors"
-    if accelerator.is_main_process:
-        build_latent_cache(paths, vae, config, cache_file, vae_id=str(config.prior), device=accelerator.device)
-    accelerator.wait_for_everyone()
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    batches = LatentBatches(cache_file, len(paths), config, config.resolution // factor, vae.config.scaling_factor,
-                            vae.config.get("shift_factor") if family.objective == "flow" else None, factor)
-    del vae, parts
+    scaling, shift = vae.config.scaling_factor, vae.config.get("shift_factor") if family.objective == "flow" else None
+    world, rank = accelerator.num_processes, accelerator.process_index
+    source = None
+    if config.cache_latents:
+        cache_dir = Path(config.latent_cache or out / "latent_cache")
+        inside = cache_dir.resolve().is_relative_to(out.resolve())
+
+        def shard_written(_: Path) -> None:
+            if inside and accelerator.is_main_process:
+                record_outputs(out, finished=False)  # a kill after this keeps the shard on the run's record
+
+        source = build_latent_cache(paths, vae, config, cache_dir, vae_id=str(config.prior), device=accelerator.device,
+                                    rank=rank, world=world, barrier=accelerator.wait_for_everyone, on_shard=shard_written)
+        if inside and accelerator.is_main_process:
+            record_outputs(out, finished=False)  # the other processes' shards too
+        vae = None  # training reads the cache; the VAE is needed no more
+    batches = LatentBatches(source, len(paths), config, config.resolution // factor, scaling, shift, factor)
+    del parts
 
     # 3. Optimizer, LR schedule, EMA
     params = [p for p in model.parameters() if p.requires_grad]
@@ -730,7 +887,13 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
     global_step = 0
     log_file = out / "train_log.jsonl"
     if ckpt is not None:
-        restore(ckpt, accelerator.unwrap_model(model), optimizer, lr_scheduler, ema, accelerator.scaler)
+        if plugin is not None:  # DeepSpeed / FSDP: the plugin's own files restore model, optimizer and schedule
+            if ckpt.accelerate is None:
+                raise ValueError(f"checkpoint {ckpt.path} was written without DeepSpeed / FSDP; resume it without them")
+            accelerator.load_state(str(ckpt.accelerate))
+            restore(ckpt, accelerator.unwrap_model(model), None, None, ema, None, weights=False)
+        else:
+            restore(ckpt, accelerator.unwrap_model(model), optimizer, lr_scheduler, ema, accelerator.scaler)
         _set_learning_rate(optimizer, lr_scheduler, ckpt.config.get("learning_rate"), config.learning_rate)
         global_step = ckpt.step
         if accelerator.is_main_process:
@@ -742,17 +905,30 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
         ema.to(accelerator.device)
 
     # 5. The loop
+    encoded = None
+    if vae is not None:  # --no-latent-cache: workers read this rank's images in training order, the VAE encodes them here
+        from .latent_cache import ImagePixels, as_list, encode_items
+
+        vae.requires_grad_(False)
+        loader = torch.utils.data.DataLoader(
+            ImagePixels(paths, config.resolution, factor), num_workers=config.dataloader_num_workers, collate_fn=as_list,
+            batch_sampler=PlannedBatches(batches, global_step, config.max_train_steps, rank, world))
+        encoded = iter(loader)
     bar = tqdm(total=config.max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_main_process)
-    world, rank = accelerator.num_processes, accelerator.process_index
     images_per_step = config.train_batch_size * config.gradient_accumulation_steps * world
     t_last, last_loss = time.time(), float("nan")
     while global_step < config.max_train_steps:
         for micro in range(config.gradient_accumulation_steps):
-            # batches, flips, crops, noise and timesteps depend only on (seed, step, micro, rank)
-            gen = torch.Generator().manual_seed(((config.seed * 1_000_003 + global_step) * 1009 + micro) * 4099 + rank)
-            latents = batches.get(global_step, micro, rank, world, gen).to(accelerator.device)
-            noise = torch.randn(latents.shape, generator=gen).to(accelerator.device)
-            noisy, t, target = noise_and_target(family, noise_scheduler, latents, noise, gen)
+            # batches, flips, crops, noise and timesteps depend only on (seed, step, micro, rank): each sample has
+            # its own generator, so the global batch is the same however many processes share it
+            one = None
+            if encoded is not None:
+                items = next(encoded)
+                one = EncodedBatch(items, encode_items(vae, items, accelerator.device))
+            latents, gens = batches.get(global_step, micro, rank, world, one)
+            latents = latents.to(accelerator.device)
+            noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in gens]).to(accelerator.device)
+            noisy, t, target = noise_and_target(family, noise_scheduler, latents, noise, gens)
             with accelerator.accumulate(model):
                 inputs = batch_inputs(caption, latents.shape[0], accelerator.device)
                 if family.name == "sdxl":  # the size conditioning of each image: original size, crop, target size
@@ -807,13 +983,18 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
 
     # 6. Final model: EMA weights at the top, raw weights in raw/; each written aside, then moved in
     accelerator.wait_for_everyone()
+    gathered = accelerator.get_state_dict(model) if plugin == "fsdp" else None  # collective: FSDP's shards joined
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        if not weights_are_finite(params):
+        if not weights_are_finite(params if gathered is None else list(gathered.values())):
             raise NonFiniteError(f"the final weights are not finite; {_last_good(out, global_step, config)}")
-        _save_aside(out, "raw", lambda d: save_model(unwrapped, d, config))
-        with _ema_weights(ema, params):
-            _save_aside(out, None, lambda d: save_model(unwrapped, d, config))
+        if gathered is not None:  # FSDP (no EMA): the gathered weights, at the top and in raw/
+            for sub in ("raw", None):
+                _save_aside(out, sub, lambda d: _save_state_dict(unwrapped, gathered, d))
+        else:
+            _save_aside(out, "raw", lambda d: save_model(unwrapped, d, config))
+            with _ema_weights(ema, params):
+                _save_aside(out, None, lambda d: save_model(unwrapped, d, config))
         atomic_write_text(out / "README.md", model_card(config, len(paths), global_step))
         if config.push_to_hub:
             info(f"uploaded to https://huggingface.co/{push_to_hub(out, config)}")
@@ -848,10 +1029,10 @@ def model_card(config: TrainConfig, num_images: int, steps: int) -> str:
 {data.to_yaml()}
 ---
 
-# Domain model: {Path(config.images).name}
+# Domain model: {Path(_image_source(config)).name}
 
 A {kind} for the prior `{config.prior}`, trained with [indomain](https://arxiv.org/abs/2312.08195) {__version__}
-on {num_images} unlabeled images from `{config.images}` for {steps} optimizer steps. Every setting is in
+on {num_images} unlabeled images from `{_image_source(config)}` for {steps} optimizer steps. Every setting is in
 `train_config.json`; the training curve in `train_log.jsonl`; files that were skipped in `skipped.json`.
 
 | setting | value |
@@ -870,6 +1051,11 @@ on {num_images} unlabeled images from `{config.images}` for {steps} optimizer st
 {use}
 ```
 """
+
+
+def _image_source(config: TrainConfig) -> str:
+    """Where the images came from: the --images folder, or the dataset."""
+    return config.images or config.dataset_name or config.dataset_dir or ""
 
 
 def hub_base_model(prior: str) -> str | None:
@@ -930,7 +1116,7 @@ def push_to_hub(out: Path, config: TrainConfig) -> str:
     api = HfApi()
     repo_id = api.create_repo(repo_id, exist_ok=True).repo_id
     api.upload_folder(repo_id=repo_id, folder_path=str(out), allow_patterns=hub_upload_plan(out),
-                      commit_message=f"indomain train: {Path(config.images).name}")
+                      commit_message=f"indomain train: {Path(_image_source(config)).name}")
     return repo_id
 
 
@@ -1035,6 +1221,8 @@ def add_diffusers_aliases(parser: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     for dest in ("prior", "images", "output"):
+        if dest == "images" and (getattr(args, "dataset_name", None) or getattr(args, "dataset_dir", None)):
+            continue
         if getattr(args, dest, None) is None:
             alias = next(a for a, d in DIFFUSERS_FLAGS.items() if d == dest)
             raise ValueError(f"the following argument is required: --{dest} (or diffusers' {alias})")
