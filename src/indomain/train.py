@@ -442,8 +442,9 @@ def denoising_loss(pred: torch.Tensor, target: torch.Tensor, snr: torch.Tensor |
 
 
 def save_checkpoint(accelerator: Any, output: Path, step: int, config: TrainConfig, model: Any, optimizer: Any,
-                    lr_scheduler: Any, ema: Any, params: list) -> Path:
-    """Write ``checkpoint-N`` (main process; see `indomain.checkpoint`) and prune old ones."""
+                    lr_scheduler: Any, ema: Any, params: list, save: Callable[[Any, Path], None] | None = None) -> Path:
+    """Write ``checkpoint-N`` (main process; see `indomain.checkpoint`) and prune old ones; ``save(model, dir)``
+    writes its hand-loadable copy (default: `save_model`)."""
     from .checkpoint import weights_are_finite, write_checkpoint
 
     final = output / f"checkpoint-{step}"
@@ -452,7 +453,7 @@ def save_checkpoint(accelerator: Any, output: Path, step: int, config: TrainConf
         if not weights_are_finite(params):
             raise NonFiniteError(f"the weights after step {step} are not finite; {_last_good(output, step, config)}")
         write_checkpoint(final, step, dataclasses.asdict(config), accelerator.unwrap_model(model), optimizer,
-                         lr_scheduler, ema, accelerator.scaler, lambda m, d: save_model(m, d, config))
+                         lr_scheduler, ema, accelerator.scaler, save or (lambda m, d: save_model(m, d, config)))
         if config.checkpoints_total_limit is not None:
             for old in list_checkpoints(output)[:-config.checkpoints_total_limit]:
                 shutil.rmtree(old)
@@ -606,6 +607,88 @@ def validate(model: torch.nn.Module, config: TrainConfig, step: int, device: Any
 
 
 # ----------------------------------------------------------------------------------------------------
+# What a run learns
+
+
+class Objective:
+    """What one run of the training loop learns: the model it builds, its loss on a batch, how it is saved and
+    validated. The loop itself (accelerate, latent cache, EMA, checkpoints, exact resume, the output folder) is the
+    same for every objective. `indomain train`'s is `DomainObjective`; `indomain distill`'s is
+    `indomain.distill.DistillObjective`."""
+
+    command = "train"  # the output folder's owner (`claim_output_dir`)
+
+    def inputs(self, config: TrainConfig, out: Path) -> dict[str, Any]:
+        """The paths a run reads, which must lie apart from what it writes."""
+        return _train_inputs(config, out)
+
+    def build(self, config: TrainConfig, parts: dict, device: Any) -> torch.nn.Module:
+        """The trainable model from the prior's components (``parts``, which the objective may consume)."""
+        raise NotImplementedError
+
+    def loss(self, model: Any, latents: torch.Tensor, noise: torch.Tensor, gen: torch.Generator,
+             batches: LatentBatches) -> torch.Tensor:
+        """The loss of one micro-batch of clean ``latents``; every draw comes from ``gen`` (exact resume)."""
+        raise NotImplementedError
+
+    def save(self, model: torch.nn.Module, folder: Path) -> None:
+        """Write the model (the final one, and each checkpoint's hand-loadable copy) into ``folder``."""
+        raise NotImplementedError
+
+    def validate(self, model: torch.nn.Module, step: int, device: Any) -> list:
+        """Write the validation grids of ``step``; returns the files written."""
+        return []
+
+    def finish(self, out: Path, num_images: int, steps: int) -> None:
+        """After the final model is saved (the model card, an upload)."""
+
+
+class DomainObjective(Objective):
+    """`indomain train`: the denoising loss of a domain model (or of the baseline fine-tune) on the domain images."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+
+    def build(self, config: TrainConfig, parts: dict, device: Any) -> torch.nn.Module:
+        self.noise_scheduler, self.family = parts["noise_scheduler"], parts["family"]
+        flow = self.family.objective == "flow"
+        self.prediction_type = "flow" if flow else self.noise_scheduler.config.prediction_type
+        if flow and config.snr_gamma is not None:
+            raise ValueError(f"--snr-gamma (min-SNR weighting) is for diffusion priors; this prior is "
+                             f"{self.family.title}, trained with the flow-matching loss")
+        model, self.caption = build_model(config, parts)
+        return model
+
+    def loss(self, model: Any, latents: torch.Tensor, noise: torch.Tensor, gen: torch.Generator,
+             batches: LatentBatches) -> torch.Tensor:
+        from diffusers.training_utils import compute_snr
+
+        config, family = self.config, self.family
+        noisy, t, target = noise_and_target(family, self.noise_scheduler, latents, noise, gen)
+        inputs = batch_inputs(self.caption, latents.shape[0], latents.device)
+        if family.name == "sdxl":  # the size conditioning of each image: original size, crop, target size
+            added = {**inputs.get("added_cond_kwargs", {}), "time_ids": batches.time_ids.to(latents.device)}
+            inputs["added_cond_kwargs"] = added
+        if family.denoiser == "transformer":  # the MMDiT's argument order differs from the UNet's
+            pred = model(hidden_states=noisy, timestep=t, **inputs).sample
+        else:
+            pred = model(noisy, t, **inputs).sample
+        snr = compute_snr(self.noise_scheduler, t) if config.snr_gamma is not None else None
+        return denoising_loss(pred, target, snr, config.snr_gamma, self.prediction_type)
+
+    def save(self, model: torch.nn.Module, folder: Path) -> None:
+        save_model(model, folder, self.config)
+
+    def validate(self, model: torch.nn.Module, step: int, device: Any) -> list:
+        return validate(model, self.config, step, device)
+
+    def finish(self, out: Path, num_images: int, steps: int) -> None:
+        atomic_write_text(out / "README.md", model_card(self.config, num_images, steps))
+        if self.config.push_to_hub:
+            info(f"uploaded to https://huggingface.co/{push_to_hub(out, self.config)}")
+
+
+# ----------------------------------------------------------------------------------------------------
 # The run
 
 
@@ -617,21 +700,22 @@ def _train_inputs(config: TrainConfig, out: Path) -> dict[str, Any]:
     return {"--images": config.images, "--prior": config.prior, "--resume": resume}
 
 
-def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> Path:
-    """Run training; returns the output folder. ``on_step(global_step)`` is a test hook called after each step."""
+def train(config: TrainConfig, on_step: Callable[[int], None] | None = None, objective: Objective | None = None) -> Path:
+    """Run training; returns the output folder. ``on_step(global_step)`` is a test hook called after each step;
+    ``objective`` is what the run learns (default: a domain model, `DomainObjective`)."""
     try:
-        return _train(config, on_step)
+        return _train(config, on_step, objective or DomainObjective(config))
     finally:
         close_run(config.output)  # the run record lists what was written, even after an error
 
 
-def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
+def _train(config: TrainConfig, on_step: Callable[[int], None] | None, objective: Objective) -> Path:
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration
     from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel, compute_snr
+    from diffusers.training_utils import EMAModel
 
     from .checkpoint import check_fits, restore, weights_are_finite
     from .loading import load_prior_components
@@ -648,9 +732,9 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
         log_with=None if config.report_to == "none" else config.report_to,
     )
     if accelerator.is_main_process:
-        check_paths_apart(config.latent_cache or out / "latent_cache", _train_inputs(config, out), "--latent-cache")
-        claim_output_dir(out, "train", overwrite=config.overwrite, reuse=config.resume is not None,
-                         inputs=_train_inputs(config, out), flag="--output")
+        check_paths_apart(config.latent_cache or out / "latent_cache", objective.inputs(config, out), "--latent-cache")
+        claim_output_dir(out, objective.command, overwrite=config.overwrite, reuse=config.resume is not None,
+                         inputs=objective.inputs(config, out), flag="--output")
         _clean_leftovers(out)
         atomic_write_text(out / "train_config.json", to_json(dataclasses.asdict(config), indent=2))
         atomic_write_text(out / "skipped.json", to_json([{"file": str(p), "reason": r} for p, r in skipped], indent=2))
@@ -662,12 +746,8 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
 
     # 2. Models: the trainable one from the prior; the VAE only for the cache
     parts = load_prior_components(config.prior, allow_pickle=config.allow_pickle)
-    noise_scheduler, family = parts["noise_scheduler"], parts["family"]
-    prediction_type = "flow" if family.objective == "flow" else noise_scheduler.config.prediction_type
-    if family.objective == "flow" and config.snr_gamma is not None:
-        raise ValueError(f"--snr-gamma (min-SNR weighting) is for diffusion priors; this prior is {family.title}, "
-                         "trained with the flow-matching loss")
-    model, caption = build_model(config, parts)
+    family = parts["family"]
+    model = objective.build(config, parts, accelerator.device)
     if ckpt is not None:
         check_fits(ckpt, model, config.prior)  # before hours of latent encoding
     if config.gradient_checkpointing:
@@ -736,18 +816,8 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
             gen = torch.Generator().manual_seed(((config.seed * 1_000_003 + global_step) * 1009 + micro) * 4099 + rank)
             latents = batches.get(global_step, micro, rank, world, gen).to(accelerator.device)
             noise = torch.randn(latents.shape, generator=gen).to(accelerator.device)
-            noisy, t, target = noise_and_target(family, noise_scheduler, latents, noise, gen)
             with accelerator.accumulate(model):
-                inputs = batch_inputs(caption, latents.shape[0], accelerator.device)
-                if family.name == "sdxl":  # the size conditioning of each image: original size, crop, target size
-                    added = {**inputs.get("added_cond_kwargs", {}), "time_ids": batches.time_ids.to(accelerator.device)}
-                    inputs["added_cond_kwargs"] = added
-                if family.denoiser == "transformer":  # the MMDiT's argument order differs from the UNet's
-                    pred = model(hidden_states=noisy, timestep=t, **inputs).sample
-                else:
-                    pred = model(noisy, t, **inputs).sample
-                snr = compute_snr(noise_scheduler, t) if config.snr_gamma is not None else None
-                loss = denoising_loss(pred, target, snr, config.snr_gamma, prediction_type)
+                loss = objective.loss(model, latents, noise, gen, batches)
                 if not torch.isfinite(loss):
                     # the weights of this step already diverge: only checkpoints before it are good
                     bar.close()
@@ -779,12 +849,13 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
         if config.validation_steps and global_step % config.validation_steps == 0 and accelerator.is_main_process:
             with _ema_weights(ema, params):
                 try:
-                    validate(accelerator.unwrap_model(model), config, global_step, accelerator.device)
+                    objective.validate(accelerator.unwrap_model(model), global_step, accelerator.device)
                 except NonFiniteError as e:
                     bar.close()
                     raise NonFiniteError(f"{e}; {_last_good(out, global_step, config)}") from None
         if global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps:
-            save_checkpoint(accelerator, out, global_step, config, model, optimizer, lr_scheduler, ema, params)
+            save_checkpoint(accelerator, out, global_step, config, model, optimizer, lr_scheduler, ema, params,
+                            objective.save)
         if on_step is not None:
             on_step(global_step)
     bar.close()
@@ -795,12 +866,10 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
         unwrapped = accelerator.unwrap_model(model)
         if not weights_are_finite(params):
             raise NonFiniteError(f"the final weights are not finite; {_last_good(out, global_step, config)}")
-        _save_aside(out, "raw", lambda d: save_model(unwrapped, d, config))
+        _save_aside(out, "raw", lambda d: objective.save(unwrapped, d))
         with _ema_weights(ema, params):
-            _save_aside(out, None, lambda d: save_model(unwrapped, d, config))
-        atomic_write_text(out / "README.md", model_card(config, len(paths), global_step))
-        if config.push_to_hub:
-            info(f"uploaded to https://huggingface.co/{push_to_hub(out, config)}")
+            _save_aside(out, None, lambda d: objective.save(unwrapped, d))
+        objective.finish(out, len(paths), global_step)
     accelerator.end_training()
     # Forget this run's precision settings so a later train() in the same process may choose others.
     AcceleratorState._reset_state(reset_partial_state=False)
