@@ -102,10 +102,18 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
     if specs and specs[0][1] is not None:  # --domain DIR:WEIGHT gives the first domain's weight
         args.domain_scale = specs[0][1]
     check_prior(args.prior, args.allow_pickle)
-    if domain is None and args.domain_scale != 0:
+    distilled = getattr(args, "distilled", None)
+    if distilled is not None:
+        if specs:
+            raise ValueError("--distilled replaces --domain (the student has the domain built in): pass one of them")
+        if not Path(distilled).is_dir():
+            raise ValueError(f"--distilled {distilled!r} is not a folder (a student written by `indomain distill`)")
+    elif domain is None and args.domain_scale != 0:
         raise ValueError("--domain-scale is nonzero but no --domain model was given (pass --domain DIR or --domain-scale 0)")
     dtype = getattr(torch, args.dtype)
     control = _check_control_args(args, dtype)
+    if distilled is not None:
+        control["distilled"] = distilled
     family = detect_family(args.prior, getattr(args, "prior_config", None))
     if cls is InDomainPipeline:
         cls = pipeline_class(family)
@@ -127,7 +135,7 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
         control["config"] = args.prior_config  # a single-file --prior's diffusers configs
     inputs = {"--prior": args.prior, "--prior-config": getattr(args, "prior_config", None),
               "--domain": [p for p, _ in specs], "--image": getattr(args, "image", None),
-              "--mask": getattr(args, "mask", None), **{f"--{k.replace('_', '-')}": getattr(args, k, None) for k in
+              "--mask": getattr(args, "mask", None), "--distilled": distilled, **{f"--{k.replace('_', '-')}": getattr(args, k, None) for k in
               ("controlnet", "adapter", "control_image", "ip_adapter", "ip_image", "lora", "control_model")}}
     out = claim_output_dir(args.out, command, overwrite=args.overwrite, inputs=inputs)
     pipe = cls.from_pretrained(args.prior, domain_unet=domain, allow_pickle=args.allow_pickle, dtype=dtype, **control)
@@ -316,6 +324,9 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
                         "decoupled: by the prior, the paper's Eq. A. auto (default): domain-text for a null-text domain "
                         "model on a Stable Diffusion 1.x/2.x prior (without --domain-every), else decoupled. Default weights: domain-text "
                         "--domain-scale 4 --guidance-scale 2.5, decoupled 2.5 / 2.5 (docs/RESULTS.md)")
+    p.add_argument("--distilled", default=None, metavar="DIR",
+                   help="a student written by `indomain distill`: one UNet call per step instead of Eq. A's three rows; "
+                        "replaces --domain, and refuses weights outside the ranges it was trained on")
     p.add_argument("--share-base", action="store_true",
                    help="serve a LoRA domain model (from `indomain train --lora-rank`) from the prior's own UNet: every "
                         "branch in one call per step and no second UNet in memory; same images up to float round-off")
@@ -480,6 +491,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    from .distill import add_parser
+
+    add_parser(sub)
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     from .export import add_parser
 
@@ -535,6 +552,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None]]] = 
     "generate": ("sample in-domain images from a prior plus a domain model", add_generate_parser),
     "edit": ("edit images into the domain: SDEdit or inversion, optionally inpainting a mask", add_edit_parser),
     "train": ("train a domain model (or a conventional fine-tune baseline) on a folder of unlabeled images", _add_train),
+    "distill": ("distil the prior + domain model's guidance (Eq. A) into a student that samples in one UNet call per "
+                "step", _add_distill),
     "convert": ("copy a model folder with its pickle weights (.bin/.ckpt/.pt) re-saved as safetensors", add_convert_parser),
     "export": ("write a domain model as a plain diffusers UNet or a single-file checkpoint (for diffusers, ComfyUI, "
                "A1111)", _add_export),

@@ -364,23 +364,24 @@ def build_model(config: TrainConfig, parts: dict) -> tuple[torch.nn.Module, dict
     caption = {} if text is None else call_inputs(family, text)
     del pipe, text_parts
     if config.lora_rank:
-        from peft import LoraConfig
-
-        target = model.unet if hasattr(model, "unet") and not config.baseline else model
-        target.requires_grad_(False)
-        # peft draws the initial adapters from torch's global RNG: seed it, so a run does not depend on what ran before
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            target.add_adapter(
-                LoraConfig(
-                    r=config.lora_rank,
-                    lora_alpha=config.lora_alpha or config.lora_rank,
-                    init_lora_weights="gaussian",
-                    target_modules=LORA_TARGETS,
-                )
-            )
+        add_lora(model.unet if hasattr(model, "unet") and not config.baseline else model, config)
     model.train()
     return model, caption
+
+
+def add_lora(target: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
+    """Freeze ``target`` and add trainable LoRA adapters of ``config.lora_rank`` (peft, on `LORA_TARGETS`); returns
+    the adapter settings."""
+    import torch
+    from peft import LoraConfig
+
+    settings = {"r": config.lora_rank, "lora_alpha": config.lora_alpha or config.lora_rank, "target_modules": LORA_TARGETS}
+    target.requires_grad_(False)
+    # peft draws the initial adapters from torch's global RNG: seed it, so a run does not depend on what ran before
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        target.add_adapter(LoraConfig(init_lora_weights="gaussian", **settings))
+    return settings
 
 
 def call_inputs(family: Any, text: Any) -> dict:
@@ -572,14 +573,21 @@ def _merged_copy(unet: torch.nn.Module) -> torch.nn.Module:
 @_no_grad
 def validate(model: torch.nn.Module, config: TrainConfig, step: int, device: Any) -> list:
     """Unconditional (and, with prompts, text-controlled) in-domain grids; decoded in fp32."""
-    import torch
-    from diffusers.image_processor import VaeImageProcessor
-
-    from .outputs import make_grid
     from .autopipeline import InDomainAutoPipeline
 
     # LoRA layers stay attached to `model`: its forward already includes them.
     pipe = InDomainAutoPipeline.from_pretrained(config.prior, domain_unet=model, allow_pickle=config.allow_pickle).to(device)
+    return validation_grids(pipe, config, step)
+
+
+@_no_grad
+def validation_grids(pipe: Any, config: TrainConfig, step: int) -> list:
+    """``samples/step<N>_uncond.png`` (and one grid per validation prompt) from ``pipe`` at the validation weights."""
+    import torch
+    from diffusers.image_processor import VaeImageProcessor
+
+    from .outputs import make_grid
+
     pipe.vae.to(torch.float32)
     pipe.set_progress_bar_config(disable=True)
     folder = Path(config.output) / "samples"
