@@ -263,3 +263,22 @@ def test_cli_end_to_end(world, tmp_path):
     r = run("generate", "--prior", world["prior"], "--distilled", out, "--steps", 2, "--domain-scale", 4.5,
             "--device", "cpu", "--out", tmp_path / "gen2", "-q")
     assert r.returncode == 2 and "error: domain_guidance_scale=4.5 is outside the range [1, 4]" in r.stderr
+
+
+def test_cli_options_and_dry_run(capsys):
+    import dataclasses
+
+    from indomain.cli import main
+    from indomain.distill import OPTIONS
+
+    fields = {f.name for f in dataclasses.fields(DistillConfig)}
+    # every option is a field; the fields left out are the ones that do not apply to a student
+    assert set(OPTIONS) <= fields
+    assert fields - set(OPTIONS) == {"baseline", "caption", "mode", "snr_gamma", "channels_last", "compile",
+                                     "push_to_hub", "hub_model_id"}
+    argv = ["distill", "--prior", "p", "--domain", "d", "--images", "i", "--output", "o", "--dry-run",
+            "--domain-scale-range", "0.5", "3", "--lora-rank", "4"]
+    assert main(argv) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["domain_scale_range"] == [0.5, 3.0] and config["guidance_scale_range"] == [1.0, 6.0]
+    assert config["learning_rate"] == 1e-4 and config["empty_prompt_share"] == 0.2
