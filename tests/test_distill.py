@@ -259,7 +259,8 @@ def test_cli_end_to_end(world, tmp_path):
             "--steps", 2, "--domain-scale", 2, "--guidance-scale", 3, "--device", "cpu", "--out", gen, "-q")
     assert r.returncode == 0, r.stderr
     assert (gen / "grid.png").is_file()
-    assert json.loads((gen / "settings.json").read_text())["settings"]["distilled"] == str(out)
+    record = json.loads((gen / "settings.json").read_text())
+    assert record["settings"]["distilled"] == str(out) and record["resolved"]["student"]["domain_scale_range"] == [1, 4]
     r = run("generate", "--prior", world["prior"], "--distilled", out, "--steps", 2, "--domain-scale", 4.5,
             "--device", "cpu", "--out", tmp_path / "gen2", "-q")
     assert r.returncode == 2 and "error: domain_guidance_scale=4.5 is outside the range [1, 4]" in r.stderr

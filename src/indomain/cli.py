@@ -293,7 +293,8 @@ def _finish(args: argparse.Namespace, pipe: Any, out: Path, device: str, files: 
     record = write_record(
         out / "settings.json",
         settings,
-        resolved={"device": device, "scheduler": dict(pipe.scheduler.config), "domain_config": dict(pipe.domain_model.config) if pipe.domain_model else None},
+        resolved={"device": device, "scheduler": dict(pipe.scheduler.config), "domain_config": dict(pipe.domain_model.config) if pipe.domain_model else None,
+                  **({"student": vars(pipe.student)} if getattr(pipe, "student", None) is not None else {})},
         images=files,
         seconds=round(time.time() - start, 2),
     )
