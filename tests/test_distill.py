@@ -2,8 +2,6 @@
 teacher's Eq. A prediction and samples in one UNet call per step."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -245,25 +243,28 @@ def test_bad_settings_are_refused_before_anything_is_written(world, tmp_path, ch
     assert not (tmp_path / "bad").exists()
 
 
-def test_cli_end_to_end(world, tmp_path):
-    env_py = [sys.executable, "-m", "indomain.cli"]
-    run = lambda *a: subprocess.run([*env_py, *map(str, a)], capture_output=True, text=True, timeout=600)  # noqa: E731
+def test_cli_end_to_end(world, tmp_path, capsys):
+    from indomain.cli import main
+
+    run = lambda *a: main([str(v) for v in a])  # noqa: E731  (the `indomain` entry point, in process)
     out = tmp_path / "student"
-    r = run("distill", "--prior", world["prior"], "--domain", world["domain"], "--images", world["images"],
-            "--prompts", world["prompts"], "--output", out, "--resolution", 32, "--train-batch-size", 2,
-            "--max-train-steps", 2, "--domain-scale-range", 1, 4, "--guidance-scale-range", 1, 5, "-q")
-    assert r.returncode == 0, r.stderr
+    assert run("distill", "--prior", world["prior"], "--domain", world["domain"], "--images", world["images"],
+               "--prompts", world["prompts"], "--output", out, "--resolution", 32, "--train-batch-size", 2,
+               "--max-train-steps", 2, "--domain-scale-range", 1, 4, "--guidance-scale-range", 1, 5, "-q") == 0
     assert json.loads((out / "student_config.json").read_text())["guidance_scale_range"] == [1.0, 5.0]
     gen = tmp_path / "gen"
-    r = run("generate", "--prior", world["prior"], "--distilled", out, "--prompt", "a cat", "--num-images", 1,
-            "--steps", 2, "--domain-scale", 2, "--guidance-scale", 3, "--device", "cpu", "--out", gen, "-q")
-    assert r.returncode == 0, r.stderr
+    assert run("generate", "--prior", world["prior"], "--distilled", out, "--prompt", "a cat", "--num-images", 1,
+               "--steps", 2, "--domain-scale", 2, "--guidance-scale", 3, "--device", "cpu", "--out", gen, "-q") == 0
     assert (gen / "grid.png").is_file()
     record = json.loads((gen / "settings.json").read_text())
     assert record["settings"]["distilled"] == str(out) and record["resolved"]["student"]["domain_scale_range"] == [1, 4]
-    r = run("generate", "--prior", world["prior"], "--distilled", out, "--steps", 2, "--domain-scale", 4.5,
-            "--device", "cpu", "--out", tmp_path / "gen2", "-q")
-    assert r.returncode == 2 and "error: domain_guidance_scale=4.5 is outside the range [1, 4]" in r.stderr
+    capsys.readouterr()
+    assert run("generate", "--prior", world["prior"], "--distilled", out, "--steps", 2, "--domain-scale", 4.5,
+               "--device", "cpu", "--out", tmp_path / "gen2", "-q") == 2
+    assert "error: domain_guidance_scale=4.5 is outside the range [1, 4]" in capsys.readouterr().err
+    assert run("generate", "--prior", world["prior"], "--distilled", out, "--domain", world["domain"],
+               "--out", tmp_path / "gen3", "-q") == 2
+    assert "error: --distilled replaces --domain" in capsys.readouterr().err
 
 
 def test_cli_options_and_dry_run(capsys):
