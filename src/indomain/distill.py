@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .cliargs import add_options, finite_float, from_args, positive_int, option
+from .cliargs import add_options, finite_float, from_args, option, positive_float, positive_int
 from .console import progress
 from .outputs import atomic_write_text, to_json
 from .train import (LatentBatches, Objective, TrainConfig, _no_grad, _train_inputs, add_lora, denoising_loss,
@@ -53,6 +53,9 @@ class DistillConfig(TrainConfig):
                                                "outside it)", type=finite_float, nargs=2, metavar=("LO", "HI"))
     embedding_frequencies: int = option(8, "Fourier frequencies per weight in the weight embedding", type=positive_int)
     embedding_hidden_dim: int = option(256, "hidden width of the weight embedding's MLP", type=positive_int)
+    embedding_learning_rate: float = option(1e-3, "learning rate of the weight embedding, which starts from zero (at "
+                                            "--learning-rate it barely learned the weights in the emoji world: "
+                                            "BENCHMARKS.md)", type=positive_float)
 
     def validate(self) -> None:
         super().validate()
@@ -84,7 +87,7 @@ OPTIONS = ("prior", "domain", "images", "prompts", "output", "empty_prompt_share
            "max_grad_norm", "use_ema", "ema_decay", "mixed_precision", "gradient_checkpointing", "checkpointing_steps",
            "checkpoints_total_limit", "resume", "overwrite", "validation_steps", "validation_prompts",
            "num_validation_images", "validation_inference_steps", "domain_guidance_scale", "guidance_scale",
-           "embedding_frequencies", "embedding_hidden_dim", "min_size_policy", "latent_cache", "seed", "allow_pickle",
+           "embedding_frequencies", "embedding_hidden_dim", "embedding_learning_rate", "min_size_policy", "latent_cache", "seed", "allow_pickle",
            "log_every", "report_to")
 
 
@@ -152,6 +155,12 @@ class DistillObjective(Objective):
         self.embedding = attach_weight_embedding(student, self.config.embedding_frequencies,
                                                  self.config.embedding_hidden_dim, config.seed)  # trained in both modes
         return student.train()
+
+    def param_groups(self, model: torch.nn.Module, params: list) -> list[dict[str, Any]]:
+        """The UNet's weights at --learning-rate, the new weight embedding at its own (larger) rate."""
+        embedding = {id(p) for p in model.class_embedding.parameters()}
+        return [{"params": [p for p in params if id(p) not in embedding]},
+                {"params": [p for p in params if id(p) in embedding], "lr": self.config.embedding_learning_rate}]
 
     def loss(self, model: Any, latents: torch.Tensor, noise: torch.Tensor, gen: torch.Generator,
              batches: LatentBatches) -> torch.Tensor:

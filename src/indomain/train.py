@@ -634,6 +634,10 @@ class Objective:
         """The trainable model from the prior's components (``parts``, which the objective may consume)."""
         raise NotImplementedError
 
+    def param_groups(self, model: torch.nn.Module, params: list) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups over ``params`` (the trained weights); a group may set its own ``lr``."""
+        return [{"params": params}]
+
     def loss(self, model: Any, latents: torch.Tensor, noise: torch.Tensor, gen: torch.Generator,
              batches: LatentBatches) -> torch.Tensor:
         """The loss of one micro-batch of clean ``latents``; every draw comes from ``gen`` (exact resume)."""
@@ -787,7 +791,7 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None, objective
     else:
         optimizer_cls = torch.optim.AdamW
     optimizer = optimizer_cls(
-        params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+        objective.param_groups(model, params), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
     )
     lr_scheduler = get_scheduler(
