@@ -284,3 +284,37 @@ def test_cli_options_and_dry_run(capsys):
     config = json.loads(capsys.readouterr().out)
     assert config["domain_scale_range"] == [0.5, 3.0] and config["guidance_scale_range"] == [1.0, 6.0]
     assert config["learning_rate"] == 1e-4 and config["empty_prompt_share"] == 0.2
+
+
+def test_consistency_student_trains_resumes_and_samples_with_lcm_in_few_calls(world, tmp_path):
+    from diffusers import LCMScheduler
+
+    kw = dict(objective="consistency", num_ddim_timesteps=50, max_train_steps=4)
+    full = distill(config(world, tmp_path / "full", **kw))
+    with pytest.raises(KeyboardInterrupt):
+        distill(config(world, tmp_path / "cut", **kw),
+                on_step=lambda s: (_ for _ in ()).throw(KeyboardInterrupt) if s == 3 else None)
+    resumed = distill(config(world, tmp_path / "cut", **kw, resume="latest"))
+    a, b = load_file(full / "diffusion_pytorch_model.safetensors"), load_file(resumed / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    saved = json.loads((full / "student_config.json").read_text())
+    assert saved["objective"] == "consistency" and saved["original_inference_steps"] == 50
+    pipe = InDomainPipeline.from_pretrained(world["prior"], distilled=full)
+    assert isinstance(pipe.scheduler, LCMScheduler) and pipe.scheduler.config.original_inference_steps == 50
+    pipe.set_progress_bar_config(disable=True)
+    calls = count_calls(pipe.unet)
+    images = pipe("a cat", num_inference_steps=4, domain_guidance_scale=2.0, guidance_scale=2.0, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert len(calls) == 4 and np.isfinite(images).all()
+
+
+def test_the_weight_embedding_has_its_own_learning_rate(world, tmp_path):
+    from indomain.distill import DistillObjective
+
+    unet = tiny_unet(seed=0)
+    attach_weight_embedding(unet)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    groups = DistillObjective(config(world, tmp_path / "x", embedding_learning_rate=3e-3)).param_groups(unet, params)
+    assert groups[1]["lr"] == 3e-3 and "lr" not in groups[0]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in unet.class_embedding.parameters()}
+    assert sum(len(g["params"]) for g in groups) == len(params)

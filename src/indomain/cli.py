@@ -139,7 +139,8 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
               ("controlnet", "adapter", "control_image", "ip_adapter", "ip_image", "lora", "control_model")}}
     out = claim_output_dir(args.out, command, overwrite=args.overwrite, inputs=inputs)
     pipe = cls.from_pretrained(args.prior, domain_unet=domain, allow_pickle=args.allow_pickle, dtype=dtype, **control)
-    pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
+    if args.scheduler != "auto" or getattr(getattr(pipe, "student", None), "objective", None) != "consistency":
+        pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)  # (a consistency student keeps LCM's)
     if len(specs) > 1:
         from .loading import load_domain_model
         from .nulltext import NullTextUNet

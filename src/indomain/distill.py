@@ -51,6 +51,12 @@ class DistillConfig(TrainConfig):
                                              "outside it)", type=finite_float, nargs=2, metavar=("LO", "HI"))
     guidance_scale_range: list[float] = option([1.0, 6.0], "range of w_c the student learns (sampling refuses weights "
                                                "outside it)", type=finite_float, nargs=2, metavar=("LO", "HI"))
+    objective: str = option("guidance", "what the student learns: guidance (the teacher's guided prediction, Meng et "
+                            "al. 2023; any sampler, any step count) or consistency (LCM-style consistency distillation "
+                            "on the teacher's guided DDIM steps; samples in 4-8 steps with diffusers' LCMScheduler)",
+                            choices=["guidance", "consistency"])
+    num_ddim_timesteps: int = option(50, "--objective consistency: the teacher's DDIM schedule (skip k = 1000 / N); "
+                                     "the student's LCMScheduler uses the same", type=positive_int)
     embedding_frequencies: int = option(8, "Fourier frequencies per weight in the weight embedding", type=positive_int)
     embedding_hidden_dim: int = option(256, "hidden width of the weight embedding's MLP", type=positive_int)
     embedding_learning_rate: float = option(1e-3, "learning rate of the weight embedding, which starts from zero (at "
@@ -63,6 +69,8 @@ class DistillConfig(TrainConfig):
             value = getattr(self, name)
             if len(value) != 2 or not all(math.isfinite(v) for v in value) or value[0] > value[1]:
                 raise ValueError(f"--{name.replace('_', '-')} must be two finite numbers LO <= HI, got {value!r}")
+        if self.objective not in ("guidance", "consistency"):
+            raise ValueError(f"--objective must be guidance or consistency, got {self.objective!r}")
         if not 0.0 <= self.empty_prompt_share <= 1.0:
             raise ValueError(f"--empty-prompt-share must be in [0, 1], got {self.empty_prompt_share!r}")
         if self.prompts is not None:
@@ -80,15 +88,15 @@ class DistillConfig(TrainConfig):
 
 
 # the options of `indomain distill`: TrainConfig's that apply to a student, then DistillConfig's own
-OPTIONS = ("prior", "domain", "images", "prompts", "output", "empty_prompt_share", "domain_scale_range",
-           "guidance_scale_range", "lora_rank", "lora_alpha", "resolution", "center_crop", "random_flip",
-           "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "learning_rate", "lr_scheduler",
-           "lr_warmup_steps", "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon", "use_8bit_adam",
-           "max_grad_norm", "use_ema", "ema_decay", "mixed_precision", "gradient_checkpointing", "checkpointing_steps",
-           "checkpoints_total_limit", "resume", "overwrite", "validation_steps", "validation_prompts",
-           "num_validation_images", "validation_inference_steps", "domain_guidance_scale", "guidance_scale",
-           "embedding_frequencies", "embedding_hidden_dim", "embedding_learning_rate", "min_size_policy", "latent_cache", "seed", "allow_pickle",
-           "log_every", "report_to")
+OPTIONS = ("prior", "domain", "images", "prompts", "output", "objective", "num_ddim_timesteps", "empty_prompt_share",
+           "domain_scale_range", "guidance_scale_range", "lora_rank", "lora_alpha", "resolution", "center_crop",
+           "random_flip", "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "learning_rate",
+           "lr_scheduler", "lr_warmup_steps", "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon",
+           "use_8bit_adam", "max_grad_norm", "use_ema", "ema_decay", "mixed_precision", "gradient_checkpointing",
+           "checkpointing_steps", "checkpoints_total_limit", "resume", "overwrite", "validation_steps",
+           "validation_prompts", "num_validation_images", "validation_inference_steps", "domain_guidance_scale",
+           "guidance_scale", "embedding_frequencies", "embedding_hidden_dim", "embedding_learning_rate",
+           "min_size_policy", "latent_cache", "seed", "allow_pickle", "log_every", "report_to")
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -142,6 +150,16 @@ class DistillObjective(Objective):
             raise ValueError(f"indomain distill supports Stable Diffusion 1.x / 2.x priors; this prior is {family.title}")
         self.family, self.noise_scheduler = family, parts["noise_scheduler"]
         self.prediction_type = self.noise_scheduler.config.prediction_type
+        if self.config.objective == "consistency":
+            from diffusers import LCMScheduler
+
+            if self.prediction_type != "epsilon":
+                raise ValueError(f"--objective consistency supports epsilon-prediction priors; this prior predicts "
+                                 f"{self.prediction_type}")
+            if not 1 <= self.config.num_ddim_timesteps <= self.noise_scheduler.config.num_train_timesteps:
+                raise ValueError(f"--num-ddim-timesteps must be in [1, {self.noise_scheduler.config.num_train_timesteps}]")
+            self.lcm = LCMScheduler.from_config(self.noise_scheduler.config,
+                                                original_inference_steps=self.config.num_ddim_timesteps)
         prior = parts["unet"].to(device).eval()
         self._encode_prompts(parts, prior, device)
         domain = load_domain_model(self.config.domain, prior, allow_pickle=config.allow_pickle)
@@ -169,7 +187,12 @@ class DistillObjective(Objective):
         from .student import teacher_prediction, weight_rows
 
         config, b, device = self.config, latents.shape[0], latents.device
-        noisy, t, _ = noise_and_target(self.family, self.noise_scheduler, latents, noise, gen)
+        if config.objective == "consistency":  # t on the teacher's DDIM schedule: (n + 1) k - 1, as LCM's
+            k = self.noise_scheduler.config.num_train_timesteps // config.num_ddim_timesteps
+            t = ((torch.randint(0, config.num_ddim_timesteps, (b,), generator=gen) + 1) * k - 1).to(device)
+            noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        else:
+            noisy, t, _ = noise_and_target(self.family, self.noise_scheduler, latents, noise, gen)
         # each row's prompt: the empty one with probability --empty-prompt-share, else one of the file's, uniformly
         n = self.prompts.shape[0]
         empty = torch.rand(b, generator=gen) < (config.empty_prompt_share if n else 1.0)
@@ -181,8 +204,37 @@ class DistillObjective(Objective):
         w_c = (lo_c + (hi_c - lo_c) * torch.rand(b, generator=gen)).to(device)
         with torch.no_grad():
             target = teacher_prediction(self.prior, self.domain, noisy, t, text, null, w_d, w_c)
-        pred = model(noisy, t, encoder_hidden_states=text, class_labels=weight_rows(w_d, w_c, b, noisy)).sample
+        labels = weight_rows(w_d, w_c, b, noisy)
+        if config.objective == "consistency":
+            return self._consistency_loss(model, noisy, t, target, text, labels, k)
+        pred = model(noisy, t, encoder_hidden_states=text, class_labels=labels).sample
         return denoising_loss(pred, target, None, None, self.prediction_type)
+
+    def _consistency_loss(self, model: Any, x_t: torch.Tensor, t: torch.Tensor, eps_teacher: torch.Tensor,
+                          text: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+        """LCM (Luo et al. 2023): the teacher's guided DDIM step from t to s = t − k, then the student's consistency
+        function ``f(x, t) = c_skip(t) x + c_out(t) x0(x, t)`` (LCMScheduler's scalings) at ``x_t`` against its own
+        value at ``x_s`` under stop-gradient (target decay 0, as improved consistency training), MSE."""
+        import torch
+
+        alphas = self.noise_scheduler.alphas_cumprod.to(x_t.device)
+        s = (t - k).clamp(min=0)
+
+        def scales(tt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return alphas[tt].sqrt().view(-1, 1, 1, 1), (1 - alphas[tt]).sqrt().view(-1, 1, 1, 1)
+
+        (a_t, sig_t), (a_s, sig_s) = scales(t), scales(s)
+        x_s = a_s * (x_t - sig_t * eps_teacher) / a_t + sig_s * eps_teacher  # DDIM with the teacher's guided eps
+
+        def f(x: torch.Tensor, tt: torch.Tensor, a: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
+            eps = model(x, tt, encoder_hidden_states=text, class_labels=labels).sample
+            c_skip, c_out = self.lcm.get_scalings_for_boundary_condition_discrete(tt.float())
+            return c_skip.view(-1, 1, 1, 1) * x + c_out.view(-1, 1, 1, 1) * (x - sig * eps) / a
+
+        pred = f(x_t, t, a_t, sig_t)
+        with torch.no_grad():
+            target = f(x_s, s, a_s, sig_s)
+        return denoising_loss(pred, target, None, None, "epsilon")
 
     def settings(self) -> Any:
         from .student import StudentSettings
@@ -190,10 +242,10 @@ class DistillObjective(Objective):
         config = self.config
         return StudentSettings(
             domain_scale_range=tuple(config.domain_scale_range), guidance_scale_range=tuple(config.guidance_scale_range),
-            embedding=self.embedding.config(), lora=self.lora,
+            embedding=self.embedding.config(), lora=self.lora, objective=config.objective,
+            original_inference_steps=config.num_ddim_timesteps if config.objective == "consistency" else None,
             teacher={"prior": config.prior, "domain": config.domain, "prompts": config.prompts,
-                     "num_prompts": int(self.prompts.shape[0]), "empty_prompt_share": config.empty_prompt_share,
-                     "objective": "guidance"},
+                     "num_prompts": int(self.prompts.shape[0]), "empty_prompt_share": config.empty_prompt_share},
         )
 
     def save(self, model: torch.nn.Module, folder: Path) -> None:

@@ -89,6 +89,8 @@ class StudentSettings:
     embedding: dict[str, int]
     lora: dict[str, Any] | None = None  # {"r", "lora_alpha", "target_modules"} of a LoRA student
     teacher: dict[str, Any] = field(default_factory=dict)  # the prior, the domain model, the prompt share
+    objective: str = "guidance"  # or "consistency": an LCM-style student, sampled with LCMScheduler
+    original_inference_steps: int | None = None  # a consistency student's DDIM schedule (LCMScheduler's setting)
     format: str = FORMAT
 
     def check_weights(self, domain_guidance_scale: float, guidance_scale: float) -> None:
@@ -190,7 +192,9 @@ def read_settings(folder: str | os.PathLike) -> StudentSettings:
         raise ValueError(f"{folder / STUDENT_CONFIG}: not an indomain student (format {raw.get('format')!r})")
     try:
         settings = StudentSettings(**{k: raw[k] for k in ("domain_scale_range", "guidance_scale_range", "embedding")},
-                                   lora=raw.get("lora"), teacher=raw.get("teacher", {}))
+                                   lora=raw.get("lora"), teacher=raw.get("teacher", {}),
+                                   objective=raw.get("objective", "guidance"),
+                                   original_inference_steps=raw.get("original_inference_steps"))
         for name in ("domain_scale_range", "guidance_scale_range"):
             lo, hi = (float(v) for v in getattr(settings, name))
             setattr(settings, name, (lo, hi))
@@ -257,6 +261,11 @@ def use_student(pipe: Any, student: str | os.PathLike | UNet2DConditionModel,
         raise ValueError("use_student needs a student folder, or a student UNet (with its WeightEmbedding) and its settings")
     pipe.register_modules(unet=student)
     pipe.student = settings
+    if settings.objective == "consistency":  # its steps are LCM's: the scheduler it was distilled for
+        from diffusers import LCMScheduler
+
+        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config,
+                                                  original_inference_steps=settings.original_inference_steps)
 
 
 def check_call(settings: StudentSettings, domain_guidance_scale: float, guidance_scale: float, negative_prompt: Any,
