@@ -35,7 +35,13 @@ def main() -> None:
     ap.add_argument("--lora-rank", type=int, default=None)
     ap.add_argument("--learning-rate", type=float, default=1e-4)
     ap.add_argument("--num-emoji", type=int, default=48, help="held-out emoji prompts per setting (one image each)")
-    ap.add_argument("--steps", type=int, default=25, help="sampler steps")
+    ap.add_argument("--steps", type=int, default=25, help="sampler steps (the teacher's; the student's by default)")
+    ap.add_argument("--student-steps", type=int, default=None, help="the student's sampler steps (e.g. 4 for a "
+                    "consistency student)")
+    ap.add_argument("--objective", default="guidance", choices=["guidance", "consistency"])
+    ap.add_argument("--resume", default=None, help="continue the student's run from this checkpoint (e.g. to train "
+                    "it longer with a larger --distill-steps)")
+    ap.add_argument("--tag", default="", help="suffix of the student folder and result files")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -65,11 +71,12 @@ def main() -> None:
         cost["domain_model_train_s"] = time.perf_counter() - start
     prompts = out / "prompts.txt"
     prompts.write_text("\n".join(seen) + "\n")
-    student_dir = out / ("student" if args.lora_rank is None else f"student-lora{args.lora_rank}")
+    student_dir = out / (("student" if args.lora_rank is None else f"student-lora{args.lora_rank}") + args.tag)
     start = time.perf_counter()
     distill(DistillConfig(output=str(student_dir), domain=str(out / "ours"), prompts=str(prompts),
                           max_train_steps=args.distill_steps, checkpointing_steps=args.distill_steps,
-                          checkpoints_total_limit=1, lora_rank=args.lora_rank, **common))
+                          checkpoints_total_limit=1, lora_rank=args.lora_rank, objective=args.objective,
+                          resume=args.resume, **(common | ({"overwrite": False} if args.resume else {}))))
     cost["distill_s"] = time.perf_counter() - start
     cost.update({"train_steps": args.train_steps, "distill_steps": args.distill_steps, "batch": args.batch})
     print(json.dumps(cost), flush=True)
@@ -89,11 +96,12 @@ def main() -> None:
             imgs = []
             for i in range(0, len(names), 16):
                 kw = dict(prompt=prompts_[i:i + 16]) if prompts_ else dict(num_images_per_prompt=len(gens[i:i + 16]))
-                imgs += pipe(**kw, domain_guidance_scale=w_d, guidance_scale=w_c or 2.5, num_inference_steps=args.steps,
+                steps = args.student_steps if label == "student" and args.student_steps else args.steps
+                imgs += pipe(**kw, domain_guidance_scale=w_d, guidance_scale=w_c or 2.5, num_inference_steps=steps,
                              generator=gens[i:i + 16]).images
             seconds = time.perf_counter() - start
             score = scorer(imgs, names)
-            row = {"model": label, "w_d": w_d, "w_c": w_c, "n": len(imgs), "s_per_image": seconds / len(imgs),
+            row = {"model": label, "steps": steps, "w_d": w_d, "w_c": w_c, "n": len(imgs), "s_per_image": seconds / len(imgs),
                    **{k: v for k, v in score.items()}}
             if w_c is None:
                 row.pop("control_top1", None)
@@ -107,10 +115,10 @@ def main() -> None:
                 out / f"{student_dir.name}_{label}_wd{w_d}_wc{w_c}.png")
     (out / f"results_{student_dir.name}.json").write_text(json.dumps({"args": vars(args), "cost": cost, "rows": rows},
                                                                      indent=2))
-    lines = ["| w_d | w_c | model | control_top1 | fd_openmoji | s / image |", "|---|---|---|---|---|---|"]
+    lines = ["| w_d | w_c | model | steps | control_top1 | fd_openmoji | s / image |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         control = f"{r['control_top1']:.3f} ± {r['control_top1_se']:.3f}" if "control_top1" in r else "—"
-        lines.append(f"| {r['w_d']} | {r['w_c'] if r['w_c'] is not None else '— (no prompt)'} | {r['model']} | "
+        lines.append(f"| {r['w_d']} | {r['w_c'] if r['w_c'] is not None else '— (no prompt)'} | {r['model']} | {r['steps']} | "
                      f"{control} | {r['fd_openmoji']:.2f} | {r['s_per_image']:.3f} |")
     (out / f"results_{student_dir.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
