@@ -16,6 +16,8 @@ Paths (w_c = 2.5 everywhere; ours w_d = 2.5):
 - ``ours``: the default in-domain path: ∅ and the prompt batched in one prior call, the domain model in another.
 - ``ours, domain interval 0-0.5``: the domain term on the first half of the trajectory only (opt-in; fewer calls).
 - ``ours, domain every 2``: the domain term recomputed every second step and reused between (opt-in).
+- ``ours, distilled student (one call)``: a student of `indomain distill` (the prior's UNet plus the (w_d, w_c)
+  embedding, untrained: only its time is measured), one UNet call per step with no CFG batch. SD-shaped presets.
 - ``ours, LoRA domain (a second, fused UNet)`` / ``ours, LoRA domain, shared base (one call)``: a rank-16 LoRA domain
   model loaded as its own UNet, or served from the prior's UNet (`share_base=True`: one batched call per step, the
   adapter instead of a second UNet in memory). SD-shaped presets.
@@ -119,6 +121,7 @@ def paths(preset: str, parts: dict, device: str) -> dict:
     streamed.set_progress_bar_config(disable=True)
     streamed.enable_concurrent_branches()  # CUDA streams; on a CPU the same calls in order, so not benchmarked there
     lora = lora_domain(parts, ours, device)
+    student = distilled_student(parts, device)
     return {
         "diffusers": run(ref),
         "ours w_d=0": run(ours, domain_guidance_scale=0.0),
@@ -126,6 +129,7 @@ def paths(preset: str, parts: dict, device: str) -> dict:
         "ours, domain interval 0-0.5": run(ours, domain_guidance_scale=2.5, domain_guidance_end=0.5),
         "ours, domain every 2": run(ours, domain_guidance_scale=2.5, domain_guidance_every=2),
         **({"ours, concurrent streams": run(streamed, domain_guidance_scale=2.5)} if device == "cuda" else {}),
+        **({} if student is None else {"ours, distilled student (one call)": run(student, domain_guidance_scale=2.5)}),
         **({} if lora is None else {
             "ours, LoRA domain (a second, fused UNet)": run(lora[0], domain_guidance_scale=2.5),
             "ours, LoRA domain, shared base (one call)": run(lora[1], domain_guidance_scale=2.5),
@@ -158,6 +162,24 @@ def lora_domain(parts: dict, ours, device: str):
     for pipe in (separate, shared):
         pipe.set_progress_bar_config(disable=True)
     return separate.to(device), shared.to(device)
+
+
+def distilled_student(parts: dict, device: str):
+    """A pipeline sampling with a distilled student (`indomain.student`): a copy of the prior's UNet with the weight
+    embedding attached, as `indomain distill` writes it. SD-shaped presets only."""
+    import copy
+
+    from indomain import InDomainPipeline
+    from indomain.student import StudentSettings, attach_weight_embedding, use_student
+
+    if "text_encoder_2" in parts:
+        return None
+    unet = copy.deepcopy(parts["unet"])
+    embedding = attach_weight_embedding(unet)
+    pipe = InDomainPipeline(**{**parts, "unet": unet})
+    use_student(pipe, unet, StudentSettings((1.0, 5.0), (1.0, 6.0), embedding.config()))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
 
 
 def apply_levers(run: dict, channels_last: bool, compile_backend: str | None) -> None:

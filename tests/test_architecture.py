@@ -26,10 +26,12 @@ FLOORS = {
     "loading": 1, "pipeline": 1, "editing": 1,
     "pipeline_xl": 1, "pipeline_sd3": 1, "autopipeline": 1,  # the SDXL / SD3 pipelines on the same core
     "shared_base": 1,  # a LoRA domain model served from the prior's UNet
+    "student": 1,  # a distilled student: Eq. A in one UNet call per step
     # 2. learn and measure
     "train": 2, "metrics": 2,
     "sds": 2, "text3d": 2,  # score distillation and `indomain 3d`
     "generate": 2,  # `indomain generate` and `indomain edit`: the commands that sample
+    "distill": 2,  # `indomain distill`: the student's objective on the training loop
     "export": 2,  # `indomain export`: plain diffusers / single-file / LoRA files for other tools
     # 3. evaluation (generation + scoring) and its report
     "evaluate": 3, "report": 3,
@@ -45,7 +47,7 @@ FLOORS = {
     "testing": 6,
 }
 CORE = {"guidance", "control", "nulltext", "safeload", "schedulers", "loading", "pipeline", "editing", "families",
-        "pipeline_xl", "pipeline_sd3", "autopipeline", "shared_base", "streams"}
+        "pipeline_xl", "pipeline_sd3", "autopipeline", "shared_base", "streams", "student"}
 
 
 def room(path: Path) -> str:

@@ -48,6 +48,12 @@ def _add_train(sub: argparse._SubParsersAction, help: str) -> None:
     add_parser(sub, help)
 
 
+def _add_distill(sub: argparse._SubParsersAction, help: str) -> None:
+    from .distill import add_parser
+
+    add_parser(sub, help)
+
+
 def _add_export(sub: argparse._SubParsersAction, help: str) -> None:
     from .export import add_parser
 
@@ -103,6 +109,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction, str], None]
     "generate": ("sample in-domain images from a prior plus a domain model", add_generate_parser),
     "edit": ("edit images into the domain: SDEdit or inversion, optionally inpainting a mask", add_edit_parser),
     "train": ("train a domain model (or a conventional fine-tune baseline) on a folder of unlabeled images", _add_train),
+    "distill": ("distil the prior + domain model's guidance (Eq. A) into a student that samples in one UNet call per "
+                "step", _add_distill),
     "convert": ("copy a model folder with its pickle weights (.bin/.ckpt/.pt) re-saved as safetensors", add_convert_parser),
     "export": ("write a domain model as a plain diffusers UNet or a single-file checkpoint (for diffusers, ComfyUI, "
                "A1111)", _add_export),

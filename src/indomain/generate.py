@@ -101,9 +101,18 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
         args.domain_scale = specs[0][1]
     check_prior(args.prior, args.allow_pickle)
     check_prior_config(args.prior, getattr(args, "prior_config", None))
-    require_domain_for_weight(args.domain_scale, domain)
+    distilled = getattr(args, "distilled", None)
+    if distilled is not None:
+        if specs:
+            raise ValueError("--distilled replaces --domain (the student has the domain built in): pass one of them")
+        if not Path(distilled).is_dir():
+            raise ValueError(f"--distilled {distilled!r} is not a folder (a student written by `indomain distill`)")
+    else:
+        require_domain_for_weight(args.domain_scale, domain)
     dtype = getattr(torch, args.dtype)
     control = _check_control_args(args, dtype)
+    if distilled is not None:
+        control["distilled"] = distilled
     family = detect_family(args.prior, getattr(args, "prior_config", None))
     if cls is InDomainPipeline:
         cls = pipeline_class(family)
@@ -123,12 +132,13 @@ def _open_pipeline(cls: type, args: argparse.Namespace, command: str) -> tuple[A
         control["config"] = args.prior_config  # a single-file --prior's diffusers configs
     inputs = {"--prior": args.prior, "--prior-config": getattr(args, "prior_config", None),
               "--domain": [p for p, _ in specs], "--image": getattr(args, "image", None),
-              "--mask": getattr(args, "mask", None), **{f"--{k.replace('_', '-')}": getattr(args, k, None) for k in
+              "--mask": getattr(args, "mask", None), "--distilled": distilled, **{f"--{k.replace('_', '-')}": getattr(args, k, None) for k in
               ("controlnet", "controlnet_config", "adapter", "control_image", "ip_adapter", "ip_image", "lora", "control_model",
                "control_model_config")}}
     out = claim_output_dir(args.out, command, overwrite=args.overwrite, inputs=inputs)
     pipe = cls.from_pretrained(args.prior, domain_unet=domain, allow_pickle=args.allow_pickle, dtype=dtype, **control)
-    pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
+    if args.scheduler != "auto" or getattr(getattr(pipe, "student", None), "objective", None) != "consistency":
+        pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)  # (a consistency student keeps LCM's)
     if len(specs) > 1:
         from .loading import load_domain_model
         from .nulltext import NullTextUNet
@@ -299,7 +309,8 @@ def _finish(args: argparse.Namespace, pipe: Any, out: Path, device: str, files: 
     record = write_record(
         out / "settings.json",
         settings,
-        resolved={"device": device, "scheduler": dict(pipe.scheduler.config), "domain_config": dict(pipe.domain_model.config) if pipe.domain_model else None},
+        resolved={"device": device, "scheduler": dict(pipe.scheduler.config), "domain_config": dict(pipe.domain_model.config) if pipe.domain_model else None,
+                  **({"student": vars(pipe.student)} if getattr(pipe, "student", None) is not None else {})},
         images=files,
         seconds=round(time.time() - start, 2),
     )
@@ -329,6 +340,9 @@ def add_generate_parser(sub: argparse._SubParsersAction, help: str) -> None:
                         "decoupled: by the prior, the paper's Eq. A. auto (default): domain-text for a null-text domain "
                         "model on a Stable Diffusion 1.x/2.x prior (without --domain-every), else decoupled. Default weights: domain-text "
                         "--domain-scale 4 --guidance-scale 2.5, decoupled 2.5 / 2.5")
+    p.add_argument("--distilled", default=None, metavar="DIR",
+                   help="a student written by `indomain distill`: one UNet call per step instead of Eq. A's three rows; "
+                        "replaces --domain, and refuses weights outside the ranges it was trained on")
     p.add_argument("--share-base", action="store_true",
                    help="serve a LoRA domain model (from `indomain train --lora-rank`) from the prior's own UNet: every "
                         "branch in one call per step and no second UNet in memory; same images up to float round-off")

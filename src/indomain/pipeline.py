@@ -53,6 +53,9 @@ from .nulltext import (
 from .safeload import check_prior
 from .shared_base import ROWS, SharedBaseDomain
 from .streams import run_on_streams
+from .student import check_call as student_check_call
+from .student import predict as student_predict
+from .student import use_student
 from .shared_base import flags as domain_flags
 
 
@@ -119,9 +122,13 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         domain_unet: str | os.PathLike | NullTextUNet | None = None,
         allow_pickle: bool = False,
         share_base: bool = False,
+        distilled: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> "InDomainPipeline":
         """Load the prior (hub id or local dir) and, optionally, a domain model (folder or instance).
+
+        ``distilled=DIR`` samples with a student of `indomain distill` instead (`indomain.student`): it replaces the
+        prior's ``unet``, needs no domain model, and each step is one UNet call.
 
         ``share_base=True`` serves an adapter-only (LoRA) domain folder from the prior's UNet (`share_domain_base`):
         one UNet in memory and one call per step.
@@ -145,6 +152,12 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
         if dtype is not None:
             kwargs["dtype"] = dtype
+        if distilled is not None:  # a distilled student: Eq. A in one call per step (indomain.student)
+            if domain_unet is not None or share_base:
+                raise ValueError("distilled= replaces the domain model and the prior's guidance; pass no domain_unet")
+            pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+            use_student(pipe, distilled)
+            return pipe
         if isinstance(domain_unet, (str, os.PathLike)):
             domain_unet = resolve_domain_path(domain_unet, **{k: kwargs[k] for k in ("local_files_only", "token", "revision", "cache_dir") if k in kwargs})
         if share_base:
@@ -403,7 +416,10 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         ]:
             if not isinstance(w, (int, float)) or not math.isfinite(w):
                 raise ValueError(f"{name} must be a finite number, got {w!r}")
-        self.check_domain_weight(domain_guidance_scale)
+        if getattr(self, "student", None) is not None:
+            student_check_call(self.student, domain_guidance_scale, guidance_scale, negative_prompt, weighted_prompts)
+        else:
+            self.check_domain_weight(domain_guidance_scale)
         if prompt is not None and prompt_embeds is not None:
             raise ValueError("pass either prompt or prompt_embeds, not both")
         if prompt is not None and not isinstance(prompt, (str, list)):
@@ -863,6 +879,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         """
         # flow-matching schedulers have no input scaling
         x_in = self.scheduler.scale_model_input(latents, t) if hasattr(self.scheduler, "scale_model_input") else latents
+        if getattr(self, "student", None) is not None:  # a distilled student: one call (indomain.student)
+            return student_predict(self, x_in, t, cond, i, num_steps)
         plan = self.plan(cond)
         every, cache = cond.options.domain_every, cond.options.domain_delta
         reused = []

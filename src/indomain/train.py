@@ -464,23 +464,24 @@ def build_model(config: TrainConfig, parts: dict) -> tuple[torch.nn.Module, dict
     caption = {} if text is None else call_inputs(family, text)
     del pipe, text_parts
     if config.lora_rank:
-        from peft import LoraConfig
-
-        target = model.unet if hasattr(model, "unet") and not config.baseline else model
-        target.requires_grad_(False)
-        # peft draws the initial adapters from torch's global RNG: seed it, so a run does not depend on what ran before
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            target.add_adapter(
-                LoraConfig(
-                    r=config.lora_rank,
-                    lora_alpha=config.lora_alpha or config.lora_rank,
-                    init_lora_weights="gaussian",
-                    target_modules=LORA_TARGETS,
-                )
-            )
+        add_lora(model.unet if hasattr(model, "unet") and not config.baseline else model, config)
     model.train()
     return model, caption
+
+
+def add_lora(target: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
+    """Freeze ``target`` and add trainable LoRA adapters of ``config.lora_rank`` (peft, on `LORA_TARGETS`); returns
+    the adapter settings."""
+    import torch
+    from peft import LoraConfig
+
+    settings = {"r": config.lora_rank, "lora_alpha": config.lora_alpha or config.lora_rank, "target_modules": LORA_TARGETS}
+    target.requires_grad_(False)
+    # peft draws the initial adapters from torch's global RNG: seed it, so a run does not depend on what ran before
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        target.add_adapter(LoraConfig(init_lora_weights="gaussian", **settings))
+    return settings
 
 
 def call_inputs(family: Any, text: Any) -> dict:
@@ -499,6 +500,13 @@ def batch_inputs(inputs: Any, n: int, device: Any) -> Any:
     return inputs.to(device).expand(n, *inputs.shape[1:])
 
 
+def per_sample(gens: list[torch.Generator], fn: Callable[[int, torch.Generator], torch.Tensor]) -> torch.Tensor:
+    """``fn(1, gens[i])`` for every sample, concatenated: draws that depend on the sample's own generator only."""
+    import torch
+
+    return torch.cat([fn(1, g) for g in gens])
+
+
 def noise_and_target(family: Any, noise_scheduler: Any, latents: torch.Tensor, noise: torch.Tensor,
                      generator: torch.Generator | list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_t, t, target)`` of the family's training objective. ``generator`` is one for the batch, or one per
@@ -514,9 +522,7 @@ def noise_and_target(family: Any, noise_scheduler: Any, latents: torch.Tensor, n
     b = latents.shape[0]
 
     def draw(fn: Callable[[int, torch.Generator], torch.Tensor]) -> torch.Tensor:
-        if isinstance(generator, torch.Generator):
-            return fn(b, generator)
-        return torch.cat([fn(1, g) for g in generator])
+        return fn(b, generator) if isinstance(generator, torch.Generator) else per_sample(generator, fn)
 
     if family.objective == "flow":
         u = torch.sigmoid(draw(lambda m, g: torch.randn(m, generator=g)))
@@ -567,8 +573,9 @@ def _save_state_dict(model: Any, state: dict, folder: Path) -> None:
 
 
 def save_checkpoint(accelerator: Any, output: Path, step: int, config: TrainConfig, model: Any, optimizer: Any,
-                    lr_scheduler: Any, ema: Any, params: list) -> Path:
-    """Write ``checkpoint-N`` (main process; see `indomain.checkpoint`) and prune old ones.
+                    lr_scheduler: Any, ema: Any, params: list, save: Callable[[Any, Path], None] | None = None) -> Path:
+    """Write ``checkpoint-N`` (main process; see `indomain.checkpoint`) and prune old ones; ``save(model, dir)``
+    writes its hand-loadable copy (default: `save_model`).
 
     Under DeepSpeed / FSDP every process first writes its part through ``accelerator.save_state`` (the checkpoint's
     ``accelerate/``), and the weights are gathered for ``model/``."""
@@ -593,7 +600,7 @@ def save_checkpoint(accelerator: Any, output: Path, step: int, config: TrainConf
         unwrapped = accelerator.unwrap_model(model)
         write_checkpoint(final, step, dataclasses.asdict(config), unwrapped, None if plugin else optimizer,
                          lr_scheduler, ema, accelerator.scaler,
-                         (lambda m, d: save_model(m, d, config)) if state is None
+                         (save or (lambda m, d: save_model(m, d, config))) if state is None
                          else (lambda m, d: _save_state_dict(m, state, d)), accelerate_state=staged)
         if config.checkpoints_total_limit is not None:
             for old in list_checkpoints(output)[:-config.checkpoints_total_limit]:
@@ -722,16 +729,23 @@ def _merged_copy(unet: torch.nn.Module) -> torch.nn.Module:
 @_no_grad
 def validate(model: torch.nn.Module, config: TrainConfig, step: int, device: Any) -> list:
     """Unconditional (and, with prompts, text-controlled) in-domain grids; decoded in fp32."""
-    import torch
-    from diffusers.image_processor import VaeImageProcessor
-
-    from .outputs import make_grid
     from .autopipeline import InDomainAutoPipeline
 
     # LoRA layers stay attached to `model`: its forward already includes them.
     single = {"config": config.prior_config} if config.prior_config else {}
     pipe = InDomainAutoPipeline.from_pretrained(config.prior, domain_unet=model, allow_pickle=config.allow_pickle,
                                                 **single).to(device)
+    return validation_grids(pipe, config, step)
+
+
+@_no_grad
+def validation_grids(pipe: Any, config: TrainConfig, step: int) -> list:
+    """``samples/step<N>_uncond.png`` (and one grid per validation prompt) from ``pipe`` at the validation weights."""
+    import torch
+    from diffusers.image_processor import VaeImageProcessor
+
+    from .outputs import make_grid
+
     pipe.vae.to(torch.float32)
     pipe.set_progress_bar_config(disable=True)
     folder = Path(config.output) / "samples"
@@ -759,6 +773,93 @@ def validate(model: torch.nn.Module, config: TrainConfig, step: int, device: Any
 
 
 # ----------------------------------------------------------------------------------------------------
+# What a run learns
+
+
+class Objective:
+    """What one run of the training loop learns: the model it builds, its loss on a batch, how it is saved and
+    validated. The loop itself (accelerate, latent cache, EMA, checkpoints, exact resume, the output folder) is the
+    same for every objective. `indomain train`'s is `DomainObjective`; `indomain distill`'s is
+    `indomain.distill.DistillObjective`."""
+
+    command = "train"  # the output folder's owner (`claim_output_dir`)
+
+    def inputs(self, config: TrainConfig, out: Path) -> dict[str, Any]:
+        """The paths a run reads, which must lie apart from what it writes."""
+        return _train_inputs(config, out)
+
+    def build(self, config: TrainConfig, parts: dict, device: Any) -> torch.nn.Module:
+        """The trainable model from the prior's components (``parts``, which the objective may consume)."""
+        raise NotImplementedError
+
+    def param_groups(self, model: torch.nn.Module, params: list) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups over ``params`` (the trained weights); a group may set its own ``lr``."""
+        return [{"params": params}]
+
+    def loss(self, model: Any, latents: torch.Tensor, noise: torch.Tensor, gens: list[torch.Generator],
+             batches: LatentBatches) -> torch.Tensor:
+        """The loss of one micro-batch of clean ``latents``; sample i's draws come from ``gens[i]``
+        (`per_sample`), so exact resume holds and a sample's draws do not depend on its batch."""
+        raise NotImplementedError
+
+    def save(self, model: torch.nn.Module, folder: Path) -> None:
+        """Write the model (the final one, and each checkpoint's hand-loadable copy) into ``folder``."""
+        raise NotImplementedError
+
+    def validate(self, model: torch.nn.Module, step: int, device: Any) -> list:
+        """Write the validation grids of ``step``; returns the files written."""
+        return []
+
+    def finish(self, out: Path, num_images: int, steps: int) -> None:
+        """After the final model is saved (the model card, an upload)."""
+
+
+class DomainObjective(Objective):
+    """`indomain train`: the denoising loss of a domain model (or of the baseline fine-tune) on the domain images."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+
+    def build(self, config: TrainConfig, parts: dict, device: Any) -> torch.nn.Module:
+        self.noise_scheduler, self.family = parts["noise_scheduler"], parts["family"]
+        flow = self.family.objective == "flow"
+        self.prediction_type = "flow" if flow else self.noise_scheduler.config.prediction_type
+        if flow and config.snr_gamma is not None:
+            raise ValueError(f"--snr-gamma (min-SNR weighting) is for diffusion priors; this prior is "
+                             f"{self.family.title}, trained with the flow-matching loss")
+        model, self.caption = build_model(config, parts)
+        return model
+
+    def loss(self, model: Any, latents: torch.Tensor, noise: torch.Tensor, gens: list[torch.Generator],
+             batches: LatentBatches) -> torch.Tensor:
+        from diffusers.training_utils import compute_snr
+
+        config, family = self.config, self.family
+        noisy, t, target = noise_and_target(family, self.noise_scheduler, latents, noise, gens)
+        inputs = batch_inputs(self.caption, latents.shape[0], latents.device)
+        if family.name == "sdxl":  # the size conditioning of each image: original size, crop, target size
+            added = {**inputs.get("added_cond_kwargs", {}), "time_ids": batches.time_ids.to(latents.device)}
+            inputs["added_cond_kwargs"] = added
+        if family.denoiser == "transformer":  # the MMDiT's argument order differs from the UNet's
+            pred = model(hidden_states=noisy, timestep=t, **inputs).sample
+        else:
+            pred = model(noisy, t, **inputs).sample
+        snr = compute_snr(self.noise_scheduler, t) if config.snr_gamma is not None else None
+        return denoising_loss(pred, target, snr, config.snr_gamma, self.prediction_type)
+
+    def save(self, model: torch.nn.Module, folder: Path) -> None:
+        save_model(model, folder, self.config)
+
+    def validate(self, model: torch.nn.Module, step: int, device: Any) -> list:
+        return validate(model, self.config, step, device)
+
+    def finish(self, out: Path, num_images: int, steps: int) -> None:
+        atomic_write_text(out / "README.md", model_card(self.config, num_images, steps))
+        if self.config.push_to_hub:
+            info(f"uploaded to https://huggingface.co/{push_to_hub(out, self.config)}")
+
+
+# ----------------------------------------------------------------------------------------------------
 # The run
 
 
@@ -771,21 +872,22 @@ def _train_inputs(config: TrainConfig, out: Path) -> dict[str, Any]:
             "--prior-config": config.prior_config, "--resume": resume}
 
 
-def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> Path:
-    """Run training; returns the output folder. ``on_step(global_step)`` is a test hook called after each step."""
+def train(config: TrainConfig, on_step: Callable[[int], None] | None = None, objective: Objective | None = None) -> Path:
+    """Run training; returns the output folder. ``on_step(global_step)`` is a test hook called after each step;
+    ``objective`` is what the run learns (default: a domain model, `DomainObjective`)."""
     try:
-        return _train(config, on_step)
+        return _train(config, on_step, objective or DomainObjective(config))
     finally:
         close_run(config.output)  # the run record lists what was written, even after an error
 
 
-def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
+def _train(config: TrainConfig, on_step: Callable[[int], None] | None, objective: Objective) -> Path:
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
     from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel, compute_snr
+    from diffusers.training_utils import EMAModel
 
     from .checkpoint import check_fits, restore, weights_are_finite
     from .loading import load_prior_components
@@ -809,9 +911,9 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
         raise ValueError(f"{'EMA' if config.use_ema else '--lora-rank'} is not supported under FSDP (it would need "
                          "every process's weight shards); pass --no-ema and no --lora-rank, or use DeepSpeed ZeRO-2 or DDP")
     if accelerator.is_main_process:
-        check_paths_apart(config.latent_cache or out / "latent_cache", _train_inputs(config, out), "--latent-cache")
-        claim_output_dir(out, "train", overwrite=config.overwrite, reuse=config.resume is not None,
-                         inputs=_train_inputs(config, out), flag="--output")
+        check_paths_apart(config.latent_cache or out / "latent_cache", objective.inputs(config, out), "--latent-cache")
+        claim_output_dir(out, objective.command, overwrite=config.overwrite, reuse=config.resume is not None,
+                         inputs=objective.inputs(config, out), flag="--output")
         _clean_leftovers(out)
         atomic_write_text(out / "train_config.json", to_json(dataclasses.asdict(config), indent=2))
         atomic_write_text(out / "skipped.json", to_json([{"file": str(p), "reason": r} for p, r in skipped], indent=2))
@@ -824,12 +926,8 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
 
     # 2. Models: the trainable one from the prior; the VAE only for the cache
     parts = load_prior_components(config.prior, allow_pickle=config.allow_pickle, config=config.prior_config)
-    noise_scheduler, family = parts["noise_scheduler"], parts["family"]
-    prediction_type = "flow" if family.objective == "flow" else noise_scheduler.config.prediction_type
-    if family.objective == "flow" and config.snr_gamma is not None:
-        raise ValueError(f"--snr-gamma (min-SNR weighting) is for diffusion priors; this prior is {family.title}, "
-                         "trained with the flow-matching loss")
-    model, caption = build_model(config, parts)
+    family = parts["family"]
+    model = objective.build(config, parts, accelerator.device)
     if ckpt is not None:
         check_fits(ckpt, model, config.prior)  # before hours of latent encoding
     if config.gradient_checkpointing:
@@ -872,7 +970,7 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
     else:
         optimizer_cls = torch.optim.AdamW
     optimizer = optimizer_cls(
-        params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+        objective.param_groups(model, params), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
     )
     lr_scheduler = get_scheduler(
@@ -928,18 +1026,8 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
             latents, gens = batches.get(global_step, micro, rank, world, one)
             latents = latents.to(accelerator.device)
             noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in gens]).to(accelerator.device)
-            noisy, t, target = noise_and_target(family, noise_scheduler, latents, noise, gens)
             with accelerator.accumulate(model):
-                inputs = batch_inputs(caption, latents.shape[0], accelerator.device)
-                if family.name == "sdxl":  # the size conditioning of each image: original size, crop, target size
-                    added = {**inputs.get("added_cond_kwargs", {}), "time_ids": batches.time_ids.to(accelerator.device)}
-                    inputs["added_cond_kwargs"] = added
-                if family.denoiser == "transformer":  # the MMDiT's argument order differs from the UNet's
-                    pred = model(hidden_states=noisy, timestep=t, **inputs).sample
-                else:
-                    pred = model(noisy, t, **inputs).sample
-                snr = compute_snr(noise_scheduler, t) if config.snr_gamma is not None else None
-                loss = denoising_loss(pred, target, snr, config.snr_gamma, prediction_type)
+                loss = objective.loss(model, latents, noise, gens, batches)
                 if not torch.isfinite(loss):
                     # the weights of this step already diverge: only checkpoints before it are good
                     bar.close()
@@ -971,12 +1059,13 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
         if config.validation_steps and global_step % config.validation_steps == 0 and accelerator.is_main_process:
             with _ema_weights(ema, params):
                 try:
-                    validate(accelerator.unwrap_model(model), config, global_step, accelerator.device)
+                    objective.validate(accelerator.unwrap_model(model), global_step, accelerator.device)
                 except NonFiniteError as e:
                     bar.close()
                     raise NonFiniteError(f"{e}; {_last_good(out, global_step, config)}") from None
         if global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps:
-            save_checkpoint(accelerator, out, global_step, config, model, optimizer, lr_scheduler, ema, params)
+            save_checkpoint(accelerator, out, global_step, config, model, optimizer, lr_scheduler, ema, params,
+                            objective.save)
         if on_step is not None:
             on_step(global_step)
     bar.close()
@@ -992,12 +1081,10 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None) -> Path:
             for sub in ("raw", None):
                 _save_aside(out, sub, lambda d: _save_state_dict(unwrapped, gathered, d))
         else:
-            _save_aside(out, "raw", lambda d: save_model(unwrapped, d, config))
+            _save_aside(out, "raw", lambda d: objective.save(unwrapped, d))
             with _ema_weights(ema, params):
-                _save_aside(out, None, lambda d: save_model(unwrapped, d, config))
-        atomic_write_text(out / "README.md", model_card(config, len(paths), global_step))
-        if config.push_to_hub:
-            info(f"uploaded to https://huggingface.co/{push_to_hub(out, config)}")
+                _save_aside(out, None, lambda d: objective.save(unwrapped, d))
+        objective.finish(out, len(paths), global_step)
     accelerator.end_training()
     # Forget this run's precision settings so a later train() in the same process may choose others.
     AcceleratorState._reset_state(reset_partial_state=False)

@@ -1,0 +1,290 @@
+"""A distilled student: the prior's UNet that gives the in-domain guided prediction of Eq. A in one call (issue #28).
+
+Exact decoupled guidance costs three rows of UNet work per step (``eps_prior(x, ∅)``, ``eps_domain(x)``,
+``eps_prior(x, c)``). Guidance distillation (Meng et al., CVPR 2023) trains one network to output that combination
+directly, with the weights as inputs::
+
+    student(x, t, c, w_d, w_c) ≈ eps_prior(x, ∅) + w_d (eps_domain(x) − eps_prior(x, ∅)) + w_c (eps_prior(x, c) − eps_prior(x, ∅))
+
+The student is the prior's own `UNet2DConditionModel` plus a `WeightEmbedding` of ``(w_d, w_c)`` in its
+``class_embedding`` slot, which diffusers adds to the timestep embedding (``emb + class_embedding(class_labels)``).
+The embedding's last layer starts at zero, so an untrained student is exactly the prior. `indomain.distill` trains
+it; `InDomainPipeline.from_pretrained(prior, distilled=DIR)` samples with it (`predict`: one UNet call per step).
+
+A student folder (flat, so a training checkpoint's ``model/`` holds the same files):
+
+- ``config.json`` + ``diffusion_pytorch_model.safetensors``: the whole student UNet in diffusers' layout (loads with
+  ``UNet2DConditionModel.from_pretrained``), without the weight embedding; or, for a LoRA student,
+  ``student_lora.safetensors``: its adapter weights only (the base weights are the prior's);
+- ``weight_embedding.safetensors``: the weight embedding (keys ``class_embedding.*``);
+- ``student_config.json``: the embedding's settings, the LoRA settings, the trained weight ranges and the teacher.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors.torch import save_file
+
+from .guidance import DOMAIN, PRIOR, MultiGuidance, combine, decoupled
+from .outputs import read_json_object, to_json
+from .safeload import check_safe, read_safetensors
+
+if TYPE_CHECKING:
+    from .pipeline import Conditioning
+
+STUDENT_CONFIG = "student_config.json"
+EMBEDDING_FILE = "weight_embedding.safetensors"
+LORA_FILE = "student_lora.safetensors"
+EMBEDDING_PREFIX = "class_embedding."
+FORMAT = "indomain-distilled-student"
+
+
+class WeightEmbedding(torch.nn.Module):
+    """``(w_d, w_c)`` -> a vector added to the UNet's timestep embedding.
+
+    Fourier features of each weight (sin and cos at ``num_frequencies`` log-spaced frequencies, periods from 0.5 to
+    ~60 weight units, plus the raw weight) go through a two-layer MLP whose last layer is zero-initialised: the
+    untrained embedding is exactly 0, so the student starts as the prior.
+    """
+
+    def __init__(self, time_embed_dim: int, num_frequencies: int = 8, hidden_dim: int = 256) -> None:
+        super().__init__()
+        self.time_embed_dim, self.num_frequencies, self.hidden_dim = time_embed_dim, num_frequencies, hidden_dim
+        freqs = 2 * math.pi * torch.logspace(math.log10(1 / 64), math.log10(2.0), num_frequencies)
+        self.register_buffer("frequencies", freqs, persistent=False)  # fixed: rebuilt from the config, never saved
+        self.linear_1 = torch.nn.Linear(2 * (2 * num_frequencies + 1), hidden_dim)
+        self.act = torch.nn.SiLU()
+        self.linear_2 = torch.nn.Linear(hidden_dim, time_embed_dim)
+        torch.nn.init.zeros_(self.linear_2.weight)  # zero-init: the student equals the prior before training
+        torch.nn.init.zeros_(self.linear_2.bias)
+
+    def config(self) -> dict[str, int]:
+        return {"time_embed_dim": self.time_embed_dim, "num_frequencies": self.num_frequencies, "hidden_dim": self.hidden_dim}
+
+    def forward(self, weights: torch.Tensor) -> torch.Tensor:
+        """``weights``: (B, 2) rows of ``(w_d, w_c)`` -> (B, time_embed_dim)."""
+        if weights.ndim != 2 or weights.shape[1] != 2:
+            raise ValueError(f"the weight embedding takes (batch, 2) rows of (w_d, w_c), got shape {tuple(weights.shape)}")
+        w = weights.to(self.linear_1.weight.dtype)[..., None]  # (B, 2, 1)
+        angles = w * self.frequencies.to(w.dtype)  # (B, 2, F)
+        features = torch.cat([w, angles.sin(), angles.cos()], -1).flatten(1)  # (B, 2 (2F + 1))
+        return self.linear_2(self.act(self.linear_1(features)))
+
+
+@dataclass
+class StudentSettings:
+    """What ``student_config.json`` records: the trained ranges (sampling refuses weights outside them), the
+    embedding and LoRA settings, and the teacher it was distilled from."""
+
+    domain_scale_range: tuple[float, float]
+    guidance_scale_range: tuple[float, float]
+    embedding: dict[str, int]
+    lora: dict[str, Any] | None = None  # {"r", "lora_alpha", "target_modules"} of a LoRA student
+    teacher: dict[str, Any] = field(default_factory=dict)  # the prior, the domain model, the prompt share
+    objective: str = "guidance"  # or "consistency": an LCM-style student, sampled with LCMScheduler
+    original_inference_steps: int | None = None  # a consistency student's DDIM schedule (LCMScheduler's setting)
+    format: str = FORMAT
+
+    def check_weights(self, domain_guidance_scale: float, guidance_scale: float) -> None:
+        """Refuse weights outside the ranges the student was trained on, naming the weight and the range."""
+        for name, value, (lo, hi) in (("domain_guidance_scale", domain_guidance_scale, self.domain_scale_range),
+                                      ("guidance_scale", guidance_scale, self.guidance_scale_range)):
+            if not (lo - 1e-9 <= float(value) <= hi + 1e-9):
+                raise ValueError(f"{name}={value} is outside the range [{lo:g}, {hi:g}] this distilled student was "
+                                 f"trained on; pick a weight inside it, or distil again with a wider range")
+
+
+def attach_weight_embedding(unet: UNet2DConditionModel, num_frequencies: int = 8, hidden_dim: int = 256,
+                            seed: int = 0) -> WeightEmbedding:
+    """Put a zero-initialised `WeightEmbedding` into ``unet``'s class-embedding slot (in place); returns it. Its first
+    layer is drawn under ``seed`` (not torch's global RNG), so a run does not depend on what ran before it."""
+    if unet.class_embedding is not None or unet.config.get("class_embed_type") is not None:
+        raise ValueError("this prior's UNet already has a class embedding; a distilled student needs that slot free")
+    if unet.config.get("class_embeddings_concat"):
+        raise ValueError("a distilled student adds its weight embedding to the timestep embedding; this UNet concatenates")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        embedding = WeightEmbedding(unet.time_embedding.linear_2.out_features, num_frequencies, hidden_dim)
+    unet.class_embedding = embedding.to(unet.device, unet.dtype)
+    return unet.class_embedding
+
+
+def weight_rows(domain_guidance_scale: Any, guidance_scale: Any, n: int, like: torch.Tensor) -> torch.Tensor:
+    """The student's ``class_labels``: (n, 2) rows of ``(w_d, w_c)`` (each a number or one value per row)."""
+    w = [torch.as_tensor(v, dtype=like.dtype, device=like.device).expand(n) for v in (domain_guidance_scale, guidance_scale)]
+    return torch.stack(w, 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The teacher: Eq. A through the combiner of `indomain.guidance`, one batched call per model
+
+
+def teacher_prediction(prior: Any, domain: Any, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                       null: torch.Tensor, w_d: torch.Tensor, w_c: torch.Tensor) -> torch.Tensor:
+    """Eq. A with one ``(w_d, w_c)`` per row: ``eps_prior(x, ∅) + w_d (eps_domain(x) − eps_prior(x, ∅)) +
+    w_c (eps_prior(x, c) − eps_prior(x, ∅))``.
+
+    The branches come from `MultiGuidance` on the `decoupled` preset (the prior's ∅ and c rows in one batched call,
+    the domain model in one more); `combine` then applies each row's own weights (it broadcasts (B, 1, 1, 1) weights).
+    A row whose prompt is the empty one (``text`` row = ``null`` row) has no control term to speak of.
+    """
+    def rows(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:  # MultiGuidance stacks x per branch, not t
+        return tt.repeat(x.shape[0] // tt.shape[0]) if tt.ndim == 1 else tt
+
+    models = {PRIOR: lambda x, tt, emb: prior(x, rows(x, tt), encoder_hidden_states=emb, return_dict=False)[0],
+              DOMAIN: lambda x, tt, emb: domain(x, rows(x, tt), encoder_hidden_states=None, return_dict=False)[0]}
+    # weights 1, 1 only make every branch run; the rows' weights are applied below
+    out = MultiGuidance(models, decoupled(1.0, 1.0, text, null))(x_t, t)
+    shape = (-1,) + (1,) * (x_t.ndim - 1)
+    return combine(out.eps_u, out.eps_k, [w_d.view(shape).to(x_t.dtype), w_c.view(shape).to(x_t.dtype)])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Saving and loading
+
+
+def _lora_state(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in unet.named_parameters()
+            if "lora_" in n and not n.startswith(EMBEDDING_PREFIX)}
+
+
+def save_student(unet: UNet2DConditionModel, folder: str | os.PathLike, settings: StudentSettings) -> Path:
+    """Write a student folder (see the module docstring): safetensors and JSON only."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    embedding = unet.class_embedding
+    if not isinstance(embedding, WeightEmbedding):
+        raise ValueError("not a distilled student: its UNet has no WeightEmbedding (attach_weight_embedding)")
+    if settings.lora:
+        save_file(_lora_state(unet), folder / LORA_FILE)
+    else:
+        unet.class_embedding = None  # the UNet file stays a plain UNet2DConditionModel that diffusers loads
+        try:
+            unet.save_pretrained(folder, safe_serialization=True)
+        finally:
+            unet.class_embedding = embedding
+    save_file({EMBEDDING_PREFIX + k: v.detach().cpu().contiguous() for k, v in embedding.state_dict().items()},
+              folder / EMBEDDING_FILE)
+    (folder / STUDENT_CONFIG).write_text(to_json(asdict(settings), indent=2))
+    return folder
+
+
+def is_student_folder(folder: str | os.PathLike) -> bool:
+    return (Path(folder) / STUDENT_CONFIG).is_file()
+
+
+def read_settings(folder: str | os.PathLike) -> StudentSettings:
+    """The `StudentSettings` of a student folder, with an error that names what is wrong."""
+    folder = Path(folder)
+    if not (folder / STUDENT_CONFIG).is_file():
+        raise ValueError(f"distilled student {str(folder)!r} is not a student folder (no {STUDENT_CONFIG}; "
+                         "`indomain distill` writes one)")
+    raw = read_json_object(folder / STUDENT_CONFIG, "a distilled student's settings")
+    if raw.get("format") != FORMAT:
+        raise ValueError(f"{folder / STUDENT_CONFIG}: not an indomain student (format {raw.get('format')!r})")
+    try:
+        settings = StudentSettings(**{k: raw[k] for k in ("domain_scale_range", "guidance_scale_range", "embedding")},
+                                   lora=raw.get("lora"), teacher=raw.get("teacher", {}),
+                                   objective=raw.get("objective", "guidance"),
+                                   original_inference_steps=raw.get("original_inference_steps"))
+        for name in ("domain_scale_range", "guidance_scale_range"):
+            lo, hi = (float(v) for v in getattr(settings, name))
+            setattr(settings, name, (lo, hi))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{folder / STUDENT_CONFIG}: incomplete or malformed ({err})") from None
+    return settings
+
+
+def load_student(folder: str | os.PathLike, prior_unet: UNet2DConditionModel) -> tuple[UNet2DConditionModel, StudentSettings]:
+    """The student UNet of ``folder`` (on the prior's device and dtype) and its settings.
+
+    A LoRA student takes its base weights from ``prior_unet``; its adapter is fused into a copy, so sampling pays
+    no LoRA overhead. A full student must have the prior's architecture.
+    """
+    folder = Path(folder)
+    settings = read_settings(folder)
+    check_safe(folder, allow_pickle=False)
+    if settings.lora:
+        from peft import LoraConfig
+
+        unet = copy.deepcopy(prior_unet)
+        unet.add_adapter(LoraConfig(r=settings.lora["r"], lora_alpha=settings.lora["lora_alpha"],
+                                    init_lora_weights="gaussian", target_modules=list(settings.lora["target_modules"])))
+        state = read_safetensors(folder / LORA_FILE, "a LoRA student's adapter")[0]
+        own = _lora_state(unet)
+        if set(state) != set(own):
+            missing = sorted(set(own) ^ set(state))
+            raise ValueError(f"{folder / LORA_FILE}: its adapter does not fit this prior's UNet (e.g. {missing[0]}); "
+                             f"it was distilled from {settings.teacher.get('prior', 'another prior')!r}")
+        unet.load_state_dict(state, strict=False)
+        unet.fuse_lora()
+        unet.unload_lora()
+    else:
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"distilled student {str(folder)!r} has no config.json (the student UNet)")
+        unet = UNet2DConditionModel.from_pretrained(folder, use_safetensors=True)
+        for key in ("in_channels", "out_channels", "cross_attention_dim", "block_out_channels", "down_block_types"):
+            a, b = prior_unet.config.get(key), unet.config.get(key)
+            if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+                raise ValueError(f"distilled student {str(folder)!r} does not fit this prior: its {key} is {b!r}, the "
+                                 f"prior UNet's is {a!r}")
+    embedding = attach_weight_embedding(unet, settings.embedding["num_frequencies"], settings.embedding["hidden_dim"])
+    state = read_safetensors(folder / EMBEDDING_FILE, "a student's weight embedding")[0]
+    try:
+        embedding.load_state_dict({k[len(EMBEDDING_PREFIX):]: v for k, v in state.items()})
+    except RuntimeError as err:
+        raise ValueError(f"{folder / EMBEDDING_FILE}: does not fit the embedding of {STUDENT_CONFIG} ({err})") from None
+    return unet.to(prior_unet.device, prior_unet.dtype).eval().requires_grad_(False), settings
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sampling: the pipeline's hooks
+
+
+def use_student(pipe: Any, student: str | os.PathLike | UNet2DConditionModel,
+                settings: StudentSettings | None = None) -> None:
+    """Make ``pipe`` sample with a student (a folder, or a student UNet with its ``settings``): it replaces the
+    prior's ``unet``, and each step is one call of it (`predict`)."""
+    if pipe.family != "sd":
+        raise ValueError(f"distilled students are supported on Stable Diffusion 1.x / 2.x priors, not {pipe.family}")
+    if isinstance(student, (str, os.PathLike)):
+        student, settings = load_student(student, pipe.unet)
+    if settings is None or not isinstance(getattr(student, "class_embedding", None), WeightEmbedding):
+        raise ValueError("use_student needs a student folder, or a student UNet (with its WeightEmbedding) and its settings")
+    pipe.register_modules(unet=student)
+    pipe.student = settings
+    if settings.objective == "consistency":  # its steps are LCM's: the scheduler it was distilled for
+        from diffusers import LCMScheduler
+
+        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config,
+                                                  original_inference_steps=settings.original_inference_steps)
+
+
+def check_call(settings: StudentSettings, domain_guidance_scale: float, guidance_scale: float, negative_prompt: Any,
+               weighted_prompts: Any) -> None:
+    """A call a student can answer: weights inside the trained ranges, no term it was not distilled with."""
+    if negative_prompt is not None:
+        raise ValueError("a distilled student has the empty prompt's ∅ built in; negative_prompt is not supported")
+    if weighted_prompts:
+        raise ValueError("a distilled student was distilled without extra weighted prompts; weighted_prompts is not supported")
+    settings.check_weights(domain_guidance_scale, guidance_scale)
+
+
+def predict(pipe: Any, x_in: torch.Tensor, t: torch.Tensor, cond: Conditioning, step: int, num_steps: int) -> torch.Tensor:
+    """The student's prediction at one step: ONE UNet call with the prompt (the empty prompt without one), the
+    call's weights as the embedding's input, and the ControlNet / adapter residuals of the step, if any."""
+    pipe.student.check_weights(pipe.domain_guidance_scale, pipe.guidance_scale)  # a callback may have changed them
+    text = cond.prompt_embeds if cond.prompt_embeds is not None else cond.negative_prompt_embeds
+    spatial = cond.spatial if cond.spatial is not None and cond.spatial.active(step, num_steps) else None
+    extra = spatial.residuals(x_in, t, text) if spatial is not None else {}
+    weights = weight_rows(pipe.domain_guidance_scale, pipe.guidance_scale, x_in.shape[0], x_in)
+    return pipe.unet(x_in, t, encoder_hidden_states=text, class_labels=weights,
+                     cross_attention_kwargs=pipe.cross_attention_kwargs, return_dict=False, **extra)[0]
