@@ -96,7 +96,10 @@ OPTIONS = ("prior", "domain", "images", "prompts", "output", "objective", "num_d
            "checkpointing_steps", "checkpoints_total_limit", "resume", "overwrite", "validation_steps",
            "validation_prompts", "num_validation_images", "validation_inference_steps", "domain_guidance_scale",
            "guidance_scale", "embedding_frequencies", "embedding_hidden_dim", "embedding_learning_rate",
-           "min_size_policy", "latent_cache", "seed", "allow_pickle", "log_every", "report_to")
+           "min_size_policy", "latent_cache", "seed", "allow_pickle", "log_every", "report_to",
+           # the scale options of the training loop: sharded cache, on-the-fly encoding, epochs, datasets, processes
+           "num_train_epochs", "cache_latents", "cache_batch_size", "cache_shard_size", "dataloader_num_workers",
+           "ddp_timeout", "dataset_name", "dataset_dir", "dataset_split", "image_column")
 
 
 def read_prompts(path: str | Path) -> list[str]:
