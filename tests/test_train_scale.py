@@ -251,3 +251,13 @@ def test_a_datasets_parquet_or_imagefolder_trains_like_the_folder(world, tmp_pat
         load_image_dataset(None, str(pq), split="test")
     with pytest.raises(ValueError, match="two sources of images"):
         config(world, "x", dataset_dir=str(pq)).validate()
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+def test_no_latent_cache_trains_every_family(world, tmp_path, family):
+    """On the fly, the size conditioning (SDXL) and the shifted latents (SD3) come out as from the cache."""
+    prior = save_tiny_prior(tmp_path / f"prior-{family}", family=family)
+    kw = dict(prior=str(prior), train_batch_size=2, max_train_steps=1, log_every=1, random_flip=False)
+    cached = train(config(world, tmp_path / "c", **kw))
+    fly = train(config(world, tmp_path / "f", cache_latents=False, **kw))
+    assert _log(fly)[0]["loss"] == pytest.approx(_log(cached)[0]["loss"], rel=1e-4)
