@@ -251,3 +251,71 @@ def test_a_datasets_parquet_or_imagefolder_trains_like_the_folder(world, tmp_pat
         load_image_dataset(None, str(pq), split="test")
     with pytest.raises(ValueError, match="two sources of images"):
         config(world, "x", dataset_dir=str(pq)).validate()
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+def test_no_latent_cache_trains_every_family(world, tmp_path, family):
+    """On the fly, the size conditioning (SDXL) and the shifted latents (SD3) come out as from the cache."""
+    prior = save_tiny_prior(tmp_path / f"prior-{family}", family=family)
+    kw = dict(prior=str(prior), train_batch_size=2, max_train_steps=1, log_every=1, random_flip=False)
+    cached = train(config(world, tmp_path / "c", **kw))
+    fly = train(config(world, tmp_path / "f", cache_latents=False, **kw))
+    assert _log(fly)[0]["loss"] == pytest.approx(_log(cached)[0]["loss"], rel=1e-4)
+
+
+# -- aspect-ratio buckets ----------------------------------------------------------------------------------------
+
+
+def test_aspect_buckets_cover_1_2_to_2_1_with_the_area_of_the_resolution():
+    from indomain.latent_cache import aspect_buckets, bucket_for
+
+    buckets = aspect_buckets(1024, 64)
+    assert (1024, 1024) in buckets and (768, 1344) in buckets and (1344, 768) in buckets  # SDXL's usual ones
+    assert all(h % 64 == 0 and w % 64 == 0 and h * w <= 1024 * 1024 and 0.5 <= w / h <= 2 for h, w in buckets)
+    assert bucket_for(1080, 1920, buckets) == (768, 1344)  # 16:9 landscape
+    assert bucket_for(500, 500, buckets) == (1024, 1024)
+
+
+def test_sdxl_trains_in_aspect_buckets_with_its_size_conditioning(world, tmp_path, monkeypatch):
+    import indomain.train as train_mod
+
+    prior = save_tiny_prior(tmp_path / "prior-sdxl", family="sdxl")
+    seen = []
+    real = train_mod.LatentBatches.get
+
+    def spy(self, *a, **k):
+        latents, gens = real(self, *a, **k)
+        seen.append((tuple(latents.shape), self.time_ids.clone()))
+        return latents, gens
+
+    monkeypatch.setattr(train_mod.LatentBatches, "get", spy)
+    # 6 images: 40x36, 32x48, 36x36, 64x40, 32x32, 48x40 (h x w); resolution 32, step 4 (VAE 2 x UNet 2)
+    out = train(config(world, tmp_path / "b", prior=str(prior), max_train_steps=6, log_every=1, random_flip=False))
+    cache = out / "latent_cache"
+    shapes = {}
+    for f in sorted(cache.glob("latents-*.safetensors")):
+        shapes.update({k: tuple(v.shape) for k, v in load_file(f).items() if k.isdigit()})
+    # buckets at 32 px, step 4: 40x24, 36x28, 32x32, 28x36, 24x40 (h x w); latents are half that
+    assert shapes["1"][-2:] == (12, 20) and shapes["3"][-2:] == (20, 12) and shapes["4"][-2:] == (16, 16)
+    for shape, ids in seen:
+        h, w = shape[-2:]
+        assert (ids[:, 4:] == torch.tensor([h * 2, w * 2])).all()  # target size = the batch's bucket, in pixels
+    assert any(s[-2:] != (16, 16) for s, _ in seen)  # not everything went square
+    crops = {tuple(r[:2].tolist()): tuple(r[2:4].tolist()) for _, ids in seen for r in ids}
+    assert crops[(32.0, 48.0)] == (1.0, 0.0)  # 32x48 -> 27x40 (covers the 24x40 bucket), cropped 1 row from the top
+
+
+def test_bucket_batches_are_the_same_global_batch_on_any_number_of_processes():
+    from indomain.train import LatentBatches
+
+    cfg = TrainConfig(prior="p", images="i", output="o", train_batch_size=2, seed=3)
+    one = LatentBatches(None, 7, cfg, 16, 1.0, bucket_of=[0, 1, 0, 2, 1, 0, 0])
+    cfg1 = TrainConfig(prior="p", images="i", output="o", train_batch_size=1, seed=3)
+    two = LatentBatches(None, 7, cfg1, 16, 1.0, bucket_of=[0, 1, 0, 2, 1, 0, 0])
+    buckets = [0, 1, 0, 2, 1, 0, 0]
+    for step in range(12):
+        whole = one.plan(step, 0, 0, 1)
+        assert whole == two.plan(step, 0, 0, 2) + two.plan(step, 0, 1, 2)
+        assert len({buckets[i] for _, i, _ in whole}) == 1  # one bucket per batch
+    # an epoch (5 batches: buckets of 4, 2 and 1 images in batches of 2) shows every image
+    assert {i for s in range(5) for _, i, _ in one.plan(s, 0, 0, 1)} == set(range(7))

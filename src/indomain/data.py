@@ -544,6 +544,17 @@ class DatasetImages(Sequence):
         return self.source
 
 
+def upright_size(image: str | os.PathLike[str] | Image.Image) -> tuple[int, int]:
+    """(height, width) of an image as :func:`load_rgb` returns it (EXIF orientation applied), from the file's header
+    alone (a `DatasetImages` item is already upright)."""
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    with Image.open(image) as img:
+        w, h = img.size
+        turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientations that swap the sides
+    return (w, h) if turned else (h, w)
+
+
 def load_image_dataset(name: str | None, data_dir: str | None, split: str = "train",
                        column: str | None = None) -> DatasetImages:
     """A split of a `datasets` dataset as `DatasetImages`: ``load_dataset(name or data_dir, data_dir=..., split=...)``.

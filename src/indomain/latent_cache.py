@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .console import progress
-from .data import DatasetImages, load_rgb, resize_shorter, to_tensor
+from .data import RESAMPLE, DatasetImages, load_rgb, resize_shorter, to_tensor
 from .outputs import atomic_path
 
 if TYPE_CHECKING:
@@ -68,7 +68,26 @@ def vae_fingerprint(vae: Any, vae_id: str) -> str:
     return ";".join(parts)
 
 
-def cache_key(paths: Sequence[Path], resolution: int, flip: bool, shard_size: int, vae_fp: str) -> str:
+def aspect_buckets(resolution: int, step: int, max_ratio: float = 2.0) -> list[tuple[int, int]]:
+    """(height, width) buckets for aspect-ratio bucketing: sides multiples of ``step``, area at most ``resolution``²
+    (the largest such height for each width), aspect ratios from 1:``max_ratio`` to ``max_ratio``:1, square included."""
+    area, found = resolution * resolution, set()
+    for w in range(step, int(resolution * math.sqrt(max_ratio)) + 1, step):
+        h = (area // w) // step * step
+        if h >= step and 1 / max_ratio <= w / h <= max_ratio:
+            found.add((h, w))
+    found.add((resolution // step * step, resolution // step * step))
+    return sorted(found, key=lambda hw: hw[1] / hw[0])
+
+
+def bucket_for(height: int, width: int, buckets: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket whose aspect ratio is nearest (in log ratio) to the image's."""
+    ratio = math.log(width / height)
+    return min(buckets, key=lambda hw: abs(math.log(hw[1] / hw[0]) - ratio))
+
+
+def cache_key(paths: Sequence[Path], resolution: int, flip: bool, shard_size: int, vae_fp: str,
+              buckets: Sequence[tuple[int, int]] | None = None) -> str:
     """The key every shard carries: a shard with another key belongs to other images or settings."""
     h = hashlib.sha256()
     if isinstance(paths, DatasetImages):  # a `datasets` split: its content fingerprint
@@ -78,6 +97,8 @@ def cache_key(paths: Sequence[Path], resolution: int, flip: bool, shard_size: in
             st = p.stat()
             h.update(f"{p}:{st.st_size}:{st.st_mtime_ns};".encode())
     h.update(f"{resolution}:{flip}:{shard_size}:{vae_fp}:sizes".encode())
+    if buckets:
+        h.update(f"buckets:{list(buckets)}".encode())
     return h.hexdigest()[:16]
 
 
@@ -89,12 +110,15 @@ class ImagePixels:
     """Map-style dataset: ``(i, flip)`` -> ``{"index", "flip", "pixels" (3, h, w) in [-1, 1], "size" (H, W)}``.
 
     Image ``i`` is resized on its shorter side to ``resolution`` and trimmed (centred) to a multiple of the VAE
-    factor; crops to the training size happen later, in latent space. Picklable, so DataLoader workers can run it.
+    factor; crops to the training size happen later, in latent space. With ``buckets`` (aspect-ratio bucketing) it is
+    instead resized to cover its bucket (`bucket_for`) and centre-cropped to it exactly; ``"crop"`` is then the
+    (top, left) of that crop in the resized image, SDXL's crop coordinates. Picklable, so DataLoader workers can run it.
     """
 
-    def __init__(self, paths: Sequence[Path] | DatasetImages, resolution: int, factor: int) -> None:
+    def __init__(self, paths: Sequence[Path] | DatasetImages, resolution: int, factor: int,
+                 buckets: Sequence[tuple[int, int]] | None = None) -> None:
         self.paths = paths if isinstance(paths, DatasetImages) else list(paths)
-        self.resolution, self.factor = resolution, factor
+        self.resolution, self.factor, self.buckets = resolution, factor, list(buckets) if buckets else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -102,6 +126,15 @@ class ImagePixels:
     def __getitem__(self, key: int | tuple[int, bool]) -> dict:
         i, flip = key if isinstance(key, tuple) else (key, False)
         original = self.paths[i] if isinstance(self.paths, DatasetImages) else load_rgb(self.paths[i])
+        if self.buckets:
+            bh, bw = bucket_for(original.height, original.width, self.buckets)
+            scale = max(bw / original.width, bh / original.height)
+            size = (max(bw, round(original.width * scale)), max(bh, round(original.height * scale)))
+            img = original.resize(size, RESAMPLE) if size != original.size else original
+            top, left = (img.height - bh) // 2, (img.width - bw) // 2
+            pixels = to_tensor(img.crop((left, top, left + bw, top + bh)))
+            return {"index": i, "flip": flip, "pixels": pixels.flip(-1) if flip else pixels,
+                    "size": (original.height, original.width), "crop": (top, left)}
         img = resize_shorter(original, self.resolution)
         w, h = (s - s % self.factor for s in img.size)
         left, top = (img.width - w) // 2, (img.height - h) // 2
@@ -180,7 +213,8 @@ def remove_leftovers(cache_dir: Path) -> None:
 
 def build_shards(paths: Sequence[Path], vae: Any, cache_dir: Path, key: str, *, resolution: int, flip: bool,
                  shard_size: int, batch_size: int, todo: Sequence[int], device: Any, num_workers: int = 0,
-                 rank: int = 0, show_progress: bool = True, on_shard: Callable[[Path], None] | None = None) -> list[Path]:
+                 rank: int = 0, show_progress: bool = True, on_shard: Callable[[Path], None] | None = None,
+                 buckets: Sequence[tuple[int, int]] | None = None) -> list[Path]:
     """Encode the shards ``todo`` (this process's share) into ``cache_dir``; returns the files written.
 
     Images are read (in ``num_workers`` DataLoader workers when > 0), encoded ``batch_size`` images at a time (with
@@ -192,7 +226,7 @@ def build_shards(paths: Sequence[Path], vae: Any, cache_dir: Path, key: str, *, 
 
     n = len(paths)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    dataset = ImagePixels(paths, resolution, factor)
+    dataset = ImagePixels(paths, resolution, factor, buckets)
     # one batch = up to batch_size images of one shard (never two shards), each with its mirror image
     batches: list[list[tuple[int, bool]]] = []
     for s in todo:
@@ -220,6 +254,8 @@ def build_shards(paths: Sequence[Path], vae: Any, cache_dir: Path, key: str, *, 
                 tensors[f"{i}_flip" if item["flip"] else f"{i}"] = params
                 if not item["flip"]:
                     tensors[f"{i}_size"] = torch.tensor(item["size"])
+                    if "crop" in item:
+                        tensors[f"{i}_crop"] = torch.tensor(item["crop"])
                     remaining -= 1
                     bar.update(1)
             if remaining == 0:
@@ -283,6 +319,14 @@ class ShardedLatents:
     def size(self, i: int) -> list[int]:
         """Image ``i``'s original (height, width)."""
         return self._shard(i).get_tensor(f"{i}_size").tolist()
+
+    def crop(self, i: int) -> list[int]:
+        """With aspect buckets: the (top, left) pixel crop image ``i`` was encoded with."""
+        return self._shard(i).get_tensor(f"{i}_crop").tolist()
+
+    def shape(self, i: int) -> tuple[int, ...]:
+        """The (2C, h, w) shape of image ``i``'s latents, from the shard's header (nothing is read)."""
+        return tuple(self._shard(i).get_slice(f"{i}").get_shape())
 
 
 def shard_writers(cache_dir: Path, n: int, shard_size: int) -> dict[int, int]:

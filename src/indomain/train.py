@@ -147,6 +147,11 @@ class TrainConfig:
     cache_batch_size: int = option(8, "images per VAE call while encoding (each with its mirror image)", type=positive_int)
     cache_shard_size: int = option(512, "images per latent-cache shard: the most a kill can lose, and the cache's "
                                    "peak memory", type=positive_int)
+    aspect_buckets: str = option("auto", "aspect-ratio buckets: each image is resized and cropped to the bucket (sides "
+                                 "a multiple of the model's step, area at most resolution², ratio 1:2 to 2:1) nearest "
+                                 "its aspect ratio, and each batch comes from one bucket; SDXL's size conditioning gets "
+                                 "the image's original size, crop and bucket. auto: on for SDXL and SD3",
+                                 choices=["auto", "on", "off"])
     dataloader_num_workers: int = option(0, "worker processes that read and resize images (cache building and "
                                          "--no-latent-cache); 0 reads them in the main process", type=nonnegative_int)
     ddp_timeout: int = option(1800, "seconds a process waits for the others (torch.distributed process-group "
@@ -230,6 +235,8 @@ class TrainConfig:
             raise ValueError(f"--mode must be 'auto', 'constant' or 'exact', got {self.mode!r}")
         if self.baseline and self.mode not in ("auto", "constant"):
             raise ValueError("--mode applies to the null-text domain model, not to --baseline")
+        if self.aspect_buckets not in ("auto", "on", "off"):
+            raise ValueError(f"--aspect-buckets must be auto, on or off, got {self.aspect_buckets!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.report_to not in ("none", "tensorboard", "wandb"):
@@ -286,7 +293,8 @@ def _latent_fingerprint(vae: Any, vae_id: str) -> str:
 
 def build_latent_cache(paths: list[Path], vae: Any, config: TrainConfig, cache_dir: Path, vae_id: str, device: Any,
                        rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,
-                       on_shard: Callable[[Path], None] | None = None) -> ShardedLatents:
+                       on_shard: Callable[[Path], None] | None = None,
+                       buckets: list[tuple[int, int]] | None = None) -> ShardedLatents:
     """Encode the images into the sharded cache in ``cache_dir`` (see `indomain.latent_cache`); returns its reader.
 
     Every process calls it: the shards that are missing or stale are dealt round-robin over the ``world``
@@ -297,7 +305,7 @@ def build_latent_cache(paths: list[Path], vae: Any, config: TrainConfig, cache_d
 
     wait = barrier or (lambda: None)
     key = cache_key(paths, config.resolution, config.random_flip, config.cache_shard_size,
-                    _latent_fingerprint(vae, vae_id))
+                    _latent_fingerprint(vae, vae_id), buckets)
     if rank == 0:
         remove_leftovers(cache_dir)  # temporary files of shards a kill interrupted
     wait()
@@ -308,7 +316,8 @@ def build_latent_cache(paths: list[Path], vae: Any, config: TrainConfig, cache_d
         build_shards(paths, vae, cache_dir, key, resolution=config.resolution, flip=config.random_flip,
                      shard_size=config.cache_shard_size, batch_size=config.cache_batch_size,
                      todo=split_round_robin(todo, rank, world), device=device,
-                     num_workers=config.dataloader_num_workers, rank=rank, show_progress=rank == 0, on_shard=on_shard)
+                     num_workers=config.dataloader_num_workers, rank=rank, show_progress=rank == 0, on_shard=on_shard,
+                     buckets=buckets)
         wait()
         left = missing_shards(cache_dir, key, len(paths), config.cache_shard_size)
         if left:
@@ -323,12 +332,16 @@ class EncodedBatch:
     def __init__(self, items: list[dict], params: list[torch.Tensor]) -> None:
         self._params = {(it["index"], it["flip"]): p for it, p in zip(items, params)}
         self._sizes = {it["index"]: list(it["size"]) for it in items}
+        self._crops = {it["index"]: list(it["crop"]) for it in items if "crop" in it}
 
     def params(self, i: int, flip: bool) -> torch.Tensor:
         return self._params[(i, flip)]
 
     def size(self, i: int) -> list[int]:
         return self._sizes[i]
+
+    def crop(self, i: int) -> list[int]:
+        return self._crops[i]
 
 
 class LatentBatches:
@@ -338,15 +351,22 @@ class LatentBatches:
     ``s`` with micro-step ``m`` reads a contiguous chunk of it and rank ``r`` takes its slice, so the
     data order survives a resume and shards across processes without a sampler. Sample ``k`` of the stream
     draws everything random from its own generator (`sample_generator`).
+
+    With aspect buckets (``bucket_of``: each image's bucket), each epoch instead shuffles the images of every bucket,
+    cuts each bucket into global micro-batches (``batch x processes``; the last one filled from the bucket's start),
+    and shuffles those; micro-step ``g`` takes batch ``g`` of the stream, rank ``r`` its slice. Sample indices ``k``
+    still number the global stream, so the batches stay the same on any number of processes.
     """
 
     def __init__(self, source: Any, n: int, config: TrainConfig, latent_size: int, scaling_factor: float,
-                 shift_factor: float | None = None, vae_factor: int = 8) -> None:
+                 shift_factor: float | None = None, vae_factor: int = 8, bucket_of: list[int] | None = None) -> None:
         self.source = source  # ShardedLatents, or None when each call passes its EncodedBatch
         self.n, self.config, self.size, self.scale = n, config, latent_size, scaling_factor
         self.shift, self.factor = shift_factor, vae_factor
         self.time_ids: torch.Tensor | None = None  # SDXL's (original size, crop, target size) of the last batch
         self._perm: tuple[int, Any] | None = None
+        self.bucket_of = bucket_of
+        self._groups: tuple[tuple[int, int], list[list[int]]] | None = None
 
     def _index(self, k: int) -> int:
         import torch
@@ -357,17 +377,43 @@ class LatentBatches:
             self._perm = (epoch, torch.randperm(self.n, generator=gen).tolist())
         return self._perm[1][pos]
 
+    def _bucket_groups(self, epoch: int, size: int) -> list[list[int]]:
+        """Epoch ``epoch``'s global micro-batches of ``size`` images, each from one bucket (see the class)."""
+        import torch
+
+        if self._groups is not None and self._groups[0] == (epoch, size):
+            return self._groups[1]
+        members: dict[int, list[int]] = {}
+        for i, bucket in enumerate(self.bucket_of or []):
+            members.setdefault(bucket, []).append(i)
+        groups = []
+        for bucket in sorted(members):
+            gen = torch.Generator().manual_seed((self.config.seed * 100_003 + epoch) * 1_009 + bucket)
+            order = [members[bucket][j] for j in torch.randperm(len(members[bucket]), generator=gen).tolist()]
+            for a in range(0, len(order), size):
+                groups.append([order[(a + t) % len(order)] for t in range(size)])
+        gen = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        groups = [groups[j] for j in torch.randperm(len(groups), generator=gen).tolist()]
+        self._groups = ((epoch, size), groups)
+        return groups
+
     def plan(self, step: int, micro: int, rank: int, world: int) -> list[tuple[int, int, bool]]:
         """``(k, image index, flip)`` of each sample this rank trains on at ``(step, micro)``."""
         import torch
 
         b = self.config.train_batch_size
-        start = ((step * self.config.gradient_accumulation_steps + micro) * world + rank) * b
+        g = step * self.config.gradient_accumulation_steps + micro
+        start = (g * world + rank) * b
+        group = None
+        if self.bucket_of is not None:
+            per_epoch = len(self._bucket_groups(0, b * world))  # the same count every epoch
+            epoch, pos = divmod(g, per_epoch)
+            group = self._bucket_groups(epoch, b * world)[pos][rank * b : (rank + 1) * b]
         out = []
-        for k in range(start, start + b):
+        for j, k in enumerate(range(start, start + b)):
             gen = sample_generator(self.config.seed, k)
             flip = self.config.random_flip and bool(torch.rand(1, generator=gen) < 0.5)
-            out.append((k, self._index(k), flip))
+            out.append((k, self._index(k) if group is None else group[j], flip))
         return out
 
     def get(self, step: int, micro: int, rank: int, world: int,
@@ -383,18 +429,22 @@ class LatentBatches:
                 torch.rand(1, generator=gen)  # the flip, drawn again so the stream stays the one `plan` read
             params = source.params(i, flip)  # (2C, h, w)
             h, w = params.shape[-2:]
-            if self.config.center_crop:
+            if self.bucket_of is not None:  # the latent is its bucket's size already; the crop was in pixels
+                (top, left), crop = (0, 0), source.crop(i)
+            elif self.config.center_crop:
                 top, left = (h - self.size) // 2, (w - self.size) // 2
             else:
                 top = int(torch.randint(0, h - self.size + 1, (1,), generator=gen))
                 left = int(torch.randint(0, w - self.size + 1, (1,), generator=gen))
-            params = params[:, top : top + self.size, left : left + self.size]
+            if self.bucket_of is None:
+                params = params[:, top : top + self.size, left : left + self.size]
+                crop = [top * self.factor, left * self.factor]
             mean, logvar = params.chunk(2, 0)
             std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
             z = mean + std * torch.randn(mean.shape, generator=gen)  # a posterior sample, as VAE.encode().sample()
             out.append(z * self.scale if self.shift is None else (z - self.shift) * self.scale)  # SD3's VAE is shifted
-            target = self.size * self.factor
-            ids.append([*source.size(i), top * self.factor, left * self.factor, target, target])
+            th, tw = (h * self.factor, w * self.factor) if self.bucket_of is not None else (self.size * self.factor,) * 2
+            ids.append([*source.size(i), *crop, th, tw])
             gens.append(gen)
         self.time_ids = torch.tensor(ids, dtype=torch.float32)
         return torch.stack(out), gens
@@ -942,7 +992,14 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None, objective
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     scaling, shift = vae.config.scaling_factor, vae.config.get("shift_factor") if family.objective == "flow" else None
     world, rank = accelerator.num_processes, accelerator.process_index
-    source = None
+    buckets = None
+    if config.aspect_buckets == "on" or (config.aspect_buckets == "auto" and family.name in ("sdxl", "sd3")):
+        from .latent_cache import aspect_buckets
+
+        den = parts[family.denoiser].config  # the latents must survive its downsampling (UNet) or patching (MMDiT)
+        step = 2 ** (len(den["block_out_channels"]) - 1) if "block_out_channels" in den else den.get("patch_size", 1)
+        buckets = aspect_buckets(config.resolution, factor * step)
+    source, bucket_of = None, None
     if config.cache_latents:
         cache_dir = Path(config.latent_cache or out / "latent_cache")
         inside = cache_dir.resolve().is_relative_to(out.resolve())
@@ -952,11 +1009,21 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None, objective
                 record_outputs(out, finished=False)  # a kill after this keeps the shard on the run's record
 
         source = build_latent_cache(paths, vae, config, cache_dir, vae_id=str(config.prior), device=accelerator.device,
-                                    rank=rank, world=world, barrier=accelerator.wait_for_everyone, on_shard=shard_written)
+                                    rank=rank, world=world, barrier=accelerator.wait_for_everyone, on_shard=shard_written,
+                                    buckets=buckets)
+        if buckets is not None:  # each image's bucket, from the shards' headers
+            index = {hw: b for b, hw in enumerate(buckets)}
+            bucket_of = [index[tuple(d * factor for d in source.shape(i)[-2:])] for i in range(len(paths))]
         if inside and accelerator.is_main_process:
             record_outputs(out, finished=False)  # the other processes' shards too
         vae = None  # training reads the cache; the VAE is needed no more
-    batches = LatentBatches(source, len(paths), config, config.resolution // factor, scaling, shift, factor)
+    elif buckets is not None:  # on the fly: each image's bucket from its (upright) size
+        from .data import upright_size
+        from .latent_cache import bucket_for
+
+        index = {hw: b for b, hw in enumerate(buckets)}
+        bucket_of = [index[bucket_for(*upright_size(paths[i]), buckets)] for i in range(len(paths))]
+    batches = LatentBatches(source, len(paths), config, config.resolution // factor, scaling, shift, factor, bucket_of)
     del parts
 
     # 3. Optimizer, LR schedule, EMA
@@ -1009,7 +1076,8 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None, objective
 
         vae.requires_grad_(False)
         loader = torch.utils.data.DataLoader(
-            ImagePixels(paths, config.resolution, factor), num_workers=config.dataloader_num_workers, collate_fn=as_list,
+            ImagePixels(paths, config.resolution, factor, buckets), num_workers=config.dataloader_num_workers,
+            collate_fn=as_list,
             batch_sampler=PlannedBatches(batches, global_step, config.max_train_steps, rank, world))
         encoded = iter(loader)
     bar = tqdm(total=config.max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_main_process)
