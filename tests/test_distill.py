@@ -277,7 +277,7 @@ def test_cli_options_and_dry_run(capsys):
     # every option is a field; the fields left out are the ones that do not apply to a student
     assert set(OPTIONS) <= fields
     assert fields - set(OPTIONS) == {"baseline", "caption", "mode", "snr_gamma", "channels_last", "compile",
-                                     "push_to_hub", "hub_model_id", "prior_config"}
+                                     "push_to_hub", "hub_model_id", "prior_config", "aspect_buckets"}
     argv = ["distill", "--prior", "p", "--domain", "d", "--images", "i", "--output", "o", "--dry-run",
             "--domain-scale-range", "0.5", "3", "--lora-rank", "4"]
     assert main(argv) == 0
