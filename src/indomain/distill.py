@@ -3,6 +3,7 @@
     indomain distill --prior PRIOR --domain DOMAIN --images DIR --prompts prompts.txt --output OUT
     indomain distill ... --lora-rank 16                                   # a LoRA student (small files)
     indomain generate --prior PRIOR --distilled OUT --prompt "a cat"      # sample: one UNet call per step
+    indomain distill ... --objective consistency                          # LCM-style: sample in 4-8 steps (LCMScheduler)
 
 Guidance distillation (Meng et al., CVPR 2023). The teacher is the prior plus the domain model under Eq. A,
 ``eps_prior(x, ∅) + w_d (eps_domain(x) − eps_prior(x, ∅)) + w_c (eps_prior(x, c) − eps_prior(x, ∅))``, computed by
