@@ -1,4 +1,4 @@
-"""Training at scale (#26): peak memory against dataset size, kills during the latent cache, loop throughput.
+"""Training at scale: peak memory against dataset size, kills during the latent cache, loop throughput.
 
     python benchmarks/train_scale.py rss --images 2000 20000           # peak RSS: cache build, then 1 training step
     python benchmarks/train_scale.py kill --images 200 --repeats 5      # SIGKILL mid-cache, rerun, compare bit for bit

@@ -1,6 +1,6 @@
 """Guidance distillation in the emoji world (issue #28): a student against its teacher at the same weights.
 
-    python benchmarks/distill_emoji.py --out outputs/distill_emoji
+    python experiments/distill_emoji.py --out outputs/distill_emoji
 
 1. Renders the OpenMoji domain (the seen emoji, no captions) and trains the teacher's null-text domain model with
    `indomain train` (``--train-steps``, timed), unless ``--out/ours`` holds one already.
