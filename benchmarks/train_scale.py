@@ -9,7 +9,7 @@
 
 Every run is `indomain train` in its own subprocess, on the tiny prior of `indomain.testing` (random weights; VAE
 factor 2) and synthetic PNGs (smooth random colour fields) generated once per size in --workdir. ``--src`` runs
-another checkout's code (e.g. the code before #26, exported with ``git archive``) for before/after rows.
+another checkout's code (e.g. the code before the sharded cache, exported with ``git archive``) for before/after rows.
 Peak RSS is the child's ``ru_maxrss``.
 """
 

@@ -1,4 +1,4 @@
-"""Guidance distillation in the emoji world (issue #28): a student against its teacher at the same weights.
+"""Guidance distillation in the emoji world: a student against its teacher at the same weights.
 
     python experiments/distill_emoji.py --out outputs/distill_emoji
 

@@ -1,4 +1,4 @@
-"""`indomain distill`: the in-domain guidance of Eq. A distilled into one UNet call per step (issue #28).
+"""`indomain distill`: the in-domain guidance of Eq. A distilled into one UNet call per step.
 
     indomain distill --prior PRIOR --domain DOMAIN --images DIR --prompts prompts.txt --output OUT
     indomain distill ... --lora-rank 16                                   # a LoRA student (small files)

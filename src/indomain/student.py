@@ -1,4 +1,4 @@
-"""A distilled student: the prior's UNet that gives the in-domain guided prediction of Eq. A in one call (issue #28).
+"""A distilled student: the prior's UNet that gives the in-domain guided prediction of Eq. A in one call.
 
 Exact decoupled guidance costs three rows of UNet work per step (``eps_prior(x, ∅)``, ``eps_domain(x)``,
 ``eps_prior(x, c)``). Guidance distillation (Meng et al., CVPR 2023) trains one network to output that combination
