@@ -230,7 +230,9 @@ def load_student(folder: str | os.PathLike, prior_unet: UNet2DConditionModel) ->
     else:
         if not (folder / "config.json").is_file():
             raise ValueError(f"distilled student {str(folder)!r} has no config.json (the student UNet)")
-        unet = UNet2DConditionModel.from_pretrained(folder, use_safetensors=True)
+        from .loading import load_model
+
+        unet = load_model(UNet2DConditionModel, folder, "distilled student")
         for key in ("in_channels", "out_channels", "cross_attention_dim", "block_out_channels", "down_block_types"):
             a, b = prior_unet.config.get(key), unet.config.get(key)
             if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
