@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--objective", default="guidance", choices=["guidance", "consistency"])
     ap.add_argument("--resume", default=None, help="continue the student's run from this checkpoint (e.g. to train "
                     "it longer with a larger --distill-steps)")
+    ap.add_argument("--checkpointing-steps", type=int, default=500, help="save a resumable checkpoint this often")
     ap.add_argument("--tag", default="", help="suffix of the student folder and result files")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -74,8 +75,8 @@ def main() -> None:
     student_dir = out / (("student" if args.lora_rank is None else f"student-lora{args.lora_rank}") + args.tag)
     start = time.perf_counter()
     distill(DistillConfig(output=str(student_dir), domain=str(out / "ours"), prompts=str(prompts),
-                          max_train_steps=args.distill_steps, checkpointing_steps=args.distill_steps,
-                          checkpoints_total_limit=1, lora_rank=args.lora_rank, objective=args.objective,
+                          max_train_steps=args.distill_steps,
+                          checkpointing_steps=min(args.checkpointing_steps, args.distill_steps), checkpoints_total_limit=2, lora_rank=args.lora_rank, objective=args.objective,
                           resume=args.resume, **(common | ({"overwrite": False} if args.resume else {}))))
     cost["distill_s"] = time.perf_counter() - start
     cost.update({"train_steps": args.train_steps, "distill_steps": args.distill_steps, "batch": args.batch})
