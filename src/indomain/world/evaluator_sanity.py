@@ -1,7 +1,7 @@
 """Do the evaluators' metrics rank known cases correctly? The sanity table of the evaluators' card.
 
     table = sanity_table(load_evaluators())
-    write_sanity(table)                         # into assets/evaluators/card.json under "sanity"
+    write_sanity(table)                         # into indomain_emoji/evaluators/card.json under "sanity"
     print(sanity_markdown(table))
 
     indomain world evaluator-sanity --write-card    # the same from the command line

@@ -1,6 +1,6 @@
 """Training and validation of the emoji world's evaluators (:mod:`indomain.world.evaluators`).
 
-    train_evaluators()                          # rebuilds assets/evaluators/ (weights + card.json; the card records the time)
+    train_evaluators()                          # rebuilds indomain_emoji/evaluators/ (weights + card.json; the card records the time)
     validate_evaluators(load_evaluators())      # figures on renders training never saw; written into card.json
 
 Training augments every batch (random shift/scale/rotation, colour jitter, down-up resampling, Gaussian blur and
@@ -130,7 +130,7 @@ def train_evaluators(
 ) -> Path:
     """Train the evaluators on the rendered world and write ``evaluators.safetensors`` + ``card.json`` to ``out_dir``.
 
-    Default ``out_dir``: the package's ``assets/evaluators``. Deterministic for a given seed, thread count and
+    Default ``out_dir``: ``evaluators/`` of the ``indomain-emoji`` package (:func:`default_evaluator_dir`). Deterministic for a given seed, thread count and
     machine. Training data: every 32 px render of every emoji in the three styles except those of
     :func:`evaluator_holdout`; classes = all emoji of the world; ``steps`` AdamW steps (one-cycle cosine lr) on
     batches of ``batch_size`` drawn by epoch-wise shuffling, each batch augmented by ``_augment``. ``validate``

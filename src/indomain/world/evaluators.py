@@ -1,6 +1,6 @@
 """The emoji world's evaluators: controllability and fidelity of generated 32x32 emoji, offline.
 
-    ev = load_evaluators()                       # the shipped weights (assets/evaluators/)
+    ev = load_evaluators()                       # the shipped weights (indomain_emoji/evaluators/)
     ev.retrieval_top1(images, names, k=10)       # controllability: is each image the prompted emoji?
     ev.openmoji_share(images)                    # fidelity: share judged to be in the OpenMoji (domain) style
     ev.frechet_to_openmoji(images)               # fidelity: Fréchet distance to real OpenMoji renders
@@ -52,7 +52,7 @@ Choices, documented once here
   ``sha256("indomain-evaluator-holdout:{style}:{codepoint}")``). Each emoji thus keeps at least two styles in
   training, so the evaluator knows the identity of every emoji (the controllability metric needs that for held-out
   prompts), while every style has unseen renders to validate on; see :func:`evaluator_holdout`.
-* **Weights** are safetensors (``assets/evaluators/evaluators.safetensors``, fp32) with the architecture in the
+* **Weights** are safetensors (``indomain_emoji/evaluators/evaluators.safetensors``, fp32) with the architecture in the
   file's metadata; the training-only identity classifier is not shipped. ``card.json`` beside it is the model card
   (data, steps, time, hardware, parameter count, validation figures). Rebuild both with
   :func:`indomain.world.evaluator_training.train_evaluators`.
@@ -80,7 +80,7 @@ from ..data import composite_on_white
 from ..evaluate import Scorer
 from ..metrics import MissingWeightsError, PrecisionRecall, as_image_batch, frechet_distance, in_manifold, knn_radii
 from .domains import Domain, get_domain
-from .render import STYLES, Emoji, list_emoji, render, split_emoji
+from .render import STYLES, Emoji, list_emoji, render, shipped_weights, split_emoji
 
 __all__ = [
     "CARD_FILENAME",
@@ -111,8 +111,8 @@ ImageInput = Tensor | Sequence[PIL.Image.Image | Tensor]
 
 
 def default_evaluator_dir() -> Path:
-    """``<package>/assets/evaluators``: where the shipped weights and card live."""
-    return Path(__file__).resolve().parent.parent / "assets" / "evaluators"
+    """``evaluators/`` of the ``indomain-emoji`` package: where the shipped weights and card live."""
+    return shipped_weights("evaluators")
 
 
 def train_command(out_dir: str | os.PathLike | None = None) -> str:
@@ -591,7 +591,7 @@ def _resolve_weights(path: str | os.PathLike | None) -> Path:
 def load_evaluators(path: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> EmojiEvaluators:
     """Load the evaluators from ``path`` (a folder holding ``evaluators.safetensors``, or that file).
 
-    Default: the weights shipped in ``indomain/assets/evaluators/``. Raises
+    Default: the weights shipped in the ``indomain-emoji`` package (``indomain_emoji/evaluators/``). Raises
     :class:`~indomain.metrics.MissingWeightsError` (a ``FileNotFoundError``) naming the command that trains them.
     """
     from safetensors import safe_open

@@ -129,8 +129,10 @@ def open_vae(vae_dir: str | os.PathLike | None = None):
     from diffusers import AutoencoderKL
 
     from ..loading import load_model
+    from .render import shipped_weights
 
-    return load_model(AutoencoderKL, vae_dir if vae_dir is not None else SHIPPED / "vae", flag="VAE").eval()
+    return load_model(AutoencoderKL, vae_dir if vae_dir is not None else shipped_weights("emoji-prior") / "vae",
+                      flag="VAE").eval()
 
 
 def vae_round_trip(x: "torch.Tensor", vae_dir: str | os.PathLike | None = None, batch_size: int = 64) -> "torch.Tensor":
@@ -366,24 +368,24 @@ def train_prior(config: PriorConfig) -> Path:
     return out
 
 
-SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "emoji-prior"
-
-
 def emoji_prior_dir(cache_dir: str | Path | None = None) -> Path:
     """A loadable pipeline folder of the shipped emoji prior (assembled once with the MiniLM text encoder)."""
-    if not (SHIPPED / "unet" / "config.json").is_file():
+    from .render import shipped_weights
+
+    shipped = shipped_weights("emoji-prior")
+    if not (shipped / "unet" / "config.json").is_file():
         raise FileNotFoundError(
-            f"no emoji prior is shipped in {SHIPPED}; train one with `indomain world train-prior --out runs/emoji-prior` "
+            f"no emoji prior is shipped in {shipped}; train one with `indomain world train-prior --out runs/emoji-prior` "
             "and pass its `pipeline` folder"
         )
     import hashlib
 
-    digest = hashlib.sha256((SHIPPED / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256((shipped / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()[:12]
     root = Path(cache_dir or os.environ.get("INDOMAIN_CACHE", Path.home() / ".cache" / "indomain"))
     target = root / f"emoji-prior-{digest}"
     if not (target / "model_index.json").is_file():
         tmp = root / f".emoji-prior-{digest}.{os.getpid()}"
-        assemble_pipeline(SHIPPED, tmp)
+        assemble_pipeline(shipped, tmp)
         if not (target / "model_index.json").is_file():
             os.replace(tmp, target)
     return target

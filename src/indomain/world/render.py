@@ -55,6 +55,7 @@ __all__ = [
     "STYLES",
     "Emoji",
     "EmojiAssetError",
+    "shipped_weights",
     "list_emoji",
     "get_emoji",
     "render",
@@ -138,6 +139,26 @@ def _package_dir(module: str, pip_name: str) -> Path:
             "`pip install \"indomain[world]\"`."
         )
     return Path(str(importlib.resources.files(module)))
+
+
+#: The data-only package (packages/indomain-emoji in the repository) whose package data are the world's weights.
+WEIGHTS_PACKAGE = "indomain_emoji"
+WEIGHTS_FOLDERS = ("emoji-prior", "emoji-controlnet", "evaluators")
+
+
+def shipped_weights(name: str) -> Path:
+    """Folder ``name`` (one of ``WEIGHTS_FOLDERS``) of the emoji world's shipped weights: package data of
+    ``indomain-emoji``, the one place they are found. Without that package: an :class:`EmojiAssetError` (a
+    ``FileNotFoundError``, so a command prints one ``error:`` line) that says what to install."""
+    if name not in WEIGHTS_FOLDERS:
+        raise ValueError(f"unknown shipped weights {name!r}; expected one of {', '.join(WEIGHTS_FOLDERS)}")
+    if importlib.util.find_spec(WEIGHTS_PACKAGE) is None:
+        raise EmojiAssetError(
+            f"the emoji world's weights are not installed (Python package {WEIGHTS_PACKAGE!r}, indomain-emoji, "
+            "kept in indomain's repository, not on a package index): run `make setup`, or "
+            "`pip install ./packages/indomain-emoji` from the repository's root."
+        )
+    return Path(str(importlib.resources.files(WEIGHTS_PACKAGE))) / name
 
 
 def noto_font_path() -> Path:
