@@ -2,7 +2,7 @@
 branches only or to every branch. Held-out emoji (names the ControlNet never saw), control = the `edge_map` of their
 Noto / Twemoji render (alternating); one seed per emoji; DPM++ at --steps; w_d = w_c = --weight (ours: w_d = --ours-domain-scale when given).
 
-    OMP_NUM_THREADS=1 python experiments/emoji_controlnet.py --controlnet src/indomain/assets/emoji-controlnet \
+    OMP_NUM_THREADS=1 python experiments/emoji_controlnet.py \
         --models outputs/demo --out outputs/emoji-controlnet --num-emoji 48
 
 Scores per method: edge F1 (control adherence, `indomain.world.controlnet.edge_f1`, 1 px tolerance, 32 px),
@@ -29,7 +29,7 @@ PICTURED = ("ours, no ControlNet", "prior + ControlNet", "fine-tune + ControlNet
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--controlnet", default="src/indomain/assets/emoji-controlnet")
+    parser.add_argument("--controlnet", default=None, help="ControlNet folder (default: the shipped emoji ControlNet)")
     parser.add_argument("--models", default="outputs/demo", help="folder with ours/ and finetune/")
     parser.add_argument("--out", default="outputs/emoji-controlnet")
     parser.add_argument("--num-emoji", type=int, default=48)
@@ -52,7 +52,7 @@ def main() -> None:
     from indomain.world.controlnet import control_image, edge_f1
     from indomain.world.evaluators import load_evaluators
     from indomain.world.prior import emoji_prior_dir
-    from indomain.world.render import evenly_spaced, list_emoji, render, split_emoji
+    from indomain.world.render import evenly_spaced, list_emoji, render, shipped_weights, split_emoji
 
     models, out = Path(args.models), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,7 +66,8 @@ def main() -> None:
     w = args.weight
     w_d = w if args.ours_domain_scale is None else args.ours_domain_scale
 
-    cn = ControlNetModel.from_pretrained(args.controlnet, torch_dtype=torch.float32)
+    cn = ControlNetModel.from_pretrained(args.controlnet or shipped_weights("emoji-controlnet"),
+                                         torch_dtype=torch.float32)
     plain = InDomainPipeline.from_pretrained(prior, domain_unet=models / "ours")
     ours = InDomainPipeline.from_pretrained(prior, domain_unet=models / "ours", controlnet=cn)
     finetune = InDomainPipeline.from_pretrained(prior, unet=UNet2DConditionModel.from_pretrained(models / "finetune"),

@@ -149,11 +149,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     from diffusers import AutoencoderKL
 
-    from indomain.world.prior import SHIPPED
+    from indomain.world.render import shipped_weights
 
     rows, log = [], []
     for family in args.families:
-        vae = AutoencoderKL.from_pretrained(SHIPPED / "vae")
+        vae = AutoencoderKL.from_pretrained(shipped_weights("emoji-prior") / "vae")
         torch.manual_seed(0)
         prior = out / f"{family}-prior"
         train_prior(family, tiny_prior(family, vae), args.prior_steps, prior, log)

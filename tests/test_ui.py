@@ -266,9 +266,9 @@ def test_generate_with_a_controlnet_takes_the_control_image(page, tmp_path):
     from PIL import Image, ImageDraw
 
     from indomain import ui
-    from indomain.world.prior import SHIPPED
+    from indomain.world.render import shipped_weights
 
-    page.controlnet = str(SHIPPED.parent / "emoji-controlnet")
+    page.controlnet = str(shipped_weights("emoji-controlnet"))
     edges = Image.new("RGB", (32, 32), "black")
     ImageDraw.Draw(edges).ellipse((4, 4, 28, 28), outline="white")
     edges.save(tmp_path / "edges.png")

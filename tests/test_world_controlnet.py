@@ -36,16 +36,14 @@ def test_edge_f1_identity_tolerance_and_miss():
 
 
 def test_shipped_controlnet_fits_the_prior_and_is_small():
-    from pathlib import Path
-
     from diffusers import ControlNetModel, UNet2DConditionModel
 
     from indomain.control import check_control_compatible
-    from indomain.world.prior import SHIPPED
+    from indomain.world.render import shipped_weights
 
-    folder = SHIPPED.parent / "emoji-controlnet"
+    folder = shipped_weights("emoji-controlnet")
     weights = folder / "diffusion_pytorch_model.safetensors"
     assert weights.stat().st_size <= 10 * 2**20 and (folder / "MODEL_CARD.md").is_file()
     cn = ControlNetModel.from_pretrained(folder)
-    check_control_compatible(UNet2DConditionModel.from_pretrained(Path(SHIPPED) / "unet"), cn, None, 4)
+    check_control_compatible(UNet2DConditionModel.from_pretrained(shipped_weights("emoji-prior") / "unet"), cn, None, 4)
     assert cn.config.conditioning_channels == 3

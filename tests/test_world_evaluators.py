@@ -1,7 +1,7 @@
 """Tests of the emoji world's evaluators (indomain.world.evaluators, .evaluator_training), with the shipped weights.
 
 Fast slices: 40 emoji of each set of renders the evaluators never trained on (``evaluator_holdout``). The thresholds
-are set below what the shipped weights measure (see ``assets/evaluators/card.json``) and well above what a broken
+are set below what the shipped weights measure (see ``indomain_emoji/evaluators/card.json``) and well above what a broken
 evaluator reaches; ``test_random_weights_fail_the_sanity_checks`` checks the latter.
 """
 
@@ -257,9 +257,9 @@ def test_verdicts_by_hand() -> None:
 
 def test_sanity_table_small(ev: E.EmojiEvaluators, tmp_path) -> None:
     """The whole table on 12 images per case, and writing it into a copy of the card."""
-    from indomain.world.prior import SHIPPED
+    from indomain.world.render import shipped_weights
 
-    table = S.sanity_table(ev, n=12, vae_dir=SHIPPED / "vae")
+    table = S.sanity_table(ev, n=12, vae_dir=shipped_weights("emoji-prior") / "vae")
     assert list(table["rows"]) == list(S.CASES) and all(row["n"] == 12 for row in table["rows"].values())
     rows = table["rows"]
     assert rows["real"]["fd_openmoji"] < rows["noise"]["fd_openmoji"] and rows["noise"]["precision_openmoji"] == 0.0
@@ -282,11 +282,11 @@ def test_evaluator_sanity_command(tmp_path, capsys) -> None:
     import shutil
 
     from indomain.cli import main
-    from indomain.world.prior import SHIPPED
+    from indomain.world.render import shipped_weights
 
     for name in (E.WEIGHTS_FILENAME, E.CARD_FILENAME):
         shutil.copy(E.default_evaluator_dir() / name, tmp_path / name)
-    argv = ["world", "evaluator-sanity", "--evaluators", str(tmp_path), "--vae", str(SHIPPED / "vae"), "--n", "8"]
+    argv = ["world", "evaluator-sanity", "--evaluators", str(tmp_path), "--vae", str(shipped_weights("emoji-prior") / "vae"), "--n", "8"]
     assert main([*argv, "--write-card"]) == 0
     assert "| noise | 8 |" in capsys.readouterr().out
     sanity = json.loads((tmp_path / E.CARD_FILENAME).read_text(encoding="utf-8"))["sanity"]
