@@ -66,7 +66,7 @@ def optimise(pipe, prior: str, domain: Path, prompt: str, folder: Path, args: ar
     if step >= args.steps and (folder / "turntable.gif").is_file():
         return folder
     config = Text3DConfig(prior=prior, prompt=prompt, out=str(folder), domain=str(domain) if domain_scale else None,
-                          domain_scale=domain_scale,
+                          domain_guidance_scale=domain_scale,
                           guidance_scale=args.guidance_scale, steps=args.steps, view_dependent=view_dependent, seed=args.seed,
                           resume=step > 0, overwrite=step == 0)  # a run killed before its first save starts over
     return text_to_3d(config, pipe=pipe)
