@@ -22,9 +22,12 @@ import traceback
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cliargs import positive_int
+
+if TYPE_CHECKING:
+    from .generate import GenerateConfig
 
 SHIPPED_PRIOR = "emoji prior (shipped)"
 GRID_W_D = (0.0, 1.0, 2.5, 4.0)  # the weight grid's columns
@@ -162,9 +165,11 @@ class _ArgumentError(ValueError):
     """An option the command's parser refuses (its message is the CLI's)."""
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    """``indomain generate|edit <argv>`` parsed by the command's own parser, raising on a bad value instead of exiting."""
-    from .generate import add_edit_parser, add_generate_parser
+def _parse(argv: list[str]) -> Any:
+    """The `GenerateConfig` / `EditConfig` of ``indomain generate|edit <argv>``, parsed by the command's own parser,
+    raising on a bad value instead of exiting."""
+    from .cliargs import from_args
+    from .generate import EditConfig, GenerateConfig, add_edit_parser, add_generate_parser
 
     parser = argparse.ArgumentParser(prog="indomain")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -175,7 +180,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
     for p in [parser, *sub.choices.values()]:
         p.error = error  # type: ignore[method-assign]
-    return parser.parse_args(argv)
+    return from_args({"generate": GenerateConfig, "edit": EditConfig}[argv[0]], parser.parse_args(argv))
 
 
 def _pick(name: str | None, known: dict[str, str], root: Path, what: str) -> str:
@@ -213,11 +218,12 @@ class Generator:
         self.cache: tuple[tuple, Any, str] | None = None  # (key, pipeline, device)
 
     def args(self, prior: str, domains: Sequence[str], prompt: str, negative: str, w_d: float, w_c: float,
-             steps: int, seed: int, num: int, size: int | None, control_image: str | None, out: Path) -> argparse.Namespace:
+             steps: int, seed: int, num: int, size: int | None, control_image: str | None, out: Path) -> GenerateConfig:
         """The `indomain generate` options of the page's settings."""
         c = self.config
         argv = ["generate", "--prior", _pick(prior, c.priors, c.data_root, "prior"), "--out", str(out),
-                "--domain-scale", str(w_d if domains else 0.0), "--guidance-scale", str(w_c), "--steps", str(int(steps)),
+                "--domain-guidance-scale", str(w_d if domains else 0.0), "--guidance-scale", str(w_c),
+                "--steps", str(int(steps)),
                 "--seed", str(int(seed)), "--num-images", str(int(num)), "--device", c.device]
         for d in domains:
             argv += ["--domain", _pick(d, c.domains, c.data_root, "domain model")]
@@ -231,7 +237,7 @@ class Generator:
             argv += ["--controlnet", c.controlnet, "--control-image", control_image]
         return _parse(argv)
 
-    def open(self, args: argparse.Namespace) -> tuple[Any, Path, str]:
+    def open(self, args: GenerateConfig) -> tuple[Any, Path, str]:
         """The pipeline for ``args`` (loaded by `indomain generate`'s own loader, or the cached one) and ``--out``
         claimed for `generate`."""
         from .generate import _open_pipeline
@@ -239,7 +245,7 @@ class Generator:
         from .pipeline import InDomainPipeline
 
         key = (args.prior, tuple(d for d, _ in args.domain or ()), tuple(args.controlnet or ()), args.device,
-               args.domain_scale if len(args.domain or ()) > 1 else None)  # extra domains' weights are set at load
+               args.domain_guidance_scale if len(args.domain or ()) > 1 else None)  # extra domains' weights are set at load
         if self.cache is not None and self.cache[0] == key:
             inputs = {"--prior": args.prior, "--domain": [d for d, _ in args.domain or ()],
                       "--control-image": args.control_image}
@@ -250,7 +256,7 @@ class Generator:
         self.cache = (key, pipe, device)
         return pipe, out, device
 
-    def sample(self, pipe: Any, args: argparse.Namespace, device: str, w_d: float, w_c: float, seeds: list[int],
+    def sample(self, pipe: Any, args: GenerateConfig, device: str, w_d: float, w_c: float, seeds: list[int],
                tick: Callable[[], None]) -> list | None:
         """`indomain generate`'s pipeline call at weights (w_d, w_c); None when Stop was pressed."""
         import torch
@@ -298,7 +304,7 @@ class Generator:
                     settings = [(wd, wc) for wc in GRID_W_C for wd in GRID_W_D]
                     seeds = [args.seed]
                 else:
-                    settings = [(0.0, args.guidance_scale)] + ([(args.domain_scale, args.guidance_scale)] if args.domain else [])
+                    settings = [(0.0, args.guidance_scale)] + ([(args.domain_guidance_scale, args.guidance_scale)] if args.domain else [])
                     seeds = [args.seed + i for i in range(args.num_images)]
                 total, done = len(settings) * args.steps, [0]
 
@@ -351,7 +357,7 @@ class Generator:
 def run_edit(config: UIConfig, image: str | None, prior: str, domains: list[str], prompt: str, negative: str,
              w_d: float, w_c: float, strength: float, method: str, steps: int, seed: int) -> tuple[str, str, str]:
     """`indomain edit` on one uploaded image; returns (before, after, status)."""
-    from .generate import cmd_edit
+    from .generate import edit
     from .outputs import close_run
     from .uipaths import shown
 
@@ -360,8 +366,8 @@ def run_edit(config: UIConfig, image: str | None, prior: str, domains: list[str]
     out = _new_folder(config, "edit")
     argv = ["edit", "--image", image, "--prior", _pick(prior, config.priors, config.data_root, "prior"),
             "--out", str(out), "--strength", str(strength), "--method", method, "--steps", str(int(steps)),
-            "--seed", str(int(seed)), "--domain-scale", str(w_d if domains else 0.0), "--guidance-scale", str(w_c),
-            "--device", config.device]
+            "--seed", str(int(seed)), "--domain-guidance-scale", str(w_d if domains else 0.0),
+            "--guidance-scale", str(w_c), "--device", config.device]
     for d in domains:
         argv += ["--domain", _pick(d, config.domains, config.data_root, "domain model")]
     if prompt:
@@ -370,7 +376,7 @@ def run_edit(config: UIConfig, image: str | None, prior: str, domains: list[str]
         argv += ["--negative-prompt", negative]
     args = _parse(argv)
     try:
-        cmd_edit(args)
+        edit(args)
     finally:
         close_run(out)
     after = sorted(out.glob("0000_*.png"))[0]
