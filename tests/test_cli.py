@@ -197,7 +197,7 @@ def test_evaluate_dry_run_prints_the_resolved_run_and_writes_nothing(tmp_path, c
     run = json.loads(capsys.readouterr().out)
     assert run["config"]["prompts"] == ["a cat", "a dog"] and run["config"]["clip_texts"] == ["cat", "dog"]
     assert run["config"]["use_stats_cache"] is False and run["config"]["metrics"] == ["kid"]
-    assert run["methods"][0]["name"] == "ours" and run["sweep"] == {"domain_scales": [2.5], "guidance_scales": [2.5]}
+    assert run["methods"][0]["name"] == "ours" and run["sweep"] == {"domain_guidance_scales": [2.5], "guidance_scales": [2.5]}
     assert not out.exists()
 
 

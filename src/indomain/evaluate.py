@@ -1,9 +1,9 @@
 """`indomain evaluate`: fidelity and controllability of generator settings, measured the way the field does.
 
     indomain evaluate --prior SD15 --domain DOMAIN --real FFHQ --inception-weights W.pth \\
-        --num-images 10000 --domain-scales 1.5 1.75 2 2.25 2.5 --out runs/ffhq-eval
+        --num-images 10000 --domain-guidance-scales 1.5 1.75 2 2.25 2.5 --out runs/ffhq-eval
     indomain evaluate ... --prompts-file prompts.txt --clip-text-file controls.txt --clip-model CLIP-L14 \\
-        --domain-scales 0 1 2.5 --guidance-scales 0 2.5 5                       # fidelity-controllability curve
+        --domain-guidance-scales 0 1 2.5 --guidance-scales 0 2.5 5              # fidelity-controllability curve
     accelerate launch --multi_gpu --num_processes 8 -m indomain.cli evaluate ...   # same images, sharded
 
 A *method* is a named generator (prior, optional domain model, optional UNet override); a *setting* is a method
@@ -90,8 +90,8 @@ class Method:
     * rectified CFG / Domain Guidance: ``domain=<fine-tuned text UNet folder>``, ``domain_prompt=<its caption>``,
       ``guidance_scales=(0,)``.
 
-    ``domain`` and ``unet`` are folders or model instances. ``domain_scales`` / ``guidance_scales`` replace the
-    sweep's weights for this method only.
+    ``domain`` and ``unet`` are folders or model instances. ``domain_guidance_scales`` / ``guidance_scales`` replace
+    the sweep's weights for this method only.
     """
 
     name: str
@@ -101,7 +101,7 @@ class Method:
     domain_prompt: str | None = None
     weighted_prompts: list[tuple[str, float]] | None = None
     prompt_template: str = "{}"  # how this method phrases a prompt, e.g. "openmoji style, {}" for a captioned fine-tune
-    domain_scales: Sequence[float] | None = None
+    domain_guidance_scales: Sequence[float] | None = None
     guidance_scales: Sequence[float] | None = None
     allow_pickle: bool = False
     guidance_form: str = "decoupled"  # the pipeline's guidance_form: "decoupled" (Eq. A) or "domain-text"
@@ -122,13 +122,13 @@ class Method:
 class Sweep:
     """The grid of weights: every domain weight w_d times every control weight w_c."""
 
-    domain_scales: Sequence[float] = (2.5,)
+    domain_guidance_scales: Sequence[float] = (2.5,)
     guidance_scales: Sequence[float] = (2.5,)
 
     def weights(self, method: Method, conditional: bool) -> list[tuple[float, float]]:
         """The (w_d, w_c) pairs of ``method``. A term that does not exist has weight 0: no domain model means
         w_d = 0, no prompts means w_c = 0 (the pairs are then deduplicated)."""
-        domain = method.domain_scales if method.domain_scales is not None else self.domain_scales
+        domain = self.domain_guidance_scales if method.domain_guidance_scales is None else method.domain_guidance_scales
         control = method.guidance_scales if method.guidance_scales is not None else self.guidance_scales
         domain = domain if method.domain is not None else [0.0]
         control = control if conditional else [0.0]
@@ -544,11 +544,14 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     g.add_argument("--name", default=None, help="method name in tables and plot (default: ours with --domain, finetune with --unet, else prior)")
     g.add_argument("--methods", default=None, metavar="FILE.json",
                    help="JSON list of methods, each with Method fields: name, prior (default --prior), domain, unet, "
-                        "domain_prompt, weighted_prompts, domain_scales, guidance_scales, allow_pickle, prior_config "
-                        "(default --prior-config when prior is --prior's)")
+                        "domain_prompt, weighted_prompts, domain_guidance_scales, guidance_scales, allow_pickle, "
+                        "prior_config (default --prior-config when prior is --prior's); domain_scales, the older name, "
+                        "is read as domain_guidance_scales")
     g.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (weights_only loading); only for files you trust")
     g = p.add_argument_group("sweep and sampling")
-    g.add_argument("--domain-scales", type=finite_float, nargs="+", default=[2.5], metavar="W", help="domain weights w_d (default: %(default)s; methods without a domain model use 0)")
+    g.add_argument("--domain-guidance-scales", "--domain-scales", dest="domain_guidance_scales", type=finite_float,
+                   nargs="+", default=[2.5], metavar="W", help="domain weights w_d (default: %(default)s; methods "
+                   "without a domain model use 0; --domain-scales: an alias kept from before)")
     g.add_argument("--guidance-scales", type=finite_float, nargs="+", default=[2.5], metavar="W", help="control weights w_c (default: %(default)s; unconditional runs use 0)")
     prompts = g.add_mutually_exclusive_group()
     add_options(prompts, EvalConfig, ["prompts"])
@@ -608,6 +611,8 @@ def methods_from_args(args: argparse.Namespace) -> list[Method]:
         known = {f.name for f in dataclasses.fields(Method)}
         methods = []
         for entry in entries:
+            if "domain_scales" in entry:  # the field's name before the rename: files written for it still work
+                entry.setdefault("domain_guidance_scales", entry.pop("domain_scales"))
             unknown = set(entry) - known
             if unknown:
                 raise ValueError(f"{args.methods}: unknown method fields {sorted(unknown)}; known: {sorted(known)}")
@@ -640,13 +645,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError("--inception-weights/--extractor need --real DIR, the real images FID/KID compare against")
     if args.dry_run:
         resolved = {"config": dataclasses.asdict(config), "methods": [m.record() for m in methods_from_args(args)],
-                    "sweep": dataclasses.asdict(Sweep(args.domain_scales, args.guidance_scales)),
+                    "sweep": dataclasses.asdict(Sweep(args.domain_guidance_scales, args.guidance_scales)),
                     "extractor": {"inception_weights": args.inception_weights, "inception_resize": args.inception_resize,
                                   "random_conv_seed": args.extractor}}
         print(to_json(resolved, indent=2))
         return 0
     extractor = extractor_from_args(args)
-    result = evaluate(methods_from_args(args), Sweep(args.domain_scales, args.guidance_scales), config,
+    result = evaluate(methods_from_args(args), Sweep(args.domain_guidance_scales, args.guidance_scales), config,
                       extractor=extractor)
     if result is not None and args.json:
         print(to_json(result_record(result), indent=2))

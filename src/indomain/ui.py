@@ -325,7 +325,7 @@ class Generator:
                         name = f"wd{wd:g}_wc{wc:g}_seed{s:06d}.png" if grid else f"{'ours' if k else 'prior'}_seed{s:06d}.png"
                         image.save(out / name)
                         files.append({"file": name, "prompt": args.prompt[0] if args.prompt else None, "seed": s,
-                                      "domain_scale": wd, "guidance_scale": wc})
+                                      "domain_guidance_scale": wd, "guidance_scale": wc})
                         caption = f"w_d {wd:g}, w_c {wc:g}" if grid else f"seed {s}"
                         (shown_ours if grid or name.startswith("ours") else shown_prior).append((str(out / name), caption))
                 all_images = [im for images in results for im in images]
