@@ -134,14 +134,17 @@ def _subcommand(*names):
 
 
 def _config_classes():
+    from indomain.cli import ConvertConfig
     from indomain.evaluate import EvalConfig
+    from indomain.generate import EditConfig, GenerateConfig
     from indomain.train import TrainConfig
     from indomain.tune import TuneConfig
     from indomain.world.benchmark import BenchmarkConfig
     from indomain.world.prior import PriorConfig
 
     return [(("train",), TrainConfig), (("evaluate",), EvalConfig), (("world", "benchmark"), BenchmarkConfig),
-            (("world", "train-prior"), PriorConfig), (("tune",), TuneConfig)]
+            (("world", "train-prior"), PriorConfig), (("tune",), TuneConfig), (("generate",), GenerateConfig),
+            (("edit",), EditConfig), (("convert",), ConvertConfig)]
 
 
 @pytest.mark.parametrize("command,cls", _config_classes(), ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
@@ -315,3 +318,90 @@ def test_a_command_gets_its_one_line_of_help_from_the_registry(name):
         return next(c.help for c in sub._choices_actions if c.dest == name)
 
     assert help_of(build_parser([name])) == help_of(build_parser(["demo"])) == COMMANDS[name][0]
+
+
+# -- generate, edit and convert are config dataclasses too; w_d has one name, its old flags are aliases ------------
+
+
+def _argv(config):
+    """The command line of ``config``: every field that is set (an appending option repeated per item)."""
+    import dataclasses
+
+    argv = []
+    for f in dataclasses.fields(config):
+        value, meta = getattr(config, f.name), f.metadata
+        flag = meta.get("flag") or "--" + ("no-" if f.default is True else "") + f.name.replace("_", "-")
+        items = value if isinstance(value, list) else [value]
+        items = [":".join(str(x) for x in v if x is not None) if isinstance(v, tuple) else str(v) for v in items]
+        if meta.get("positional"):
+            argv += items
+        elif isinstance(value, bool):
+            argv += [flag] if value != f.default else []
+        elif value is not None:
+            argv += [a for item in items for a in (flag, item)] if meta.get("action") == "append" else [flag, *items]
+    return argv
+
+
+def _generate_edit_convert_configs():
+    from indomain.cli import ConvertConfig
+    from indomain.generate import EditConfig, GenerateConfig
+
+    shared = dict(prior="p", prior_config="pc", domain=[("d1", None), ("d2", 0.5)], negative_prompt="ugly",
+                  weighted_prompt=[("blurry", -1.5), ("sharp", 0.5)], domain_guidance_scale=3.0, guidance_scale=-1.0,
+                  steps=3, scheduler="ddim", seed=7, device="cpu", dtype="float16", allow_pickle=True, out="o",
+                  overwrite=True, json=True)
+    return [
+        ("generate", GenerateConfig(**shared, prompt=["a cat", "a dog"], num_images=2, height=64, width=48,
+                                    domain_every=2, guidance_form="decoupled", distilled="s", share_base=True,
+                                    controlnet=["c1", "c2"], controlnet_config=["cc"], adapter="a",
+                                    control_image=["i1", "i2"], control_scale=[0.5, 1.5], control_to_domain=False,
+                                    ip_adapter="ip.bin", ip_image="ip.png", ip_scale=0.7, lora="l",
+                                    lora_uncond="prior", control_model="m", control_model_config="mc")),
+        ("generate", GenerateConfig(prior="p", out="o")),  # the defaults
+        ("edit", EditConfig(**shared, image="x.png", prompt="a cat", strength=0.3, method="invert", mask="m.png")),
+        ("edit", EditConfig(prior="p", out="o", image="x.png")),
+        ("convert", ConvertConfig(src="a", dst="b")),
+    ]
+
+
+@pytest.mark.parametrize("command,config", _generate_edit_convert_configs(), ids=lambda v: v if isinstance(v, str) else "")
+def test_generate_edit_convert_configs_round_trip_through_their_parsers(command, config):
+    from indomain.cli import build_parser
+    from indomain.cliargs import from_args
+
+    argv = [command, *_argv(config)]
+    assert from_args(type(config), build_parser(argv).parse_args(argv)) == config
+
+
+@pytest.mark.parametrize("argv,old,new", [
+    (["generate", "--prior", "p", "--out", "o"], ["--domain-scale", "3"], ["--domain-guidance-scale", "3"]),
+    (["edit", "--prior", "p", "--out", "o", "--image", "x"], ["--domain-scale", "0"], ["--domain-guidance-scale", "0"]),
+    (["3d", "--prior", "p", "--prompt", "owl", "--out", "o"], ["--domain-scale", "2"], ["--domain-guidance-scale", "2"]),
+    (["tune", "--prior", "p", "--domain", "d", "--out", "o"], ["--domain-scales", "0", "2"],
+     ["--domain-guidance-scales", "0", "2"]),
+    (["evaluate", "--prior", "p", "--out", "o"], ["--domain-scales", "1", "2"], ["--domain-guidance-scales", "1", "2"]),
+    (["distill", "--prior", "p", "--domain", "d", "--images", "i", "--output", "o"], ["--domain-scale-range", "1", "4"],
+     ["--domain-guidance-scale-range", "1", "4"]),
+    (["world", "benchmark", "--prior", "p", "--out", "o"], ["--domain-scales", "0", "2.5"],
+     ["--domain-guidance-scales", "0", "2.5"]),
+], ids=lambda v: " ".join(v[:2]) if isinstance(v, list) and v[0] in ("world",) else v[0] if isinstance(v, list) else "")
+def test_the_old_weight_flags_are_aliases_of_the_new(argv, old, new):
+    from indomain.cli import build_parser
+
+    parser = build_parser(argv)
+    assert vars(parser.parse_args(argv + old)) == vars(parser.parse_args(argv + new))
+    assert vars(parser.parse_args(argv + old)) != vars(parser.parse_args(argv))  # the alias did set the weight
+
+
+def test_generate_with_the_old_flag_makes_the_same_images(prior_and_domain, tmp_path):
+    prior, domain = prior_and_domain
+    common = ["generate", "--prior", str(prior), "--domain", str(domain), "--prompt", "a cat", "--num-images", "1",
+              "--steps", "2", "--scheduler", "ddim", "--guidance-form", "decoupled"]
+    assert main(common + ["--domain-scale", "1.5", "--out", str(tmp_path / "old")]) == 0
+    assert main(common + ["--domain-guidance-scale", "1.5", "--out", str(tmp_path / "new")]) == 0
+    image = {d: (tmp_path / d / "p00_seed000000.png").read_bytes() for d in ("old", "new")}
+    assert image["old"] == image["new"]
+    settings = json.loads((tmp_path / "new" / "settings.json").read_text())["settings"]
+    assert settings["domain_guidance_scale"] == settings["domain_scale"] == 1.5  # the record's older key kept
+    assert main(common + ["--domain-guidance-scale", "0", "--out", str(tmp_path / "w0")]) == 0
+    assert (tmp_path / "w0" / "p00_seed000000.png").read_bytes() != image["new"]  # the weight reached the pipeline

@@ -184,6 +184,17 @@ def test_student_folder_round_trip(world, tmp_path, lora):
                               loaded(x, t, encoder_hidden_states=text, class_labels=w).sample, atol=1e-5)
 
 
+def test_a_student_config_with_the_older_range_key_still_reads(tmp_path):
+    import dataclasses
+
+    from indomain.student import STUDENT_CONFIG, read_settings
+
+    raw = dataclasses.asdict(settings())
+    raw["domain_scale_range"] = raw.pop("domain_guidance_scale_range")  # as `indomain distill` wrote it before
+    (tmp_path / STUDENT_CONFIG).write_text(json.dumps(raw))
+    assert read_settings(tmp_path).domain_guidance_scale_range == (1.0, 5.0)
+
+
 def test_distill_trains_saves_and_samples_in_one_call_per_step(world, tmp_path):
     out = distill(config(world, tmp_path / "run", validation_steps=4, validation_prompts=["a cat"],
                          num_validation_images=2, validation_inference_steps=2, domain_guidance_scale=2.0))
