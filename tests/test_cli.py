@@ -405,3 +405,15 @@ def test_generate_with_the_old_flag_makes_the_same_images(prior_and_domain, tmp_
     assert settings["domain_guidance_scale"] == settings["domain_scale"] == 1.5  # the record's older key kept
     assert main(common + ["--domain-guidance-scale", "0", "--out", str(tmp_path / "w0")]) == 0
     assert (tmp_path / "w0" / "p00_seed000000.png").read_bytes() != image["new"]  # the weight reached the pipeline
+
+
+def test_an_evaluate_methods_file_with_the_older_weight_key_still_reads(tmp_path):
+    from indomain.cli import build_parser
+    from indomain.evaluate import methods_from_args
+
+    methods = tmp_path / "methods.json"
+    methods.write_text(json.dumps([{"name": "ours", "domain": "d", "domain_scales": [1.5]},
+                                   {"name": "new", "domain": "d", "domain_guidance_scales": [2.0]}]))
+    argv = ["evaluate", "--prior", "p", "--methods", str(methods), "--out", str(tmp_path / "o")]
+    got = methods_from_args(build_parser(argv).parse_args(argv))
+    assert [m.domain_guidance_scales for m in got] == [[1.5], [2.0]]
