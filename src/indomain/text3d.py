@@ -56,7 +56,7 @@ class Text3DConfig:
                                       "configs, tokenizers and scheduler; its weights are not read)", metavar="DIR")
     domain: str | None = option(None, "null-text domain model folder written by `indomain train` (default: none)")
     domain_guidance_scale: float = option(0.0, "domain weight w_d (0: plain SDS from the prior)", type=finite_float,
-                                          aliases=["--domain-scale"])
+                                          metavar="W", aliases=["--domain-scale"])
     guidance_scale: float = option(25.0, "control weight w_c on the prompt; diffusers' convention eps_u + w (eps_c - "
                                    "eps_u), so threestudio's guidance_scale s is w_c = s + 1", type=finite_float)
     steps: int = option(400, "optimisation steps (in all, counting those of a resumed run)", type=positive_int)
