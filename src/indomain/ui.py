@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cliargs import positive_int
+from .cliargs import add_options, from_args, option, positive_int
 
 if TYPE_CHECKING:
     from .generate import GenerateConfig
@@ -36,7 +36,24 @@ GRID_W_C = (0.0, 2.5, 5.0)  # and rows
 
 @dataclasses.dataclass
 class UIConfig:
-    """What `indomain ui` was started with; paths resolved."""
+    """Every setting of `indomain ui` (each field is also its option), as typed; `ui_setup` resolves it."""
+
+    prior: str | None = option(None, "prior pipeline folder (default: the shipped emoji prior, which needs nothing "
+                               "downloaded)")
+    domain: list[str] | None = option(None, "domain model folder offered in the page; repeatable (default: "
+                                      "outputs/demo/ours when `make demo` made it)", action="append", metavar="DIR")
+    controlnet: str | None = option(None, "a ControlNet for the prior: the Generate tab then takes a control image",
+                                    metavar="DIR")
+    host: str = option("127.0.0.1", "address to bind (default: %(default)s, this machine only)")
+    port: int = option(7860, "port", type=positive_int)
+    data_root: str = option(".", "paths typed in the page must lie inside this folder (default: the current folder)")
+    out: str = option("outputs/ui", "where the page writes its runs, relative to --data-root and inside it")
+    device: str = option("auto", "torch device for Generate and Edit")
+
+
+@dataclasses.dataclass
+class UISetup:
+    """What the page works with: a `UIConfig` with its paths resolved and the models it offers named."""
 
     priors: dict[str, str]  # name shown -> folder (the operator's --prior, else the shipped emoji prior)
     domains: dict[str, str]  # name shown -> folder (--domain, or the `make demo` model when present)
@@ -65,42 +82,29 @@ def host_warning(host: str) -> str | None:
 
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser("ui", help=help, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prior", default=None,
-                   help="prior pipeline folder (default: the shipped emoji prior, which needs nothing downloaded)")
-    p.add_argument("--domain", action="append", default=None, metavar="DIR",
-                   help="domain model folder offered in the page; repeatable (default: outputs/demo/ours when `make demo` "
-                        "made it)")
-    p.add_argument("--controlnet", default=None, metavar="DIR",
-                   help="a ControlNet for the prior: the Generate tab then takes a control image")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
-    p.add_argument("--port", type=positive_int, default=7860, help="port (default: %(default)s)")
-    p.add_argument("--data-root", default=".",
-                   help="paths typed in the page must lie inside this folder (default: the current folder)")
-    p.add_argument("--out", default="outputs/ui",
-                   help="where the page writes its runs, relative to --data-root and inside it (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="torch device for Generate and Edit (default: %(default)s)")
+    add_options(p, UIConfig)
     p.set_defaults(func=cmd_ui)
 
 
-def ui_config(args: argparse.Namespace) -> UIConfig:
+def ui_setup(config: UIConfig) -> UISetup:
     """Resolve the command's options; an output folder outside the data root is refused."""
     from .uipaths import confine
 
-    root = Path(args.data_root).resolve()
+    root = Path(config.data_root).resolve()
     if not root.is_dir():
-        raise ValueError(f"--data-root {args.data_root!r} is not a folder")
-    out_root = confine(str(args.out), root, "--out")
-    if args.prior:
-        priors = {args.prior: args.prior}
+        raise ValueError(f"--data-root {config.data_root!r} is not a folder")
+    out_root = confine(str(config.out), root, "--out")
+    if config.prior:
+        priors = {config.prior: config.prior}
     else:
         from .world.prior import emoji_prior_dir
 
         priors = {SHIPPED_PRIOR: str(emoji_prior_dir())}
     demo = Path("outputs/demo/ours")
-    domains = {d: d for d in args.domain} if args.domain else (
+    domains = {d: d for d in config.domain} if config.domain else (
         {"make demo's domain model (outputs/demo/ours)": str(demo.resolve())} if (demo / "config.json").is_file() else {})
-    return UIConfig(priors, domains, root, out_root, args.device, args.controlnet,
-                    32 if not args.prior else _native_size(args.prior))
+    return UISetup(priors, domains, root, out_root, config.device, config.controlnet,
+                   32 if not config.prior else _native_size(config.prior))
 
 
 def _native_size(prior: str) -> int:
@@ -117,14 +121,15 @@ def _native_size(prior: str) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Build the page and serve it until interrupted."""
-    warning = host_warning(args.host)
+    options = from_args(UIConfig, args)
+    warning = host_warning(options.host)
     if warning:
         print(warning, file=sys.stderr)
-    config = ui_config(args)
+    config = ui_setup(options)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no phoning home
     app = build_app(config)
-    print(f"indomain ui: http://{args.host}:{args.port} (data root {config.data_root})", flush=True)
-    app.queue().launch(server_name=args.host, server_port=args.port, allowed_paths=[str(config.data_root)],
+    print(f"indomain ui: http://{options.host}:{options.port} (data root {config.data_root})", flush=True)
+    app.queue().launch(server_name=options.host, server_port=options.port, allowed_paths=[str(config.data_root)],
                        show_error=False, ssr_mode=False, quiet=True, footer_links=[], css=CSS)
     return 0
 
@@ -198,7 +203,7 @@ def _pick(name: str | None, known: dict[str, str], root: Path, what: str) -> str
     return str(path)
 
 
-def _new_folder(config: UIConfig, kind: str) -> Path:
+def _new_folder(config: UISetup, kind: str) -> Path:
     from .uijobs import stamp
 
     return config.out_root / f"{kind}-{stamp()}"
@@ -211,7 +216,7 @@ def _new_folder(config: UIConfig, kind: str) -> Path:
 class Generator:
     """The Generate tab's work: one cached pipeline, a Stop flag, and the calls `indomain generate` makes."""
 
-    def __init__(self, config: UIConfig) -> None:
+    def __init__(self, config: UISetup) -> None:
         self.config = config
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -354,7 +359,7 @@ class Generator:
 # Edit
 
 
-def run_edit(config: UIConfig, image: str | None, prior: str, domains: list[str], prompt: str, negative: str,
+def run_edit(config: UISetup, image: str | None, prior: str, domains: list[str], prompt: str, negative: str,
              w_d: float, w_c: float, strength: float, method: str, steps: int, seed: int) -> tuple[str, str, str]:
     """`indomain edit` on one uploaded image; returns (before, after, status)."""
     from .generate import edit
@@ -387,7 +392,7 @@ def run_edit(config: UIConfig, image: str | None, prior: str, domains: list[str]
 # Train
 
 
-def _train_config(config: UIConfig, source: str, files: list[str] | None, folder: str, prior: str, kind: str,
+def _train_config(config: UISetup, source: str, files: list[str] | None, folder: str, prior: str, kind: str,
                   rank: float, steps: float, lr: str, resolution: float, every: float, sample_steps: float) -> Any:
     from .train import TrainConfig
     from .uijobs import save_uploads, stamp
@@ -410,7 +415,7 @@ def _train_config(config: UIConfig, source: str, files: list[str] | None, folder
         checkpointing_steps=int(every), validation_inference_steps=int(sample_steps), log_every=1)
 
 
-def _train_view(config: UIConfig, run_name: str | None) -> tuple[Any, Any, list, str]:
+def _train_view(config: UISetup, run_name: str | None) -> tuple[Any, Any, list, str]:
     """(runs dropdown, loss curve, samples, status) of the chosen run (default: the newest)."""
     import gradio as gr
     import pandas as pd
@@ -432,7 +437,7 @@ def _train_view(config: UIConfig, run_name: str | None) -> tuple[Any, Any, list,
 # Results
 
 
-def open_results(config: UIConfig, folder: str) -> tuple[list, list, str, str]:
+def open_results(config: UISetup, folder: str) -> tuple[list, list, str, str]:
     """An `evaluate` or `world benchmark` folder: (plots, grids, table markdown, status)."""
     from .uipaths import confine, shown
 
@@ -494,7 +499,7 @@ CSS = """
 """
 
 
-def build_app(config: UIConfig) -> Any:
+def build_app(config: UISetup) -> Any:
     """The gradio Blocks of the page (not started)."""
     import gradio as gr
 
