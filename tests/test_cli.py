@@ -135,16 +135,24 @@ def _subcommand(*names):
 
 def _config_classes():
     from indomain.cli import ConvertConfig
-    from indomain.evaluate import EvalConfig
+    from indomain.demo import DemoConfig
+    from indomain.evaluate import EvalCommand, EvalConfig, ExtractorConfig, MethodFlags, Sweep
+    from indomain.export import ExportConfig
     from indomain.generate import EditConfig, GenerateConfig
     from indomain.train import TrainConfig
     from indomain.tune import TuneConfig
+    from indomain.ui import UIConfig
     from indomain.world.benchmark import BenchmarkConfig
+    from indomain.world.cli import ControlNetConfig, EvaluatorTrainingConfig, RenderConfig, SanityConfig
     from indomain.world.prior import PriorConfig
 
-    return [(("train",), TrainConfig), (("evaluate",), EvalConfig), (("world", "benchmark"), BenchmarkConfig),
-            (("world", "train-prior"), PriorConfig), (("tune",), TuneConfig), (("generate",), GenerateConfig),
-            (("edit",), EditConfig), (("convert",), ConvertConfig)]
+    return [(("train",), TrainConfig), (("evaluate",), EvalConfig), (("evaluate",), MethodFlags), (("evaluate",), Sweep),
+            (("evaluate",), ExtractorConfig), (("evaluate",), EvalCommand), (("world", "benchmark"), BenchmarkConfig),
+            (("world", "train-prior"), PriorConfig), (("tune",), TuneConfig), (("tune",), ExtractorConfig),
+            (("generate",), GenerateConfig), (("edit",), EditConfig), (("convert",), ConvertConfig),
+            (("export",), ExportConfig), (("demo",), DemoConfig), (("ui",), UIConfig),
+            (("world", "render"), RenderConfig), (("world", "evaluator-sanity"), SanityConfig),
+            (("world", "train-controlnet"), ControlNetConfig), (("world", "train-evaluators"), EvaluatorTrainingConfig)]
 
 
 @pytest.mark.parametrize("command,cls", _config_classes(), ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
@@ -201,6 +209,7 @@ def test_evaluate_dry_run_prints_the_resolved_run_and_writes_nothing(tmp_path, c
     assert run["config"]["prompts"] == ["a cat", "a dog"] and run["config"]["clip_texts"] == ["cat", "dog"]
     assert run["config"]["use_stats_cache"] is False and run["config"]["metrics"] == ["kid"]
     assert run["methods"][0]["name"] == "ours" and run["sweep"] == {"domain_guidance_scales": [2.5], "guidance_scales": [2.5]}
+    assert run["extractor"] == {"inception_weights": None, "inception_resize": "antialias", "random_conv_seed": None}
     assert not out.exists()
 
 
@@ -331,7 +340,7 @@ def _argv(config):
     for f in dataclasses.fields(config):
         value, meta = getattr(config, f.name), f.metadata
         flag = meta.get("flag") or "--" + ("no-" if f.default is True else "") + f.name.replace("_", "-")
-        items = value if isinstance(value, list) else [value]
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
         items = [":".join(str(x) for x in v if x is not None) if isinstance(v, tuple) else str(v) for v in items]
         if meta.get("positional"):
             argv += items
@@ -371,6 +380,59 @@ def test_generate_edit_convert_configs_round_trip_through_their_parsers(command,
 
     argv = [command, *_argv(config)]
     assert from_args(type(config), build_parser(argv).parse_args(argv)) == config
+
+
+def _other_command_configs():
+    from indomain.demo import DemoConfig
+    from indomain.evaluate import EvalCommand, EvalConfig, ExtractorConfig, MethodFlags, Sweep
+    from indomain.export import ExportConfig
+    from indomain.ui import UIConfig
+    from indomain.world.cli import EvaluatorTrainingConfig
+
+    return [
+        (["export"], [ExportConfig(domain="d", out="o", format="kohya", prior="p", allow_pickle=True)]),
+        (["export"], [ExportConfig(domain="d", out="o")]),
+        (["demo"], [DemoConfig(out="o", prior="p", train_steps=5, num_prompts=2, images_per_setting=3, sample_steps=4,
+                               seed=9, overwrite=True)]),
+        (["demo"], [DemoConfig()]),
+        (["ui"], [UIConfig(prior="p", domain=["d1", "d2"], controlnet="c", host="0.0.0.0", port=8000, data_root="r",
+                           out="u", device="cpu")]),
+        (["ui"], [UIConfig()]),
+        (["world", "train-evaluators"], [EvaluatorTrainingConfig(out="o", steps=3, batch_size=4, seed=5, validate=False,
+                                                                 threads=2)]),
+        (["world", "train-evaluators"], [EvaluatorTrainingConfig()]),
+        (["evaluate"], [EvalConfig(out="o"), Sweep((0.0, 1.5), (-1.0,)), ExtractorConfig("w.pth", None, "legacy-tf"),
+                        MethodFlags(prior="p", prior_config="pc", domain="d", unet="u", domain_prompt="x", name="n",
+                                    methods="m.json", allow_pickle=True),
+                        EvalCommand(prompts_file="p.txt", clip_text_file="c.txt", dry_run=True, json=True)]),
+        (["evaluate"], [EvalConfig(out="o"), Sweep(), ExtractorConfig(), MethodFlags(), EvalCommand()]),
+    ]
+
+
+@pytest.mark.parametrize("command,configs", _other_command_configs(),
+                         ids=lambda v: " ".join(v) if isinstance(v, list) and isinstance(v[0], str) else "")
+def test_the_other_commands_configs_round_trip_through_their_parsers(command, configs):
+    """export, demo, ui, world train-evaluators and evaluate (its five option sets) read back what was written."""
+    from indomain.cli import build_parser
+    from indomain.cliargs import from_args
+
+    argv = [*command, *(a for config in configs for a in _argv(config))]
+    args = build_parser(argv).parse_args(argv)
+    for config in configs:
+        assert from_args(type(config), args) == config
+
+
+def test_evaluate_extractor_option_reads_its_seed_and_keeps_one_of_two():
+    from indomain.cli import build_parser
+    from indomain.cliargs import from_args
+    from indomain.evaluate import ExtractorConfig
+
+    argv = ["evaluate", "--out", "o", "--extractor", "random-conv:3"]
+    assert from_args(ExtractorConfig, build_parser(argv).parse_args(argv)) == ExtractorConfig(extractor=3)
+    with pytest.raises(SystemExit):  # still one feature network or the other
+        build_parser(argv).parse_args(argv + ["--inception-weights", "w.pth"])
+    with pytest.raises(SystemExit):  # and one source of prompts
+        build_parser(argv).parse_args(argv + ["--prompts", "a", "--prompts-file", "p.txt"])
 
 
 @pytest.mark.parametrize("argv,old,new", [

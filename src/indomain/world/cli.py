@@ -51,7 +51,8 @@ class EvaluatorTrainingConfig:
     steps: int = option(1500, "AdamW steps", type=positive_int)
     batch_size: int = option(128, "batch size", type=positive_int)
     seed: int = option(0, "seed")
-    validate: bool = option(True, "run the held-out validation that the card records; --no-validate skips it (a smoke run)")
+    validate: bool = option(True, "run the held-out validation that the card records; --no-validate skips it "
+                            "(a smoke run)")
     threads: int = option(1, "torch threads; the weights depend on it", type=positive_int)
 
 
