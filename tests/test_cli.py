@@ -135,14 +135,15 @@ def _subcommand(*names):
 
 def _config_classes():
     from indomain.cli import ConvertConfig
+    from indomain.cliargs import DryRun
     from indomain.demo import DemoConfig
     from indomain.evaluate import EvalCommand, EvalConfig, ExtractorConfig, MethodFlags, Sweep
     from indomain.export import ExportConfig
     from indomain.generate import EditConfig, GenerateConfig
     from indomain.train import TrainConfig
-    from indomain.tune import TuneConfig
+    from indomain.tune import TuneCommand, TuneConfig
     from indomain.ui import UIConfig
-    from indomain.world.benchmark import BenchmarkConfig
+    from indomain.world.benchmark import BenchmarkCommand, BenchmarkConfig
     from indomain.world.cli import ControlNetConfig, EvaluatorTrainingConfig, RenderConfig, SanityConfig
     from indomain.world.prior import PriorConfig
 
@@ -152,7 +153,9 @@ def _config_classes():
             (("generate",), GenerateConfig), (("edit",), EditConfig), (("convert",), ConvertConfig),
             (("export",), ExportConfig), (("demo",), DemoConfig), (("ui",), UIConfig),
             (("world", "render"), RenderConfig), (("world", "evaluator-sanity"), SanityConfig),
-            (("world", "train-controlnet"), ControlNetConfig), (("world", "train-evaluators"), EvaluatorTrainingConfig)]
+            (("world", "train-controlnet"), ControlNetConfig), (("world", "train-evaluators"), EvaluatorTrainingConfig),
+            (("train",), DryRun), (("distill",), DryRun), (("3d",), DryRun), (("tune",), TuneCommand),
+            (("world", "benchmark"), BenchmarkCommand)]
 
 
 @pytest.mark.parametrize("command,cls", _config_classes(), ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
@@ -386,10 +389,19 @@ def _other_command_configs():
     from indomain.demo import DemoConfig
     from indomain.evaluate import EvalCommand, EvalConfig, ExtractorConfig, MethodFlags, Sweep
     from indomain.export import ExportConfig
+    from indomain.cliargs import DryRun
+    from indomain.tune import TuneCommand
     from indomain.ui import UIConfig
+    from indomain.world.benchmark import BenchmarkCommand
     from indomain.world.cli import EvaluatorTrainingConfig
 
     return [
+        (["tune", "--prior", "p", "--domain", "d", "--out", "o"],
+         [TuneCommand(prompts_file="a", probe_prompts_file="b", validation_prompts_file="c", dry_run=True)]),
+        (["tune", "--prior", "p", "--domain", "d", "--out", "o"], [TuneCommand()]),
+        (["world", "benchmark", "--prior", "p", "--out", "o"], [BenchmarkCommand(no_evaluators=True)]),
+        (["train", "--prior", "p", "--images", "i", "--output", "o"], [DryRun(True)]),
+        (["3d", "--prior", "p", "--prompt", "owl", "--out", "o"], [DryRun(True)]),
         (["export"], [ExportConfig(domain="d", out="o", format="kohya", prior="p", allow_pickle=True)]),
         (["export"], [ExportConfig(domain="d", out="o")]),
         (["demo"], [DemoConfig(out="o", prior="p", train_steps=5, num_prompts=2, images_per_setting=3, sample_steps=4,
@@ -410,9 +422,10 @@ def _other_command_configs():
 
 
 @pytest.mark.parametrize("command,configs", _other_command_configs(),
-                         ids=lambda v: " ".join(v) if isinstance(v, list) and isinstance(v[0], str) else "")
+                         ids=lambda v: " ".join(v[:1 + (v[0] == "world")]) if isinstance(v[0], str) else "")
 def test_the_other_commands_configs_round_trip_through_their_parsers(command, configs):
-    """export, demo, ui, world train-evaluators and evaluate (its five option sets) read back what was written."""
+    """export, demo, ui, world train-evaluators, evaluate (its five option sets) and the flags beside a run's config
+    (tune's, benchmark's, --dry-run) read back what was written."""
     from indomain.cli import build_parser
     from indomain.cliargs import from_args
 

@@ -92,6 +92,13 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | No
     return dataclasses.field(default=default, metadata=meta)
 
 
+@dataclasses.dataclass
+class DryRun:
+    """The ``--dry-run`` switch of a command that can print its resolved configuration instead of running."""
+
+    dry_run: bool = option(False, "print the resolved configuration as JSON and exit")
+
+
 def _value_type(hint: Any) -> tuple[Any, bool]:
     """(item type, is a sequence) of a field's type hint: ``int | None`` -> (int, False), ``list[float]`` -> (float, True)."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .cliargs import add_options, finite_float, from_args, option, positive_float, positive_int
+from .cliargs import DryRun, add_options, finite_float, from_args, option, positive_float, positive_int
 from .console import progress
 from .outputs import atomic_write_text, to_json
 from .train import (LatentBatches, Objective, TrainConfig, _no_grad, _train_inputs, add_lora, denoising_loss,
@@ -297,7 +297,7 @@ def distill(config: DistillConfig, on_step: Callable[[int], None] | None = None)
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser("distill", help=help, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p, DistillConfig, OPTIONS)
-    p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
+    add_options(p, DryRun)
     p.set_defaults(func=cmd_distill)
 
 
@@ -305,7 +305,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     config = from_args(DistillConfig, args)
-    if args.dry_run:
+    if from_args(DryRun, args).dry_run:
         print(to_json(dataclasses.asdict(config), indent=2))
         return 0
     out = distill(config)

@@ -27,7 +27,7 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .cliargs import add_options, finite_float, from_args, option, positive_float, positive_int, require_domain_for_weight
+from .cliargs import DryRun, add_options, finite_float, from_args, option, positive_float, positive_int, require_domain_for_weight
 from .console import progress
 from .devices import resolve_device
 from .numerics import require_finite
@@ -415,13 +415,13 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser("3d", help=help,
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p, Text3DConfig)
-    p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
+    add_options(p, DryRun)
     p.set_defaults(func=cmd_text3d)
 
 
 def cmd_text3d(args: argparse.Namespace) -> int:
     config = from_args(Text3DConfig, args)
-    if args.dry_run:
+    if from_args(DryRun, args).dry_run:
         print(to_json(dataclasses.asdict(config), indent=2))
         return 0
     out = text_to_3d(config)

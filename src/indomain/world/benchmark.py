@@ -473,11 +473,18 @@ def write_results(out: Path, config: BenchmarkConfig, results: dict[str, SplitRe
     return path
 
 
+@dataclass
+class BenchmarkCommand:
+    """The flag of `indomain world benchmark` beside its `BenchmarkConfig`: which scorer the run gets."""
+
+    no_evaluators: bool = option(False, "skip the emoji evaluators (smoke runs)")
+
+
 def add_parser(wsub: argparse._SubParsersAction) -> None:
     p = wsub.add_parser("benchmark", help="compare prior, fine-tuning (CFG, LoRA, rectified) and ours in the emoji world",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p, BenchmarkConfig)
-    p.add_argument("--no-evaluators", action="store_true", help="skip the emoji evaluators (smoke runs)")
+    add_options(p, BenchmarkCommand)
     p.set_defaults(func=_cmd)
 
 
@@ -485,7 +492,7 @@ def _cmd(args: argparse.Namespace) -> int:
     from ..console import info
 
     scorer = None
-    if not args.no_evaluators:
+    if not from_args(BenchmarkCommand, args).no_evaluators:
         from .evaluators import load_evaluators
 
         scorer = load_evaluators().scorer(k=10, domain=args.domain)
