@@ -121,7 +121,7 @@ def main() -> None:
     keep = [user / "notes.txt", user / "images" / "0.png"]
     case("train --images out/images --output out --overwrite", [*train, "--images", user / "images", "--output", user, "--overwrite"], keep=keep)
     case("train --output <folder with notes> --overwrite", [*train, "--images", images, "--output", user, "--overwrite"], keep=keep)
-    case("generate --out <folder with notes> --overwrite", ["generate", "--prior", prior, "--domain-scale", 0, "--out", user, "--overwrite"], keep=keep)
+    case("generate --out <folder with notes> --overwrite", ["generate", "--prior", prior, "--domain-guidance-scale", 0, "--out", user, "--overwrite"], keep=keep)
     case("evaluate --out <folder with notes> --overwrite", ["evaluate", "--prior", prior, "--num-images", 1, "--out", user, "--overwrite"], keep=keep)
     case("world benchmark --out <folder with notes>", ["world", "benchmark", "--prior", prior, "--out", user, "--no-evaluators"], keep=keep)
     case("demo --out <folder with notes> --overwrite", ["demo", "--prior", prior, "--out", user, "--overwrite"], keep=keep)
@@ -143,7 +143,7 @@ def main() -> None:
     shutil.copytree(prior, no_unet)
     (no_unet / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     case("train, prior without UNet weights", ["train", "--prior", no_unet, "--images", images, "--output", root / "t4"])
-    case("generate, prior without UNet weights", ["generate", "--prior", no_unet, "--domain-scale", 0, "--out", root / "g2"])
+    case("generate, prior without UNet weights", ["generate", "--prior", no_unet, "--domain-guidance-scale", 0, "--out", root / "g2"])
     other = root / "prior-other"
     shutil.copytree(prior, other)
     shutil.rmtree(other / "unet")
@@ -154,13 +154,13 @@ def main() -> None:
     ro, cleanup = read_only_folder(root)
     if ro is not None:
         case("train --output <read-only folder>/run", [*train, "--output", ro / "run"])
-        case("generate --out <read-only folder>/g", ["generate", "--prior", prior, "--domain-scale", 0, "--out", ro / "g"])
+        case("generate --out <read-only folder>/g", ["generate", "--prior", prior, "--domain-guidance-scale", 0, "--out", ro / "g"])
     cleanup()
     pickled = root / "prior-pickled"
     shutil.copytree(prior, pickled)
     (pickled / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     craft(pickled / "unet" / "diffusion_pytorch_model.bin", root / "pwned-allow-pickle")
-    case("generate --allow-pickle, crafted .bin", ["generate", "--prior", pickled, "--allow-pickle", "--domain-scale", 0,
+    case("generate --allow-pickle, crafted .bin", ["generate", "--prior", pickled, "--allow-pickle", "--domain-guidance-scale", 0,
                                                    "--out", root / "g3"], root / "pwned-allow-pickle")
     case("convert <folder with a crafted .bin>", ["convert", pickled, root / "c1"], root / "pwned-allow-pickle")
     mixed = root / "prior-mixed"
@@ -171,8 +171,8 @@ def main() -> None:
     case("convert <folder mixing .safetensors and .bin>", ["convert", mixed, root / "c2"])
 
     # 6. issue #22: run records, inputs inside outputs, damaged state, non-finite results, refused runs
-    gen = ["generate", "--prior", prior, "--domain-scale", 0, "--num-images", 2, "--steps", 1]
-    edit = ["edit", "--prior", prior, "--domain-scale", 0, "--steps", 4]
+    gen = ["generate", "--prior", prior, "--domain-guidance-scale", 0, "--num-images", 2, "--steps", 1]
+    edit = ["edit", "--prior", prior, "--domain-guidance-scale", 0, "--steps", 4]
     run(gen + ["--out", root / "g-run"])
     g_png = sorted((root / "g-run").glob("p00_*.png"))[0]
     case("edit --image RUN --out RUN --overwrite", [*edit, "--image", root / "g-run", "--out", root / "g-run", "--overwrite"],

@@ -97,7 +97,7 @@ def one_run(steps: int, num: int) -> dict:
         driver.quit()
         proc.terminate()
         proc.wait()
-    cli = subprocess.Popen([sys.executable, "-m", "indomain.cli", "-q", "generate", "--prior", _prior(), "--domain-scale", "0",
+    cli = subprocess.Popen([sys.executable, "-m", "indomain.cli", "-q", "generate", "--prior", _prior(), "--domain-guidance-scale", "0",
                             "--num-images", str(num), "--steps", str(steps), "--height", "32", "--width", "32",
                             "--device", "cpu", "--out", str(root / "cli")], stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(cli.pid, 0)

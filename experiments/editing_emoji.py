@@ -29,8 +29,9 @@ def main() -> None:
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9])
     parser.add_argument("--steps", type=int, default=20, help="sampler steps at strength 1 (default: %(default)s)")
     parser.add_argument("--weight", type=float, default=2.5, help="w_d and w_c, and the fine-tunes' CFG scale")
-    parser.add_argument("--ours-domain-scale", type=float, default=None,
-                        help="ours' w_d when it should differ from --weight (for example the one `indomain tune` chose)")
+    parser.add_argument("--ours-domain-guidance-scale", "--ours-domain-scale", type=float, default=None,
+                        help="ours' w_d when it should differ from --weight (for example the one `indomain tune` chose; "
+                             "--ours-domain-scale: an alias kept from before)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -57,7 +58,7 @@ def main() -> None:
     names = [e.name for e in emoji]
     styled = [f"{DOMAIN_CAPTION}, {n}" for n in names]
     w = args.weight
-    w_d = w if args.ours_domain_scale is None else args.ours_domain_scale
+    w_d = w if args.ours_domain_guidance_scale is None else args.ours_domain_guidance_scale
 
     ours = InDomainImg2ImgPipeline.from_pretrained(prior, domain_unet=models / "ours")
     finetune_unet = UNet2DConditionModel.from_pretrained(models / "finetune")

@@ -1,6 +1,6 @@
 """Spatial control in the emoji world: edge-map ControlNet of the emoji prior, routed to the prior's
 branches only or to every branch. Held-out emoji (names the ControlNet never saw), control = the `edge_map` of their
-Noto / Twemoji render (alternating); one seed per emoji; DPM++ at --steps; w_d = w_c = --weight (ours: w_d = --ours-domain-scale when given).
+Noto / Twemoji render (alternating); one seed per emoji; DPM++ at --steps; w_d = w_c = --weight (ours: w_d = --ours-domain-guidance-scale when given).
 
     OMP_NUM_THREADS=1 python experiments/emoji_controlnet.py \
         --models outputs/demo --out outputs/emoji-controlnet --num-emoji 48
@@ -35,8 +35,9 @@ def main() -> None:
     parser.add_argument("--num-emoji", type=int, default=48)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--weight", type=float, default=2.5, help="w_d and w_c (the fine-tune's CFG scale)")
-    parser.add_argument("--ours-domain-scale", type=float, default=None,
-                        help="ours' w_d when it should differ from --weight (for example the one `indomain tune` chose)")
+    parser.add_argument("--ours-domain-guidance-scale", "--ours-domain-scale", type=float, default=None,
+                        help="ours' w_d when it should differ from --weight (for example the one `indomain tune` chose; "
+                             "--ours-domain-scale: an alias kept from before)")
     parser.add_argument("--scale", type=float, default=1.0, help="controlnet_conditioning_scale")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -64,7 +65,7 @@ def main() -> None:
     names = [e.name for e in emoji]
     styled = [f"{DOMAIN_CAPTION}, {n}" for n in names]
     w = args.weight
-    w_d = w if args.ours_domain_scale is None else args.ours_domain_scale
+    w_d = w if args.ours_domain_guidance_scale is None else args.ours_domain_guidance_scale
 
     cn = ControlNetModel.from_pretrained(args.controlnet or shipped_weights("emoji-controlnet"),
                                          torch_dtype=torch.float32)

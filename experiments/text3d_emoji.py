@@ -7,7 +7,7 @@
    lr 1e-4, EMA 0.99, seed 0).
 2. Prompts: ``--num-prompts`` *held-out* emoji names, evenly spaced over `split_emoji`'s held-out list (no choice by hand).
 3. One 3-D object per prompt and setting with `indomain.text3d.text_to_3d`, same seed: ``prior`` (w_d = 0) and
-   ``prior + openmoji`` (w_d = ``--domain-scale``), both w_c = ``--guidance-scale``, no view-dependent prompts (step 5
+   ``prior + openmoji`` (w_d = ``--domain-guidance-scale``), both w_c = ``--guidance-scale``, no view-dependent prompts (step 5
    says why; ``--view-prompts`` adds ``prior + openmoji`` with them). Each run keeps its state in its folder, so a killed benchmark continues where it stopped.
 4. Each object (and, for reference, the initial blob every run starts from) is rendered from 8 azimuths (0°, 45°, ..., 315°; elevation 10°) and scored with the shipped emoji
    evaluators: ``control_top1`` (the prompted emoji ranks first among 10 candidates: it and 9 others drawn with seed 0,
@@ -59,14 +59,14 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def optimise(pipe, prior: str, domain: Path, prompt: str, folder: Path, args: argparse.Namespace, domain_scale: float,
+def optimise(pipe, prior: str, domain: Path, prompt: str, folder: Path, args: argparse.Namespace, w_d: float,
              view_dependent: bool) -> Path:
     done = folder / "settings.json"
     step = json.loads(done.read_text())["step"] if done.is_file() else 0
     if step >= args.steps and (folder / "turntable.gif").is_file():
         return folder
-    config = Text3DConfig(prior=prior, prompt=prompt, out=str(folder), domain=str(domain) if domain_scale else None,
-                          domain_scale=domain_scale,
+    config = Text3DConfig(prior=prior, prompt=prompt, out=str(folder), domain=str(domain) if w_d else None,
+                          domain_guidance_scale=w_d,
                           guidance_scale=args.guidance_scale, steps=args.steps, view_dependent=view_dependent, seed=args.seed,
                           resume=step > 0, overwrite=step == 0)  # a run killed before its first save starts over
     return text_to_3d(config, pipe=pipe)
@@ -101,7 +101,8 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, default=6)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--guidance-scale", type=float, default=25.0, help="w_c (diffusers' convention)")
-    parser.add_argument("--domain-scale", type=float, default=25.0, help="w_d of the 'prior + openmoji' setting")
+    parser.add_argument("--domain-guidance-scale", "--domain-scale", type=float, default=25.0,
+                        help="w_d of the 'prior + openmoji' setting (--domain-scale: an alias kept from before)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image", default="docs/images/text3d.png")
     parser.add_argument("--view-prompts", action="store_true",
@@ -117,9 +118,9 @@ def main() -> None:
     print("prompts:", prompts)
 
     pipe = InDomainPipeline.from_pretrained(prior, domain_unet=str(domain))
-    settings = {"prior": (0.0, False), "prior + openmoji": (args.domain_scale, False)}  # (w_d, view prompts)
+    settings = {"prior": (0.0, False), "prior + openmoji": (args.domain_guidance_scale, False)}  # (w_d, view prompts)
     if args.view_prompts:
-        settings["prior + openmoji, view prompts"] = (args.domain_scale, True)
+        settings["prior + openmoji, view prompts"] = (args.domain_guidance_scale, True)
     folders = {(s, p): out / "3d" / slug(s) / slug(p) for s in settings for p in prompts}
     for (setting, prompt), folder in folders.items():
         optimise(pipe, prior, domain, prompt, folder, args, *settings[setting])

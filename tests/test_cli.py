@@ -134,14 +134,28 @@ def _subcommand(*names):
 
 
 def _config_classes():
-    from indomain.evaluate import EvalConfig
+    from indomain.cli import ConvertConfig
+    from indomain.cliargs import DryRun
+    from indomain.demo import DemoConfig
+    from indomain.evaluate import EvalCommand, EvalConfig, ExtractorConfig, MethodFlags, Sweep
+    from indomain.export import ExportConfig
+    from indomain.generate import EditConfig, GenerateConfig
     from indomain.train import TrainConfig
-    from indomain.tune import TuneConfig
-    from indomain.world.benchmark import BenchmarkConfig
+    from indomain.tune import TuneCommand, TuneConfig
+    from indomain.ui import UIConfig
+    from indomain.world.benchmark import BenchmarkCommand, BenchmarkConfig
+    from indomain.world.cli import ControlNetConfig, EvaluatorTrainingConfig, RenderConfig, SanityConfig
     from indomain.world.prior import PriorConfig
 
-    return [(("train",), TrainConfig), (("evaluate",), EvalConfig), (("world", "benchmark"), BenchmarkConfig),
-            (("world", "train-prior"), PriorConfig), (("tune",), TuneConfig)]
+    return [(("train",), TrainConfig), (("evaluate",), EvalConfig), (("evaluate",), MethodFlags), (("evaluate",), Sweep),
+            (("evaluate",), ExtractorConfig), (("evaluate",), EvalCommand), (("world", "benchmark"), BenchmarkConfig),
+            (("world", "train-prior"), PriorConfig), (("tune",), TuneConfig), (("tune",), ExtractorConfig),
+            (("generate",), GenerateConfig), (("edit",), EditConfig), (("convert",), ConvertConfig),
+            (("export",), ExportConfig), (("demo",), DemoConfig), (("ui",), UIConfig),
+            (("world", "render"), RenderConfig), (("world", "evaluator-sanity"), SanityConfig),
+            (("world", "train-controlnet"), ControlNetConfig), (("world", "train-evaluators"), EvaluatorTrainingConfig),
+            (("train",), DryRun), (("distill",), DryRun), (("3d",), DryRun), (("tune",), TuneCommand),
+            (("world", "benchmark"), BenchmarkCommand)]
 
 
 @pytest.mark.parametrize("command,cls", _config_classes(), ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
@@ -197,7 +211,8 @@ def test_evaluate_dry_run_prints_the_resolved_run_and_writes_nothing(tmp_path, c
     run = json.loads(capsys.readouterr().out)
     assert run["config"]["prompts"] == ["a cat", "a dog"] and run["config"]["clip_texts"] == ["cat", "dog"]
     assert run["config"]["use_stats_cache"] is False and run["config"]["metrics"] == ["kid"]
-    assert run["methods"][0]["name"] == "ours" and run["sweep"] == {"domain_scales": [2.5], "guidance_scales": [2.5]}
+    assert run["methods"][0]["name"] == "ours" and run["sweep"] == {"domain_guidance_scales": [2.5], "guidance_scales": [2.5]}
+    assert run["extractor"] == {"inception_weights": None, "inception_resize": "antialias", "random_conv_seed": None}
     assert not out.exists()
 
 
@@ -315,3 +330,165 @@ def test_a_command_gets_its_one_line_of_help_from_the_registry(name):
         return next(c.help for c in sub._choices_actions if c.dest == name)
 
     assert help_of(build_parser([name])) == help_of(build_parser(["demo"])) == COMMANDS[name][0]
+
+
+# -- generate, edit and convert are config dataclasses too; w_d has one name, its old flags are aliases ------------
+
+
+def _argv(config):
+    """The command line of ``config``: every field that is set (an appending option repeated per item)."""
+    import dataclasses
+
+    argv = []
+    for f in dataclasses.fields(config):
+        value, meta = getattr(config, f.name), f.metadata
+        flag = meta.get("flag") or "--" + ("no-" if f.default is True else "") + f.name.replace("_", "-")
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        items = [":".join(str(x) for x in v if x is not None) if isinstance(v, tuple) else str(v) for v in items]
+        if meta.get("positional"):
+            argv += items
+        elif isinstance(value, bool):
+            argv += [flag] if value != f.default else []
+        elif value is not None:
+            argv += [a for item in items for a in (flag, item)] if meta.get("action") == "append" else [flag, *items]
+    return argv
+
+
+def _generate_edit_convert_configs():
+    from indomain.cli import ConvertConfig
+    from indomain.generate import EditConfig, GenerateConfig
+
+    shared = dict(prior="p", prior_config="pc", domain=[("d1", None), ("d2", 0.5)], negative_prompt="ugly",
+                  weighted_prompt=[("blurry", -1.5), ("sharp", 0.5)], domain_guidance_scale=3.0, guidance_scale=-1.0,
+                  steps=3, scheduler="ddim", seed=7, device="cpu", dtype="float16", allow_pickle=True, out="o",
+                  overwrite=True, json=True)
+    return [
+        ("generate", GenerateConfig(**shared, prompt=["a cat", "a dog"], num_images=2, height=64, width=48,
+                                    domain_every=2, guidance_form="decoupled", distilled="s", share_base=True,
+                                    controlnet=["c1", "c2"], controlnet_config=["cc"], adapter="a",
+                                    control_image=["i1", "i2"], control_scale=[0.5, 1.5], control_to_domain=False,
+                                    ip_adapter="ip.bin", ip_image="ip.png", ip_scale=0.7, lora="l",
+                                    lora_uncond="prior", control_model="m", control_model_config="mc")),
+        ("generate", GenerateConfig(prior="p", out="o")),  # the defaults
+        ("edit", EditConfig(**shared, image="x.png", prompt="a cat", strength=0.3, method="invert", mask="m.png")),
+        ("edit", EditConfig(prior="p", out="o", image="x.png")),
+        ("convert", ConvertConfig(src="a", dst="b")),
+    ]
+
+
+@pytest.mark.parametrize("command,config", _generate_edit_convert_configs(), ids=lambda v: v if isinstance(v, str) else "")
+def test_generate_edit_convert_configs_round_trip_through_their_parsers(command, config):
+    from indomain.cli import build_parser
+    from indomain.cliargs import from_args
+
+    argv = [command, *_argv(config)]
+    assert from_args(type(config), build_parser(argv).parse_args(argv)) == config
+
+
+def _other_command_configs():
+    from indomain.demo import DemoConfig
+    from indomain.evaluate import EvalCommand, EvalConfig, ExtractorConfig, MethodFlags, Sweep
+    from indomain.export import ExportConfig
+    from indomain.cliargs import DryRun
+    from indomain.tune import TuneCommand
+    from indomain.ui import UIConfig
+    from indomain.world.benchmark import BenchmarkCommand
+    from indomain.world.cli import EvaluatorTrainingConfig
+
+    return [
+        (["tune", "--prior", "p", "--domain", "d", "--out", "o"],
+         [TuneCommand(prompts_file="a", probe_prompts_file="b", validation_prompts_file="c", dry_run=True)]),
+        (["tune", "--prior", "p", "--domain", "d", "--out", "o"], [TuneCommand()]),
+        (["world", "benchmark", "--prior", "p", "--out", "o"], [BenchmarkCommand(no_evaluators=True)]),
+        (["train", "--prior", "p", "--images", "i", "--output", "o"], [DryRun(True)]),
+        (["3d", "--prior", "p", "--prompt", "owl", "--out", "o"], [DryRun(True)]),
+        (["export"], [ExportConfig(domain="d", out="o", format="kohya", prior="p", allow_pickle=True)]),
+        (["export"], [ExportConfig(domain="d", out="o")]),
+        (["demo"], [DemoConfig(out="o", prior="p", train_steps=5, num_prompts=2, images_per_setting=3, sample_steps=4,
+                               seed=9, overwrite=True)]),
+        (["demo"], [DemoConfig()]),
+        (["ui"], [UIConfig(prior="p", domain=["d1", "d2"], controlnet="c", host="0.0.0.0", port=8000, data_root="r",
+                           out="u", device="cpu")]),
+        (["ui"], [UIConfig()]),
+        (["world", "train-evaluators"], [EvaluatorTrainingConfig(out="o", steps=3, batch_size=4, seed=5, validate=False,
+                                                                 threads=2)]),
+        (["world", "train-evaluators"], [EvaluatorTrainingConfig()]),
+        (["evaluate"], [EvalConfig(out="o"), Sweep((0.0, 1.5), (-1.0,)), ExtractorConfig("w.pth", None, "legacy-tf"),
+                        MethodFlags(prior="p", prior_config="pc", domain="d", unet="u", domain_prompt="x", name="n",
+                                    methods="m.json", allow_pickle=True),
+                        EvalCommand(prompts_file="p.txt", clip_text_file="c.txt", dry_run=True, json=True)]),
+        (["evaluate"], [EvalConfig(out="o"), Sweep(), ExtractorConfig(), MethodFlags(), EvalCommand()]),
+    ]
+
+
+@pytest.mark.parametrize("command,configs", _other_command_configs(),
+                         ids=lambda v: " ".join(v[:1 + (v[0] == "world")]) if isinstance(v[0], str) else "")
+def test_the_other_commands_configs_round_trip_through_their_parsers(command, configs):
+    """export, demo, ui, world train-evaluators, evaluate (its five option sets) and the flags beside a run's config
+    (tune's, benchmark's, --dry-run) read back what was written."""
+    from indomain.cli import build_parser
+    from indomain.cliargs import from_args
+
+    argv = [*command, *(a for config in configs for a in _argv(config))]
+    args = build_parser(argv).parse_args(argv)
+    for config in configs:
+        assert from_args(type(config), args) == config
+
+
+def test_evaluate_extractor_option_reads_its_seed_and_keeps_one_of_two():
+    from indomain.cli import build_parser
+    from indomain.cliargs import from_args
+    from indomain.evaluate import ExtractorConfig
+
+    argv = ["evaluate", "--out", "o", "--extractor", "random-conv:3"]
+    assert from_args(ExtractorConfig, build_parser(argv).parse_args(argv)) == ExtractorConfig(extractor=3)
+    with pytest.raises(SystemExit):  # still one feature network or the other
+        build_parser(argv).parse_args(argv + ["--inception-weights", "w.pth"])
+    with pytest.raises(SystemExit):  # and one source of prompts
+        build_parser(argv).parse_args(argv + ["--prompts", "a", "--prompts-file", "p.txt"])
+
+
+@pytest.mark.parametrize("argv,old,new", [
+    (["generate", "--prior", "p", "--out", "o"], ["--domain-scale", "3"], ["--domain-guidance-scale", "3"]),
+    (["edit", "--prior", "p", "--out", "o", "--image", "x"], ["--domain-scale", "0"], ["--domain-guidance-scale", "0"]),
+    (["3d", "--prior", "p", "--prompt", "owl", "--out", "o"], ["--domain-scale", "2"], ["--domain-guidance-scale", "2"]),
+    (["tune", "--prior", "p", "--domain", "d", "--out", "o"], ["--domain-scales", "0", "2"],
+     ["--domain-guidance-scales", "0", "2"]),
+    (["evaluate", "--prior", "p", "--out", "o"], ["--domain-scales", "1", "2"], ["--domain-guidance-scales", "1", "2"]),
+    (["distill", "--prior", "p", "--domain", "d", "--images", "i", "--output", "o"], ["--domain-scale-range", "1", "4"],
+     ["--domain-guidance-scale-range", "1", "4"]),
+    (["world", "benchmark", "--prior", "p", "--out", "o"], ["--domain-scales", "0", "2.5"],
+     ["--domain-guidance-scales", "0", "2.5"]),
+], ids=lambda v: " ".join(v[:2]) if isinstance(v, list) and v[0] in ("world",) else v[0] if isinstance(v, list) else "")
+def test_the_old_weight_flags_are_aliases_of_the_new(argv, old, new):
+    from indomain.cli import build_parser
+
+    parser = build_parser(argv)
+    assert vars(parser.parse_args(argv + old)) == vars(parser.parse_args(argv + new))
+    assert vars(parser.parse_args(argv + old)) != vars(parser.parse_args(argv))  # the alias did set the weight
+
+
+def test_generate_with_the_old_flag_makes_the_same_images(prior_and_domain, tmp_path):
+    prior, domain = prior_and_domain
+    common = ["generate", "--prior", str(prior), "--domain", str(domain), "--prompt", "a cat", "--num-images", "1",
+              "--steps", "2", "--scheduler", "ddim", "--guidance-form", "decoupled"]
+    assert main(common + ["--domain-scale", "1.5", "--out", str(tmp_path / "old")]) == 0
+    assert main(common + ["--domain-guidance-scale", "1.5", "--out", str(tmp_path / "new")]) == 0
+    image = {d: (tmp_path / d / "p00_seed000000.png").read_bytes() for d in ("old", "new")}
+    assert image["old"] == image["new"]
+    settings = json.loads((tmp_path / "new" / "settings.json").read_text())["settings"]
+    assert settings["domain_guidance_scale"] == settings["domain_scale"] == 1.5  # the record's older key kept
+    assert main(common + ["--domain-guidance-scale", "0", "--out", str(tmp_path / "w0")]) == 0
+    assert (tmp_path / "w0" / "p00_seed000000.png").read_bytes() != image["new"]  # the weight reached the pipeline
+
+
+def test_an_evaluate_methods_file_with_the_older_weight_key_still_reads(tmp_path):
+    from indomain.cli import build_parser
+    from indomain.evaluate import methods_from_args
+
+    methods = tmp_path / "methods.json"
+    methods.write_text(json.dumps([{"name": "ours", "domain": "d", "domain_scales": [1.5]},
+                                   {"name": "new", "domain": "d", "domain_guidance_scales": [2.0]}]))
+    argv = ["evaluate", "--prior", "p", "--methods", str(methods), "--out", str(tmp_path / "o")]
+    got = methods_from_args(build_parser(argv).parse_args(argv))
+    assert [m.domain_guidance_scales for m in got] == [[1.5], [2.0]]

@@ -50,7 +50,7 @@ def config(world, out, **kw):
 
 
 def settings(**kw):
-    return StudentSettings(domain_scale_range=(1.0, 5.0), guidance_scale_range=(1.0, 6.0),
+    return StudentSettings(domain_guidance_scale_range=(1.0, 5.0), guidance_scale_range=(1.0, 6.0),
                            embedding={"num_frequencies": 8, "hidden_dim": 256}, **kw)
 
 
@@ -176,7 +176,7 @@ def test_student_folder_round_trip(world, tmp_path, lora):
     assert files == ({"student_lora.safetensors"} if lora else {"config.json", "diffusion_pytorch_model.safetensors"}) | {
         "weight_embedding.safetensors", "student_config.json"}
     loaded, got = load_student(tmp_path / "s", InDomainPipeline.from_pretrained(world["prior"]).unet)
-    assert got.domain_scale_range == (1.0, 5.0) and (got.lora is not None) == lora
+    assert got.domain_guidance_scale_range == (1.0, 5.0) and (got.lora is not None) == lora
     x, t, text = torch.randn(2, 4, 16, 16), torch.tensor([10, 800]), torch.randn(2, 77, 32)
     w = weight_rows(2.0, 3.0, 2, x)
     with torch.no_grad():
@@ -184,11 +184,22 @@ def test_student_folder_round_trip(world, tmp_path, lora):
                               loaded(x, t, encoder_hidden_states=text, class_labels=w).sample, atol=1e-5)
 
 
+def test_a_student_config_with_the_older_range_key_still_reads(tmp_path):
+    import dataclasses
+
+    from indomain.student import STUDENT_CONFIG, read_settings
+
+    raw = dataclasses.asdict(settings())
+    raw["domain_scale_range"] = raw.pop("domain_guidance_scale_range")  # as `indomain distill` wrote it before
+    (tmp_path / STUDENT_CONFIG).write_text(json.dumps(raw))
+    assert read_settings(tmp_path).domain_guidance_scale_range == (1.0, 5.0)
+
+
 def test_distill_trains_saves_and_samples_in_one_call_per_step(world, tmp_path):
     out = distill(config(world, tmp_path / "run", validation_steps=4, validation_prompts=["a cat"],
                          num_validation_images=2, validation_inference_steps=2, domain_guidance_scale=2.0))
     saved = json.loads((out / "student_config.json").read_text())
-    assert saved["domain_scale_range"] == [1.0, 5.0] and saved["guidance_scale_range"] == [1.0, 6.0]
+    assert saved["domain_guidance_scale_range"] == [1.0, 5.0] and saved["guidance_scale_range"] == [1.0, 6.0]
     assert saved["teacher"]["num_prompts"] == 3 and saved["teacher"]["empty_prompt_share"] == 0.3
     recorded = json.loads((out / "train_config.json").read_text())
     assert recorded["domain"] == str(world["domain"]) and recorded["prompts"] == str(world["prompts"])
@@ -231,7 +242,7 @@ def test_lora_student_resumes_and_is_small(world, tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(domain_scale_range=[5.0, 1.0]), "--domain-scale-range must be two finite numbers LO <= HI"),
+    (dict(domain_guidance_scale_range=[5.0, 1.0]), "--domain-guidance-scale-range must be two finite numbers LO <= HI"),
     (dict(empty_prompt_share=1.5), r"--empty-prompt-share must be in \[0, 1\]"),
     (dict(prompts="missing.txt"), "--prompts 'missing.txt' is not a file"),
     (dict(domain="nowhere"), "--domain 'nowhere' is not a folder"),
@@ -257,7 +268,7 @@ def test_cli_end_to_end(world, tmp_path, capsys):
                "--steps", 2, "--domain-scale", 2, "--guidance-scale", 3, "--device", "cpu", "--out", gen, "-q") == 0
     assert (gen / "grid.png").is_file()
     record = json.loads((gen / "settings.json").read_text())
-    assert record["settings"]["distilled"] == str(out) and record["resolved"]["student"]["domain_scale_range"] == [1, 4]
+    assert record["settings"]["distilled"] == str(out) and record["resolved"]["student"]["domain_guidance_scale_range"] == [1, 4]
     capsys.readouterr()
     assert run("generate", "--prior", world["prior"], "--distilled", out, "--steps", 2, "--domain-scale", 4.5,
                "--device", "cpu", "--out", tmp_path / "gen2", "-q") == 2
@@ -282,7 +293,7 @@ def test_cli_options_and_dry_run(capsys):
             "--domain-scale-range", "0.5", "3", "--lora-rank", "4"]
     assert main(argv) == 0
     config = json.loads(capsys.readouterr().out)
-    assert config["domain_scale_range"] == [0.5, 3.0] and config["guidance_scale_range"] == [1.0, 6.0]
+    assert config["domain_guidance_scale_range"] == [0.5, 3.0] and config["guidance_scale_range"] == [1.0, 6.0]
     assert config["learning_rate"] == 1e-4 and config["empty_prompt_share"] == 0.2
 
 

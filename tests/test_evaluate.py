@@ -129,7 +129,7 @@ def test_sweep_writes_tables_plot_and_report(world, tmp_path):
     assert report.count("data:image/png;base64,") == 1 + 6  # plot + one grid per setting: self-contained
     assert "finetune_wd0_wc2.5" in report and "Command" in report and "torchmetrics" in report
     settings = json.loads((out / "settings.json").read_text())["settings"]
-    assert settings["sweep"] == {"domain_scales": [0, 2.5], "guidance_scales": [0, 2.5]}
+    assert settings["sweep"] == {"domain_guidance_scales": [0, 2.5], "guidance_scales": [0, 2.5]}
     assert settings["methods"][1]["unet"] == str(world["finetune"]) and settings["num_processes"] == 1
 
 

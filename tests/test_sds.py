@@ -28,7 +28,7 @@ def pipe():
 
 
 def test_the_sds_gradient_is_w_t_times_eps_hat_minus_eps(pipe):
-    config = SDSConfig(guidance_scale=3.0, domain_scale=1.5, view_dependent=False)
+    config = SDSConfig(guidance_scale=3.0, domain_guidance_scale=1.5, view_dependent=False)
     sds = ScoreDistillation(pipe, config)
     z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     t = torch.tensor([200, 700])
@@ -116,7 +116,7 @@ def test_2d_score_distillation_pulls_an_image_to_what_the_prior_knows(pipe):
     assert probe_loss() < 0.8 * before
 
     # the same loop with the real tiny UNets (prior + domain + control): the gradients reach the image, finite
-    sds = ScoreDistillation(pipe, SDSConfig(guidance_scale=7.5, domain_scale=2.5))
+    sds = ScoreDistillation(pipe, SDSConfig(guidance_scale=7.5, domain_guidance_scale=2.5))
     image.grad = None
     sds(image, "red apple", torch.tensor([10.0]), torch.tensor([120.0]), generator=gen)["loss_sds"].backward()
     assert torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0
@@ -173,6 +173,6 @@ def test_3d_command_line(tmp_path, capsys):
     assert main(["3d", "--prior", "p", "--prompt", "owl", "--out", str(tmp_path / "o"), "--domain-scale", "2",
                  "--elevation-range", "0", "20", "--no-view-dependent", "--dry-run"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["elevation_range"] == [0.0, 20.0] and shown["view_dependent"] is False and shown["domain_scale"] == 2.0
+    assert shown["elevation_range"] == [0.0, 20.0] and shown["view_dependent"] is False and shown["domain_guidance_scale"] == 2.0
     assert main(["3d", "--prior", "p", "--prompt", "owl", "--out", str(tmp_path / "o"), "--domain-scale", "2"]) == 2
     assert "no --domain model" in capsys.readouterr().err and not (tmp_path / "o").exists()

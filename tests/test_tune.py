@@ -188,7 +188,7 @@ def test_tune_with_a_stand_in_scorer_reports_binomial_errors(world, tmp_path):
     preset = T.TunePreset(scorer, control="bright", fidelity="redness", fidelity_higher_is_better=True,
                           share_columns=("bright",), probe_prompts=["a cat", "a dog"], validation_prompts=["a hat"])
     config = T.TuneConfig(prior=str(world["prior"]), domain=str(world["domain"]), out=str(tmp_path / "t"),
-                          domain_scales=[1.0, 2.5], guidance_scales=[2.5], keep=0.01, num_images=4)
+                          domain_guidance_scales=[1.0, 2.5], guidance_scales=[2.5], keep=0.01, num_images=4)
     protocol = T.EvalConfig(out=config.out, steps=2, batch_size=4)
     result = T.tune(config, protocol, preset=preset)
     # the grid lacks w_d = 0: the prior's reference is added as its own method

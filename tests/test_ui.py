@@ -59,7 +59,7 @@ def test_the_page_functions_confine_what_they_read(tmp_path):
 
     (tmp_path / "root").mkdir()
     (tmp_path / "outside").mkdir()
-    config = ui.UIConfig({"p": "/somewhere/prior"}, {}, (tmp_path / "root").resolve(), (tmp_path / "root" / "out"))
+    config = ui.UISetup({"p": "/somewhere/prior"}, {}, (tmp_path / "root").resolve(), (tmp_path / "root" / "out"))
     assert ui._pick("p", config.priors, config.data_root, "prior") == "/somewhere/prior"  # the operator's choice
     with pytest.raises(OutsideDataRoot):
         ui._pick(str(tmp_path / "outside"), config.priors, config.data_root, "prior")
@@ -240,7 +240,7 @@ def page(tmp_path):
 
     root = (tmp_path / "root").resolve()
     root.mkdir()
-    return ui.UIConfig({ui.SHIPPED_PRIOR: str(emoji_prior_dir())}, {}, root, root / "outputs" / "ui", "cpu")
+    return ui.UISetup({ui.SHIPPED_PRIOR: str(emoji_prior_dir())}, {}, root, root / "outputs" / "ui", "cpu")
 
 
 def test_generate_writes_what_indomain_generate_writes(page):

@@ -18,7 +18,7 @@ from indomain.world.benchmark import (
 def test_defaults_follow_the_protocol_and_the_demo_is_a_smoke_run():
     config = BenchmarkConfig(prior="p", out="o")
     assert config.images_per_setting >= 96 and len(set(config.seeds)) >= 2 and not config.smoke
-    assert len([w for w in config.domain_scales if w > 0]) >= 2 and 0.0 in config.domain_scales  # a w_d sweep + prior
+    assert len([w for w in config.domain_guidance_scales if w > 0]) >= 2 and 0.0 in config.domain_guidance_scales  # a w_d sweep + prior
     assert len(config.guidance_scales) >= 2 and len(config.baseline_scales) >= 2
     demo = BenchmarkConfig.demo(prior="p", out="o")
     assert demo.smoke and demo.images_per_setting < config.images_per_setting
@@ -81,7 +81,7 @@ def test_shortened_benchmark_trains_every_method_and_writes_results(tmp_path):
 
     config = BenchmarkConfig(prior=str(prior), out=str(tmp_path / "bench"), train_steps=2, train_batch_size=4,
                              num_domain_images=8, num_prompts=2, images_per_setting=4, seeds=[0, 1], sample_steps=2,
-                             domain_scales=[0.0, 2.5], guidance_scales=[2.5], baseline_scales=[2.5])
+                             domain_guidance_scales=[0.0, 2.5], guidance_scales=[2.5], baseline_scales=[2.5])
     out = run_benchmark(config, scorer=scorer)
     for name in ["ours", "finetune", "finetune-lora"]:
         assert (out / name / "config.json").is_file(), name

@@ -9,12 +9,22 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
 
 from . import console
-from .cliargs import expand_home
+from .cliargs import add_options, expand_home, from_args, option
 from .generate import DESCRIPTION, add_edit_parser, add_generate_parser
+
+@dataclass
+class ConvertConfig:
+    """Every setting of `indomain convert` (each field is also its argument)."""
+
+    src: str = option(help="source folder (a pipeline with model_index.json, or a single model with config.json)",
+                      positional=True)
+    dst: str = option(help="destination folder (new or empty)", positional=True)
+
 
 def add_convert_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser(
@@ -24,21 +34,25 @@ def add_convert_parser(sub: argparse._SubParsersAction, help: str) -> None:
         "torch.load(weights_only=True), which refuses anything but tensors; a file that holds more is refused "
         "with its name. Works on pipeline folders, single model folders and folders that mix both formats.",
     )
-    p.add_argument("src", help="source folder (a pipeline with model_index.json, or a single model with config.json)")
-    p.add_argument("dst", help="destination folder (new or empty)")
+    add_options(p, ConvertConfig)
     p.set_defaults(func=cmd_convert)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    return convert(from_args(ConvertConfig, args))
+
+
+def convert(config: ConvertConfig) -> int:
+    """`indomain convert`: SRC copied to DST with every pickle weights file re-saved as safetensors."""
     from .outputs import claim_output_dir
     from .safeload import convert_folder
 
-    if not Path(args.src).is_dir():
-        raise FileNotFoundError(f"{args.src!r} is not a folder")
-    claim_output_dir(args.dst, "convert", inputs={"SRC": args.src}, flag="DST", overwrite_flag=None)
-    for line in convert_folder(args.src, args.dst):
+    if not Path(config.src).is_dir():
+        raise FileNotFoundError(f"{config.src!r} is not a folder")
+    claim_output_dir(config.dst, "convert", inputs={"SRC": config.src}, flag="DST", overwrite_flag=None)
+    for line in convert_folder(config.src, config.dst):
         console.info(line)
-    print(f"saved safetensors copy of {args.src} to {args.dst}")
+    print(f"saved safetensors copy of {config.src} to {config.dst}")
     return 0
 
 

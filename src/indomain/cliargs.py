@@ -74,18 +74,29 @@ def positive_float(text: str) -> float:
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None, type: Callable | None = None,
-           choices: Sequence[str] | None = None, nargs: str | None = None, metavar: str | None = None) -> Any:
+           choices: Sequence[str] | None = None, nargs: str | None = None, metavar: str | None = None,
+           action: str | None = None, aliases: Sequence[str] | None = None, positional: bool = False) -> Any:
     """A dataclass field that is also a command-line option; no ``default`` makes the option required.
 
     ``flag`` replaces the default spelling ``--field-name`` (for a bool that defaults to True: ``--no-field-name``,
-    which sets it False); ``type`` validates the value (for a list, each item; default: the field's int/float/str).
-    A list default is copied for each instance.
+    which sets it False; ``positional``: an argument named by its place, no flag); ``aliases`` are further spellings
+    the option accepts (an old name kept so scripts keep working); ``type`` validates the value (for a list, each
+    item; default: the field's int/float/str); ``action="append"`` makes a list option repeatable (``--x A --x B``)
+    instead of taking several values at once. A list default is copied for each instance.
     """
-    meta = {"help": help, "flag": flag, "type": type, "choices": choices, "nargs": nargs, "metavar": metavar}
+    meta = {"help": help, "flag": flag, "type": type, "choices": choices, "nargs": nargs, "metavar": metavar,
+            "action": action, "aliases": tuple(aliases) if aliases else None, "positional": positional or None}
     meta = {k: v for k, v in meta.items() if v is not None}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass
+class DryRun:
+    """The ``--dry-run`` switch of a command that can print its resolved configuration instead of running."""
+
+    dry_run: bool = option(False, "print the resolved configuration as JSON and exit")
 
 
 def _value_type(hint: Any) -> tuple[Any, bool]:
@@ -101,7 +112,8 @@ def _value_type(hint: Any) -> tuple[Any, bool]:
 def add_options(parser: Any, cls: type, names: Iterable[str] | None = None) -> dict[str, argparse.Action]:
     """Add an option to ``parser`` (or argument group) for each field of dataclass ``cls``, or for the fields ``names``.
 
-    Each option stores into ``args.<field name>``; the help shows the default unless it already speaks of one.
+    Each option stores into ``args.<field name>``; the help shows the default unless it already speaks of one or it
+    is None.
     Returns the new actions by field name.
     """
     hints = typing.get_type_hints(cls)
@@ -112,23 +124,31 @@ def add_options(parser: Any, cls: type, names: Iterable[str] | None = None) -> d
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         kind, is_sequence = _value_type(hints[name])
         kw: dict[str, Any] = {"dest": name, "help": meta["help"]}
+        aliases = meta.get("aliases", ())
+        if aliases:  # the usage line lists them too; the help says which spelling is the name
+            kw["help"] += f" ({', '.join(aliases)}: {'aliases' if len(aliases) > 1 else 'an alias'} kept from before)"
         if kind is bool:  # a switch that turns the default around
             flag = meta.get("flag") or "--" + ("no-" if default else "") + name.replace("_", "-")
-            actions[name] = parser.add_argument(flag, action="store_false" if default else "store_true", **kw)
+            actions[name] = parser.add_argument(flag, *aliases, action="store_false" if default else "store_true", **kw)
             continue
         kw["type"] = meta.get("type") or (kind if kind in (int, float) else None)
         for key in ("choices", "metavar"):
             if key in meta:
                 kw[key] = meta[key]
-        if is_sequence:
+        if "action" in meta:
+            kw["action"] = meta["action"]
+        elif is_sequence:
             kw["nargs"] = meta.get("nargs", "+")
-        if default is dataclasses.MISSING:
+        flag = meta.get("flag") or "--" + name.replace("_", "-")
+        if meta.get("positional"):  # argparse takes a positional's dest from its name, and requires it
+            flag = kw.pop("dest")
+        elif default is dataclasses.MISSING:
             kw["required"] = True
-        else:
+        if default is not dataclasses.MISSING:
             kw["default"] = list(default) if is_sequence and default is not None else default
-            if "default" not in kw["help"]:
+            if "default" not in kw["help"] and default is not None:  # None: not given, which says nothing
                 kw["help"] += " (default: %(default)s)"
-        actions[name] = parser.add_argument(meta.get("flag") or "--" + name.replace("_", "-"), **kw)
+        actions[name] = parser.add_argument(flag, *aliases, **kw)
     return actions
 
 
@@ -145,9 +165,9 @@ def from_args(cls: type[T], args: argparse.Namespace) -> T:
     return cls(**values)
 
 
-def require_domain_for_weight(domain_scale: float, domain: object) -> None:
-    """The flags' check, before any model loads: a nonzero ``--domain-scale`` needs a ``--domain`` model (the
+def require_domain_for_weight(domain_guidance_scale: float, domain: object) -> None:
+    """The flags' check, before any model loads: a nonzero ``--domain-guidance-scale`` needs a ``--domain`` model (the
     pipeline's own check, `InDomainPipeline.check_domain_weight`, covers Python callers)."""
-    if domain_scale != 0 and domain is None:
-        raise ValueError(f"--domain-scale is {domain_scale:g} but no --domain model was given "
-                         "(pass --domain DIR or --domain-scale 0)")
+    if domain_guidance_scale != 0 and domain is None:
+        raise ValueError(f"--domain-guidance-scale is {domain_guidance_scale:g} but no --domain model was given "
+                         "(pass --domain DIR or --domain-guidance-scale 0)")

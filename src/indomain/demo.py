@@ -14,15 +14,38 @@ standard errors and seed ranges) is ``indomain world benchmark --prior PRIOR --o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import html
 import time
 from pathlib import Path
+from typing import Any
 
 from . import console
-from .cliargs import add_options
+from .cliargs import add_options, from_args, option
 from .world.benchmark import BenchmarkConfig
 
 DEMO_OPTIONS = ("train_steps", "num_prompts", "images_per_setting", "sample_steps", "seed", "overwrite")  # the rest: preset
+_PRESET = BenchmarkConfig.demo(prior="", out="")
+
+
+def _benchmark_option(name: str) -> Any:
+    """The benchmark's option (its help and value type) with the demo preset's default: one home for each help."""
+    meta = next(f.metadata for f in dataclasses.fields(BenchmarkConfig) if f.name == name)
+    return dataclasses.field(default=getattr(_PRESET, name), metadata=meta)
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    """Every setting of `indomain demo` (each field is also its option); the rest is `BenchmarkConfig.demo`'s preset."""
+
+    out: str = option("outputs/demo", "output folder")
+    prior: str | None = option(None, "emoji prior pipeline folder (default: the shipped one)")
+    train_steps: int = _benchmark_option("train_steps")
+    num_prompts: int = _benchmark_option("num_prompts")
+    images_per_setting: int = _benchmark_option("images_per_setting")
+    sample_steps: int = _benchmark_option("sample_steps")
+    seed: int = _benchmark_option("seed")
+    overwrite: bool = _benchmark_option("overwrite")
 
 
 def run_demo(out: Path, train_steps: int, num_prompts: int, images_per_setting: int, sample_steps: int, seed: int,
@@ -99,10 +122,12 @@ def _real(out: Path, n: int) -> list:
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser("demo", help=help, description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="outputs/demo", help="output folder (default: %(default)s)")
-    p.add_argument("--prior", default=None, help="emoji prior pipeline folder (default: the shipped one)")
-    add_options(p, BenchmarkConfig, DEMO_OPTIONS)
-    preset = BenchmarkConfig.demo(prior="", out="")
-    p.set_defaults(**{name: getattr(preset, name) for name in DEMO_OPTIONS})  # also the defaults --help shows
-    p.set_defaults(func=lambda a: run_demo(Path(a.out), a.train_steps, a.num_prompts, a.images_per_setting,
-                                           a.sample_steps, a.seed, a.prior, overwrite=a.overwrite) and 0)
+    add_options(p, DemoConfig)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    c = from_args(DemoConfig, args)
+    run_demo(Path(c.out), c.train_steps, c.num_prompts, c.images_per_setting, c.sample_steps, c.seed, c.prior,
+             overwrite=c.overwrite)
+    return 0

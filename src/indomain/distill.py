@@ -13,7 +13,7 @@ adapters with ``--lora-rank``) with a zero-initialised embedding of ``(w_d, w_c)
 
 Each training row: a domain image from the latent cache, noised as `indomain train` noises it; a prompt from
 ``--prompts`` (one per line) or, with probability ``--empty-prompt-share``, the empty prompt (so unconditional
-in-domain generation is kept); weights drawn uniformly from ``--domain-scale-range`` and ``--guidance-scale-range``.
+in-domain generation is kept); weights drawn uniformly from ``--domain-guidance-scale-range`` and ``--guidance-scale-range``.
 The run is `indomain.train`'s loop (accelerate, latent cache, EMA, checkpoints, exact ``--resume``, the claimed
 output folder, validation grids); only the objective differs (`DistillObjective`).
 """
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .cliargs import add_options, finite_float, from_args, option, positive_float, positive_int
+from .cliargs import DryRun, add_options, finite_float, from_args, option, positive_float, positive_int
 from .console import progress
 from .outputs import atomic_write_text, to_json
 from .train import (LatentBatches, Objective, TrainConfig, _no_grad, _train_inputs, add_lora, denoising_loss,
@@ -48,8 +48,9 @@ class DistillConfig(TrainConfig):
                                  "uses the empty prompt, an unconditional-only student)")
     empty_prompt_share: float = option(0.2, "share of training rows with the empty prompt, in [0, 1], so unconditional "
                                        "in-domain generation is kept", type=finite_float)
-    domain_scale_range: list[float] = option([1.0, 5.0], "range of w_d the student learns (sampling refuses weights "
-                                             "outside it)", type=finite_float, nargs=2, metavar=("LO", "HI"))
+    domain_guidance_scale_range: list[float] = option([1.0, 5.0], "range of w_d the student learns (sampling refuses "
+                                                      "weights outside it)", type=finite_float, nargs=2,
+                                                      metavar=("LO", "HI"), aliases=["--domain-scale-range"])
     guidance_scale_range: list[float] = option([1.0, 6.0], "range of w_c the student learns (sampling refuses weights "
                                                "outside it)", type=finite_float, nargs=2, metavar=("LO", "HI"))
     objective: str = option("guidance", "what the student learns: guidance (the teacher's guided prediction, Meng et "
@@ -66,7 +67,7 @@ class DistillConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("domain_scale_range", "guidance_scale_range"):
+        for name in ("domain_guidance_scale_range", "guidance_scale_range"):
             value = getattr(self, name)
             if len(value) != 2 or not all(math.isfinite(v) for v in value) or value[0] > value[1]:
                 raise ValueError(f"--{name.replace('_', '-')} must be two finite numbers LO <= HI, got {value!r}")
@@ -81,7 +82,8 @@ class DistillConfig(TrainConfig):
         if self.baseline or self.snr_gamma is not None or self.push_to_hub:
             raise ValueError("distillation has no --baseline, --snr-gamma or --push-to-hub")
         if self.validation_steps:
-            for name, value, (lo, hi) in (("--domain-guidance-scale", self.domain_guidance_scale, self.domain_scale_range),
+            for name, value, (lo, hi) in (("--domain-guidance-scale", self.domain_guidance_scale,
+                                           self.domain_guidance_scale_range),
                                           ("--guidance-scale", self.guidance_scale, self.guidance_scale_range)):
                 if not lo <= value <= hi:
                     raise ValueError(f"{name} {value} (the validation grids' weight) is outside the trained range "
@@ -90,7 +92,8 @@ class DistillConfig(TrainConfig):
 
 # the options of `indomain distill`: TrainConfig's that apply to a student, then DistillConfig's own
 OPTIONS = ("prior", "domain", "images", "prompts", "output", "objective", "num_ddim_timesteps", "empty_prompt_share",
-           "domain_scale_range", "guidance_scale_range", "lora_rank", "lora_alpha", "resolution", "center_crop",
+           "domain_guidance_scale_range", "guidance_scale_range", "lora_rank", "lora_alpha", "resolution",
+           "center_crop",
            "random_flip", "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "learning_rate",
            "lr_scheduler", "lr_warmup_steps", "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon",
            "use_8bit_adam", "max_grad_norm", "use_ema", "ema_decay", "mixed_precision", "gradient_checkpointing",
@@ -204,7 +207,7 @@ class DistillObjective(Objective):
         pick = per_sample(gens, lambda m, g: torch.randint(0, max(n, 1), (m,), generator=g))
         null = self.null.expand(b, *self.null.shape[1:])
         text = torch.where(empty.view(-1, 1, 1).to(device), null, self.prompts[pick.to(device)] if n else null)
-        (lo_d, hi_d), (lo_c, hi_c) = config.domain_scale_range, config.guidance_scale_range
+        (lo_d, hi_d), (lo_c, hi_c) = config.domain_guidance_scale_range, config.guidance_scale_range
         w_d = (lo_d + (hi_d - lo_d) * per_sample(gens, lambda m, g: torch.rand(m, generator=g))).to(device)
         w_c = (lo_c + (hi_c - lo_c) * per_sample(gens, lambda m, g: torch.rand(m, generator=g))).to(device)
         with torch.no_grad():
@@ -246,7 +249,8 @@ class DistillObjective(Objective):
 
         config = self.config
         return StudentSettings(
-            domain_scale_range=tuple(config.domain_scale_range), guidance_scale_range=tuple(config.guidance_scale_range),
+            domain_guidance_scale_range=tuple(config.domain_guidance_scale_range),
+            guidance_scale_range=tuple(config.guidance_scale_range),
             embedding=self.embedding.config(), lora=self.lora, objective=config.objective,
             original_inference_steps=config.num_ddim_timesteps if config.objective == "consistency" else None,
             teacher={"prior": config.prior, "domain": config.domain, "prompts": config.prompts,
@@ -273,7 +277,7 @@ class DistillObjective(Objective):
 
 The prior `{config.prior}` with the domain model `{config.domain}` under Eq. A (decoupled guidance), distilled by
 `indomain distill` into one UNet call per step ({'LoRA rank ' + str(config.lora_rank) if config.lora_rank else 'all weights'};
-{num_images} domain images, {steps} optimizer steps). Trained weight ranges: w_d in {config.domain_scale_range},
+{num_images} domain images, {steps} optimizer steps). Trained weight ranges: w_d in {config.domain_guidance_scale_range},
 w_c in {config.guidance_scale_range}. Every setting is in `train_config.json` and `student_config.json`.
 
 ```python
@@ -293,7 +297,7 @@ def distill(config: DistillConfig, on_step: Callable[[int], None] | None = None)
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser("distill", help=help, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p, DistillConfig, OPTIONS)
-    p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
+    add_options(p, DryRun)
     p.set_defaults(func=cmd_distill)
 
 
@@ -301,7 +305,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     config = from_args(DistillConfig, args)
-    if args.dry_run:
+    if from_args(DryRun, args).dry_run:
         print(to_json(dataclasses.asdict(config), indent=2))
         return 0
     out = distill(config)

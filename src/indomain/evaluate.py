@@ -1,9 +1,9 @@
 """`indomain evaluate`: fidelity and controllability of generator settings, measured the way the field does.
 
     indomain evaluate --prior SD15 --domain DOMAIN --real FFHQ --inception-weights W.pth \\
-        --num-images 10000 --domain-scales 1.5 1.75 2 2.25 2.5 --out runs/ffhq-eval
+        --num-images 10000 --domain-guidance-scales 1.5 1.75 2 2.25 2.5 --out runs/ffhq-eval
     indomain evaluate ... --prompts-file prompts.txt --clip-text-file controls.txt --clip-model CLIP-L14 \\
-        --domain-scales 0 1 2.5 --guidance-scales 0 2.5 5                       # fidelity-controllability curve
+        --domain-guidance-scales 0 1 2.5 --guidance-scales 0 2.5 5              # fidelity-controllability curve
     accelerate launch --multi_gpu --num_processes 8 -m indomain.cli evaluate ...   # same images, sharded
 
 A *method* is a named generator (prior, optional domain model, optional UNet override); a *setting* is a method
@@ -52,9 +52,12 @@ if TYPE_CHECKING:  # torch, numpy and the metrics load in the functions that use
     from .metrics import FeatureStats, MetricResult
 
 __all__ = [
+    "EvalCommand",
     "EvalConfig",
     "EvalResult",
+    "ExtractorConfig",
     "Method",
+    "MethodFlags",
     "Scorer",
     "Setting",
     "Sweep",
@@ -63,6 +66,7 @@ __all__ = [
     "evaluate",
     "extractor_from_args",
     "generate_batch",
+    "load_extractor",
     "load_method",
     "read_lines",
     "result_record",
@@ -90,8 +94,8 @@ class Method:
     * rectified CFG / Domain Guidance: ``domain=<fine-tuned text UNet folder>``, ``domain_prompt=<its caption>``,
       ``guidance_scales=(0,)``.
 
-    ``domain`` and ``unet`` are folders or model instances. ``domain_scales`` / ``guidance_scales`` replace the
-    sweep's weights for this method only.
+    ``domain`` and ``unet`` are folders or model instances. ``domain_guidance_scales`` / ``guidance_scales`` replace
+    the sweep's weights for this method only.
     """
 
     name: str
@@ -101,7 +105,7 @@ class Method:
     domain_prompt: str | None = None
     weighted_prompts: list[tuple[str, float]] | None = None
     prompt_template: str = "{}"  # how this method phrases a prompt, e.g. "openmoji style, {}" for a captioned fine-tune
-    domain_scales: Sequence[float] | None = None
+    domain_guidance_scales: Sequence[float] | None = None
     guidance_scales: Sequence[float] | None = None
     allow_pickle: bool = False
     guidance_form: str = "decoupled"  # the pipeline's guidance_form: "decoupled" (Eq. A) or "domain-text"
@@ -122,13 +126,16 @@ class Method:
 class Sweep:
     """The grid of weights: every domain weight w_d times every control weight w_c."""
 
-    domain_scales: Sequence[float] = (2.5,)
-    guidance_scales: Sequence[float] = (2.5,)
+    domain_guidance_scales: Sequence[float] = option((2.5,), "domain weights w_d (default: %(default)s; methods "
+                                                     "without a domain model use 0)", type=finite_float, metavar="W",
+                                                     aliases=["--domain-scales"])
+    guidance_scales: Sequence[float] = option((2.5,), "control weights w_c (default: %(default)s; unconditional runs "
+                                              "use 0)", type=finite_float, metavar="W")
 
     def weights(self, method: Method, conditional: bool) -> list[tuple[float, float]]:
         """The (w_d, w_c) pairs of ``method``. A term that does not exist has weight 0: no domain model means
         w_d = 0, no prompts means w_c = 0 (the pairs are then deduplicated)."""
-        domain = method.domain_scales if method.domain_scales is not None else self.domain_scales
+        domain = self.domain_guidance_scales if method.domain_guidance_scales is None else method.domain_guidance_scales
         control = method.guidance_scales if method.guidance_scales is not None else self.guidance_scales
         domain = domain if method.domain is not None else [0.0]
         control = control if conditional else [0.0]
@@ -523,6 +530,95 @@ def _random_conv_seed(text: str) -> int:
     return int(seed)
 
 
+@dataclass
+class MethodFlags:
+    """The method flags of `indomain evaluate`: one method, or several from a ``--methods`` file (`methods`)."""
+
+    prior: str | None = option(None, "prior pipeline folder or hub id (e.g. Stable Diffusion 1.5), or a single-file "
+                               ".safetensors checkpoint (with --prior-config); required without --methods")
+    prior_config: str | None = option(None, "for a single-file --prior: a diffusers folder of the same model (its "
+                                      "configs, tokenizers and scheduler; its weights are not read)", metavar="DIR")
+    domain: str | None = option(None, "domain model folder: a NullTextUNet (ours) or a text-conditioned fine-tune "
+                                "(rectified / Domain Guidance) (default: none, w_d = 0)")
+    unet: str | None = option(None, "fine-tuned text-conditioned UNet folder that replaces the prior's UNet "
+                              "(conventional fine-tune + CFG) (default: the prior's)")
+    domain_prompt: str | None = option(None, "text for a text-conditioned --domain model, e.g. its training caption "
+                                       "(default: the prompt)")
+    name: str | None = option(None, "method name in tables and plot (default: ours with --domain, finetune with "
+                              "--unet, else prior)")
+    methods: str | None = option(None, "JSON list of methods, each with Method fields: name, prior (default --prior), "
+                                 "domain, unet, domain_prompt, weighted_prompts, domain_guidance_scales, "
+                                 "guidance_scales, allow_pickle, prior_config (default --prior-config when prior is "
+                                 "--prior's); domain_scales, the older name, is read as domain_guidance_scales",
+                                 metavar="FILE.json")
+    allow_pickle: bool = option(False, "allow pickle checkpoints (weights_only loading); only for files you trust")
+
+    def resolve(self) -> list[Method]:
+        """The methods these flags name: the ``--methods`` file's (the flags fill what an entry leaves out), else one."""
+        if self.methods:
+            return [self._from_entry(entry) for entry in self._entries()]
+        if self.prior is None:
+            raise ValueError("pass --prior (or --methods FILE.json)")
+        name = self.name or ("ours" if self.domain else "finetune" if self.unet else "prior")
+        return [Method(name=name, prior=self.prior, domain=self.domain, unet=self.unet, domain_prompt=self.domain_prompt,
+                       allow_pickle=self.allow_pickle, prior_config=self.prior_config)]
+
+    def _entries(self) -> list[dict[str, Any]]:
+        assert self.methods is not None
+        entries = json.loads(Path(self.methods).read_text())
+        if not isinstance(entries, list) or not entries:
+            raise ValueError(f"{self.methods}: expected a non-empty JSON list of methods")
+        return entries
+
+    def _from_entry(self, entry: dict[str, Any]) -> Method:
+        known = {f.name for f in dataclasses.fields(Method)}
+        if "domain_scales" in entry:  # the field's name before the rename: files written for it still work
+            entry.setdefault("domain_guidance_scales", entry.pop("domain_scales"))
+        unknown = set(entry) - known
+        if unknown:
+            raise ValueError(f"{self.methods}: unknown method fields {sorted(unknown)}; known: {sorted(known)}")
+        if "prior" not in entry:
+            entry.setdefault("prior_config", self.prior_config)
+        entry.setdefault("prior", self.prior)
+        entry.setdefault("allow_pickle", self.allow_pickle)
+        if entry["prior"] is None:
+            raise ValueError(f"{self.methods}: method {entry.get('name')!r} has no prior and --prior is not given")
+        return Method(**entry)
+
+
+@dataclass
+class ExtractorConfig:
+    """The FID/KID feature network's options (`indomain evaluate` and `indomain tune`): Inception or random-conv."""
+
+    inception_weights: str | None = option(None, "FID Inception weights file (pt_inception-2015-12-05-6726825d.pth or "
+                                           "weights-inception-2015-12-05-6726825d.pth); needed with --real",
+                                           metavar="FILE")
+    extractor: int | None = option(None, "instead of Inception: a fixed random conv net, for smoke tests/CI only (its "
+                                   "'FID' is not comparable with any published FID)", type=_random_conv_seed,
+                                   metavar="random-conv:SEED")
+    inception_resize: str = option("antialias", "Inception's internal resize to 299 (default: %(default)s, "
+                                   "torchmetrics>=1.8; legacy-tf = TF FID/torch-fidelity)",
+                                   choices=["antialias", "legacy-tf"])
+
+    def record(self) -> dict[str, Any]:
+        """The dry run's ``extractor`` entry (its keys predate this class)."""
+        return {"inception_weights": self.inception_weights, "inception_resize": self.inception_resize,
+                "random_conv_seed": self.extractor}
+
+
+@dataclass
+class EvalCommand:
+    """The flags of `indomain evaluate` around its `EvalConfig`: text files read into it, and what is printed."""
+
+    prompts_file: str | None = option(None, "text file with one prompt per line (blank lines skipped)", metavar="FILE")
+    clip_text_file: str | None = option(None, "scored texts, one per line, aligned with the prompts file",
+                                        metavar="FILE")
+    dry_run: bool = option(False, "print the resolved configuration (config, methods, sweep, extractor) as JSON and "
+                           "exit")
+    json: bool = option(False, "print the results rows and the output paths as JSON on stdout instead of the summary "
+                        "line, for scripts")
+
+
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     from .schedulers import SCHEDULERS
 
@@ -532,27 +628,12 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g = p.add_argument_group("method (one from these flags, or several from --methods)")
-    g.add_argument("--prior", default=None, help="prior pipeline folder or hub id (e.g. Stable Diffusion 1.5), or a "
-                   "single-file .safetensors checkpoint (with --prior-config); required without --methods")
-    g.add_argument("--prior-config", default=None, metavar="DIR",
-                   help="for a single-file --prior: a diffusers folder of the same model (its configs, tokenizers and "
-                        "scheduler; its weights are not read)")
-    g.add_argument("--domain", default=None, help="domain model folder: a NullTextUNet (ours) or a text-conditioned fine-tune (rectified / Domain Guidance) (default: none, w_d = 0)")
-    g.add_argument("--unet", default=None, help="fine-tuned text-conditioned UNet folder that replaces the prior's UNet (conventional fine-tune + CFG) (default: the prior's)")
-    g.add_argument("--domain-prompt", default=None, help="text for a text-conditioned --domain model, e.g. its training caption (default: the prompt)")
-    g.add_argument("--name", default=None, help="method name in tables and plot (default: ours with --domain, finetune with --unet, else prior)")
-    g.add_argument("--methods", default=None, metavar="FILE.json",
-                   help="JSON list of methods, each with Method fields: name, prior (default --prior), domain, unet, "
-                        "domain_prompt, weighted_prompts, domain_scales, guidance_scales, allow_pickle, prior_config "
-                        "(default --prior-config when prior is --prior's)")
-    g.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (weights_only loading); only for files you trust")
+    add_options(p.add_argument_group("method (one from these flags, or several from --methods)"), MethodFlags)
     g = p.add_argument_group("sweep and sampling")
-    g.add_argument("--domain-scales", type=finite_float, nargs="+", default=[2.5], metavar="W", help="domain weights w_d (default: %(default)s; methods without a domain model use 0)")
-    g.add_argument("--guidance-scales", type=finite_float, nargs="+", default=[2.5], metavar="W", help="control weights w_c (default: %(default)s; unconditional runs use 0)")
-    prompts = g.add_mutually_exclusive_group()
+    add_options(g, Sweep)
+    prompts = g.add_mutually_exclusive_group()  # --prompts or --prompts-file
     add_options(prompts, EvalConfig, ["prompts"])
-    prompts.add_argument("--prompts-file", default=None, metavar="FILE", help="text file with one prompt per line (blank lines skipped)")
+    add_options(prompts, EvalCommand, ["prompts_file"])
     sampling = add_options(g, EvalConfig, ["num_images", "seed", "scheduler", "steps", "batch_size", "height", "width", "dtype"])
     sampling["scheduler"].help += f"; one of {', '.join(SCHEDULERS)}"  # the names live in schedulers.py (imports diffusers)
     g = p.add_argument_group("metrics")
@@ -560,35 +641,35 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     add_extractor_options(g)
     add_options(g, EvalConfig, ["resolution", "metrics", "kid_subset_size", "kid_subsets", "stats_cache", "use_stats_cache",
                                 "clip_model"])
-    clip = g.add_mutually_exclusive_group()
+    clip = g.add_mutually_exclusive_group()  # --clip-text or --clip-text-file
     add_options(clip, EvalConfig, ["clip_texts"])
-    clip.add_argument("--clip-text-file", default=None, metavar="FILE", help="scored texts, one per line, aligned with the prompts file")
+    add_options(clip, EvalCommand, ["clip_text_file"])
     g = p.add_argument_group("output")
     add_options(g, EvalConfig, ["out", "overwrite", "plot_x", "plot_y", "grid_images"])
-    g.add_argument("--dry-run", action="store_true", help="print the resolved configuration (config, methods, sweep, extractor) as JSON and exit")
-    g.add_argument("--json", action="store_true", help="print the results rows and the output paths as JSON on stdout "
-                   "instead of the summary line, for scripts")
+    add_options(g, EvalCommand, ["dry_run", "json"])
     p.set_defaults(func=cmd_evaluate)
 
 
 def add_extractor_options(group: Any) -> None:
-    """--inception-weights / --extractor / --inception-resize: the FID/KID feature network (`extractor_from_args`)."""
-    ext = group.add_mutually_exclusive_group()
-    ext.add_argument("--inception-weights", default=None, metavar="FILE", help="FID Inception weights file (pt_inception-2015-12-05-6726825d.pth or weights-inception-2015-12-05-6726825d.pth); needed with --real")
-    ext.add_argument("--extractor", type=_random_conv_seed, default=None, metavar="random-conv:SEED",
-                     help="instead of Inception: a fixed random conv net, for smoke tests/CI only (its 'FID' is not comparable with any published FID)")
-    group.add_argument("--inception-resize", default="antialias", choices=["antialias", "legacy-tf"], help="Inception's internal resize to 299 (default: %(default)s, torchmetrics>=1.8; legacy-tf = TF FID/torch-fidelity)")
+    """`ExtractorConfig`'s options: --inception-weights or --extractor (one of them), --inception-resize."""
+    add_options(group.add_mutually_exclusive_group(), ExtractorConfig, ["inception_weights", "extractor"])
+    add_options(group, ExtractorConfig, ["inception_resize"])
 
 
 def extractor_from_args(args: argparse.Namespace) -> nn.Module | None:
     """The FID/KID feature network the options of `add_extractor_options` name (None without --real)."""
-    if args.real is None and (args.inception_weights or args.extractor is not None):
+    return load_extractor(from_args(ExtractorConfig, args), args.real)
+
+
+def load_extractor(options: ExtractorConfig, real: str | os.PathLike | None) -> nn.Module | None:
+    """The FID/KID feature network ``options`` name, for the real images ``real`` (None without them)."""
+    if real is None and (options.inception_weights or options.extractor is not None):
         raise ValueError("--inception-weights/--extractor need --real DIR, the real images FID/KID compare against")
-    if args.extractor is not None:
+    if options.extractor is not None:
         from .metrics import RandomConvFeatures
 
-        return RandomConvFeatures(args.extractor)
-    if args.real is None:
+        return RandomConvFeatures(options.extractor)
+    if real is None:
         return None
     import torch
     from accelerate import PartialState
@@ -597,58 +678,34 @@ def extractor_from_args(args: argparse.Namespace) -> nn.Module | None:
 
     # Every process loads it (so a missing file fails everywhere at once), each on its own device.
     device = PartialState(cpu=not torch.cuda.is_available()).device
-    return inception_extractor(args.inception_weights, resize=args.inception_resize, device=device)
+    return inception_extractor(options.inception_weights, resize=options.inception_resize, device=device)
 
 
 def methods_from_args(args: argparse.Namespace) -> list[Method]:
-    if args.methods:
-        entries = json.loads(Path(args.methods).read_text())
-        if not isinstance(entries, list) or not entries:
-            raise ValueError(f"{args.methods}: expected a non-empty JSON list of methods")
-        known = {f.name for f in dataclasses.fields(Method)}
-        methods = []
-        for entry in entries:
-            unknown = set(entry) - known
-            if unknown:
-                raise ValueError(f"{args.methods}: unknown method fields {sorted(unknown)}; known: {sorted(known)}")
-            if "prior" not in entry:
-                entry.setdefault("prior_config", args.prior_config)
-            entry.setdefault("prior", args.prior)
-            entry.setdefault("allow_pickle", args.allow_pickle)
-            if entry["prior"] is None:
-                raise ValueError(f"{args.methods}: method {entry.get('name')!r} has no prior and --prior is not given")
-            methods.append(Method(**entry))
-        return methods
-    if args.prior is None:
-        raise ValueError("pass --prior (or --methods FILE.json)")
-    name = args.name or ("ours" if args.domain else "finetune" if args.unet else "prior")
-    return [Method(name=name, prior=args.prior, domain=args.domain, unet=args.unet, domain_prompt=args.domain_prompt,
-                   allow_pickle=args.allow_pickle, prior_config=args.prior_config)]
+    """The methods the flags of `MethodFlags` name."""
+    return from_args(MethodFlags, args).resolve()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .outputs import check_paths_apart
 
-    config = from_args(EvalConfig, args)
-    check_paths_apart(config.out, {"--prompts-file": args.prompts_file, "--clip-text-file": args.clip_text_file,
-                                   "--methods": args.methods, "--inception-weights": args.inception_weights})
-    if args.prompts_file:  # argparse lets only one of --prompts / --prompts-file through
-        config.prompts = read_lines(args.prompts_file)
-    if args.clip_text_file:
-        config.clip_texts = read_lines(args.clip_text_file)
-    if args.real is None and (args.inception_weights or args.extractor is not None):
+    config, command = from_args(EvalConfig, args), from_args(EvalCommand, args)
+    flags, sweep, ext = from_args(MethodFlags, args), from_args(Sweep, args), from_args(ExtractorConfig, args)
+    check_paths_apart(config.out, {"--prompts-file": command.prompts_file, "--clip-text-file": command.clip_text_file,
+                                   "--methods": flags.methods, "--inception-weights": ext.inception_weights})
+    if command.prompts_file:  # argparse lets only one of --prompts / --prompts-file through
+        config.prompts = read_lines(command.prompts_file)
+    if command.clip_text_file:
+        config.clip_texts = read_lines(command.clip_text_file)
+    if config.real is None and (ext.inception_weights or ext.extractor is not None):
         raise ValueError("--inception-weights/--extractor need --real DIR, the real images FID/KID compare against")
-    if args.dry_run:
-        resolved = {"config": dataclasses.asdict(config), "methods": [m.record() for m in methods_from_args(args)],
-                    "sweep": dataclasses.asdict(Sweep(args.domain_scales, args.guidance_scales)),
-                    "extractor": {"inception_weights": args.inception_weights, "inception_resize": args.inception_resize,
-                                  "random_conv_seed": args.extractor}}
+    if command.dry_run:
+        resolved = {"config": dataclasses.asdict(config), "methods": [m.record() for m in flags.resolve()],
+                    "sweep": dataclasses.asdict(sweep), "extractor": ext.record()}
         print(to_json(resolved, indent=2))
         return 0
-    extractor = extractor_from_args(args)
-    result = evaluate(methods_from_args(args), Sweep(args.domain_scales, args.guidance_scales), config,
-                      extractor=extractor)
-    if result is not None and args.json:
+    result = evaluate(flags.resolve(), sweep, config, extractor=load_extractor(ext, config.real))
+    if result is not None and command.json:
         print(to_json(result_record(result), indent=2))
     elif result is not None:
         print(f"wrote {len(result.rows)} settings x {config.num_images} images, results.csv/json/md, plot.png and "

@@ -23,9 +23,11 @@ every block).
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .cliargs import add_options, from_args, option
 from .outputs import to_json
 
 if TYPE_CHECKING:
@@ -466,35 +468,48 @@ def _export_lora(domain: Path, out: Path, fmt: str) -> list[Path]:
     return [written, out / "export.json"]
 
 
+@dataclass
+class ExportConfig:
+    """Every setting of `indomain export` (each field is also its argument)."""
+
+    domain: str = option(help="domain model folder written by `indomain train`", positional=True)
+    out: str = option(help="output folder (new or empty)")
+    format: str = option("diffusers", "diffusers: a UNet2DConditionModel folder; single-file: one .safetensors in the "
+                         "original SD UNet layout (model.diffusion_model.*); lora / kohya: a LoRA domain model's adapter "
+                         "alone, in diffusers' pipeline LoRA format (unet.* keys) or kohya's (lora_unet_*)",
+                         choices=FORMATS)
+    prior: str | None = option(None, "the prior folder: needed for a LoRA domain model's base weights; with --format "
+                               "single-file and an SD 1.x prior it makes a whole checkpoint (the domain UNet + the "
+                               "prior's VAE and CLIP text encoder), as A1111's and ComfyUI's checkpoint loaders read it "
+                               "(SD 2.x / SDXL: the UNet alone)")
+    allow_pickle: bool = option(False, "allow pickle weights in the prior (weights_only loading)")
+
+
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser("export", help=help, description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("domain", help="domain model folder written by `indomain train`")
-    p.add_argument("--out", required=True, help="output folder (new or empty)")
-    p.add_argument("--format", default="diffusers", choices=FORMATS,
-                   help="diffusers: a UNet2DConditionModel folder; single-file: one .safetensors in the original SD "
-                        "UNet layout (model.diffusion_model.*); lora / kohya: a LoRA domain model's adapter alone, in "
-                        "diffusers' pipeline LoRA format (unet.* keys) or kohya's (lora_unet_*) (default: %(default)s)")
-    p.add_argument("--prior", default=None, help="the prior folder: needed for a LoRA domain model's base weights; with "
-                   "--format single-file and an SD 1.x prior it makes a whole checkpoint (the domain UNet + the prior's "
-                   "VAE and CLIP text encoder), as A1111's and ComfyUI's checkpoint loaders read it (SD 2.x / SDXL: "
-                   "the UNet alone)")
-    p.add_argument("--allow-pickle", action="store_true", help="allow pickle weights in the prior (weights_only loading)")
+    add_options(p, ExportConfig)
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    return export(from_args(ExportConfig, args))
+
+
+def export(config: ExportConfig) -> int:
+    """`indomain export`: the refusal checked before ``--out`` is claimed, then the files written."""
     from .outputs import claim_output_dir, read_json_object
 
-    config_file = Path(args.domain, "config.json")
+    config_file = Path(config.domain, "config.json")
     if not config_file.is_file():
-        raise ValueError(f"{args.domain}: not a domain model folder (no config.json)")
-    config = read_json_object(config_file, "a domain model's config")
-    reason = refusal(config.get("_class_name"), config.get("mode")) if args.format in ("diffusers", "single-file") else None
+        raise ValueError(f"{config.domain}: not a domain model folder (no config.json)")
+    model_config = read_json_object(config_file, "a domain model's config")
+    reason = (refusal(model_config.get("_class_name"), model_config.get("mode"))
+              if config.format in ("diffusers", "single-file") else None)
     if reason:  # before --out is claimed: a refused export leaves nothing behind
         raise ExportError(reason)
-    out = claim_output_dir(args.out, "export", inputs={"DOMAIN": args.domain, "--prior": args.prior},
+    out = claim_output_dir(config.out, "export", inputs={"DOMAIN": config.domain, "--prior": config.prior},
                            overwrite_flag=None)
-    files = export_domain(args.domain, out, fmt=args.format, prior=args.prior, allow_pickle=args.allow_pickle)
+    files = export_domain(config.domain, out, fmt=config.format, prior=config.prior, allow_pickle=config.allow_pickle)
     print(f"wrote {', '.join(f.name for f in files)} to {out}")
     return 0

@@ -227,13 +227,14 @@ class MultiGuidance:
 # Presets. Each returns a GuidancePlan; each is an exact special case of the combiner (see tests).
 
 
-def cfg(scale: float, cond: Any, null_cond: Any, model: str = PRIOR) -> GuidancePlan:
+def cfg(guidance_scale: float, cond: Any, null_cond: Any, model: str = PRIOR) -> GuidancePlan:
     """Standard classifier-free guidance: ``eps(x, ∅) + s (eps(x, c) − eps(x, ∅))``, one model."""
-    return GuidancePlan(Branch(model, null_cond), (Guidance(model, cond, scale),))
+    return GuidancePlan(Branch(model, null_cond), (Guidance(model, cond, guidance_scale),))
 
 
 def rectified(
-    scale: float, cond: Any, null_cond: Any, model: str = "finetuned", prior: str = PRIOR, prior_null_cond: Any = None
+    guidance_scale: float, cond: Any, null_cond: Any, model: str = "finetuned", prior: str = PRIOR,
+    prior_null_cond: Any = None
 ) -> GuidancePlan:
     """Rectified CFG (Domain Guidance, ICLR 2025; "Unconditional Priors Matter", 2025).
 
@@ -241,12 +242,12 @@ def rectified(
     the frozen prior, the conditional one from the fine-tuned model. ``prior_null_cond`` defaults to ``null_cond``.
     """
     uncond = Branch(prior, null_cond if prior_null_cond is None else prior_null_cond)
-    return GuidancePlan(uncond, (Guidance(model, cond, scale),))
+    return GuidancePlan(uncond, (Guidance(model, cond, guidance_scale),))
 
 
 def decoupled(
-    domain_scale: float,
-    control_scale: float,
+    domain_guidance_scale: float,
+    guidance_scale: float,
     cond: Any,
     null_cond: Any,
     domain: str = DOMAIN,
@@ -266,16 +267,16 @@ def decoupled(
     ``cond=None`` this is unconditional in-domain generation (Eq. B). ``domain_cond`` is the domain model's condition
     (None for a null-text model), ``extra_domains`` further domain terms (Eq. C), summed after the domain term.
     """
-    terms = [Guidance(domain, domain_cond, domain_scale, *domain_window)] if domain_scale != 0 else []
+    terms = [Guidance(domain, domain_cond, domain_guidance_scale, *domain_window)] if domain_guidance_scale != 0 else []
     terms += extra_domains
     if cond is not None:
-        terms.append(Guidance(control or prior, cond, control_scale, *control_window))
+        terms.append(Guidance(control or prior, cond, guidance_scale, *control_window))
     return GuidancePlan(Branch(prior, null_cond), tuple(terms))
 
 
 def domain_text(
-    domain_scale: float,
-    control_scale: float,
+    domain_guidance_scale: float,
+    guidance_scale: float,
     cond: Any,
     null_cond: Any,
     model: str = DOMAIN_TEXT,
@@ -295,10 +296,10 @@ def domain_text(
     w_c on the control window (the two ``dt(∅)`` share one condition object, so they are computed once). With
     ``cond=None`` it is unconditional in-domain generation through ``eps_dt(x, ∅)``.
     """
-    terms = [Guidance(model, null_cond, domain_scale, *domain_window)]
+    terms = [Guidance(model, null_cond, domain_guidance_scale, *domain_window)]
     if cond is not None:
-        terms += [Guidance(model, null_cond, -control_scale, *control_window),
-                  Guidance(model, cond, control_scale, *control_window)]
+        terms += [Guidance(model, null_cond, -guidance_scale, *control_window),
+                  Guidance(model, cond, guidance_scale, *control_window)]
     return GuidancePlan(Branch(prior, null_cond), tuple(terms))
 
 

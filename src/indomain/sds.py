@@ -46,7 +46,7 @@ class SDSConfig:
     """Every setting of the score-distillation guidance."""
 
     guidance_scale: float = 25.0  # w_c on the prompt (diffusers' convention; threestudio's s is w_c − 1)
-    domain_scale: float = 0.0  # w_d on the null-text domain model (0: the prior alone, plain SDS)
+    domain_guidance_scale: float = 0.0  # w_d on the null-text domain model (0: the prior alone, plain SDS)
     min_step_percent: float = 0.02  # t ~ U[min, max] · T, as DreamFusion/threestudio
     max_step_percent: float = 0.98
     max_step_percent_end: float | None = None  # anneal max_step_percent linearly to this by the last step (None: fixed)
@@ -67,7 +67,7 @@ class SDSConfig:
             raise ValueError(f"max_step_percent_end must lie in [min_step_percent, 1], got {self.max_step_percent_end}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        for name in ("guidance_scale", "domain_scale"):
+        for name in ("guidance_scale", "domain_guidance_scale"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
 
@@ -100,7 +100,7 @@ class ScoreDistillation:
 
     def __init__(self, pipe: InDomainPipeline, config: SDSConfig | None = None) -> None:
         self.config = config or SDSConfig()
-        pipe.check_domain_weight(self.config.domain_scale)
+        pipe.check_domain_weight(self.config.domain_guidance_scale)
         self.pipe = pipe
         for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.domain_unet):
             if module is not None:
@@ -154,7 +154,7 @@ class ScoreDistillation:
     def plan(self, cond: torch.Tensor, null: torch.Tensor) -> GuidancePlan:
         """Eq. A: the prior's unconditional branch, the domain term and the control term."""
         text_domain = isinstance(self.pipe.domain_unet, UNet2DConditionModel)  # a fine-tune: rectified CFG's condition
-        return decoupled(self.config.domain_scale, self.config.guidance_scale,
+        return decoupled(self.config.domain_guidance_scale, self.config.guidance_scale,
                          cond if self.config.guidance_scale != 0 else None, null,
                          domain_cond=cond if text_domain else None)
 

@@ -84,7 +84,7 @@ class StudentSettings:
     """What ``student_config.json`` records: the trained ranges (sampling refuses weights outside them), the
     embedding and LoRA settings, and the teacher it was distilled from."""
 
-    domain_scale_range: tuple[float, float]
+    domain_guidance_scale_range: tuple[float, float]
     guidance_scale_range: tuple[float, float]
     embedding: dict[str, int]
     lora: dict[str, Any] | None = None  # {"r", "lora_alpha", "target_modules"} of a LoRA student
@@ -95,7 +95,8 @@ class StudentSettings:
 
     def check_weights(self, domain_guidance_scale: float, guidance_scale: float) -> None:
         """Refuse weights outside the ranges the student was trained on, naming the weight and the range."""
-        for name, value, (lo, hi) in (("domain_guidance_scale", domain_guidance_scale, self.domain_scale_range),
+        for name, value, (lo, hi) in (("domain_guidance_scale", domain_guidance_scale,
+                                       self.domain_guidance_scale_range),
                                       ("guidance_scale", guidance_scale, self.guidance_scale_range)):
             if not (lo - 1e-9 <= float(value) <= hi + 1e-9):
                 raise ValueError(f"{name}={value} is outside the range [{lo:g}, {hi:g}] this distilled student was "
@@ -190,12 +191,15 @@ def read_settings(folder: str | os.PathLike) -> StudentSettings:
     raw = read_json_object(folder / STUDENT_CONFIG, "a distilled student's settings")
     if raw.get("format") != FORMAT:
         raise ValueError(f"{folder / STUDENT_CONFIG}: not an indomain student (format {raw.get('format')!r})")
+    if "domain_scale_range" in raw:  # the key before the rename: students distilled then still load
+        raw.setdefault("domain_guidance_scale_range", raw.pop("domain_scale_range"))
     try:
-        settings = StudentSettings(**{k: raw[k] for k in ("domain_scale_range", "guidance_scale_range", "embedding")},
+        settings = StudentSettings(**{k: raw[k] for k in ("domain_guidance_scale_range", "guidance_scale_range",
+                                                          "embedding")},
                                    lora=raw.get("lora"), teacher=raw.get("teacher", {}),
                                    objective=raw.get("objective", "guidance"),
                                    original_inference_steps=raw.get("original_inference_steps"))
-        for name in ("domain_scale_range", "guidance_scale_range"):
+        for name in ("domain_guidance_scale_range", "guidance_scale_range"):
             lo, hi = (float(v) for v in getattr(settings, name))
             setattr(settings, name, (lo, hi))
     except (KeyError, TypeError, ValueError) as err:

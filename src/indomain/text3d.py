@@ -1,8 +1,9 @@
 """`indomain 3d`: text-to-3D by score distillation from a frozen prior plus a null-text domain model.
 
-    indomain 3d --prior PRIOR --prompt "red apple" --out runs/apple                                   # plain SDS
-    indomain 3d --prior PRIOR --domain DOMAIN --domain-scale 25 --prompt "red apple" --out runs/apple-d  # + domain term
-    indomain 3d ... --out runs/apple --resume --steps 800                                             # continue a run
+    indomain 3d --prior PRIOR --prompt "red apple" --out runs/apple                                  # plain SDS
+    indomain 3d --prior PRIOR --domain DOMAIN --domain-guidance-scale 25 --prompt "red apple" \\
+        --out runs/apple-d                                                                           # + domain term
+    indomain 3d ... --out runs/apple --resume --steps 800                                            # continue a run
 
 A run, in order: load the prior (and domain model) into an `InDomainPipeline`; build a `VoxelField` (a density blob
 in an empty box); then one loop, each step a pure function of ``(seed, step)``: sample ``--batch-size`` random cameras,
@@ -26,7 +27,7 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .cliargs import add_options, finite_float, from_args, option, positive_float, positive_int, require_domain_for_weight
+from .cliargs import DryRun, add_options, finite_float, from_args, option, positive_float, positive_int, require_domain_for_weight
 from .console import progress
 from .devices import resolve_device
 from .numerics import require_finite
@@ -54,7 +55,8 @@ class Text3DConfig:
     prior_config: str | None = option(None, "for a single-file --prior: a diffusers folder of the same model (its "
                                       "configs, tokenizers and scheduler; its weights are not read)", metavar="DIR")
     domain: str | None = option(None, "null-text domain model folder written by `indomain train` (default: none)")
-    domain_scale: float = option(0.0, "domain weight w_d (0: plain SDS from the prior)", type=finite_float)
+    domain_guidance_scale: float = option(0.0, "domain weight w_d (0: plain SDS from the prior)", type=finite_float,
+                                          metavar="W", aliases=["--domain-scale"])
     guidance_scale: float = option(25.0, "control weight w_c on the prompt; diffusers' convention eps_u + w (eps_c - "
                                    "eps_u), so threestudio's guidance_scale s is w_c = s + 1", type=finite_float)
     steps: int = option(400, "optimisation steps (in all, counting those of a resumed run)", type=positive_int)
@@ -234,7 +236,7 @@ def check_inputs(config: Text3DConfig) -> None:
     if config.distance_range[0] <= config.bound * 3**0.5:
         raise ValueError(f"--distance-range starts at {config.distance_range[0]}, inside the scene box (corner at "
                          f"{config.bound * 3**0.5:.2f}); cameras must see the whole box")
-    require_domain_for_weight(config.domain_scale, config.domain)
+    require_domain_for_weight(config.domain_guidance_scale, config.domain)
     from .safeload import check_prior_config
 
     check_prior_config(config.prior, config.prior_config)
@@ -413,13 +415,13 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser("3d", help=help,
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p, Text3DConfig)
-    p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
+    add_options(p, DryRun)
     p.set_defaults(func=cmd_text3d)
 
 
 def cmd_text3d(args: argparse.Namespace) -> int:
     config = from_args(Text3DConfig, args)
-    if args.dry_run:
+    if from_args(DryRun, args).dry_run:
         print(to_json(dataclasses.asdict(config), indent=2))
         return 0
     out = text_to_3d(config)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 
-from .cliargs import add_options, finite_float, from_args, nonnegative_int, option, positive_float, positive_int
+from .cliargs import DryRun, add_options, finite_float, from_args, nonnegative_int, option, positive_float, positive_int
 from .console import info
 from .console import progress as tqdm  # tqdm.auto, hidden by `indomain --quiet`
 from .data import ImageFolderDataset
@@ -1331,7 +1331,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(p, TrainConfig)
-    p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
+    add_options(p, DryRun)
     add_diffusers_aliases(p)
     p.set_defaults(func=cmd_train)
 
@@ -1382,7 +1382,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             alias = next(a for a, d in DIFFUSERS_FLAGS.items() if d == dest)
             raise ValueError(f"the following argument is required: --{dest} (or diffusers' {alias})")
     config = from_args(TrainConfig, args)
-    if args.dry_run:
+    if from_args(DryRun, args).dry_run:
         print(to_json(dataclasses.asdict(config), indent=2))
         return 0
     out = train(config)

@@ -73,8 +73,8 @@ class TuneConfig:
                                    metavar="P")
     num_validation_prompts: int = option(48, "validation prompts taken from --prompts or --scorer",
                                         type=positive_int, metavar="P")
-    domain_scales: list[float] = option([0.0, 1.0, 2.0, 3.0, 4.0], "the grid's domain weights w_d", type=finite_float,
-                                       metavar="W")
+    domain_guidance_scales: list[float] = option([0.0, 1.0, 2.0, 3.0, 4.0], "the grid's domain weights w_d",
+                                                type=finite_float, metavar="W", aliases=["--domain-scales"])
     guidance_scales: list[float] = option([1.0, 2.5, 4.0, 5.0], "the grid's control weights w_c", type=finite_float,
                                          metavar="W")
     reference_guidance_scale: float = option(2.5, "w_c of the prior's reference (w_d = 0), whose control --keep is a "
@@ -281,8 +281,8 @@ def _phase(name: str, out: Path, prompts: list[str], methods: list[Method], swee
 
 
 def _prior_method(config: TuneConfig, w_c: float) -> Method:
-    return Method(PRIOR, config.prior, domain_scales=[0.0], guidance_scales=[w_c], allow_pickle=config.allow_pickle,
-                  prior_config=config.prior_config)
+    return Method(PRIOR, config.prior, domain_guidance_scales=[0.0], guidance_scales=[w_c],
+                  allow_pickle=config.allow_pickle, prior_config=config.prior_config)
 
 
 def tune(config: TuneConfig, protocol: EvalConfig | None = None, *, preset: TunePreset | None = None,
@@ -323,7 +323,7 @@ def _tune(config: TuneConfig, protocol: EvalConfig, preset: TunePreset | None, e
     # 1. Probe: the grid, and the prior's reference where the grid lacks it.
     ours = Method(METHOD, config.prior, domain=config.domain, allow_pickle=config.allow_pickle,
                   prior_config=config.prior_config)
-    sweep = Sweep(list(config.domain_scales), list(config.guidance_scales))
+    sweep = Sweep(list(config.domain_guidance_scales), list(config.guidance_scales))
     grid = sweep.weights(ours, conditional=True)
     methods = [ours] + ([] if any(_is_reference({"w_d": wd, "w_c": wc}, goal) for wd, wc in grid)
                         else [_prior_method(config, goal.reference_w_c)])
@@ -347,7 +347,7 @@ def _tune(config: TuneConfig, protocol: EvalConfig, preset: TunePreset | None, e
          "prompts")
 
     # 3. Validate: the chosen weights and the prior's reference on the held-out prompts.
-    ours = dataclasses.replace(ours, domain_scales=[chosen["w_d"]], guidance_scales=[chosen["w_c"]])
+    ours = dataclasses.replace(ours, domain_guidance_scales=[chosen["w_d"]], guidance_scales=[chosen["w_c"]])
     methods = [ours] + ([] if _is_reference(chosen, goal) else [_prior_method(config, goal.reference_w_c)])
     held = _phase("validation", out, validation_prompts, methods, sweep, config, protocol, goal, preset, extractor)
     validation = _validate(choice, held, goal, config.num_images, shares)
@@ -540,6 +540,18 @@ METRIC_OPTIONS = ["real", "metrics", "resolution", "kid_subset_size", "kid_subse
                   "clip_model"]
 
 
+@dataclass
+class TuneCommand:
+    """The flags of `indomain tune` around its `TuneConfig`: prompt files read into it, and the dry run."""
+
+    prompts_file: str | None = option(None, "as --prompts, one per line (blank lines skipped)", metavar="FILE")
+    probe_prompts_file: str | None = option(None, "as --probe-prompts, one per line (blank lines skipped)",
+                                            metavar="FILE")
+    validation_prompts_file: str | None = option(None, "as --validation-prompts, one per line (blank lines skipped)",
+                                                 metavar="FILE")
+    dry_run: bool = option(False, "print the resolved configuration as JSON and exit")
+
+
 def add_parser(sub: argparse._SubParsersAction, help: str,
                presets: Mapping[str, Callable[[TuneConfig], TunePreset]] | None = None) -> None:
     """The `indomain tune` parser; ``presets`` name the scorers ``--scorer`` may pick (the CLI passes the emoji one)."""
@@ -554,13 +566,12 @@ def add_parser(sub: argparse._SubParsersAction, help: str,
         actions["scorer"].help += f"; one of: {', '.join(presets)}"
     g = p.add_argument_group("prompts (probe and held-out validation)")
     for name in ("prompts", "probe_prompts", "validation_prompts"):
-        one = g.add_mutually_exclusive_group()
+        one = g.add_mutually_exclusive_group()  # --X or --X-file
         add_options(one, TuneConfig, [name])
-        one.add_argument(f"--{name.replace('_', '-')}-file", default=None, metavar="FILE",
-                         help=f"as --{name.replace('_', '-')}, one per line (blank lines skipped)")
+        add_options(one, TuneCommand, [f"{name}_file"])
     add_options(g, TuneConfig, ["num_probe_prompts", "num_validation_prompts"])
     g = p.add_argument_group("grid and sampling")
-    add_options(g, TuneConfig, ["domain_scales", "guidance_scales", "num_images", "seed"])
+    add_options(g, TuneConfig, ["domain_guidance_scales", "guidance_scales", "num_images", "seed"])
     add_options(g, EvalConfig, PROTOCOL_OPTIONS)
     g = p.add_argument_group("metrics (besides --scorer's)")
     add_options(g, EvalConfig, METRIC_OPTIONS)
@@ -569,7 +580,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str,
     add_extractor_options(g)
     g = p.add_argument_group("output")
     add_options(g, TuneConfig, ["out", "overwrite"])
-    g.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
+    add_options(g, TuneCommand, ["dry_run"])
     p.set_defaults(func=cmd_tune, tune_presets=dict(presets or {}))
 
 
@@ -580,14 +591,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     config = from_args(TuneConfig, args)
     check_prior_config(config.prior, config.prior_config)  # the flags first, as every command
+    command = from_args(TuneCommand, args)
     for name in ("prompts", "probe_prompts", "validation_prompts"):
-        path = getattr(args, f"{name}_file")
+        path = getattr(command, f"{name}_file")
         if path:  # argparse lets only one of --X / --X-file through
             setattr(config, name, read_lines(path))
     protocol = from_args(EvalConfig, args)
     protocol = dataclasses.replace(protocol, prompts=None, clip_texts=None, plot_x=None, plot_y=None, overwrite=False)
     preset = args.tune_presets[config.scorer](config) if config.scorer else None
-    if args.dry_run:
+    if command.dry_run:
         goal, probe, validation = _resolve(config, protocol, preset)
         print(to_json({"config": dataclasses.asdict(config), "protocol": dataclasses.asdict(protocol),
                           "goal": dataclasses.asdict(goal), "probe_prompts": probe, "validation_prompts": validation,

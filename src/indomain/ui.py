@@ -22,9 +22,12 @@ import traceback
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .cliargs import positive_int
+from .cliargs import add_options, from_args, option, positive_int
+
+if TYPE_CHECKING:
+    from .generate import GenerateConfig
 
 SHIPPED_PRIOR = "emoji prior (shipped)"
 GRID_W_D = (0.0, 1.0, 2.5, 4.0)  # the weight grid's columns
@@ -33,7 +36,24 @@ GRID_W_C = (0.0, 2.5, 5.0)  # and rows
 
 @dataclasses.dataclass
 class UIConfig:
-    """What `indomain ui` was started with; paths resolved."""
+    """Every setting of `indomain ui` (each field is also its option), as typed; `ui_setup` resolves it."""
+
+    prior: str | None = option(None, "prior pipeline folder (default: the shipped emoji prior, which needs nothing "
+                               "downloaded)")
+    domain: list[str] | None = option(None, "domain model folder offered in the page; repeatable (default: "
+                                      "outputs/demo/ours when `make demo` made it)", action="append", metavar="DIR")
+    controlnet: str | None = option(None, "a ControlNet for the prior: the Generate tab then takes a control image",
+                                    metavar="DIR")
+    host: str = option("127.0.0.1", "address to bind (default: %(default)s, this machine only)")
+    port: int = option(7860, "port", type=positive_int)
+    data_root: str = option(".", "paths typed in the page must lie inside this folder (default: the current folder)")
+    out: str = option("outputs/ui", "where the page writes its runs, relative to --data-root and inside it")
+    device: str = option("auto", "torch device for Generate and Edit")
+
+
+@dataclasses.dataclass
+class UISetup:
+    """What the page works with: a `UIConfig` with its paths resolved and the models it offers named."""
 
     priors: dict[str, str]  # name shown -> folder (the operator's --prior, else the shipped emoji prior)
     domains: dict[str, str]  # name shown -> folder (--domain, or the `make demo` model when present)
@@ -62,42 +82,29 @@ def host_warning(host: str) -> str | None:
 
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser("ui", help=help, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prior", default=None,
-                   help="prior pipeline folder (default: the shipped emoji prior, which needs nothing downloaded)")
-    p.add_argument("--domain", action="append", default=None, metavar="DIR",
-                   help="domain model folder offered in the page; repeatable (default: outputs/demo/ours when `make demo` "
-                        "made it)")
-    p.add_argument("--controlnet", default=None, metavar="DIR",
-                   help="a ControlNet for the prior: the Generate tab then takes a control image")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
-    p.add_argument("--port", type=positive_int, default=7860, help="port (default: %(default)s)")
-    p.add_argument("--data-root", default=".",
-                   help="paths typed in the page must lie inside this folder (default: the current folder)")
-    p.add_argument("--out", default="outputs/ui",
-                   help="where the page writes its runs, relative to --data-root and inside it (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="torch device for Generate and Edit (default: %(default)s)")
+    add_options(p, UIConfig)
     p.set_defaults(func=cmd_ui)
 
 
-def ui_config(args: argparse.Namespace) -> UIConfig:
+def ui_setup(config: UIConfig) -> UISetup:
     """Resolve the command's options; an output folder outside the data root is refused."""
     from .uipaths import confine
 
-    root = Path(args.data_root).resolve()
+    root = Path(config.data_root).resolve()
     if not root.is_dir():
-        raise ValueError(f"--data-root {args.data_root!r} is not a folder")
-    out_root = confine(str(args.out), root, "--out")
-    if args.prior:
-        priors = {args.prior: args.prior}
+        raise ValueError(f"--data-root {config.data_root!r} is not a folder")
+    out_root = confine(str(config.out), root, "--out")
+    if config.prior:
+        priors = {config.prior: config.prior}
     else:
         from .world.prior import emoji_prior_dir
 
         priors = {SHIPPED_PRIOR: str(emoji_prior_dir())}
     demo = Path("outputs/demo/ours")
-    domains = {d: d for d in args.domain} if args.domain else (
+    domains = {d: d for d in config.domain} if config.domain else (
         {"make demo's domain model (outputs/demo/ours)": str(demo.resolve())} if (demo / "config.json").is_file() else {})
-    return UIConfig(priors, domains, root, out_root, args.device, args.controlnet,
-                    32 if not args.prior else _native_size(args.prior))
+    return UISetup(priors, domains, root, out_root, config.device, config.controlnet,
+                   32 if not config.prior else _native_size(config.prior))
 
 
 def _native_size(prior: str) -> int:
@@ -114,14 +121,15 @@ def _native_size(prior: str) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Build the page and serve it until interrupted."""
-    warning = host_warning(args.host)
+    options = from_args(UIConfig, args)
+    warning = host_warning(options.host)
     if warning:
         print(warning, file=sys.stderr)
-    config = ui_config(args)
+    config = ui_setup(options)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no phoning home
     app = build_app(config)
-    print(f"indomain ui: http://{args.host}:{args.port} (data root {config.data_root})", flush=True)
-    app.queue().launch(server_name=args.host, server_port=args.port, allowed_paths=[str(config.data_root)],
+    print(f"indomain ui: http://{options.host}:{options.port} (data root {config.data_root})", flush=True)
+    app.queue().launch(server_name=options.host, server_port=options.port, allowed_paths=[str(config.data_root)],
                        show_error=False, ssr_mode=False, quiet=True, footer_links=[], css=CSS)
     return 0
 
@@ -162,9 +170,11 @@ class _ArgumentError(ValueError):
     """An option the command's parser refuses (its message is the CLI's)."""
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    """``indomain generate|edit <argv>`` parsed by the command's own parser, raising on a bad value instead of exiting."""
-    from .generate import add_edit_parser, add_generate_parser
+def _parse(argv: list[str]) -> Any:
+    """The `GenerateConfig` / `EditConfig` of ``indomain generate|edit <argv>``, parsed by the command's own parser,
+    raising on a bad value instead of exiting."""
+    from .cliargs import from_args
+    from .generate import EditConfig, GenerateConfig, add_edit_parser, add_generate_parser
 
     parser = argparse.ArgumentParser(prog="indomain")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -175,7 +185,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
     for p in [parser, *sub.choices.values()]:
         p.error = error  # type: ignore[method-assign]
-    return parser.parse_args(argv)
+    return from_args({"generate": GenerateConfig, "edit": EditConfig}[argv[0]], parser.parse_args(argv))
 
 
 def _pick(name: str | None, known: dict[str, str], root: Path, what: str) -> str:
@@ -193,7 +203,7 @@ def _pick(name: str | None, known: dict[str, str], root: Path, what: str) -> str
     return str(path)
 
 
-def _new_folder(config: UIConfig, kind: str) -> Path:
+def _new_folder(config: UISetup, kind: str) -> Path:
     from .uijobs import stamp
 
     return config.out_root / f"{kind}-{stamp()}"
@@ -206,18 +216,19 @@ def _new_folder(config: UIConfig, kind: str) -> Path:
 class Generator:
     """The Generate tab's work: one cached pipeline, a Stop flag, and the calls `indomain generate` makes."""
 
-    def __init__(self, config: UIConfig) -> None:
+    def __init__(self, config: UISetup) -> None:
         self.config = config
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.cache: tuple[tuple, Any, str] | None = None  # (key, pipeline, device)
 
     def args(self, prior: str, domains: Sequence[str], prompt: str, negative: str, w_d: float, w_c: float,
-             steps: int, seed: int, num: int, size: int | None, control_image: str | None, out: Path) -> argparse.Namespace:
+             steps: int, seed: int, num: int, size: int | None, control_image: str | None, out: Path) -> GenerateConfig:
         """The `indomain generate` options of the page's settings."""
         c = self.config
         argv = ["generate", "--prior", _pick(prior, c.priors, c.data_root, "prior"), "--out", str(out),
-                "--domain-scale", str(w_d if domains else 0.0), "--guidance-scale", str(w_c), "--steps", str(int(steps)),
+                "--domain-guidance-scale", str(w_d if domains else 0.0), "--guidance-scale", str(w_c),
+                "--steps", str(int(steps)),
                 "--seed", str(int(seed)), "--num-images", str(int(num)), "--device", c.device]
         for d in domains:
             argv += ["--domain", _pick(d, c.domains, c.data_root, "domain model")]
@@ -231,7 +242,7 @@ class Generator:
             argv += ["--controlnet", c.controlnet, "--control-image", control_image]
         return _parse(argv)
 
-    def open(self, args: argparse.Namespace) -> tuple[Any, Path, str]:
+    def open(self, args: GenerateConfig) -> tuple[Any, Path, str]:
         """The pipeline for ``args`` (loaded by `indomain generate`'s own loader, or the cached one) and ``--out``
         claimed for `generate`."""
         from .generate import _open_pipeline
@@ -239,7 +250,7 @@ class Generator:
         from .pipeline import InDomainPipeline
 
         key = (args.prior, tuple(d for d, _ in args.domain or ()), tuple(args.controlnet or ()), args.device,
-               args.domain_scale if len(args.domain or ()) > 1 else None)  # extra domains' weights are set at load
+               args.domain_guidance_scale if len(args.domain or ()) > 1 else None)  # extra domains' weights are set at load
         if self.cache is not None and self.cache[0] == key:
             inputs = {"--prior": args.prior, "--domain": [d for d, _ in args.domain or ()],
                       "--control-image": args.control_image}
@@ -250,7 +261,7 @@ class Generator:
         self.cache = (key, pipe, device)
         return pipe, out, device
 
-    def sample(self, pipe: Any, args: argparse.Namespace, device: str, w_d: float, w_c: float, seeds: list[int],
+    def sample(self, pipe: Any, args: GenerateConfig, device: str, w_d: float, w_c: float, seeds: list[int],
                tick: Callable[[], None]) -> list | None:
         """`indomain generate`'s pipeline call at weights (w_d, w_c); None when Stop was pressed."""
         import torch
@@ -298,7 +309,7 @@ class Generator:
                     settings = [(wd, wc) for wc in GRID_W_C for wd in GRID_W_D]
                     seeds = [args.seed]
                 else:
-                    settings = [(0.0, args.guidance_scale)] + ([(args.domain_scale, args.guidance_scale)] if args.domain else [])
+                    settings = [(0.0, args.guidance_scale)] + ([(args.domain_guidance_scale, args.guidance_scale)] if args.domain else [])
                     seeds = [args.seed + i for i in range(args.num_images)]
                 total, done = len(settings) * args.steps, [0]
 
@@ -319,7 +330,7 @@ class Generator:
                         name = f"wd{wd:g}_wc{wc:g}_seed{s:06d}.png" if grid else f"{'ours' if k else 'prior'}_seed{s:06d}.png"
                         image.save(out / name)
                         files.append({"file": name, "prompt": args.prompt[0] if args.prompt else None, "seed": s,
-                                      "domain_scale": wd, "guidance_scale": wc})
+                                      "domain_guidance_scale": wd, "guidance_scale": wc})
                         caption = f"w_d {wd:g}, w_c {wc:g}" if grid else f"seed {s}"
                         (shown_ours if grid or name.startswith("ours") else shown_prior).append((str(out / name), caption))
                 all_images = [im for images in results for im in images]
@@ -348,10 +359,10 @@ class Generator:
 # Edit
 
 
-def run_edit(config: UIConfig, image: str | None, prior: str, domains: list[str], prompt: str, negative: str,
+def run_edit(config: UISetup, image: str | None, prior: str, domains: list[str], prompt: str, negative: str,
              w_d: float, w_c: float, strength: float, method: str, steps: int, seed: int) -> tuple[str, str, str]:
     """`indomain edit` on one uploaded image; returns (before, after, status)."""
-    from .generate import cmd_edit
+    from .generate import edit
     from .outputs import close_run
     from .uipaths import shown
 
@@ -360,8 +371,8 @@ def run_edit(config: UIConfig, image: str | None, prior: str, domains: list[str]
     out = _new_folder(config, "edit")
     argv = ["edit", "--image", image, "--prior", _pick(prior, config.priors, config.data_root, "prior"),
             "--out", str(out), "--strength", str(strength), "--method", method, "--steps", str(int(steps)),
-            "--seed", str(int(seed)), "--domain-scale", str(w_d if domains else 0.0), "--guidance-scale", str(w_c),
-            "--device", config.device]
+            "--seed", str(int(seed)), "--domain-guidance-scale", str(w_d if domains else 0.0),
+            "--guidance-scale", str(w_c), "--device", config.device]
     for d in domains:
         argv += ["--domain", _pick(d, config.domains, config.data_root, "domain model")]
     if prompt:
@@ -370,7 +381,7 @@ def run_edit(config: UIConfig, image: str | None, prior: str, domains: list[str]
         argv += ["--negative-prompt", negative]
     args = _parse(argv)
     try:
-        cmd_edit(args)
+        edit(args)
     finally:
         close_run(out)
     after = sorted(out.glob("0000_*.png"))[0]
@@ -381,7 +392,7 @@ def run_edit(config: UIConfig, image: str | None, prior: str, domains: list[str]
 # Train
 
 
-def _train_config(config: UIConfig, source: str, files: list[str] | None, folder: str, prior: str, kind: str,
+def _train_config(config: UISetup, source: str, files: list[str] | None, folder: str, prior: str, kind: str,
                   rank: float, steps: float, lr: str, resolution: float, every: float, sample_steps: float) -> Any:
     from .train import TrainConfig
     from .uijobs import save_uploads, stamp
@@ -404,7 +415,7 @@ def _train_config(config: UIConfig, source: str, files: list[str] | None, folder
         checkpointing_steps=int(every), validation_inference_steps=int(sample_steps), log_every=1)
 
 
-def _train_view(config: UIConfig, run_name: str | None) -> tuple[Any, Any, list, str]:
+def _train_view(config: UISetup, run_name: str | None) -> tuple[Any, Any, list, str]:
     """(runs dropdown, loss curve, samples, status) of the chosen run (default: the newest)."""
     import gradio as gr
     import pandas as pd
@@ -426,7 +437,7 @@ def _train_view(config: UIConfig, run_name: str | None) -> tuple[Any, Any, list,
 # Results
 
 
-def open_results(config: UIConfig, folder: str) -> tuple[list, list, str, str]:
+def open_results(config: UISetup, folder: str) -> tuple[list, list, str, str]:
     """An `evaluate` or `world benchmark` folder: (plots, grids, table markdown, status)."""
     from .uipaths import confine, shown
 
@@ -488,7 +499,7 @@ CSS = """
 """
 
 
-def build_app(config: UIConfig) -> Any:
+def build_app(config: UISetup) -> Any:
     """The gradio Blocks of the page (not started)."""
     import gradio as gr
 

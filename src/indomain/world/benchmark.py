@@ -84,8 +84,8 @@ class BenchmarkConfig:
                               "seeds' images; FD, precision and recall show the range over seeds)",
                               type=nonnegative_int)
     sample_steps: int = option(20, "sampler steps", type=positive_int)
-    domain_scales: list[float] = option([0.0, 1.0, 2.5, 4.0], "w_d sweep of ours (w_d = 0 is the prior)",
-                                        type=finite_float, nargs="*")
+    domain_guidance_scales: list[float] = option([0.0, 1.0, 2.5, 4.0], "w_d sweep of ours (w_d = 0 is the prior)",
+                                                 type=finite_float, nargs="*", aliases=["--domain-scales"])
     guidance_scales: list[float] = option([1.5, 2.5, 5.0], "w_c sweep of ours and of the prior", type=finite_float,
                                           nargs="*")
     baseline_scales: list[float] = option([1.5, 2.5, 5.0, 7.5], "scale sweep of the fine-tunes (their CFG w_c) and of "
@@ -103,8 +103,8 @@ class BenchmarkConfig:
     @classmethod
     def demo(cls, prior: str, out: str, **changes: Any) -> BenchmarkConfig:
         """The `indomain demo` preset, a smoke run: shorter training, fewer images, one seed, one weight per method."""
-        preset = dict(train_steps=300, num_prompts=12, images_per_setting=24, seeds=[0], domain_scales=[0.0, 2.5, 4.0],
-                      guidance_scales=[2.5], baseline_scales=[2.5])
+        preset = dict(train_steps=300, num_prompts=12, images_per_setting=24, seeds=[0],
+                      domain_guidance_scales=[0.0, 2.5, 4.0], guidance_scales=[2.5], baseline_scales=[2.5])
         return cls(prior=prior, out=out, **(preset | changes))
 
     @property
@@ -229,17 +229,17 @@ def benchmark_methods(config: BenchmarkConfig, ours: Any, finetune: Any, lora: A
     template = get_domain(config.domain).caption + ", {}"
     scales = config.baseline_scales
     methods = [
-        Method("prior", config.prior, domain_scales=[0.0], guidance_scales=config.guidance_scales),
-        Method("finetune-cfg", config.prior, unet=finetune, prompt_template=template, domain_scales=[0.0],
+        Method("prior", config.prior, domain_guidance_scales=[0.0], guidance_scales=config.guidance_scales),
+        Method("finetune-cfg", config.prior, unet=finetune, prompt_template=template, domain_guidance_scales=[0.0],
                guidance_scales=scales),
-        Method("finetune-lora-cfg", config.prior, unet=lora, prompt_template=template, domain_scales=[0.0],
+        Method("finetune-lora-cfg", config.prior, unet=lora, prompt_template=template, domain_guidance_scales=[0.0],
                guidance_scales=scales),
         Method("rectified", config.prior, domain=finetune, prompt_template=template, guidance_scales=[0.0],
-               domain_scales=scales),
+               domain_guidance_scales=scales),
     ]
-    domain_scales = [w for w in config.domain_scales if w != 0]
-    for form in config.guidance_forms if domain_scales else []:
-        methods.append(Method(OURS_METHODS[form], config.prior, domain=ours, domain_scales=domain_scales,
+    ours_scales = [w for w in config.domain_guidance_scales if w != 0]
+    for form in config.guidance_forms if ours_scales else []:
+        methods.append(Method(OURS_METHODS[form], config.prior, domain=ours, domain_guidance_scales=ours_scales,
                               guidance_scales=config.guidance_scales, guidance_form=form))
     return methods
 
@@ -473,11 +473,18 @@ def write_results(out: Path, config: BenchmarkConfig, results: dict[str, SplitRe
     return path
 
 
+@dataclass
+class BenchmarkCommand:
+    """The flag of `indomain world benchmark` beside its `BenchmarkConfig`: which scorer the run gets."""
+
+    no_evaluators: bool = option(False, "skip the emoji evaluators (smoke runs)")
+
+
 def add_parser(wsub: argparse._SubParsersAction) -> None:
     p = wsub.add_parser("benchmark", help="compare prior, fine-tuning (CFG, LoRA, rectified) and ours in the emoji world",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p, BenchmarkConfig)
-    p.add_argument("--no-evaluators", action="store_true", help="skip the emoji evaluators (smoke runs)")
+    add_options(p, BenchmarkCommand)
     p.set_defaults(func=_cmd)
 
 
@@ -485,7 +492,7 @@ def _cmd(args: argparse.Namespace) -> int:
     from ..console import info
 
     scorer = None
-    if not args.no_evaluators:
+    if not from_args(BenchmarkCommand, args).no_evaluators:
         from .evaluators import load_evaluators
 
         scorer = load_evaluators().scorer(k=10, domain=args.domain)

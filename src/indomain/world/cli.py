@@ -42,6 +42,20 @@ class ControlNetConfig:
                                    type=positive_int)
 
 
+@dataclass
+class EvaluatorTrainingConfig:
+    """Every setting of `indomain world train-evaluators` (each field is also its option ``--field-name``)."""
+
+    out: str | None = option(None, "folder for evaluators.safetensors and card.json (default: the shipped "
+                             "evaluators in the indomain-emoji package, which this replaces)")
+    steps: int = option(1500, "AdamW steps", type=positive_int)
+    batch_size: int = option(128, "batch size", type=positive_int)
+    seed: int = option(0, "seed")
+    validate: bool = option(True, "run the held-out validation that the card records; --no-validate skips it "
+                            "(a smoke run)")
+    threads: int = option(1, "torch threads; the weights depend on it", type=positive_int)
+
+
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     world = sub.add_parser("world", help=help)
     wsub = world.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
@@ -70,15 +84,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
 
     p = wsub.add_parser("train-evaluators", help="train the emoji world's evaluators (style and identity scores) on "
                         "its renders; deterministic for a seed and thread count")
-    p.add_argument("--out", default=None, help="folder for evaluators.safetensors and card.json (default: the shipped "
-                   "evaluators in the indomain-emoji package, which this replaces)")
-    p.add_argument("--steps", type=positive_int, default=1500, help="AdamW steps (default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=128, help="batch size (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
-    p.add_argument("--no-validate", dest="validate", action="store_false",
-                   help="skip the held-out validation that the card records (a smoke run)")
-    p.add_argument("--threads", type=positive_int, default=1,
-                   help="torch threads; the weights depend on it (default: %(default)s)")
+    add_options(p, EvaluatorTrainingConfig)
     p.set_defaults(func=_train_evaluators)
 
     from .benchmark import add_parser as add_benchmark
@@ -133,9 +139,10 @@ def _train_evaluators(args: argparse.Namespace) -> int:
     from ..outputs import claim_output_dir
     from .evaluator_training import train_evaluators
 
-    if args.out is not None:
-        claim_output_dir(args.out, "world train-evaluators", reuse=True)
-    out = train_evaluators(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, threads=args.threads,
-                           validate=args.validate)
+    c = from_args(EvaluatorTrainingConfig, args)
+    if c.out is not None:
+        claim_output_dir(c.out, "world train-evaluators", reuse=True)
+    out = train_evaluators(c.out, steps=c.steps, batch_size=c.batch_size, seed=c.seed, threads=c.threads,
+                           validate=c.validate)
     print(f"evaluators: {out}")
     return 0
