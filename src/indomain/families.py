@@ -17,8 +17,9 @@ the null-text conversion       `indomain.nulltext`                         `Null
 ============================  ==========================================  ==========================================
 
 The guidance math (`indomain.guidance`), the sampling loop (`InDomainPipeline.denoise`) and the trainer's loop are
-shared, and every denoiser call of theirs (the pipelines' ``model_inputs`` / ``call_denoiser`` hooks, `indomain.train`'s
-loss, `indomain.distill`'s teacher and student) goes through `call_denoiser` with `denoiser_inputs`. A family is detected from the prior's ``model_index.json``: its pipeline class name, else its components.
+shared, and every denoiser call they make (the pipelines' ``model_inputs`` / ``call_denoiser`` hooks, `indomain.train`'s
+loss, `indomain.distill`'s teacher and student) goes through `call_denoiser` with `denoiser_inputs`. A family is
+detected from the prior's ``model_index.json``: its pipeline class name, else its components.
 
 **Adding a family**: a `Family` row here (and its branch in `denoiser_inputs` / `call_denoiser` if its denoiser
 takes its inputs differently); a pipeline class that subclasses `InDomainPipeline` and overrides the
