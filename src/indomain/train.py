@@ -533,12 +533,12 @@ def add_lora(target: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
     return settings
 
 
-def batch_inputs(text: Any, n: int, device: Any) -> Any:
+def batch_text(text: Any, n: int, device: Any) -> Any:
     """A fixed text condition (a tensor, or a dict of them; None stays None) repeated for a batch of ``n``."""
     if text is None:
         return None
     if isinstance(text, dict):
-        return {k: batch_inputs(v, n, device) for k, v in text.items()}
+        return {k: batch_text(v, n, device) for k, v in text.items()}
     return text.to(device).expand(n, *text.shape[1:])
 
 
@@ -881,7 +881,7 @@ class DomainObjective(Objective):
         config, family, b = self.config, self.family, latents.shape[0]
         noisy, t, target = noise_and_target(family, self.noise_scheduler, latents, noise, gens)
         # the model is called as the pipelines call it; SDXL's time ids: each image's original size, crop, target size
-        inputs = denoiser_inputs(family, batch_inputs(self.caption, b, latents.device), b,
+        inputs = denoiser_inputs(family, batch_text(self.caption, b, latents.device), b,
                                  batches.time_ids.to(latents.device))
         pred = call_denoiser(family, model, noisy, t, inputs)
         snr = compute_snr(self.noise_scheduler, t) if config.snr_gamma is not None else None
