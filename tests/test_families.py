@@ -95,8 +95,8 @@ def test_schedulers_fit_the_objective():
 
 def test_denoiser_inputs_of_each_family():
     text, pooled, ids = torch.zeros(2, 77, 32), torch.zeros(2, 32), torch.tensor([[32.0, 32, 0, 0, 32, 32]])
-    assert denoiser_inputs(SD, text, 2) == {"encoder_hidden_states": text, "added_cond_kwargs": None}
-    assert denoiser_inputs(SD, None, 2, ids) == {"encoder_hidden_states": None, "added_cond_kwargs": None}  # no size
+    assert denoiser_inputs(SD, text, 2) == {"encoder_hidden_states": text}
+    assert denoiser_inputs(SD, None, 2, ids) == {"encoder_hidden_states": None}  # no size conditioning
     xl = denoiser_inputs(SDXL, {"text": text, "pooled": pooled}, 2, ids)
     assert xl["encoder_hidden_states"] is text and xl["added_cond_kwargs"]["text_embeds"] is pooled
     assert xl["added_cond_kwargs"]["time_ids"].shape == (2, 6)

@@ -92,21 +92,25 @@ def denoiser_inputs(family: Family, cond: Any, batch: int, time_ids: torch.Tenso
         if time_ids is None:
             raise ValueError(f"a {family.title} denoiser needs time_ids (original size, crop, target size)")
         added["time_ids"] = time_ids.expand(batch, -1)
-    text = cond[TEXT] if isinstance(cond, dict) else cond
-    return {"encoder_hidden_states": text, "added_cond_kwargs": added or None}
+    inputs = {"encoder_hidden_states": cond[TEXT] if isinstance(cond, dict) else cond}
+    if added:
+        inputs["added_cond_kwargs"] = added
+    return inputs
 
 
 def call_denoiser(family: Family, model: Any, x: torch.Tensor, t: torch.Tensor, inputs: dict, extra: dict | None = None,
                   attention_kwargs: dict | None = None) -> torch.Tensor:
     """One denoiser call, the same in sampling and training: ``inputs`` from `denoiser_inputs` (plus any input of the
     model's own, e.g. a student's ``class_labels``), ``extra`` the ControlNet / adapter residuals, ``attention_kwargs``
-    the UNet's ``cross_attention_kwargs`` (the MMDiT's ``joint_attention_kwargs``)."""
+    the UNet's ``cross_attention_kwargs`` (the MMDiT's ``joint_attention_kwargs``). Only what is set is passed, so
+    any callable with the denoiser's signature will do (a test's stand-in, a wrapper)."""
     if family.denoiser == "transformer":  # the MMDiT: keyword arguments, one timestep per row
         if extra:
             raise ValueError(f"spatial control is not supported on a {family.title} prior")
-        return model(hidden_states=x, timestep=t.expand(x.shape[0]), joint_attention_kwargs=attention_kwargs,
-                     return_dict=False, **inputs)[0]
-    return model(x, t, cross_attention_kwargs=attention_kwargs, return_dict=False, **inputs, **(extra or {}))[0]
+        attention = {} if attention_kwargs is None else {"joint_attention_kwargs": attention_kwargs}
+        return model(hidden_states=x, timestep=t.expand(x.shape[0]), return_dict=False, **inputs, **attention)[0]
+    attention = {} if attention_kwargs is None else {"cross_attention_kwargs": attention_kwargs}
+    return model(x, t, return_dict=False, **inputs, **attention, **(extra or {}))[0]
 
 
 def family_of(model_index: dict) -> Family:
