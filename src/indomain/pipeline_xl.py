@@ -7,8 +7,9 @@ The sampling core of `InDomainPipeline` (one loop, one combiner) with SDXL's fam
   ``text_encoder_2``'s pooled embedding; a condition is the dict ``{"text": (N, 77, D), "pooled": (N, P)}``. With
   ``force_zeros_for_empty_prompt`` (SDXL base) and no negative prompt, ∅ is all zeros.
 * **the model call** (`indomain.families.denoiser_inputs`, as training's): ``added_cond_kwargs = {text_embeds: pooled,
-  time_ids}``; here the time ids ``original_size + crops_coords_top_left + target_size`` are shared by every branch. The null-text domain model holds its
-  pooled input constant (`NullTextUNet` with ``pooled_dim``); the time ids stay inputs.
+  time_ids}``; here the time ids ``original_size + crops_coords_top_left + target_size`` are shared by every branch.
+  The null-text domain model holds its pooled input constant (`NullTextUNet` with ``pooled_dim``); the time ids stay
+  inputs.
 * **decoding**: a float16 VAE with ``force_upcast`` decodes in float32; ``latents_mean`` / ``latents_std`` are used
   when the VAE has them.
 

@@ -297,6 +297,7 @@ def predict(pipe: Any, x_in: torch.Tensor, t: torch.Tensor, cond: Conditioning, 
 def call_student(model: Any, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, weights: torch.Tensor,
                  extra: dict | None = None, attention_kwargs: dict | None = None) -> torch.Tensor:
     """One call of a student UNet, in sampling and in distillation: the prompt's embeddings and each row's
-    ``(w_d, w_c)`` (`weight_rows`) as its ``class_labels``, otherwise the call of any SD UNet (`families.call_denoiser`)."""
+    ``(w_d, w_c)`` (`weight_rows`) as its ``class_labels``; otherwise the call of any SD UNet
+    (`families.call_denoiser`)."""
     inputs = {**denoiser_inputs(SD, text, x.shape[0]), "class_labels": weights}
     return call_denoiser(SD, model, x, t, inputs, extra, attention_kwargs)
