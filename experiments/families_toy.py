@@ -28,9 +28,9 @@ from PIL import Image
 
 from indomain import InDomainAutoPipeline
 from indomain.autopipeline import pipeline_class
-from indomain.families import FAMILIES
+from indomain.families import FAMILIES, call_denoiser, denoiser_inputs
 from indomain.outputs import make_grid
-from indomain.train import TrainConfig, call_inputs, noise_and_target, train
+from indomain.train import TrainConfig, noise_and_target, train
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220)}
 STYLES = ("plain", "outlined")  # the domain is "outlined": a black ring around the disc, as OpenMoji draws
@@ -113,13 +113,8 @@ def train_prior(family: str, parts: dict, steps: int, folder: Path, log: list) -
         noisy, t, target = noise_and_target(fam, sched, x0, torch.randn(x0.shape, generator=gen), gen)
         text = {k: torch.cat([(texts[c] if isinstance(texts[c], torch.Tensor) else texts[c][k]) for c in caps])
                 for k in (("text", "pooled") if isinstance(texts[""], dict) else ("t",))}
-        inputs = call_inputs(fam, text if "text" in text else text["t"])
-        if family == "sdxl":
-            inputs["added_cond_kwargs"]["time_ids"] = time_ids.expand(len(caps), -1)
-        if fam.denoiser == "transformer":
-            pred = denoiser(hidden_states=noisy, timestep=t, **inputs).sample
-        else:
-            pred = denoiser(noisy, t, **inputs).sample
+        inputs = denoiser_inputs(fam, text if "text" in text else text["t"], len(caps), time_ids)  # time ids: SDXL's
+        pred = call_denoiser(fam, denoiser, noisy, t, inputs)
         loss = torch.nn.functional.mse_loss(pred, target)
         opt.zero_grad()
         loss.backward()

@@ -13,7 +13,7 @@ from PIL import Image
 
 from indomain import InDomainAutoPipeline, InDomainSD3Pipeline, InDomainXLPipeline, NullTextTransformer, NullTextUNet
 from indomain.cli import main
-from indomain.families import SD, SD3, SDXL, detect_family, family_of
+from indomain.families import SD, SD3, SDXL, call_denoiser, denoiser_inputs, detect_family, family_of
 from indomain.loading import load_domain_model
 from indomain.pipeline import InDomainPipeline
 from indomain.safeload import check_prior
@@ -88,6 +88,41 @@ def test_schedulers_fit_the_objective():
         make_scheduler("dpm++", flow)
     with pytest.raises(ValueError, match="flow-euler is for SD3"):
         make_scheduler("flow-euler", ddim)
+
+
+# -- the denoiser call: one home for sampling, training and distillation (issue #23) ------------------------------
+
+
+def test_denoiser_inputs_of_each_family():
+    text, pooled, ids = torch.zeros(2, 77, 32), torch.zeros(2, 32), torch.tensor([[32.0, 32, 0, 0, 32, 32]])
+    assert denoiser_inputs(SD, text, 2) == {"encoder_hidden_states": text}
+    assert denoiser_inputs(SD, None, 2, ids) == {"encoder_hidden_states": None}  # no size conditioning
+    xl = denoiser_inputs(SDXL, {"text": text, "pooled": pooled}, 2, ids)
+    assert xl["encoder_hidden_states"] is text and xl["added_cond_kwargs"]["text_embeds"] is pooled
+    assert xl["added_cond_kwargs"]["time_ids"].shape == (2, 6)
+    assert set(denoiser_inputs(SDXL, None, 2, ids)["added_cond_kwargs"]) == {"time_ids"}  # a domain model: no text
+    with pytest.raises(ValueError, match="time_ids"):
+        denoiser_inputs(SDXL, {"text": text, "pooled": pooled}, 2)
+    assert denoiser_inputs(SD3, {"text": text, "pooled": pooled}, 2) == {"encoder_hidden_states": text,
+                                                                        "pooled_projections": pooled}
+    assert denoiser_inputs(SD3, None, 2) == {}
+    with pytest.raises(ValueError, match="spatial control"):
+        call_denoiser(SD3, None, torch.zeros(1), torch.zeros(1), {}, {"down_block_additional_residuals": ()})
+
+
+def test_no_caller_builds_a_denoiser_call_of_its_own():
+    """The pipelines, training, distillation, the student, editing and SDS call a denoiser only through
+    `families.call_denoiser` with `families.denoiser_inputs`: a new family's call convention is one branch there."""
+    import re
+    from pathlib import Path
+
+    import indomain
+
+    src = Path(indomain.__file__).parent
+    call = re.compile(r"\b(added_cond_kwargs|pooled_projections|encoder_hidden_states|hidden_states|class_labels)=")
+    for name in ("pipeline", "pipeline_xl", "pipeline_sd3", "train", "distill", "student", "editing", "sds"):
+        found = [line.strip() for line in (src / f"{name}.py").read_text().splitlines() if call.search(line)]
+        assert not found, f"{name}.py builds a denoiser call itself: {found}"
 
 
 # -- SD 2.x: v-prediction ---------------------------------------------------------------------------------------

@@ -191,7 +191,7 @@ class DistillObjective(Objective):
              batches: LatentBatches) -> torch.Tensor:
         import torch
 
-        from .student import teacher_prediction, weight_rows
+        from .student import call_student, teacher_prediction, weight_rows
 
         config, b, device = self.config, latents.shape[0], latents.device
         if config.objective == "consistency":  # t on the teacher's DDIM schedule: (n + 1) k - 1, as LCM's
@@ -215,7 +215,7 @@ class DistillObjective(Objective):
         labels = weight_rows(w_d, w_c, b, noisy)
         if config.objective == "consistency":
             return self._consistency_loss(model, noisy, t, target, text, labels, k)
-        pred = model(noisy, t, encoder_hidden_states=text, class_labels=labels).sample
+        pred = call_student(model, noisy, t, text, labels)
         return denoising_loss(pred, target, None, None, self.prediction_type)
 
     def _consistency_loss(self, model: Any, x_t: torch.Tensor, t: torch.Tensor, eps_teacher: torch.Tensor,
@@ -224,6 +224,8 @@ class DistillObjective(Objective):
         function ``f(x, t) = c_skip(t) x + c_out(t) x0(x, t)`` (LCMScheduler's scalings) at ``x_t`` against its own
         value at ``x_s`` under stop-gradient (target decay 0, as improved consistency training), MSE."""
         import torch
+
+        from .student import call_student
 
         alphas = self.noise_scheduler.alphas_cumprod.to(x_t.device)
         s = (t - k).clamp(min=0)
@@ -235,7 +237,7 @@ class DistillObjective(Objective):
         x_s = a_s * (x_t - sig_t * eps_teacher) / a_t + sig_s * eps_teacher  # DDIM with the teacher's guided eps
 
         def f(x: torch.Tensor, tt: torch.Tensor, a: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
-            eps = model(x, tt, encoder_hidden_states=text, class_labels=labels).sample
+            eps = call_student(model, x, tt, text, labels)
             c_skip, c_out = self.lcm.get_scalings_for_boundary_condition_discrete(tt.float())
             return c_skip.view(-1, 1, 1, 1) * x + c_out.view(-1, 1, 1, 1) * (x - sig * eps) / a
 

@@ -192,7 +192,7 @@ class InDomainImg2ImgPipeline(InDomainPipeline):
             return alphas[t] if t >= 0 else sched.final_alpha_cumprod.to(source.device)
 
         def eps_u(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.unet(x, t, encoder_hidden_states=cond.negative_prompt_embeds, return_dict=False)[0]
+            return self.call_denoiser(self.unet, x, t, self.model_inputs(cond.negative_prompt_embeds, x.shape[0]), {})
 
         levels = [source]
         x_prev = source

@@ -8,8 +8,8 @@ what differs                   where                                       per f
 ============================  ==========================================  ==========================================
 prompt encoding                the pipeline's ``encode_text``              CLIP (SD); two CLIPs + pooled (SDXL);
                                                                            two CLIPs + T5 + pooled (SD3)
-the model call                 the pipeline's ``model_inputs`` /           UNet with ``added_cond_kwargs`` (SDXL:
-                               ``call_denoiser``                           pooled text + time ids); MMDiT transformer
+the model call                 `denoiser_inputs` / `call_denoiser` here,   UNet with ``added_cond_kwargs`` (SDXL:
+                               for sampling, training and distillation     pooled text + time ids); MMDiT transformer
 the training target            `indomain.train` (``Family.objective``)     epsilon or v (``diffusion``); velocity
                                                                            ``noise − x0`` (``flow``)
 the null-text conversion       `indomain.nulltext`                         `NullTextUNet` (constant or exact);
@@ -17,9 +17,12 @@ the null-text conversion       `indomain.nulltext`                         `Null
 ============================  ==========================================  ==========================================
 
 The guidance math (`indomain.guidance`), the sampling loop (`InDomainPipeline.denoise`) and the trainer's loop are
-shared. A family is detected from the prior's ``model_index.json``: its pipeline class name, else its components.
+shared, and every denoiser call they make (the pipelines' ``model_inputs`` / ``call_denoiser`` hooks, `indomain.train`'s
+loss, `indomain.distill`'s teacher and student) goes through `call_denoiser` with `denoiser_inputs`. A family is
+detected from the prior's ``model_index.json``: its pipeline class name, else its components.
 
-**Adding a family**: a `Family` row here; a pipeline class that subclasses `InDomainPipeline` and overrides the
+**Adding a family**: a `Family` row here (and its branch in `denoiser_inputs` / `call_denoiser` if its denoiser
+takes its inputs differently); a pipeline class that subclasses `InDomainPipeline` and overrides the
 family-specific hooks (see `indomain.pipeline_xl` for the smallest example); its null-text wrapper in
 `indomain.nulltext` if its denoiser is not a `UNet2DConditionModel`; its row in `indomain.autopipeline`.
 """
@@ -30,6 +33,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+# the keys of a text condition that is a dict: token embeddings, pooled embedding (SDXL, SD3), IP-Adapter images
+TEXT, POOLED, IP = "text", "pooled", "ip"
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,7 @@ class Family:
     text_encoders: tuple[str, ...]  # required text encoders, in the pipeline's order
     optional_text_encoders: tuple[str, ...] = ()
     objective: str = "diffusion"  # "diffusion": epsilon / v-prediction on a DDPM schedule; "flow": flow matching
+    size_conditioning: bool = False  # the denoiser takes SDXL's time ids (original size, crop, target size)
 
     def tokenizer(self, encoder: str) -> str:
         """The tokenizer component of text encoder ``encoder`` ("text_encoder_2" -> "tokenizer_2")."""
@@ -52,13 +63,54 @@ class Family:
 SD = Family("sd", "Stable Diffusion 1.x / 2.x", ("StableDiffusionPipeline", "InDomainPipeline"), "unet", ("text_encoder",))
 SDXL = Family(
     "sdxl", "Stable Diffusion XL", ("StableDiffusionXLPipeline", "InDomainXLPipeline"), "unet",
-    ("text_encoder", "text_encoder_2"),
+    ("text_encoder", "text_encoder_2"), size_conditioning=True,
 )
 SD3 = Family(
     "sd3", "Stable Diffusion 3 / 3.5", ("StableDiffusion3Pipeline", "InDomainSD3Pipeline"), "transformer",
     ("text_encoder", "text_encoder_2"), optional_text_encoders=("text_encoder_3",), objective="flow",
 )
 FAMILIES = {f.name: f for f in (SD, SDXL, SD3)}
+
+
+def denoiser_inputs(family: Family, cond: Any, batch: int, time_ids: torch.Tensor | None = None) -> dict:
+    """The denoiser's keyword inputs for a batch of ``batch`` rows, in sampling and training alike.
+
+    ``cond`` is a text condition: a tensor of token embeddings (SD), or a dict with ``text``, ``pooled`` (SDXL, SD3)
+    and, with an IP-Adapter, ``ip0``, ``ip1``, ...; None for a domain model, which takes no text. ``time_ids`` are
+    SDXL's size conditioning (one row, or one per row), ignored by a family without it.
+    """
+    if family.denoiser == "transformer":  # the MMDiT: the pooled text is an input of its own
+        return {} if cond is None else {"encoder_hidden_states": cond[TEXT], "pooled_projections": cond[POOLED]}
+    added = {}
+    if isinstance(cond, dict):
+        ips = [cond[f"{IP}{j}"] for j in range(sum(k.startswith(IP) for k in cond))]
+        if ips:
+            added["image_embeds"] = ips
+        if POOLED in cond:  # SDXL's pooled text rides in the added conditioning
+            added["text_embeds"] = cond[POOLED]
+    if family.size_conditioning:
+        if time_ids is None:
+            raise ValueError(f"a {family.title} denoiser needs time_ids (original size, crop, target size)")
+        added["time_ids"] = time_ids.expand(batch, -1)
+    inputs = {"encoder_hidden_states": cond[TEXT] if isinstance(cond, dict) else cond}
+    if added:
+        inputs["added_cond_kwargs"] = added
+    return inputs
+
+
+def call_denoiser(family: Family, model: Any, x: torch.Tensor, t: torch.Tensor, inputs: dict, extra: dict | None = None,
+                  attention_kwargs: dict | None = None) -> torch.Tensor:
+    """One denoiser call, the same in sampling and training: ``inputs`` from `denoiser_inputs` (plus any input of the
+    model's own, e.g. a student's ``class_labels``), ``extra`` the ControlNet / adapter residuals, ``attention_kwargs``
+    the UNet's ``cross_attention_kwargs`` (the MMDiT's ``joint_attention_kwargs``). Only what is set is passed, so
+    any callable with the denoiser's signature will do (a test's stand-in, a wrapper)."""
+    if family.denoiser == "transformer":  # the MMDiT: keyword arguments, one timestep per row
+        if extra:
+            raise ValueError(f"spatial control is not supported on a {family.title} prior")
+        attention = {} if attention_kwargs is None else {"joint_attention_kwargs": attention_kwargs}
+        return model(hidden_states=x, timestep=t.expand(x.shape[0]), return_dict=False, **inputs, **attention)[0]
+    attention = {} if attention_kwargs is None else {"cross_attention_kwargs": attention_kwargs}
+    return model(x, t, return_dict=False, **inputs, **attention, **(extra or {}))[0]
 
 
 def family_of(model_index: dict) -> Family:

@@ -8,8 +8,9 @@ Per step (Cao et al. 2025, Eq. A, with extra weighted prompts as in Eq. C)::
 All prior branches of a step run in one batched UNet call and the domain branch in one more (with a LoRA domain model
 and ``share_base=True``, in the same call: `indomain.shared_base`).
 
-The family-specific parts (prompt encoding, the model call, latent scaling) are hooks that `InDomainXLPipeline` and
-`InDomainSD3Pipeline` override (`indomain.families`); the loop, the combination and the checks are shared.
+The family-specific parts (prompt encoding, latent scaling) are hooks that `InDomainXLPipeline` and
+`InDomainSD3Pipeline` override; the model call is `indomain.families`' (`denoiser_inputs`, `call_denoiser`), which
+training uses too. The loop, the combination and the checks are shared.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from .control import (
     SpatialControl, as_multi_controlnet, check_control_compatible, controlnet_scales, default_size,
     prepare_adapter_state, prepare_controlnet_images,
 )
-from .families import FAMILIES, detect_family
+from .families import FAMILIES, IP, TEXT, call_denoiser, denoiser_inputs, detect_family
 from .guidance import DOMAIN, DOMAIN_TEXT, PRIOR, Guidance, GuidancePlan, MultiGuidance, decoupled, domain_text
 from .loading import is_lora_folder, load_domain_model, resolve_domain_path
 from .numerics import require_finite
@@ -278,18 +279,16 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         return self.encode_text(negatives, device)
 
     def model_inputs(self, emb: Any, batch: int) -> dict:
-        """The denoiser's keyword inputs for one branch batch of ``batch`` rows: the text (a tensor, or a dict
-        with ``text`` and, with an IP-Adapter, ``ip0``, ``ip1``, ...); ``emb`` None for a domain model."""
-        if not isinstance(emb, dict):
-            return {"encoder_hidden_states": emb}
-        ips = [emb[f"{IP}{j}"] for j in range(sum(k.startswith(IP) for k in emb))]
-        return {"encoder_hidden_states": emb[TEXT], "added_cond_kwargs": {"image_embeds": ips} if ips else None}
+        """The denoiser's keyword inputs for one branch batch of ``batch`` rows (`families.denoiser_inputs`): the
+        text (a tensor, or a dict with ``text`` and, with an IP-Adapter, ``ip0``, ``ip1``, ...); ``emb`` None for a
+        domain model."""
+        return denoiser_inputs(FAMILIES[self.family], emb, batch)
 
     def call_denoiser(self, model: Any, x: torch.Tensor, t: torch.Tensor, inputs: dict, extra: dict,
                       attention_kwargs: dict | None = None) -> torch.Tensor:
-        """One denoiser call: ``inputs`` from `model_inputs`, ``extra`` the ControlNet / adapter residuals,
-        ``attention_kwargs`` the call's ``cross_attention_kwargs`` (the prior's branches only)."""
-        return model(x, t, cross_attention_kwargs=attention_kwargs, return_dict=False, **inputs, **extra)[0]
+        """One denoiser call (`families.call_denoiser`): ``inputs`` from `model_inputs`, ``extra`` the ControlNet /
+        adapter residuals, ``attention_kwargs`` the call's ``cross_attention_kwargs`` (the prior's branches only)."""
+        return call_denoiser(FAMILIES[self.family], model, x, t, inputs, extra, attention_kwargs)
 
     def unscale_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents in the VAE's own scale, ready to decode."""
@@ -1018,7 +1017,6 @@ class Conditioning:
 
 GUIDANCE_FORMS = ("decoupled", "domain-text")  # how the control prompt's term is measured (`__call__`'s guidance_form)
 DOMAIN_TEXT_FORM = "domain-text"
-TEXT, IP = "text", "ip"  # the keys of a prior condition with IP-Adapter image embeddings
 NULL_TEXT_MODELS = (NullTextUNet, NullTextTransformer)  # domain models that ignore text
 PRISTINE_PRIOR = "prior_without_lora"  # the prior with its LoRA adapters disabled (lora_in_uncond=False)
 CONTROL = "control"  # control_unet: the model of the control prompt's term

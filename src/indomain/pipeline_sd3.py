@@ -10,8 +10,8 @@ The sampling core of `InDomainPipeline`, with SD3's family hooks, as `StableDiff
 * **prompt encoding** (`encode_text`): both CLIPs' penultimate hidden states (concatenated, zero-padded to the T5
   width) followed by T5's (zeros without ``text_encoder_3``), and the two pooled embeddings concatenated; a condition
   is the dict ``{"text": (N, 77 + L_t5, D), "pooled": (N, P)}``. ∅ is the encoded empty prompt.
-* **the model call** (`call_denoiser`): ``transformer(hidden_states, timestep (one per row), encoder_hidden_states,
-  pooled_projections, joint_attention_kwargs)``.
+* **the model call** (`indomain.families.call_denoiser`, as training's): ``transformer(hidden_states, timestep (one
+  per row), encoder_hidden_states, pooled_projections, joint_attention_kwargs)``.
 * **latents**: no input scaling; decoded as ``latents / scaling_factor + shift_factor``; ``mu`` for schedulers with
   dynamic shifting.
 
@@ -31,9 +31,9 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import SD3LoraLoaderMixin
 
 from .nulltext import NullTextTransformer, check_compatible
-from .pipeline import TEXT, InDomainPipeline, InDomainPipelineOutput
+from .families import POOLED, TEXT
+from .pipeline import InDomainPipeline, InDomainPipelineOutput
 from .pipeline import register_with_diffusers
-from .pipeline_xl import POOLED
 
 FLOW = "flow"  # the prediction type of a flow-matching prior: the velocity noise − x0
 
@@ -122,18 +122,6 @@ class InDomainSD3Pipeline(SD3LoraLoaderMixin, InDomainPipeline):
         clip = torch.cat([h1, h2], dim=-1)
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
         return {TEXT: torch.cat([clip, t5], dim=-2), POOLED: torch.cat([p1, p2], dim=-1)}
-
-    def model_inputs(self, emb: Any, batch: int) -> dict:
-        if emb is None:  # the domain model: no text
-            return {}
-        return {"encoder_hidden_states": emb[TEXT], "pooled_projections": emb[POOLED]}
-
-    def call_denoiser(self, model: Any, x: torch.Tensor, t: torch.Tensor, inputs: dict, extra: dict,
-                      attention_kwargs: dict | None = None) -> torch.Tensor:
-        if extra:
-            raise ValueError("spatial control is not supported on an SD3 prior")
-        return model(hidden_states=x, timestep=t.expand(x.shape[0]), joint_attention_kwargs=attention_kwargs,
-                     return_dict=False, **inputs)[0]
 
     def unscale_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return latents / self.vae.config.scaling_factor + self.vae.config.shift_factor

@@ -6,9 +6,10 @@ The sampling core of `InDomainPipeline` (one loop, one combiner) with SDXL's fam
 * **prompt encoding** (`encode_text`): both CLIP text encoders' penultimate hidden states, concatenated, and
   ``text_encoder_2``'s pooled embedding; a condition is the dict ``{"text": (N, 77, D), "pooled": (N, P)}``. With
   ``force_zeros_for_empty_prompt`` (SDXL base) and no negative prompt, ∅ is all zeros.
-* **the model call** (`model_inputs`): ``added_cond_kwargs = {text_embeds: pooled, time_ids}``, the time ids
-  ``original_size + crops_coords_top_left + target_size`` shared by every branch. The null-text domain model holds its
-  pooled input constant (`NullTextUNet` with ``pooled_dim``); the time ids stay inputs.
+* **the model call** (`indomain.families.denoiser_inputs`, as training's): ``added_cond_kwargs = {text_embeds: pooled,
+  time_ids}``; here the time ids ``original_size + crops_coords_top_left + target_size`` are shared by every branch.
+  The null-text domain model holds its pooled input constant (`NullTextUNet` with ``pooled_dim``); the time ids stay
+  inputs.
 * **decoding**: a float16 VAE with ``force_upcast`` decodes in float32; ``latents_mean`` / ``latents_std`` are used
   when the VAE has them.
 
@@ -28,11 +29,10 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 from diffusers.schedulers import KarrasDiffusionSchedulers
 
+from .families import POOLED, SDXL, TEXT, denoiser_inputs
 from .nulltext import DomainModels, NullTextUNet, check_compatible
-from .pipeline import TEXT, InDomainPipeline, InDomainPipelineOutput, check_control_unet, checked_extra_domains
+from .pipeline import InDomainPipeline, InDomainPipelineOutput, check_control_unet, checked_extra_domains
 from .pipeline import register_with_diffusers
-
-POOLED = "pooled"  # the key of the pooled text embedding in an SDXL condition
 
 
 class InDomainXLPipeline(StableDiffusionXLLoraLoaderMixin, InDomainPipeline):
@@ -117,13 +117,7 @@ class InDomainXLPipeline(StableDiffusionXLLoraLoaderMixin, InDomainPipeline):
     def model_inputs(self, emb: Any, batch: int) -> dict:
         if self._add_time_ids is None:
             raise RuntimeError("SDXL time ids are set by __call__; call the pipeline, not its sampling core alone")
-        inputs = super().model_inputs(emb, batch)
-        added = dict(inputs.get("added_cond_kwargs") or {})
-        if emb is not None:
-            added["text_embeds"] = emb[POOLED]
-        added["time_ids"] = self._add_time_ids.expand(batch, -1)
-        inputs["added_cond_kwargs"] = added
-        return inputs
+        return denoiser_inputs(SDXL, emb, batch, self._add_time_ids)
 
     def unscale_latents(self, latents: torch.Tensor) -> torch.Tensor:
         cfg = self.vae.config

@@ -28,6 +28,7 @@ but its gradient is exactly ``∂L/∂z = g / B`` (the mean of the per-view SDS 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,10 +165,11 @@ class ScoreDistillation:
         def per_row(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
             return tt.repeat(x.shape[0] // tt.shape[0])  # MultiGuidance stacks branches as [z_t] * n: t follows
 
-        models = {
-            PRIOR: lambda x, tt, emb: self.pipe.unet(x, per_row(x, tt), encoder_hidden_states=emb, return_dict=False)[0],
-            DOMAIN: lambda x, tt, emb: self.pipe.domain_unet(x, per_row(x, tt), emb, return_dict=False)[0],
-        }
+        def call(model: Any) -> Callable:  # as the pipeline calls it (`families.call_denoiser`)
+            return lambda x, tt, emb: self.pipe.call_denoiser(model, x, per_row(x, tt),
+                                                              self.pipe.model_inputs(emb, x.shape[0]), {})
+
+        models = {PRIOR: call(self.pipe.unet), DOMAIN: call(self.pipe.domain_unet)}
         pred = MultiGuidance(models, self.plan(cond, null))(z_t, t).pred
         if self.prediction_type == "v_prediction":  # ε = sqrt(ᾱ) v + sqrt(1 − ᾱ) z_t
             a = self.alphas_cumprod[t.cpu()].to(z_t.device).view(-1, 1, 1, 1)

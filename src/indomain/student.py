@@ -33,6 +33,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 
+from .families import SD, call_denoiser, denoiser_inputs
 from .guidance import DOMAIN, PRIOR, MultiGuidance, combine, decoupled
 from .outputs import read_json_object, to_json
 from .safeload import check_safe, read_safetensors
@@ -140,8 +141,10 @@ def teacher_prediction(prior: Any, domain: Any, x_t: torch.Tensor, t: torch.Tens
     def rows(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:  # MultiGuidance stacks x per branch, not t
         return tt.repeat(x.shape[0] // tt.shape[0]) if tt.ndim == 1 else tt
 
-    models = {PRIOR: lambda x, tt, emb: prior(x, rows(x, tt), encoder_hidden_states=emb, return_dict=False)[0],
-              DOMAIN: lambda x, tt, emb: domain(x, rows(x, tt), encoder_hidden_states=None, return_dict=False)[0]}
+    def teacher(model: Any) -> Any:  # called as the pipeline calls it (`families.call_denoiser`)
+        return lambda x, tt, emb: call_denoiser(SD, model, x, rows(x, tt), denoiser_inputs(SD, emb, x.shape[0]))
+
+    models = {PRIOR: teacher(prior), DOMAIN: teacher(domain)}  # the domain branch's emb is None: no text
     # weights 1, 1 only make every branch run; the rows' weights are applied below
     out = MultiGuidance(models, decoupled(1.0, 1.0, text, null))(x_t, t)
     shape = (-1,) + (1,) * (x_t.ndim - 1)
@@ -292,5 +295,13 @@ def predict(pipe: Any, x_in: torch.Tensor, t: torch.Tensor, cond: Conditioning, 
     spatial = cond.spatial if cond.spatial is not None and cond.spatial.active(step, num_steps) else None
     extra = spatial.residuals(x_in, t, text) if spatial is not None else {}
     weights = weight_rows(pipe.domain_guidance_scale, pipe.guidance_scale, x_in.shape[0], x_in)
-    return pipe.unet(x_in, t, encoder_hidden_states=text, class_labels=weights,
-                     cross_attention_kwargs=pipe.cross_attention_kwargs, return_dict=False, **extra)[0]
+    return call_student(pipe.unet, x_in, t, text, weights, extra, pipe.cross_attention_kwargs)
+
+
+def call_student(model: Any, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, weights: torch.Tensor,
+                 extra: dict | None = None, attention_kwargs: dict | None = None) -> torch.Tensor:
+    """One call of a student UNet, in sampling and in distillation: the prompt's embeddings and each row's
+    ``(w_d, w_c)`` (`weight_rows`) as its ``class_labels``; otherwise the call of any SD UNet
+    (`families.call_denoiser`)."""
+    inputs = {**denoiser_inputs(SD, text, x.shape[0]), "class_labels": weights}
+    return call_denoiser(SD, model, x, t, inputs, extra, attention_kwargs)

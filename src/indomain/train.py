@@ -470,9 +470,9 @@ class PlannedBatches:
 # Model
 
 
-def build_model(config: TrainConfig, parts: dict) -> tuple[torch.nn.Module, dict]:
-    """The trainable model and the text inputs of its calls: {} for a null-text model, the fixed caption's for the
-    baseline (``encoder_hidden_states``, and SDXL's pooled ``text_embeds`` / SD3's ``pooled_projections``).
+def build_model(config: TrainConfig, parts: dict) -> tuple[torch.nn.Module, Any]:
+    """The trainable model and the text condition of its calls: None for a null-text model, the fixed caption's for
+    the baseline (a tensor, or SDXL / SD3's ``{"text", "pooled"}``; `families.denoiser_inputs` makes the inputs).
 
     The text encoders run once here (the prior's empty prompt for the null-text conversion, or the baseline's
     caption), through the family's own pipeline code, and are dropped from ``parts`` afterwards, so training never
@@ -511,12 +511,11 @@ def build_model(config: TrainConfig, parts: dict) -> tuple[torch.nn.Module, dict
                     scheduler=parts["noise_scheduler"],
                     seed=config.seed,
                 )
-    caption = {} if text is None else call_inputs(family, text)
     del pipe, text_parts
     if config.lora_rank:
         add_lora(model.unet if hasattr(model, "unet") and not config.baseline else model, config)
     model.train()
-    return model, caption
+    return model, text
 
 
 def add_lora(target: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
@@ -534,20 +533,13 @@ def add_lora(target: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
     return settings
 
 
-def call_inputs(family: Any, text: Any) -> dict:
-    """A text condition (a tensor, or SDXL / SD3's ``{"text", "pooled"}``) as the denoiser's keyword inputs."""
-    if not isinstance(text, dict):
-        return {"encoder_hidden_states": text}
-    if family.denoiser == "transformer":
-        return {"encoder_hidden_states": text["text"], "pooled_projections": text["pooled"]}
-    return {"encoder_hidden_states": text["text"], "added_cond_kwargs": {"text_embeds": text["pooled"]}}
-
-
-def batch_inputs(inputs: Any, n: int, device: Any) -> Any:
-    """The fixed call inputs (`call_inputs`) repeated for a batch of ``n``."""
-    if isinstance(inputs, dict):
-        return {k: batch_inputs(v, n, device) for k, v in inputs.items()}
-    return inputs.to(device).expand(n, *inputs.shape[1:])
+def batch_text(text: Any, n: int, device: Any) -> Any:
+    """A fixed text condition (a tensor, or a dict of them; None stays None) repeated for a batch of ``n``."""
+    if text is None:
+        return None
+    if isinstance(text, dict):
+        return {k: batch_text(v, n, device) for k, v in text.items()}
+    return text.to(device).expand(n, *text.shape[1:])
 
 
 def per_sample(gens: list[torch.Generator], fn: Callable[[int, torch.Generator], torch.Tensor]) -> torch.Tensor:
@@ -877,23 +869,21 @@ class DomainObjective(Objective):
         if flow and config.snr_gamma is not None:
             raise ValueError(f"--snr-gamma (min-SNR weighting) is for diffusion priors; this prior is "
                              f"{self.family.title}, trained with the flow-matching loss")
-        model, self.caption = build_model(config, parts)
+        model, self.caption = build_model(config, parts)  # caption: the baseline's text condition, else None
         return model
 
     def loss(self, model: Any, latents: torch.Tensor, noise: torch.Tensor, gens: list[torch.Generator],
              batches: LatentBatches) -> torch.Tensor:
         from diffusers.training_utils import compute_snr
 
-        config, family = self.config, self.family
+        from .families import call_denoiser, denoiser_inputs
+
+        config, family, b = self.config, self.family, latents.shape[0]
         noisy, t, target = noise_and_target(family, self.noise_scheduler, latents, noise, gens)
-        inputs = batch_inputs(self.caption, latents.shape[0], latents.device)
-        if family.name == "sdxl":  # the size conditioning of each image: original size, crop, target size
-            added = {**inputs.get("added_cond_kwargs", {}), "time_ids": batches.time_ids.to(latents.device)}
-            inputs["added_cond_kwargs"] = added
-        if family.denoiser == "transformer":  # the MMDiT's argument order differs from the UNet's
-            pred = model(hidden_states=noisy, timestep=t, **inputs).sample
-        else:
-            pred = model(noisy, t, **inputs).sample
+        # the model is called as the pipelines call it; SDXL's time ids: each image's original size, crop, target size
+        inputs = denoiser_inputs(family, batch_text(self.caption, b, latents.device), b,
+                                 batches.time_ids.to(latents.device))
+        pred = call_denoiser(family, model, noisy, t, inputs)
         snr = compute_snr(self.noise_scheduler, t) if config.snr_gamma is not None else None
         return denoising_loss(pred, target, snr, config.snr_gamma, self.prediction_type)
 
