@@ -42,7 +42,11 @@ DOMAIN = "domain"
 DOMAIN_TEXT = "domain_text"  # the domain model with the prior's text pathway put back (nulltext.prior_text_pathway)
 # The default weights (w_d, w_c) of each guidance form of `indomain generate` (one rule for every domain; the
 # measurements behind them: docs/RESULTS.md, "The domain under a prompt"). "decoupled" keeps the paper's official values.
-DEFAULT_WEIGHTS = {"decoupled": (2.5, 2.5), "domain-text": (4.0, 2.5)}
+DEFAULT_WEIGHTS = {"decoupled": (2.5, 2.5), "domain-text": (4.0, 2.5), "domain-text-bands": (4.0, 6.0)}
+# domain-text-bands: the weight of the prompt term's low band (its layout and palette), and the band's edge: the
+# Gaussian's standard deviation as a fraction of the latent's side (1.5 latent pixels of the emoji world's 8)
+DEFAULT_LAYOUT_GUIDANCE_SCALE = 1.0
+LAYOUT_SIGMA = 0.1875
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,8 @@ class Guidance:
     """One guidance term ``weight * (models[model](x_t, t, cond) - eps_u)``.
 
     ``start``/``stop`` are fractions of the trajectory (0 = first step) during which the term is
-    active, as diffusers' ``control_guidance_start/end``.
+    active, as diffusers' ``control_guidance_start/end``. ``lowpass`` keeps only the term's low band:
+    ``weight * lowpass(eps_k − eps_u, lowpass)`` (see :func:`lowpass`); None keeps every frequency.
     """
 
     model: str
@@ -66,6 +71,7 @@ class Guidance:
     weight: float = 1.0
     start: float = 0.0
     stop: float = 1.0
+    lowpass: float | None = None
 
     def __post_init__(self) -> None:
         if not math.isfinite(float(self.weight)):
@@ -75,6 +81,8 @@ class Guidance:
                 f"guidance interval for model {self.model!r} must satisfy 0 <= start < stop <= 1, "
                 f"got start={self.start!r}, stop={self.stop!r}"
             )
+        if self.lowpass is not None and not (math.isfinite(self.lowpass) and self.lowpass > 0):
+            raise ValueError(f"lowpass of the term for model {self.model!r} must be a positive number, got {self.lowpass!r}")
 
     @property
     def branch(self) -> Branch:
@@ -106,14 +114,38 @@ class GuidanceOutput:
     terms: list[Guidance] = field(default_factory=list)
 
 
-def combine(eps_u: torch.Tensor | None, eps_k: Sequence[torch.Tensor], w_k: Sequence[float]) -> torch.Tensor:
-    """``eps_u + Σ_k w_k (eps_k − eps_u)``.
+def lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``x`` blurred over its last two (spatial) axes by a Gaussian of standard deviation ``sigma`` times the shorter
+    side, so that one setting means the same scale of layout at any resolution; edges are replicated, so a constant
+    field is kept as it is."""
+    h, w = x.shape[-2:]
+    s = sigma * min(h, w)
+    r = max(1, int(3 * s))
+    g = torch.exp(-torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) ** 2 / (2 * s * s))
+    g = g / g.sum()
+    flat = x.reshape(-1, 1, h, w)
+    flat = torch.nn.functional.conv2d(torch.nn.functional.pad(flat, (r, r, 0, 0), mode="replicate"), g.view(1, 1, 1, -1))
+    flat = torch.nn.functional.conv2d(torch.nn.functional.pad(flat, (0, 0, r, r), mode="replicate"), g.view(1, 1, -1, 1))
+    return flat.reshape(x.shape)
+
+
+def combine(eps_u: torch.Tensor | None, eps_k: Sequence[torch.Tensor], w_k: Sequence[float],
+            lowpass_k: Sequence[float | None] | None = None) -> torch.Tensor:
+    """``eps_u + Σ_k w_k (eps_k − eps_u)``, with the difference of a term whose ``lowpass_k`` is set replaced by its
+    low band (:func:`lowpass`).
 
     When the weights sum to 1 the ``eps_u`` coefficient vanishes, so ``eps_u`` may be None and the result
-    is ``Σ_k w_k eps_k`` (with a single term of weight 1: exactly ``eps_1``).
+    is ``Σ_k w_k eps_k`` (with a single term of weight 1: exactly ``eps_1``); not with a low-passed term.
     """
     if len(eps_k) != len(w_k):
         raise ValueError(f"got {len(eps_k)} predictions but {len(w_k)} weights")
+    if lowpass_k is not None and any(s is not None for s in lowpass_k):
+        if eps_u is None:
+            raise ValueError("eps_u is needed to low-pass a term's difference to it")
+        pred = eps_u
+        for w, e, s in zip(w_k, eps_k, lowpass_k):
+            pred = pred + w * (e - eps_u if s is None else lowpass(e - eps_u, s))
+        return pred
     if eps_u is None:
         if not math.isclose(sum(w_k), 1.0, abs_tol=1e-12):
             raise ValueError(f"eps_u is needed unless the weights sum to 1; they sum to {sum(w_k)}")
@@ -190,12 +222,13 @@ class MultiGuidance:
         terms = [term for term in self.plan.terms if term.active(step, num_steps)]
         weights = [float(term.weight) for term in terms]
         # Skip the unconditional pass when it cannot change the result (its coefficient 1 - Σw is 0).
-        need_uncond = not terms or not math.isclose(sum(weights), 1.0, abs_tol=1e-12)
+        bands = [term.lowpass for term in terms]
+        need_uncond = not terms or any(bands) or not math.isclose(sum(weights), 1.0, abs_tol=1e-12)
         branches = ([self.plan.uncond] if need_uncond else []) + [term.branch for term in terms]
         preds = self._evaluate(branches, x_t, t)
         eps_u = preds[0] if need_uncond else None
         eps_k = preds[1:] if need_uncond else preds
-        pred = combine(eps_u, eps_k, weights) if terms else eps_u
+        pred = combine(eps_u, eps_k, weights, bands) if terms else eps_u
         return GuidanceOutput(pred=pred, eps_u=eps_u, eps_k=list(eps_k), terms=terms)
 
     def _evaluate(self, branches: Sequence[Branch], x_t: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
@@ -301,6 +334,40 @@ def domain_text(
         terms += [Guidance(model, null_cond, -guidance_scale, *control_window),
                   Guidance(model, cond, guidance_scale, *control_window)]
     return GuidancePlan(Branch(prior, null_cond), tuple(terms))
+
+
+def domain_text_bands(
+    domain_guidance_scale: float,
+    guidance_scale: float,
+    layout_guidance_scale: float,
+    cond: Any,
+    null_cond: Any,
+    layout_sigma: float = LAYOUT_SIGMA,
+    model: str = DOMAIN_TEXT,
+    prior: str = PRIOR,
+    domain_window: tuple[float, float] = (0.0, 1.0),
+    control_window: tuple[float, float] = (0.0, 1.0),
+) -> GuidancePlan:
+    """Domain-side control with the prompt's term split in two frequency bands.
+
+    ``eps_prior(x, ∅) + w_d (eps_dt(x, ∅) − eps_prior(x, ∅)) + w_l G(q) + w_c (q − G(q))``, with
+    ``q = eps_dt(x, c) − eps_dt(x, ∅)`` (:func:`domain_text`'s control term) and ``G`` a Gaussian low-pass of
+    standard deviation ``layout_sigma`` times the latent's side (:func:`lowpass`). The prompt's low band carries where
+    and how large the concept is drawn and its broad colours; its high band the details that make it recognisable. On
+    a domain whose layout differs from the prior's (small drawings), raising w_c in :func:`domain_text` brings the
+    prior's layout back with the identity; here w_l keeps the layout near the domain's while w_c sets the identity.
+    With ``w_l = w_c`` it is exactly :func:`domain_text`.
+
+    As the combiner's terms: :func:`domain_text`'s, plus ``dt(∅)`` with ``w_c − w_l`` and ``dt(c)`` with
+    ``−(w_c − w_l)``, both low-passed (their ∅ parts cancel, leaving ``−(w_c − w_l) G(q)``).
+    """
+    plan = domain_text(domain_guidance_scale, guidance_scale, cond, null_cond, model, prior, domain_window,
+                       control_window)
+    k = guidance_scale - layout_guidance_scale
+    if cond is None or k == 0:
+        return plan
+    return GuidancePlan(plan.uncond, plan.terms + (Guidance(model, null_cond, k, *control_window, lowpass=layout_sigma),
+                                                   Guidance(model, cond, -k, *control_window, lowpass=layout_sigma)))
 
 
 def gcfg(conds: Sequence[Any], weights: Sequence[float], null_cond: Any, model: str = PRIOR) -> GuidancePlan:

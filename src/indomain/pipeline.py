@@ -45,7 +45,8 @@ from .control import (
     prepare_adapter_state, prepare_controlnet_images,
 )
 from .families import FAMILIES, IP, TEXT, call_denoiser, denoiser_inputs, detect_family
-from .guidance import DOMAIN, DOMAIN_TEXT, PRIOR, Guidance, GuidancePlan, MultiGuidance, decoupled, domain_text
+from .guidance import (DEFAULT_LAYOUT_GUIDANCE_SCALE, DOMAIN, DOMAIN_TEXT, LAYOUT_SIGMA, PRIOR, Guidance, GuidancePlan,
+                       MultiGuidance, decoupled, domain_text, domain_text_bands)
 from .loading import is_lora_folder, load_domain_model, resolve_domain_path
 from .numerics import require_finite
 from .nulltext import (
@@ -495,6 +496,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         ip_adapter_image: Any = None,
         ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         guidance_form: str = "decoupled",
+        layout_guidance_scale: float = DEFAULT_LAYOUT_GUIDANCE_SCALE,
+        layout_sigma: float = LAYOUT_SIGMA,
     ) -> InDomainPipelineOutput | tuple:
         """Generate in-domain images.
 
@@ -552,6 +555,11 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
                 the domain model with the prior's cross-attention put back (`prior_text_pathway`),
                 ``w_d (eps_dt(x, ∅) − eps_prior(x, ∅)) + w_c (eps_dt(x, c) − eps_dt(x, ∅))``, so the prompt's identity
                 comes in the domain's style (`indomain.guidance.domain_text`; needs a `NullTextUNet` domain model).
+                ``"domain-text-bands"``: the same with the prompt's term split in two bands
+                (`indomain.guidance.domain_text_bands`): its low band (layout, broad colours) weighted
+                ``layout_guidance_scale``, the rest ``guidance_scale``.
+            layout_guidance_scale, layout_sigma: the weight of the prompt term's low band, and the band's edge (a
+                Gaussian's standard deviation as a fraction of the latent's side); ``"domain-text-bands"`` only.
             Other arguments as in `StableDiffusionPipeline.__call__`.
         """
         # 1. Check inputs; record the weights a callback may change
@@ -565,6 +573,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             prompt_embeds, callback_on_step_end, callback_on_step_end_tensor_inputs, guidance_rescale, clip_skip,
             cross_attention_kwargs, domain_weights=domain_weights, lora_in_uncond=lora_in_uncond,
             domain_guidance_every=domain_guidance_every, guidance_form=guidance_form,
+            layout=(layout_guidance_scale, layout_sigma),
         )
 
         # 2-3. Encode prompts: one row per image, prompts repeated num_images_per_prompt times as SD does
@@ -608,7 +617,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         domain_guidance_scale: float, weighted_prompts: Any, prompt_embeds: torch.Tensor | None, callback: Any,
         tensor_inputs: Sequence[str], guidance_rescale: float, clip_skip: int | None, cross_attention_kwargs: dict | None,
         domain_weights: Sequence[float] | None = None, lora_in_uncond: bool = True, domain_guidance_every: int = 1,
-        guidance_form: str = "decoupled",
+        guidance_form: str = "decoupled", layout: tuple[float, float] = (DEFAULT_LAYOUT_GUIDANCE_SCALE, LAYOUT_SIGMA),
     ) -> tuple[Sequence[str], CallOptions]:
         """Check a call's inputs and record the weights the properties (and callbacks) read; returns the tensors
         the callback asks for (a diffusers `PipelineCallback` names its own) and the call's `CallOptions`, which
@@ -625,27 +634,29 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
                              "(load one with pipe.load_lora_weights(...))")
         if not isinstance(domain_guidance_every, int) or domain_guidance_every < 1:
             raise ValueError(f"domain_guidance_every must be a positive integer, got {domain_guidance_every!r}")
-        if guidance_form == DOMAIN_TEXT_FORM and domain_guidance_every > 1:
+        if guidance_form in DOMAIN_TEXT_FORMS and domain_guidance_every > 1:
             raise ValueError("domain_guidance_every > 1 reuses Eq. A's domain term; the domain-text form computes every "
                              "term at every step (use guidance_form='decoupled' for the approximation)")
+        if not all(math.isfinite(v) for v in layout) or layout[1] <= 0:
+            raise ValueError(f"layout_guidance_scale must be finite and layout_sigma positive, got {layout!r}")
         options = CallOptions(self.resolve_domain_weights(domain_weights), self.check_guidance_form(guidance_form),
-                              lora_in_uncond, domain_guidance_every)
+                              lora_in_uncond, domain_guidance_every, layout=layout)
         return tensor_inputs, options
 
     def check_guidance_form(self, form: str) -> str:
         """``form`` if this pipeline can sample with it (:data:`GUIDANCE_FORMS`), else a ValueError saying why not."""
         if form not in GUIDANCE_FORMS:
             raise ValueError(f"guidance_form must be one of {GUIDANCE_FORMS}, got {form!r}")
-        if form == DOMAIN_TEXT_FORM:
+        if form in DOMAIN_TEXT_FORMS:
             if not isinstance(self.domain_model, NullTextUNet) or getattr(self, "shared_domain", None) is not None:
-                raise ValueError("guidance_form='domain-text' needs a null-text domain model (a NullTextUNet, not a "
+                raise ValueError(f"guidance_form={form!r} needs a null-text domain model (a NullTextUNet, not a "
                                  "text-conditioned fine-tune or a shared-base LoRA)")
             if self.family != "sd":
-                raise ValueError(f"guidance_form='domain-text' supports Stable Diffusion 1.x / 2.x priors, not {self.family}")
+                raise ValueError(f"guidance_form={form!r} supports Stable Diffusion 1.x / 2.x priors, not {self.family}")
             if getattr(self.denoiser, "encoder_hid_proj", None) is not None:
-                raise ValueError("guidance_form='domain-text' does not support IP-Adapter image prompts")
+                raise ValueError(f"guidance_form={form!r} does not support IP-Adapter image prompts")
             if getattr(self, "control_unet", None) is not None:
-                raise ValueError("guidance_form='domain-text' measures the control term with the domain model; it "
+                raise ValueError(f"guidance_form={form!r} measures the control term with the domain model; it "
                                  "cannot be combined with a control_unet")
         return form
 
@@ -670,8 +681,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         gives ∅ (the prior, or the prior without its LoRA) and which the control prompt (the prior or ``control_unet``)."""
         options = cond.options
         extras = [(f"{DOMAIN}_{j + 1}", w) for j, w in enumerate(options.domain_weights)]
-        if options.guidance_form == DOMAIN_TEXT_FORM:
-            return cond.plan_domain_text(self.guidance_scale, self.domain_guidance_scale, extras)
+        if options.guidance_form in DOMAIN_TEXT_FORMS:
+            layout = options.layout if options.guidance_form == DOMAIN_TEXT_BANDS_FORM else None
+            return cond.plan_domain_text(self.guidance_scale, self.domain_guidance_scale, extras, layout)
         return cond.plan(
             self.guidance_scale, self.domain_guidance_scale, extras,
             uncond_model=PRIOR if options.lora_in_uncond else PRISTINE_PRIOR,
@@ -946,10 +958,11 @@ class CallOptions:
     ``domain_guidance_scale`` stay on the pipeline, where diffusers' callbacks read and change them)."""
 
     domain_weights: list[float] = field(default_factory=list)  # of the extra domain models (Eq. C)
-    guidance_form: str = "decoupled"  # how the control term is measured: "decoupled" (Eq. A) or "domain-text"
+    guidance_form: str = "decoupled"  # how the control term is measured: "decoupled" (Eq. A), "domain-text", ...
     lora_in_uncond: bool = True  # ∅ from the LoRA'd prior (diffusers' behaviour), else from the prior without it
     domain_every: int = 1  # run the domain terms every k-th step (an opt-in approximation)
     domain_delta: dict = field(default_factory=dict)  # the domain terms' differences kept for the steps between
+    layout: tuple[float, float] = (DEFAULT_LAYOUT_GUIDANCE_SCALE, LAYOUT_SIGMA)  # domain-text-bands: (w_l, sigma)
 
 
 @dataclass
@@ -1002,21 +1015,29 @@ class Conditioning:
         return GuidancePlan(plan.uncond, plan.terms + tuple(weighted))
 
     def plan_domain_text(self, guidance_scale: float, domain_guidance_scale: float,
-                         extra_domains: Sequence[tuple[str, float]] = ()) -> GuidancePlan:
+                         extra_domains: Sequence[tuple[str, float]] = (),
+                         layout: tuple[float, float] | None = None) -> GuidancePlan:
         """The ``domain-text`` form (`indomain.guidance.domain_text`): the domain and control terms both through the
-        domain model with the prior's text pathway; extra domain models and weighted prompts as in `plan`."""
+        domain model with the prior's text pathway; extra domain models and weighted prompts as in `plan`. With
+        ``layout = (w_l, sigma)``, the ``domain-text-bands`` form (`indomain.guidance.domain_text_bands`)."""
         if self.ip_adapter is not None:
             raise ValueError("guidance_form='domain-text' does not support IP-Adapter image prompts")
-        base = domain_text(domain_guidance_scale, guidance_scale, self.prompt_embeds, self.negative_prompt_embeds,
-                           domain_window=self.domain_window, control_window=self.control_window)
+        if layout is None:
+            base = domain_text(domain_guidance_scale, guidance_scale, self.prompt_embeds, self.negative_prompt_embeds,
+                               domain_window=self.domain_window, control_window=self.control_window)
+        else:
+            base = domain_text_bands(domain_guidance_scale, guidance_scale, layout[0], self.prompt_embeds,
+                                     self.negative_prompt_embeds, layout[1], domain_window=self.domain_window,
+                                     control_window=self.control_window)
         terms = [term for term in base.terms if term.weight != 0]
         terms += [Guidance(name, None, w, *self.domain_window) for name, w in extra_domains]
         terms += [Guidance(PRIOR, emb, w, *self.control_window) for emb, w in self.extra]
         return GuidancePlan(base.uncond, terms)
 
 
-GUIDANCE_FORMS = ("decoupled", "domain-text")  # how the control prompt's term is measured (`__call__`'s guidance_form)
-DOMAIN_TEXT_FORM = "domain-text"
+GUIDANCE_FORMS = ("decoupled", "domain-text", "domain-text-bands")  # how the prompt's term is measured (`__call__`)
+DOMAIN_TEXT_FORM, DOMAIN_TEXT_BANDS_FORM = "domain-text", "domain-text-bands"
+DOMAIN_TEXT_FORMS = (DOMAIN_TEXT_FORM, DOMAIN_TEXT_BANDS_FORM)  # the forms that measure the prompt in the domain
 NULL_TEXT_MODELS = (NullTextUNet, NullTextTransformer)  # domain models that ignore text
 PRISTINE_PRIOR = "prior_without_lora"  # the prior with its LoRA adapters disabled (lora_in_uncond=False)
 CONTROL = "control"  # control_unet: the model of the control prompt's term
