@@ -14,7 +14,9 @@ Results are appended to ``<out>/eval.json`` one (setting, seed) at a time, so an
 * ``decoupled``: the paper's Eq. A (the benchmark's ``ours``);
 * ``domain-text``: the control term from the domain model with the prior's cross-attention put back
   (`indomain.guidance.domain_text`);
-* ``dt-uncond``: ``domain-text`` without a prompt (the domain model with the prior's text pathway fed ∅).
+* ``dt-uncond``: ``domain-text`` without a prompt (the domain model with the prior's text pathway fed ∅);
+* ``domain-text-bands:w_d:w_c:w_l``: ``domain-text`` with the prompt's term split in two bands, the low band at w_l
+  (`indomain.guidance.domain_text_bands`, the default band edge).
 
 ``terms``: along real Eq. A trajectories at (2.5, 2.5) (32 held-out prompts, seed 0), at every step the norms of the
 domain term d = eps_domain − eps_prior(∅), of the prior's control term p = eps_prior(c) − eps_prior(∅), of the
@@ -59,12 +61,14 @@ def held_out_prompts(num_prompts: int = 96) -> list[str]:
     return evenly_spaced([e.name for e in held_out], num_prompts)
 
 
-def parse(setting: str) -> tuple[str, float, float, float, float]:
-    """``form:w_d:w_c[:start:end]`` (start/end: the control window)."""
+def parse(setting: str) -> tuple[str, float, float, float, float, float | None]:
+    """``form:w_d:w_c[:start:end]`` (start/end: the control window), or ``domain-text-bands:w_d:w_c:w_l``."""
     parts = setting.split(":")
     form, w_d, w_c = parts[0], float(parts[1]), float(parts[2])
+    if form == "domain-text-bands":
+        return form, w_d, w_c, 0.0, 1.0, float(parts[3])
     start, end = (float(parts[3]), float(parts[4])) if len(parts) > 3 else (0.0, 1.0)
-    return form, w_d, w_c, start, end
+    return form, w_d, w_c, start, end, None
 
 
 def sample(pipe, setting: str, names: list[str], seed: int, steps: int = 20, batch: int = 16):
@@ -72,16 +76,17 @@ def sample(pipe, setting: str, names: list[str], seed: int, steps: int = 20, bat
 
     from indomain.world.benchmark import SEED_STRIDE
 
-    form, w_d, w_c, start, end = parse(setting)
+    form, w_d, w_c, start, end, w_l = parse(setting)
     prompted = form not in ("uncond", "dt-uncond")
-    pipe_form = "domain-text" if form in ("domain-text", "dt-uncond") else "decoupled"
+    pipe_form = {"dt-uncond": "domain-text", "uncond": "decoupled"}.get(form, form)
+    bands = {} if w_l is None else {"layout_guidance_scale": w_l}
     images = []
     for i in range(0, len(names), batch):
         gens = [torch.Generator("cpu").manual_seed(seed * SEED_STRIDE + j) for j in range(i, min(i + batch, len(names)))]
         images += pipe(names[i : i + batch] if prompted else None, num_images_per_prompt=1 if prompted else len(gens),
                        domain_guidance_scale=w_d, guidance_scale=w_c if prompted else 0.0, num_inference_steps=steps,
                        generator=gens, guidance_form=pipe_form, control_guidance_start=start,
-                       control_guidance_end=end).images
+                       control_guidance_end=end, **bands).images
     return images
 
 
@@ -273,8 +278,9 @@ def cmd_report(args) -> None:
             ax.errorbar([c], [m], yerr=[[m - lo], [hi - m]], fmt="s", color="black" if "prior" in label else "tab:blue",
                         markersize=5, capsize=2)
             ax.annotate(label, (c, m), fontsize=6, xytext=(3, -8), textcoords="offset points")
-        for form, colour in (("decoupled", "tab:red"), ("domain-text", "tab:green")):
-            pts = [r for r in rows if r["setting"].split(":")[0] == form and len(r["setting"].split(":")) == 3]
+        for form, colour, fields in (("decoupled", "tab:red", 3), ("domain-text", "tab:green", 3),
+                                     ("domain-text-bands", "tab:purple", 4)):
+            pts = [r for r in rows if r["setting"].split(":")[0] == form and len(r["setting"].split(":")) == fields]
             if pts:
                 ax.errorbar([r["control_top1"] for r in pts], [r[fd] for r in pts],
                             xerr=[r["control_top1_se"] for r in pts],
