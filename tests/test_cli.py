@@ -71,6 +71,22 @@ def test_guidance_form_decoupled_keeps_the_paper_weights_and_changes_the_images(
     assert images["auto"] == images["dt"] and images["eq_a"] != images["auto"]
 
 
+def test_guidance_form_domain_text_bands_has_its_own_defaults_and_reduces_to_domain_text(prior_and_domain, tmp_path):
+    prior, domain = prior_and_domain
+    common = ["generate", "--prior", str(prior), "--domain", str(domain), "--prompt", "a cat", "--num-images", "1",
+              "--steps", "2", "--scheduler", "ddim"]
+    assert main(common + ["--guidance-form", "domain-text-bands", "--out", str(tmp_path / "bands")]) == 0
+    assert main(common + ["--guidance-form", "domain-text-bands", "--guidance-scale", "2.5", "--layout-guidance-scale",
+                          "2.5", "--out", str(tmp_path / "same")]) == 0
+    assert main(common + ["--guidance-form", "domain-text", "--out", str(tmp_path / "dt")]) == 0
+    settings = json.loads((tmp_path / "bands" / "settings.json").read_text())["settings"]
+    assert settings["guidance_form"] == "domain-text-bands"
+    assert (settings["domain_guidance_scale"], settings["guidance_scale"]) == (4.0, 6.0)  # the form's default weights
+    assert (settings["layout_guidance_scale"], settings["layout_sigma"]) == (1.0, 0.1875)
+    images = {d: (tmp_path / d / "p00_seed000000.png").read_bytes() for d in ("bands", "same", "dt")}
+    assert images["same"] == images["dt"]  # w_l = w_c is domain-text
+
+
 def test_same_seed_same_image_regardless_of_batch(prior_and_domain, tmp_path):
     prior, domain = prior_and_domain
     common = ["generate", "--prior", str(prior), "--domain", str(domain), "--steps", "2", "--scheduler", "ddim"]

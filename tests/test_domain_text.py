@@ -93,3 +93,21 @@ def test_domain_text_is_refused_where_it_cannot_apply(components, other_domain):
     with pytest.raises(TypeError):
         with prior_text_pathway(tiny_unet(seed=3), components["unet"]):
             pass
+
+
+def test_domain_text_bands_in_the_pipeline(components, other_domain):
+    # w_l = w_c gives domain-text's images; another w_l moves them; the same refusals as domain-text
+    pipe = InDomainPipeline(**components, domain_unet=other_domain)
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(domain_guidance_scale=3.0, guidance_scale=4.0, num_inference_steps=3, output_type="latent")
+    dt = pipe(["a red apple"], guidance_form="domain-text", generator=gen(0), **kw).images
+    same = pipe(["a red apple"], guidance_form="domain-text-bands", layout_guidance_scale=4.0, generator=gen(0), **kw).images
+    bands = pipe(["a red apple"], guidance_form="domain-text-bands", layout_guidance_scale=1.0, generator=gen(0), **kw).images
+    torch.testing.assert_close(same, dt, rtol=0, atol=1e-6)
+    assert (bands - dt).abs().max() > 1e-3
+    tuned = InDomainPipeline(**components, domain_unet=tiny_unet(seed=3))
+    tuned.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match="guidance_form='domain-text-bands' needs a null-text domain model"):
+        tuned("a dog", guidance_form="domain-text-bands", num_inference_steps=1, output_type="latent")
+    with pytest.raises(ValueError, match="layout_sigma positive"):
+        pipe("a dog", guidance_form="domain-text-bands", layout_sigma=0.0, num_inference_steps=1, output_type="latent")

@@ -175,3 +175,44 @@ def test_domain_text_windows_keep_the_equation_per_step():
     late = MultiGuidance({"prior": prior, "domain_text": dt}, plan)(x, torch.tensor(1), step=3, num_steps=4)
     torch.testing.assert_close(early.pred, u + 2.0 * (dn - u) + 3.0 * (dc - dn))
     torch.testing.assert_close(late.pred, u + 2.0 * (dn - u))  # control off: the domain term alone
+
+
+def test_lowpass_keeps_constants_and_the_mean_and_scales_with_the_side():
+    from indomain.guidance import lowpass
+
+    const = torch.full((2, 4, 8, 8), 3.0)
+    torch.testing.assert_close(lowpass(const, 0.2), const)
+    x = rand(1, 1, 16, 16)
+    y = lowpass(x, 0.2)
+    assert y.shape == x.shape and y.std() < 0.5 * x.std()  # the high band is gone
+    # the same fraction of the side is the same blur: a 2x-upsampled field, low-passed, is the low-passed field upsampled
+    small, big = lowpass(x, 0.2), lowpass(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"), 0.2)
+    assert (torch.nn.functional.avg_pool2d(big, 2) - small).abs().mean() < 0.1 * small.abs().mean()
+    with pytest.raises(ValueError, match="lowpass"):
+        Guidance("prior", None, 1.0, lowpass=0.0)
+
+
+def test_domain_text_bands_splits_the_control_term_and_reduces_to_domain_text():
+    # eps_p(∅) + w_d (dt(∅) − eps_p(∅)) + w_l G(q) + w_c (q − G(q)), q = dt(c) − dt(∅)
+    from indomain.guidance import domain_text, domain_text_bands, lowpass
+
+    class Field(Linear):  # eps = a x + c on (B, C, H, W) fields
+        pass
+
+    x, c, null = rand(2, 4, 8, 8), rand(2, 4, 8, 8, seed=5), rand(2, 4, 8, 8, seed=6)
+    prior, dt = Field(0.5), Field(-1.0)
+    out = MultiGuidance({"prior": prior, "domain_text": dt},
+                        domain_text_bands(4.0, 6.0, 1.0, c, null, 0.2))(x, torch.tensor(1))
+    u, dn, dc = 0.5 * x + null, -1.0 * x + null, -1.0 * x + c
+    q = dc - dn
+    torch.testing.assert_close(out.pred, u + 4.0 * (dn - u) + 1.0 * lowpass(q, 0.2) + 6.0 * (q - lowpass(q, 0.2)))
+    assert prior.calls == [2] and dt.calls == [4]  # still one call per model: dt(∅) and dt(c) computed once each
+    # w_l = w_c is domain-text itself; without a prompt, the unconditional form
+    for cond in (c, None):
+        ref = MultiGuidance({"prior": prior, "domain_text": dt}, domain_text(4.0, 6.0, cond, null))(x, torch.tensor(1))
+        got = MultiGuidance({"prior": prior, "domain_text": dt},
+                            domain_text_bands(4.0, 6.0, 6.0 if cond is not None else 1.0, cond, null))(x, torch.tensor(1))
+        torch.testing.assert_close(got.pred, ref.pred)
+    # the bands change the result where the prompt's term has a low band
+    assert not torch.allclose(out.pred, MultiGuidance({"prior": prior, "domain_text": dt},
+                                                      domain_text(4.0, 6.0, c, null))(x, torch.tensor(1)).pred)

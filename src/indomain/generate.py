@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cliargs import add_options, finite_float, from_args, option, positive_int, require_domain_for_weight
+from .cliargs import (add_options, finite_float, from_args, option, positive_float, positive_int,
+                      require_domain_for_weight)
 from .schedulers import SCHEDULERS  # the names only: no diffusers
 
 DESCRIPTION = """\
@@ -323,10 +324,20 @@ class GenerateConfig(SamplingConfig):
                                type=positive_int, metavar="K")
     guidance_form: str = option("auto", "how the prompt's term is measured. domain-text: by the domain model with the "
                                 "prior's cross-attention put back, so the prompted subject comes in the domain's style; "
-                                "decoupled: by the prior, the paper's Eq. A. auto (default): domain-text for a null-text "
-                                "domain model on a Stable Diffusion 1.x/2.x prior (without --domain-every), else "
-                                "decoupled. Default weights: domain-text --domain-guidance-scale 4 --guidance-scale 2.5, "
-                                "decoupled 2.5 / 2.5", choices=["auto", "domain-text", "decoupled"])
+                                "decoupled: by the prior, the paper's Eq. A. domain-text-bands (opt-in): domain-text with "
+                                "the prompt's low band (layout, broad colours) at --layout-guidance-scale and the rest at "
+                                "--guidance-scale. auto (default): domain-text for a null-text domain model on a Stable "
+                                "Diffusion 1.x/2.x prior (without --domain-every), else decoupled. Default weights: "
+                                "domain-text --domain-guidance-scale 4 --guidance-scale 2.5, domain-text-bands 4 / 6 "
+                                "(low band 1), decoupled 2.5 / 2.5",
+                                choices=["auto", "domain-text", "domain-text-bands", "decoupled"])
+    # None: guidance.DEFAULT_LAYOUT_GUIDANCE_SCALE / LAYOUT_SIGMA, resolved in `generate` (this module loads no torch)
+    layout_guidance_scale: float | None = option(None, "domain-text-bands: the weight of the prompt term's low band, its "
+                                                 "layout and broad colours (default: 1; equal to --guidance-scale: "
+                                                 "plain domain-text)", type=finite_float, metavar="W")
+    layout_sigma: float | None = option(None, "domain-text-bands: the low band's edge, a Gaussian's standard deviation "
+                                        "as a fraction of the latent's side (default: 3/16)", type=positive_float,
+                                        metavar="S")
     distilled: str | None = option(None, "a student written by `indomain distill`: one UNet call per step instead of "
                                    "Eq. A's three rows; replaces --domain, and refuses weights outside the ranges it "
                                    "was trained on", metavar="DIR")
@@ -337,6 +348,9 @@ class GenerateConfig(SamplingConfig):
     domain_guidance_scale: float | None = option(None, "domain guidance weight w_d (default: the --guidance-form's: 4 "
                                                  "for domain-text, 2.5 (the official value) for decoupled; 0 = prior "
                                                  "only)", type=finite_float, metavar="W", aliases=["--domain-scale"])
+    guidance_scale: float | None = option(None, "control guidance weight w_c on --prompt (default: the --guidance-form's: "
+                                          "2.5, the official value; 6 for domain-text-bands)", type=finite_float,
+                                          metavar="W")
 
     # spatial control and image prompts
     controlnet: list[str] | None = option(None, "a diffusers ControlNet folder for the prior, or a single .safetensors "
@@ -373,7 +387,8 @@ class GenerateConfig(SamplingConfig):
                                               "folder; its weights are not read", metavar="DIR")
 
 
-GENERATE_OPTIONS = ["prompt", "num_images", "height", "width", "domain_every", "guidance_form", "distilled", "share_base"]
+GENERATE_OPTIONS = ["prompt", "num_images", "height", "width", "domain_every", "guidance_form", "layout_guidance_scale",
+                    "layout_sigma", "distilled", "share_base"]
 CONTROL_OPTIONS = ["controlnet", "controlnet_config", "adapter", "control_image", "control_scale", "control_to_domain",
                    "ip_adapter", "ip_image", "ip_scale", "lora", "lora_uncond", "control_model", "control_model_config"]
 
@@ -407,10 +422,18 @@ def generate(config: GenerateConfig) -> int:
         config.domain_guidance_scale = 2.5  # until the form is known (extra --domain models keep this default)
     pipe, out, device = _open_pipeline(InDomainPipeline, config, "generate")
     config.guidance_form = _guidance_form(config.guidance_form, pipe, config.domain_every)
-    if not scale_given and config.domain:
-        from .guidance import DEFAULT_WEIGHTS
+    from .guidance import DEFAULT_WEIGHTS
 
+    if not scale_given and config.domain:
         config.domain_guidance_scale = DEFAULT_WEIGHTS[config.guidance_form][0]
+    if config.guidance_scale is None:
+        config.guidance_scale = DEFAULT_WEIGHTS[config.guidance_form][1]
+    bands = config.guidance_form == "domain-text-bands"
+    if bands:
+        from .guidance import DEFAULT_LAYOUT_GUIDANCE_SCALE, LAYOUT_SIGMA
+
+        config.layout_guidance_scale = _default(config.layout_guidance_scale, DEFAULT_LAYOUT_GUIDANCE_SCALE)
+        config.layout_sigma = _default(config.layout_sigma, LAYOUT_SIGMA)
     prompts = config.prompt or [None]
     control = _control_call_kwargs(config, pipe)
     images, files = [], []
@@ -427,6 +450,7 @@ def generate(config: GenerateConfig) -> int:
             domain_guidance_scale=config.domain_guidance_scale,
             domain_guidance_every=config.domain_every,
             **({"guidance_form": config.guidance_form} if config.guidance_form != "decoupled" else {}),
+            **({"layout_guidance_scale": config.layout_guidance_scale, "layout_sigma": config.layout_sigma} if bands else {}),
             height=config.height,
             width=config.width,
             generator=[torch.Generator(device).manual_seed(s) for s in seeds],
@@ -440,6 +464,10 @@ def generate(config: GenerateConfig) -> int:
     make_grid(images, ncols=config.num_images).save(out / "grid.png")
     _finish(config, pipe, out, device, files, start, "images")
     return 0
+
+
+def _default(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def _guidance_form(form: str, pipe: Any, domain_every: int = 1) -> str:
