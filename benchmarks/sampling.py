@@ -268,7 +268,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="cpu-small", choices=["cpu-small", "sd15-cpu", "sd15", "sdxl"])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
-    ap.add_argument("--steps", type=int, default=25, help="sampling steps of every path but the consistency student's 4")
+    ap.add_argument("--steps", type=int, default=25,
+                    help="sampling steps of every path but the consistency student's (4)")
     ap.add_argument("--output-type", default="pt", choices=["pt", "latent"], help="latent: without the VAE decode")
     ap.add_argument("--repeats", type=int, default=3, help="rounds (each path once per round); the table is the median")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])

@@ -59,7 +59,8 @@ def main() -> None:
         x = torch.randn(batch, 4, cfg_unet.config.sample_size, cfg_unet.config.sample_size)
         text = torch.randn(batch, 77, cfg_unet.config.cross_attention_dim)
         t, w = torch.tensor(500), weight_rows(2.5, 2.5, batch, x)
-        bare = {"CFG's UNet call (2B rows)": lambda: cfg_unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([text, text])),
+        x2, text2 = torch.cat([x, x]), torch.cat([text, text])  # CFG's batch: ∅ and the prompt
+        bare = {"CFG's UNet call (2B rows)": lambda: cfg_unet(x2, t, encoder_hidden_states=text2),
                 "the student's UNet call (B rows)": lambda: student_unet(x, t, encoder_hidden_states=text, class_labels=w)}
         prompts, seeds = ["a photo of a cat"] * batch, list(range(batch))
         times = {k: [] for k in [*bare, *pipes]}
