@@ -1,11 +1,12 @@
 """Sampling speed: in-domain generation against diffusers' plain Stable Diffusion, in one process, alternating.
 
     python benchmarks/sampling.py --preset cpu-small                         # CPU, small SD-shaped model
+    python benchmarks/sampling.py --preset sd15-cpu --steps 10 --batch 1     # CPU, SD1.5's UNet at 256 px
     python benchmarks/sampling.py --preset sd15 --dtype float16 --batch 1 8  # GPU: SD1.5 architecture, 512 px
     python benchmarks/sampling.py --preset sdxl --dtype float16 --batch 1 8  # GPU: SDXL architecture, 1024 px
 
 Every path generates the same number of images from the same seeds with text encoding and VAE decoding included
-(`output_type="pt"`). Paths run in turn, round after round, so a slow spell of the machine hits all of them alike;
+(`output_type="pt"`; ``--output-type latent`` leaves the decode out). Paths run in turn, round after round, so a slow spell of the machine hits all of them alike;
 the table gives the median, the spread (min–max) and the ratio to diffusers. All weights are random (public
 architecture configs, nothing is downloaded): only time and memory are measured. ``--check`` also verifies that
 ``ours, w_d = 0`` gives diffusers' images.
@@ -18,6 +19,8 @@ Paths (w_c = 2.5 everywhere; ours w_d = 2.5):
 - ``ours, domain every 2``: the domain term recomputed every second step and reused between (opt-in).
 - ``ours, distilled student (one call)``: a student of `indomain distill` (the prior's UNet plus the (w_d, w_c)
   embedding, untrained: only its time is measured), one UNet call per step with no CFG batch. SD-shaped presets.
+- ``ours, consistency student (4 steps)``: the same student as `indomain distill --objective consistency` writes it,
+  sampled as `use_student` sets it up (`LCMScheduler`, 4 steps, one call each) against diffusers at ``--steps``.
 - ``ours, LoRA domain (a second, fused UNet)`` / ``ours, LoRA domain, shared base (one call)``: a rank-16 LoRA domain
   model loaded as its own UNet, or served from the prior's UNet (`share_base=True`: one batched call per step, the
   adapter instead of a second UNet in memory). SD-shaped presets.
@@ -49,6 +52,7 @@ SDXL_UNET = dict(sample_size=128, block_out_channels=(320, 640, 1280), layers_pe
                  transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
                  use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
                  projection_class_embeddings_input_dim=2816)
+SD15_UNET = dict(cross_attention_dim=768)  # with the other defaults of UNet2DConditionModel: SD1.5's UNet
 CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
               max_position_embeddings=77, projection_dim=768)
 CLIP_BIG_G = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_attention_heads=20,
@@ -71,9 +75,9 @@ def build(preset: str, dtype: torch.dtype) -> dict:
                      vae=AutoencoderKL(**{**SD_VAE, "block_out_channels": (32, 64, 128, 128)}),
                      text_encoder=CLIPTextModel(CLIPTextConfig(**{**CLIP_L, "hidden_size": 256, "intermediate_size": 1024,
                                                                   "num_attention_heads": 4, "num_hidden_layers": 6})))
-    elif preset == "sd15":
-        parts = dict(unet=UNet2DConditionModel(), vae=AutoencoderKL(**SD_VAE),  # UNet defaults = SD1.5's UNet
-                     text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)))
+    elif preset in ("sd15", "sd15-cpu"):  # SD1.5's UNet, VAE and text encoder; sd15-cpu at 256 px (32×32 latents)
+        parts = dict(unet=UNet2DConditionModel(**SD15_UNET, sample_size=64 if preset == "sd15" else 32),
+                     vae=AutoencoderKL(**SD_VAE), text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)))
     elif preset == "sdxl":
         parts = dict(unet=UNet2DConditionModel(**SDXL_UNET), vae=AutoencoderKL(**SD_VAE, force_upcast=False),
                      text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)),
@@ -86,55 +90,80 @@ def build(preset: str, dtype: torch.dtype) -> dict:
     return {**parts, "tokenizer": tokenizer, "scheduler": scheduler}
 
 
-def paths(preset: str, parts: dict, device: str) -> dict:
-    """name -> a function (prompts, seeds) -> images, for every path benchmarked."""
+def paths(preset: str, parts: dict, device: str, steps: int = 25, output_type: str = "pt",
+          wanted: set[str] | None = None) -> dict:
+    """name -> a function (prompts, seeds) -> images, for every path benchmarked (only those in ``wanted``, if given:
+    each path's extra models, e.g. a domain UNet or a student copy, are built only when a path needs them)."""
+    from functools import cache
+
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from indomain import InDomainPipeline, InDomainXLPipeline, NullTextUNet
 
     xl = preset == "sdxl"
     ours_cls = InDomainXLPipeline if xl else InDomainPipeline
-    base = ours_cls(**parts)
-    null = base.encode_negative(None, 1, "cpu")
-    if xl:
-        domain = NullTextUNet.from_prior(parts["unet"], null["text"], null_pooled=null["pooled"])
-    else:
-        domain = NullTextUNet.from_prior(parts["unet"], null, scheduler=parts["scheduler"])
-    ours = ours_cls(**parts, domain_unet=domain).to(device)
-    if xl:
-        ref = StableDiffusionXLPipeline(**parts, add_watermarker=False).to(device)
-    else:
-        ref = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
-                                      requires_safety_checker=False).to(device)
-    for p in (ours, ref):
-        p.set_progress_bar_config(disable=True)
-    common = dict(num_inference_steps=25, guidance_scale=2.5, output_type="pt")
+    common = dict(num_inference_steps=steps, guidance_scale=2.5, output_type=output_type)
+
+    @cache
+    def domain():
+        null = ours_cls(**parts).encode_negative(None, 1, "cpu")
+        if xl:
+            return NullTextUNet.from_prior(parts["unet"], null["text"], null_pooled=null["pooled"])
+        return NullTextUNet.from_prior(parts["unet"], null, scheduler=parts["scheduler"])
+
+    @cache
+    def ours():
+        return quiet(ours_cls(**parts, domain_unet=domain()).to(device))
+
+    def ref():
+        if xl:
+            return quiet(StableDiffusionXLPipeline(**parts, add_watermarker=False).to(device))
+        return quiet(StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                             requires_safety_checker=False).to(device))
+
+    def streamed():
+        pipe = quiet(ours_cls(**parts, domain_unet=domain()).to(device))
+        pipe.enable_concurrent_branches()  # CUDA streams; on a CPU the same calls in order, so not benchmarked there
+        return pipe
+
+    @cache
+    def student_unet():
+        return distilled_student_unet(parts, device)
+
+    @cache
+    def lora():
+        return lora_domain(parts, ours(), device)
 
     def run(pipe, **kw):
         def go(prompts: list[str], seeds: list[int]):
             gens = [torch.Generator(device).manual_seed(s) for s in seeds]
-            return pipe(prompts, generator=gens, **common, **kw).images
+            return pipe(prompts, generator=gens, **{**common, **kw}).images
         go.pipe = pipe
         return go
 
-    streamed = ours_cls(**parts, domain_unet=domain).to(device)
-    streamed.set_progress_bar_config(disable=True)
-    streamed.enable_concurrent_branches()  # CUDA streams; on a CPU the same calls in order, so not benchmarked there
-    lora = lora_domain(parts, ours, device)
-    student = distilled_student(parts, device)
-    return {
-        "diffusers": run(ref),
-        "ours w_d=0": run(ours, domain_guidance_scale=0.0),
-        "ours": run(ours, domain_guidance_scale=2.5),
-        "ours, domain interval 0-0.5": run(ours, domain_guidance_scale=2.5, domain_guidance_end=0.5),
-        "ours, domain every 2": run(ours, domain_guidance_scale=2.5, domain_guidance_every=2),
-        **({"ours, concurrent streams": run(streamed, domain_guidance_scale=2.5)} if device == "cuda" else {}),
-        **({} if student is None else {"ours, distilled student (one call)": run(student, domain_guidance_scale=2.5)}),
-        **({} if lora is None else {
-            "ours, LoRA domain (a second, fused UNet)": run(lora[0], domain_guidance_scale=2.5),
-            "ours, LoRA domain, shared base (one call)": run(lora[1], domain_guidance_scale=2.5),
+    makers = {
+        "diffusers": lambda: run(ref()),
+        "ours w_d=0": lambda: run(ours(), domain_guidance_scale=0.0),
+        "ours": lambda: run(ours(), domain_guidance_scale=2.5),
+        "ours, domain interval 0-0.5": lambda: run(ours(), domain_guidance_scale=2.5, domain_guidance_end=0.5),
+        "ours, domain every 2": lambda: run(ours(), domain_guidance_scale=2.5, domain_guidance_every=2),
+        **({"ours, concurrent streams": lambda: run(streamed(), domain_guidance_scale=2.5)} if device == "cuda" else {}),
+        **({} if xl else {  # a distilled student and a LoRA domain model: SD-shaped presets
+            "ours, distilled student (one call)": lambda: run(
+                student_pipe(parts, student_unet(), device, "guidance"), domain_guidance_scale=2.5),
+            "ours, consistency student (4 steps)": lambda: run(
+                student_pipe(parts, student_unet(), device, "consistency"), domain_guidance_scale=2.5,
+                num_inference_steps=4),
+            "ours, LoRA domain (a second, fused UNet)": lambda: run(lora()[0], domain_guidance_scale=2.5),
+            "ours, LoRA domain, shared base (one call)": lambda: run(lora()[1], domain_guidance_scale=2.5),
         }),
     }
+    return {name: make() for name, make in makers.items() if wanted is None or name in wanted}
+
+
+def quiet(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def lora_domain(parts: dict, ours, device: str):
@@ -164,22 +193,29 @@ def lora_domain(parts: dict, ours, device: str):
     return separate.to(device), shared.to(device)
 
 
-def distilled_student(parts: dict, device: str):
-    """A pipeline sampling with a distilled student (`indomain.student`): a copy of the prior's UNet with the weight
-    embedding attached, as `indomain distill` writes it. SD-shaped presets only."""
+def distilled_student_unet(parts: dict, device: str):
+    """A student UNet as `indomain distill` writes it: a copy of the prior's UNet with the (untrained) weight
+    embedding attached. The guidance and consistency students share it: they differ in the sampler only."""
     import copy
 
-    from indomain import InDomainPipeline
-    from indomain.student import StudentSettings, attach_weight_embedding, use_student
+    from indomain.student import attach_weight_embedding
 
-    if "text_encoder_2" in parts:
-        return None
     unet = copy.deepcopy(parts["unet"])
-    embedding = attach_weight_embedding(unet)
+    attach_weight_embedding(unet)
+    return unet.to(device)
+
+
+def student_pipe(parts: dict, unet, device: str, objective: str):
+    """A pipeline sampling with the student ``unet`` (`indomain.student.use_student`): a guidance student keeps the
+    prior's scheduler; a consistency student gets `LCMScheduler` on the teacher's 50-step DDIM schedule, as
+    `indomain distill --objective consistency` records it."""
+    from indomain import InDomainPipeline
+    from indomain.student import StudentSettings, use_student
+
     pipe = InDomainPipeline(**{**parts, "unet": unet})
-    use_student(pipe, unet, StudentSettings((1.0, 5.0), (1.0, 6.0), embedding.config()))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    use_student(pipe, unet, StudentSettings((1.0, 5.0), (1.0, 6.0), unet.class_embedding.config(), objective=objective,
+                                            original_inference_steps=50 if objective == "consistency" else None))
+    return quiet(pipe).to(device)
 
 
 def apply_levers(run: dict, channels_last: bool, compile_backend: str | None) -> None:
@@ -230,8 +266,11 @@ def sync(device: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="cpu-small", choices=["cpu-small", "sd15", "sdxl"])
+    ap.add_argument("--preset", default="cpu-small", choices=["cpu-small", "sd15-cpu", "sd15", "sdxl"])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--steps", type=int, default=25,
+                    help="sampling steps of every path but the consistency student's (4)")
+    ap.add_argument("--output-type", default="pt", choices=["pt", "latent"], help="latent: without the VAE decode")
     ap.add_argument("--repeats", type=int, default=3, help="rounds (each path once per round); the table is the median")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--only", nargs="*", default=None, help="benchmark only these paths")
@@ -243,9 +282,8 @@ def main() -> None:
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, args.dtype)
-    run = paths(args.preset, build(args.preset, dtype), device)
-    if args.only:
-        run = {k: v for k, v in run.items() if k in args.only or k == "diffusers" or (args.check and k == "ours w_d=0")}
+    wanted = None if args.only is None else {*args.only, "diffusers", *(["ours w_d=0"] if args.check else [])}
+    run = paths(args.preset, build(args.preset, dtype), device, args.steps, args.output_type, wanted)
     apply_levers(run, args.channels_last, args.compile)
     results = []
     for batch in args.batch:
@@ -284,8 +322,10 @@ def main() -> None:
             results.append(row)
     device_name = torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
     levers = (" · channels_last" if args.channels_last else "") + (f" · compiled ({args.compile})" if args.compile else "")
-    print(f"\n{date.today()} · {device_name} · torch {torch.__version__} · {args.dtype} · 25 DPM-Solver++ steps · "
-          f"median of {args.repeats}{levers}\n")
+    lcm = " (the consistency student: 4 LCM steps)" if "ours, consistency student (4 steps)" in run else ""
+    decode = "" if args.output_type == "pt" else " · no VAE decode (latents)"
+    print(f"\n{date.today()} · {args.preset} · {device_name} · torch {torch.__version__} · {args.dtype} · "
+          f"{args.steps} DPM-Solver++ steps{lcm}{decode} · median of {args.repeats}{levers}\n")
     mem = device == "cuda"
     print("| batch | path | median s | min–max s | × diffusers | weights MiB |" + (" peak GiB | × memory |" if mem else ""))
     print("|---|---|---|---|---|---|" + ("---|---|" if mem else ""))

@@ -118,6 +118,35 @@ def test_one_unet_call_per_step_and_the_weights_reach_it(student_pipe):
     assert len(calls) == 9 and uncond.shape == a.shape
 
 
+def test_per_call_work_is_done_once_and_the_result_is_unchanged(student_pipe):
+    """With a prompt the student never reads ∅, so it is not encoded; the weight embedding runs once per call (a
+    callback that changes the weights runs it again), and the result equals the embedding recomputed at every step."""
+    text_calls, embedding_calls = count_calls(student_pipe.text_encoder), count_calls(student_pipe.unet.class_embedding.linear_1)
+
+    def bump(pipe, i, t, kwargs):
+        if i == 1:
+            pipe._domain_guidance_scale = 3.0
+        return kwargs
+
+    kw = dict(prompt=["a cat", "a dog"], num_inference_steps=4, output_type="latent", domain_guidance_scale=2.0,
+              guidance_scale=3.0, callback_on_step_end=bump)
+    got = student_pipe(generator=torch.Generator().manual_seed(0), **kw).images
+    assert len(text_calls) == 1 and len(embedding_calls) == 2
+    student_pipe.unet.class_embedding._last = None
+    original = type(student_pipe.unet.class_embedding).forward
+
+    def uncached(self, weights):  # every step from scratch, as before the embedding kept its output
+        self._last = None
+        return original(self, weights)
+
+    type(student_pipe.unet.class_embedding).forward = uncached
+    try:
+        want = student_pipe(generator=torch.Generator().manual_seed(0), **kw).images
+    finally:
+        type(student_pipe.unet.class_embedding).forward = original
+    assert len(embedding_calls) == 2 + 4 and torch.equal(got, want)
+
+
 def test_weights_outside_the_trained_ranges_are_refused(student_pipe):
     kw = dict(num_inference_steps=2, output_type="latent")
     with pytest.raises(ValueError, match=r"domain_guidance_scale=6.*\[1, 5\]"):

@@ -583,6 +583,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             num_images_per_prompt, clip_skip, device,
             control_window=(control_guidance_start, control_guidance_end),
             domain_window=(domain_guidance_start, domain_guidance_end),
+            # a distilled student has ∅ built in: with a prompt, it never reads the empty prompt's embeddings
+            unconditional=getattr(self, "student", None) is None or (prompt is None and prompt_embeds is None),
         )
         cond.options = options
         cond.ip_adapter = self.prepare_ip_adapter(ip_adapter_image, ip_adapter_image_embeds, cond, device)
@@ -596,7 +598,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
                                                             **self.scheduler_kwargs(height, width))
 
         # 5. Prepare latent variables
-        latents = self.prepare_latents(cond.n, height, width, _text(cond.negative_prompt_embeds).dtype, device, generator,
+        latents = self.prepare_latents(cond.n, height, width, cond.dtype, device, generator,
                                        latents)
 
         # 6. Denoising loop: eps = eps_u + Σ_k w_k (eps_k - eps_u), then the scheduler's update
@@ -704,9 +706,11 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         control_window: tuple[float, float] = (0.0, 1.0),
         domain_window: tuple[float, float] = (0.0, 1.0),
         batch_size: int = 1,
+        unconditional: bool = True,
     ) -> Conditioning:
         """Every text input of one call as embeddings, one row per image; ``batch_size`` counts the images of a
-        call without a prompt (for example several images to edit)."""
+        call without a prompt (for example several images to edit). ``unconditional=False``: no branch reads ∅, so
+        the empty (or negative) prompt is not encoded unless given as ``negative_prompt_embeds``."""
         if prompt_embeds is not None:
             batch_size = _text(prompt_embeds).shape[0]
         elif isinstance(prompt, list):
@@ -718,7 +722,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
 
         if prompt is not None:
             prompt_embeds = self.encode_text([prompt] if isinstance(prompt, str) else prompt, device, clip_skip)
-        if negative_prompt_embeds is None:
+        if negative_prompt_embeds is None and unconditional:
             negative_prompt_embeds = self.encode_negative(negative_prompt, batch_size, device)
         domain_cond = None
         if self.domain_model is not None and not isinstance(self.domain_model, NULL_TEXT_MODELS):
@@ -730,7 +734,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
                  for text, weight in weighted_prompts or []]
         return Conditioning(
             shared_domain=getattr(self, "shared_domain", None) is not None,
-            n=n, negative_prompt_embeds=per_image(negative_prompt_embeds),
+            n=n, negative_prompt_embeds=None if negative_prompt_embeds is None else per_image(negative_prompt_embeds),
             prompt_embeds=None if prompt_embeds is None else per_image(prompt_embeds), domain_cond=domain_cond,
             extra=extra, control_window=control_window, domain_window=domain_window,
         )
@@ -963,6 +967,7 @@ class CallOptions:
     domain_every: int = 1  # run the domain terms every k-th step (an opt-in approximation)
     domain_delta: dict = field(default_factory=dict)  # the domain terms' differences kept for the steps between
     layout: tuple[float, float] = (DEFAULT_LAYOUT_GUIDANCE_SCALE, LAYOUT_SIGMA)  # domain-text-bands: (w_l, sigma)
+    student_weights: tuple | None = None  # a distilled student's ((w_d, w_c, rows), class_labels) while they stay
 
 
 @dataclass
@@ -971,7 +976,7 @@ class Conditioning:
     ``negative_prompt_embeds`` between steps."""
 
     n: int
-    negative_prompt_embeds: torch.Tensor  # the prior's unconditional branch (∅, or the negative prompt)
+    negative_prompt_embeds: torch.Tensor | None  # the prior's ∅ (or the negative prompt); None if no branch reads it
     prompt_embeds: torch.Tensor | None  # the control prompt
     domain_cond: torch.Tensor | None  # text for a text-conditioned domain model; None for a NullTextUNet
     extra: list[tuple[torch.Tensor, float]]  # weighted prompts (GCFG terms)
@@ -981,6 +986,11 @@ class Conditioning:
     ip_adapter: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # (negative, positive) image embeddings
     shared_domain: bool = False  # the domain model shares the prior's UNet (shared_base.py): its rows ride in prior calls
     options: CallOptions = field(default_factory=CallOptions)  # the call's settings that shape its plan
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The text embeddings' dtype, the latents' too."""
+        return _text(self.negative_prompt_embeds if self.negative_prompt_embeds is not None else self.prompt_embeds).dtype
 
     def prior_cond(self, emb: torch.Tensor, positive: bool, domain: bool = False) -> Any:
         """A prior branch's condition: the text, or a batchable dict {text, ...} with an image prompt (ip0, ip1, ...)
