@@ -335,17 +335,23 @@ def test_generate_with_an_ip_adapter(prior_and_domain, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["generate", "train", "tune", "world", "3d", "convert"])
-def test_a_command_gets_its_one_line_of_help_from_the_registry(name):
-    """cli.COMMANDS is the only home of a command's help line: the lazily listed and the fully built parser agree."""
+def test_a_command_gets_its_one_line_of_help_from_its_config(name):
+    """A command's help line lives on its config (cli.COMMANDS names it): the lazily listed and the fully built parser
+    agree with it."""
     import argparse
 
-    from indomain.cli import COMMANDS, build_parser
+    from indomain.cli import COMMANDS, build_parser, command_help
 
     def help_of(parser: argparse.ArgumentParser) -> str:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         return next(c.help for c in sub._choices_actions if c.dest == name)
 
-    assert help_of(build_parser([name])) == help_of(build_parser(["demo"])) == COMMANDS[name][0]
+    assert help_of(build_parser([name])) == help_of(build_parser(["demo"])) == command_help(name)
+    module, _, config = COMMANDS[name][0].partition(":")
+    if config:  # a command's line is its config's; `world` (a group) keeps it on its module
+        import importlib
+
+        assert command_help(name) == getattr(importlib.import_module(f"indomain.{module}"), config).command_help
 
 
 # -- generate, edit and convert are config dataclasses too; w_d has one name, its old flags are aliases ------------

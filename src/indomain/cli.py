@@ -1,16 +1,17 @@
 """The `indomain` command line: generate, train, convert, demo, ...
 
-It starts fast: this module imports no torch, and `build_parser` imports only the module of the command being
-run; the others appear in ``indomain --help`` by name and one line of help (`COMMANDS`).
+It starts fast: no command module imports torch at import time, and `build_parser` builds only the parser of the
+command being run; the others appear in ``indomain --help`` by name and their config's one line of help (`COMMANDS`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from pathlib import Path
 
 from . import console
@@ -20,6 +21,10 @@ from .generate import DESCRIPTION, add_edit_parser, add_generate_parser
 @dataclass
 class ConvertConfig:
     """Every setting of `indomain convert` (each field is also its argument)."""
+
+    # the command's one line in `indomain --help` (cli.COMMANDS derives it from here)
+    command_help: ClassVar[str] = ("copy a model folder with its pickle weights (.bin/.ckpt/.pt) re-saved as "
+                                   "safetensors")
 
     src: str = option(help="source folder (a pipeline with model_index.json, or a single model with config.json)",
                       positional=True)
@@ -117,25 +122,31 @@ def _add_3d(sub: argparse._SubParsersAction, help: str) -> None:
     add_parser(sub, help)
 
 
-# name -> (its one line of help, what builds its full parser): the one home of that line, which `indomain --help`
-# shows without importing the command and which the command's own parser is given
+# name -> (where its settings live, "module:Config", and what builds its full parser). The command's one line of help
+# is that config's `command_help` (`command_help` below), so a command's options and its line have one home;
+# `world`, a group of commands, keeps its line on its module.
 COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction, str], None]]] = {
-    "generate": ("sample in-domain images from a prior plus a domain model", add_generate_parser),
-    "edit": ("edit images into the domain: SDEdit or inversion, optionally inpainting a mask", add_edit_parser),
-    "train": ("train a domain model (or a conventional fine-tune baseline) on a folder of unlabeled images", _add_train),
-    "distill": ("distil the prior + domain model's guidance (Eq. A) into a student that samples in one UNet call per "
-                "step", _add_distill),
-    "convert": ("copy a model folder with its pickle weights (.bin/.ckpt/.pt) re-saved as safetensors", add_convert_parser),
-    "export": ("write a domain model as a plain diffusers UNet or a single-file checkpoint (for diffusers, ComfyUI, "
-               "A1111)", _add_export),
-    "demo": ("run the end-to-end emoji-world demo (offline, CPU, minutes)", _add_demo),
-    "evaluate": ("generate N images per setting (sharded over processes) and score FID/KID/CLIP; sweeps, plot, report",
-                 _add_evaluate),
-    "tune": ("choose the weights (w_d, w_c) for a goal on probe prompts and check them on held-out prompts", _add_tune),
-    "world": ("the emoji world: an offline miniature of the paper's experiment", _add_world),
-    "ui": ("open a web page to generate, train, edit and compare results in a browser (gradio)", _add_ui),
-    "3d": ("text-to-3D: optimise a small voxel radiance field by score distillation (prior + domain model)", _add_3d),
+    "generate": ("generate:GenerateConfig", add_generate_parser),
+    "edit": ("generate:EditConfig", add_edit_parser),
+    "train": ("train:TrainConfig", _add_train),
+    "distill": ("distill:DistillConfig", _add_distill),
+    "convert": ("cli:ConvertConfig", add_convert_parser),
+    "export": ("export:ExportConfig", _add_export),
+    "demo": ("demo:DemoConfig", _add_demo),
+    "evaluate": ("evaluate:EvalCommand", _add_evaluate),
+    "tune": ("tune:TuneConfig", _add_tune),
+    "world": ("world.cli", _add_world),
+    "ui": ("ui:UIConfig", _add_ui),
+    "3d": ("text3d:Text3DConfig", _add_3d),
 }
+
+
+def command_help(name: str) -> str:
+    """The one line `indomain --help` shows for command ``name``: its config's ``command_help`` (the command modules
+    load no torch at import, so listing them all stays fast)."""
+    module, _, config = COMMANDS[name][0].partition(":")
+    found = importlib.import_module(f"{__package__}.{module}")
+    return (getattr(found, config) if config else found).command_help
 
 
 def _add_output_options(parser: argparse.ArgumentParser, default: str) -> None:
@@ -166,11 +177,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     _add_output_options(parser, console.DEFAULT)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help, add) in COMMANDS.items():
+    for name, (_, add) in COMMANDS.items():
         if named is None or name == named:
-            add(sub, help)
+            add(sub, command_help(name))
         else:
-            sub.add_parser(name, help=help)
+            sub.add_parser(name, help=command_help(name))
     for child in _subcommands(parser):  # --quiet/--verbose also after the command; SUPPRESS keeps an earlier one
         _add_output_options(child, argparse.SUPPRESS)
     return parser

@@ -18,7 +18,7 @@ import dataclasses
 import html
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from . import console
 from .cliargs import add_options, from_args, option
@@ -37,6 +37,9 @@ def _benchmark_option(name: str) -> Any:
 @dataclasses.dataclass
 class DemoConfig:
     """Every setting of `indomain demo` (each field is also its option); the rest is `BenchmarkConfig.demo`'s preset."""
+
+    # the command's one line in `indomain --help` (cli.COMMANDS derives it from here)
+    command_help: ClassVar[str] = "run the end-to-end emoji-world demo (offline, CPU, minutes)"
 
     out: str = option("outputs/demo", "output folder")
     prior: str | None = option(None, "emoji prior pipeline folder (default: the shipped one)")

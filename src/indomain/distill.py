@@ -26,7 +26,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, ClassVar, TYPE_CHECKING
 
 from .cliargs import DryRun, add_options, finite_float, from_args, option, positive_float, positive_int
 from .console import progress
@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 class DistillConfig(TrainConfig):
     """Every setting of a distillation run: `TrainConfig`'s (those `indomain distill` offers: `OPTIONS`) and the
     teacher, prompts and weight ranges. Saved as ``train_config.json``, and in each checkpoint."""
+
+    # the command's one line in `indomain --help` (cli.COMMANDS derives it from here)
+    command_help: ClassVar[str] = ("distil the prior + domain model's guidance (Eq. A) into a student that samples "
+                                   "in one UNet call per step")
 
     domain: str = option(help="the teacher's domain model: a null-text domain model folder written by `indomain train`")
     prompts: str | None = option(None, "text file of training prompts, one per line (default: none: every row "

@@ -38,7 +38,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, TYPE_CHECKING
 
 import PIL.Image
 
@@ -609,6 +609,10 @@ class ExtractorConfig:
 @dataclass
 class EvalCommand:
     """The flags of `indomain evaluate` around its `EvalConfig`: text files read into it, and what is printed."""
+
+    # the command's one line in `indomain --help` (cli.COMMANDS derives it from here)
+    command_help: ClassVar[str] = ("generate N images per setting (sharded over processes) and score FID/KID/CLIP; "
+                                   "sweeps, plot, report")
 
     prompts_file: str | None = option(None, "text file with one prompt per line (blank lines skipped)", metavar="FILE")
     clip_text_file: str | None = option(None, "scored texts, one per line, aligned with the prompts file",

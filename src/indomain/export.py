@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, TYPE_CHECKING
 
 from .cliargs import add_options, from_args, option
 from .outputs import to_json
@@ -471,6 +471,10 @@ def _export_lora(domain: Path, out: Path, fmt: str) -> list[Path]:
 @dataclass
 class ExportConfig:
     """Every setting of `indomain export` (each field is also its argument)."""
+
+    # the command's one line in `indomain --help` (cli.COMMANDS derives it from here)
+    command_help: ClassVar[str] = ("write a domain model as a plain diffusers UNet or a single-file checkpoint (for "
+                                   "diffusers, ComfyUI, A1111)")
 
     domain: str = option(help="domain model folder written by `indomain train`", positional=True)
     out: str = option(help="output folder (new or empty)")

@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .cliargs import (add_options, finite_float, from_args, option, positive_float, positive_int,
                       require_domain_for_weight)
@@ -314,6 +314,9 @@ def _finish(config: SamplingConfig, pipe: Any, out: Path, device: str, files: li
 class GenerateConfig(SamplingConfig):
     """Every setting of `indomain generate`: the shared ones, the prompts and sizes, and spatial control."""
 
+    # the command's one line in `indomain --help` (cli.COMMANDS derives it from here)
+    command_help: ClassVar[str] = "sample in-domain images from a prior plus a domain model"
+
     prompt: list[str] | None = option(None, "control prompt; repeat for a batch of prompts (default: none: "
                                       "unconditional in-domain samples)", action="append")
     num_images: int = option(4, "images per prompt", type=positive_int)
@@ -492,6 +495,9 @@ EDIT_METHODS = ("sdedit", "invert")  # = indomain.editing.METHODS, written here 
 @dataclass(kw_only=True)
 class EditConfig(SamplingConfig):
     """Every setting of `indomain edit`: the shared ones, the images, the edit's prompt, strength, method and mask."""
+
+    # the command's one line in `indomain --help` (cli.COMMANDS derives it from here)
+    command_help: ClassVar[str] = "edit images into the domain: SDEdit or inversion, optionally inpainting a mask"
 
     image: str = option(help="an image file, or a folder of images (read with the training rules)")
     prompt: str | None = option(None, "the edit's control prompt (default: none: only the domain term edits)")

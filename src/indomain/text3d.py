@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, TYPE_CHECKING
 
 from .cliargs import DryRun, add_options, finite_float, from_args, option, positive_float, positive_int, require_domain_for_weight
 from .console import progress
@@ -47,6 +47,10 @@ FIELD_KEYS = ("grid_resolution", "bound", "blob_density", "blob_radius", "seed")
 @dataclass
 class Text3DConfig:
     """Every setting of `indomain 3d` (each field is also its option ``--field-name``); saved in settings.json."""
+
+    # the command's one line in `indomain --help` (cli.COMMANDS derives it from here)
+    command_help: ClassVar[str] = ("text-to-3D: optimise a small voxel radiance field by score distillation (prior + "
+                                   "domain model)")
 
     prior: str = option(help="prior pipeline: a local diffusers folder or a hub id, or a single-file .safetensors "
                         "checkpoint (with --prior-config)")

@@ -34,7 +34,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, ClassVar, Iterator, TYPE_CHECKING
 
 
 from .cliargs import DryRun, add_options, finite_float, from_args, nonnegative_int, option, positive_float, positive_int
@@ -77,6 +77,10 @@ class TrainConfig:
 
     Each field is also an option of ``indomain train`` (``--field-name`` unless ``flag`` says otherwise).
     """
+
+    # the command's one line in `indomain --help` (cli.COMMANDS derives it from here)
+    command_help: ClassVar[str] = ("train a domain model (or a conventional fine-tune baseline) on a folder of "
+                                   "unlabeled images")
 
     prior: str = option(help="prior pipeline folder or hub id: Stable Diffusion 1.x/2.x, SDXL or SD3 (diffusers layout), "
                         "or a single-file .safetensors checkpoint (with --prior-config)")

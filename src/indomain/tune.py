@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, TYPE_CHECKING
 
 from .cliargs import add_options, finite_float, from_args, option, positive_float, positive_int
 from .evaluate import EvalConfig, Method, Scorer, Sweep, read_lines
@@ -53,6 +53,10 @@ METHOD, PRIOR = "ours", "prior"  # the method names in probe/ and validation/
 @dataclass
 class TuneConfig:
     """Every setting of `indomain tune` (each field is also its option ``--field-name``); written to tune.json."""
+
+    # the command's one line in `indomain --help` (cli.COMMANDS derives it from here)
+    command_help: ClassVar[str] = ("choose the weights (w_d, w_c) for a goal on probe prompts and check them on "
+                                   "held-out prompts")
 
     prior: str = option(help="prior pipeline folder or hub id, or a single-file .safetensors checkpoint (with "
                         "--prior-config)")

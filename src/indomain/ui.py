@@ -22,7 +22,7 @@ import traceback
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, TYPE_CHECKING
 
 from .cliargs import add_options, from_args, option, positive_int
 
@@ -37,6 +37,9 @@ GRID_W_C = (0.0, 2.5, 5.0)  # and rows
 @dataclasses.dataclass
 class UIConfig:
     """Every setting of `indomain ui` (each field is also its option), as typed; `ui_setup` resolves it."""
+
+    # the command's one line in `indomain --help` (cli.COMMANDS derives it from here)
+    command_help: ClassVar[str] = "open a web page to generate, train, edit and compare results in a browser (gradio)"
 
     prior: str | None = option(None, "prior pipeline folder (default: the shipped emoji prior, which needs nothing "
                                "downloaded)")

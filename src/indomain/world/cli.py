@@ -8,6 +8,9 @@ from pathlib import Path
 
 from ..cliargs import add_options, from_args, option, positive_float, positive_int
 
+# the group's one line in `indomain --help` (cli.COMMANDS derives it from here; each subcommand has its config)
+command_help = "the emoji world: an offline miniature of the paper's experiment"
+
 
 @dataclass
 class RenderConfig:
