@@ -61,7 +61,7 @@ def test_choose_takes_the_best_fidelity_that_keeps_the_control():
 
 
 def test_choose_says_when_no_setting_keeps_the_control_and_names_the_closest():
-    with pytest.raises(T.NoFeasibleSetting, match=r"no setting .* keeps 1\.1 .*closest is w_d = 0, w_c = 5") as err:
+    with pytest.raises(T.NoFeasibleSetting, match=r"no setting .* keeps 1\.1 .*closest is decoupled w_d = 0, w_c = 5") as err:
         T.choose(TABLE, T.Goal("control_top1", "fd_openmoji", keep=1.1))
     choice = err.value.choice
     assert choice.chosen is None and (choice.best_available["w_d"], choice.best_available["w_c"]) == (0, 5.0)
@@ -72,13 +72,29 @@ def test_choose_says_when_no_setting_keeps_the_control_and_names_the_closest():
 def test_choose_refuses_tables_it_cannot_read():
     with pytest.raises(ValueError, match="no column 'clip_score'.*control_top1"):
         T.choose(TABLE, T.Goal("clip_score", "fd_openmoji"))
-    with pytest.raises(ValueError, match="no prior's row at w_d = 0, w_c = 7"):
+    with pytest.raises(ValueError, match="no prior's row at w_c = 7"):
         T.choose(TABLE, T.Goal("control_top1", "fd_openmoji", reference_w_c=7))
     zero = [dict(TABLE[0], control_top1=0.0), *TABLE[1:]]
     with pytest.raises(ValueError, match="prior's control_top1 is 0.0"):
         T.choose(zero, GOAL)
     with pytest.raises(ValueError, match="empty"):
         T.choose([], GOAL)
+
+
+def test_choose_takes_the_prior_method_as_reference_and_never_chooses_it():
+    # Under domain-text, ours at w_d = 0 is not the prior: the reference is the prior's own row, found by name.
+    rows = [dict(r, method="ours-dt") for r in TABLE] + [
+        {"method": "prior", "w_d": 0.0, "w_c": 2.5, "control_top1": 0.9, "fd_openmoji": 40.0},
+        {"method": "prior", "w_d": 0.0, "w_c": 5.0, "control_top1": 1.0, "fd_openmoji": 1.0},  # never chosen
+        {"method": "ours-bands", "w_d": 4.0, "w_c": 6.0, "control_top1": 0.85, "fd_openmoji": 17.0}]
+    choice = T.choose(rows, GOAL)
+    assert choice.reference["method"] == "prior" and choice.reference["control_top1"] == 0.9  # needs >= 0.81
+    assert (choice.chosen["method"], choice.chosen["w_d"], choice.chosen["w_c"]) == ("ours-bands", 4.0, 6.0)
+    assert T.form_of(choice.chosen) == "domain-text-bands" and T.form_of(rows[0]) == "domain-text"
+    assert T.form_of({"w_d": 1}) == "decoupled"  # an unnamed row: Eq. A
+    assert not any(r["feasible"] for r in choice.rows if r["method"] == "prior")
+    # without the bands row the best that keeps 0.81 is domain-text (0, 5)... at fd 31 > (1, 2.5)'s 22? no: 0.76 < 0.81
+    assert (T.choose(rows[:-1], GOAL).chosen["w_d"], T.choose(rows[:-1], GOAL).chosen["w_c"]) == (0, 5.0)
 
 
 def test_split_prompts_is_deterministic_disjoint_and_order_free():
@@ -130,13 +146,14 @@ def base_args(world: dict[str, Path], out: Path) -> list[str]:
             "--prompts", "a cat", "a dog", "a red hat", "--num-probe-prompts", "2", "--domain-scales", "0", "2.5",
             "--guidance-scales", "2.5", "--num-images", "4", "--steps", "2", "--batch-size", "4",
             "--clip-model", str(world["clip"]), "--real", str(world["real"]), "--extractor", "random-conv:0",
-            "--metrics", "fid", "--resolution", "32", "--no-stats-cache", "-q"]
+            "--metrics", "fid", "--resolution", "32", "--no-stats-cache", "--no-store", "-q"]
 
 
 def test_tune_command_chooses_validates_and_writes_its_outputs(world, tmp_path, capsys):
     out = tmp_path / "tune"
     assert cli.main(base_args(world, out) + ["--keep", "0.5"]) == 0
-    assert "chose w_d = " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "chose domain-text w_d = " in printed and "stored" not in printed  # auto: domain-text on an SD prior
     assert {"probe", "validation", "tune.json", "tune.md", "tune.png"} <= {p.name for p in out.iterdir()}
     for written in [out / "tune.json", *out.rglob("results.json"), *out.rglob("settings.json")]:  # strict JSON
         json.loads(written.read_text(), parse_constant=lambda word: pytest.fail(f"{written} holds {word}"))
@@ -145,10 +162,15 @@ def test_tune_command_chooses_validates_and_writes_its_outputs(world, tmp_path, 
     assert record["goal"] == {"control": "clip_score", "fidelity": "fid", "keep": 0.5,
                               "fidelity_higher_is_better": False, "reference_w_c": 2.5}
     table = record["probe"]["table"]
-    assert [(s["w_d"], s["w_c"]) for s in table] == [(0, 2.5), (2.5, 2.5)]  # the grid holds the reference
+    # under domain-text, w_d = 0 is not the prior: the prior's reference runs as its own method
+    assert [(s["method"], s["w_d"], s["w_c"]) for s in table] == [("ours-dt", 0, 2.5), ("ours-dt", 2.5, 2.5),
+                                                                    ("prior", 0, 2.5)]
+    assert record["guidance_forms"] == ["domain-text"] and record["stored"] is None
+    assert not (world["domain"] / "tuned_guidance.json").exists()
     assert len(record["probe"]["prompts"]) == 2 and len(record["validation"]["prompts"]) == 1
     choice = record["choice"]
     feasible = [s for s in table if s["feasible"]]
+    assert all(s["method"] == "ours-dt" for s in feasible) and choice["guidance_form"] == "domain-text"
     assert (choice["w_d"], choice["w_c"]) == min(((s["fidelity"], -s["control"], s["w_d"], s["w_c"]) for s in feasible))[2:]
     v = record["validation"]
     assert {r["setting"] for r in v["rows"]} >= {choice["setting"]}
@@ -159,7 +181,7 @@ def test_tune_command_chooses_validates_and_writes_its_outputs(world, tmp_path, 
     for phase in ("probe", "validation"):
         assert (out / phase / "results.csv").is_file() and (out / phase / "report.html").is_file()
     md = (out / "tune.md").read_text()
-    assert "Chosen: w_d = " in md and "held out (measured)" in md and "probe (predicted)" in md
+    assert "Chosen: domain-text, w_d = " in md and "held out (measured)" in md and "probe (predicted)" in md
     with Image.open(out / "tune.png") as im:
         assert im.size[0] > 300
 
@@ -188,7 +210,8 @@ def test_tune_with_a_stand_in_scorer_reports_binomial_errors(world, tmp_path):
     preset = T.TunePreset(scorer, control="bright", fidelity="redness", fidelity_higher_is_better=True,
                           share_columns=("bright",), probe_prompts=["a cat", "a dog"], validation_prompts=["a hat"])
     config = T.TuneConfig(prior=str(world["prior"]), domain=str(world["domain"]), out=str(tmp_path / "t"),
-                          domain_guidance_scales=[1.0, 2.5], guidance_scales=[2.5], keep=0.01, num_images=4)
+                          domain_guidance_scales=[1.0, 2.5], guidance_scales=[2.5], keep=0.01, num_images=4,
+                          guidance_forms=["decoupled"], store=False)
     protocol = T.EvalConfig(out=config.out, steps=2, batch_size=4)
     result = T.tune(config, protocol, preset=preset)
     # the grid lacks w_d = 0: the prior's reference is added as its own method
@@ -230,3 +253,49 @@ def test_dry_run_prints_the_resolved_run(world, tmp_path, capsys):
     resolved = json.loads(capsys.readouterr().out)
     assert resolved["goal"]["control"] == "clip_score" and resolved["protocol"]["steps"] == 2
     assert len(resolved["probe_prompts"]) == 2 and not (tmp_path / "dry").exists()
+
+
+def test_tune_stores_its_choice_with_the_domain_model_and_generate_samples_with_it(world, tmp_path, capsys):
+    import shutil
+
+    domain = tmp_path / "domain"
+    shutil.copytree(world["domain"], domain)
+    args = [a if a != str(world["domain"]) else str(domain) for a in base_args(world, tmp_path / "t") if a != "--no-store"]
+    assert cli.main(args + ["--keep", "0.5", "--guidance-forms", "domain-text-bands"]) == 0
+    assert f"stored with the domain model in {domain / 'tuned_guidance.json'}" in capsys.readouterr().out
+    record = json.loads((tmp_path / "t" / "tune.json").read_text())
+    stored = json.loads((domain / "tuned_guidance.json").read_text())
+    choice = record["choice"]
+    assert record["stored"] == str(domain / "tuned_guidance.json")
+    assert (stored["guidance_form"], stored["domain_guidance_scale"], stored["guidance_scale"]) == (
+        "domain-text-bands", choice["w_d"], choice["w_c"])
+    assert stored["layout_guidance_scale"] == 1.0 and stored["chosen_by"] == "indomain tune"
+    assert stored["validation"]["constraint_held"] == record["validation"]["constraint_held"]
+
+    gen = ["generate", "--prior", str(world["prior"]), "--domain", str(domain), "--prompt", "a cat", "--num-images", "2",
+           "--steps", "2", "--height", "32", "--width", "32", "-q"]
+
+    def run(name: str, *extra: str) -> tuple[dict, list[np.ndarray]]:
+        assert cli.main(gen + ["--out", str(tmp_path / name), *extra]) == 0
+        record = json.loads((tmp_path / name / "settings.json").read_text())
+        images = [np.asarray(Image.open(tmp_path / name / f["file"])) for f in record["images"]]
+        return record, images
+
+    # only --domain and a prompt: the stored form and weights, recorded in settings.json
+    used, images = run("stored")
+    assert (used["settings"]["guidance_form"], used["settings"]["domain_guidance_scale"],
+            used["settings"]["guidance_scale"]) == ("domain-text-bands", choice["w_d"], choice["w_c"])
+    assert used["resolved"]["tuned_guidance"]["path"] == str(domain / "tuned_guidance.json")
+    _, explicit = run("explicit", "--guidance-form", "domain-text-bands", "--domain-guidance-scale", str(choice["w_d"]),
+                      "--guidance-scale", str(choice["w_c"]))
+    assert all(np.array_equal(a, b) for a, b in zip(images, explicit))
+    # a flag wins over the stored value; another form asked for takes that form's defaults
+    overridden, _ = run("override", "--guidance-scale", "7")
+    assert overridden["settings"]["guidance_scale"] == 7 and overridden["settings"]["guidance_form"] == "domain-text-bands"
+    other, _ = run("other", "--guidance-form", "decoupled")
+    assert "tuned_guidance" not in other["resolved"] and other["settings"]["domain_guidance_scale"] == 2.5
+    # a broken record is an error that names it, not a silent default
+    (domain / "tuned_guidance.json").write_text('{"guidance_form": "sideways"}')
+    assert cli.main(gen + ["--out", str(tmp_path / "broken")]) == 2
+    assert "tuned_guidance.json: not a tuned guidance record" in capsys.readouterr().err
+    assert not (tmp_path / "broken").exists()  # checked before --out is claimed

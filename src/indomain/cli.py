@@ -7,6 +7,7 @@ command being run; the others appear in ``indomain --help`` by name and their co
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import importlib
 import sys
 from collections.abc import Callable, Sequence
@@ -94,14 +95,18 @@ def _add_evaluate(sub: argparse._SubParsersAction, help: str) -> None:
 def _add_tune(sub: argparse._SubParsersAction, help: str) -> None:
     from .tune import add_parser
 
-    add_parser(sub, help, presets={"emoji": _emoji_tune_preset})
+    from .world.domains import DOMAINS  # torch-free
+
+    presets = {"emoji": partial(_emoji_tune_preset, domain="openmoji")}
+    presets |= {f"emoji-{name}": partial(_emoji_tune_preset, domain=name) for name in DOMAINS if name != "openmoji"}
+    add_parser(sub, help, presets=presets)
 
 
-def _emoji_tune_preset(config: Any) -> Any:
-    """`tune --scorer emoji`: wired here, since the emoji world sits above `tune` (docs/ARCHITECTURE.md)."""
+def _emoji_tune_preset(config: Any, domain: str) -> Any:
+    """`tune --scorer emoji[-DOMAIN]`: wired here, since the emoji world sits above `tune` (docs/ARCHITECTURE.md)."""
     from .world.tuning import emoji_preset
 
-    return emoji_preset(config)
+    return emoji_preset(config, domain)
 
 
 def _add_world(sub: argparse._SubParsersAction, help: str) -> None:

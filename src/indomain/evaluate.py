@@ -84,6 +84,10 @@ in memory at once) and their generation prompts (None when unconditional). Each 
 # ----------------------------------------------------------------------------------------------------------------
 
 
+#: ours' method name in result tables under each guidance form (`indomain tune`, `indomain world benchmark`)
+OURS_METHODS = {"decoupled": "ours", "domain-text": "ours-dt", "domain-text-bands": "ours-bands"}
+
+
 @dataclass
 class Method:
     """A named generator: the prior plus what replaces or joins its UNet.
@@ -108,7 +112,7 @@ class Method:
     domain_guidance_scales: Sequence[float] | None = None
     guidance_scales: Sequence[float] | None = None
     allow_pickle: bool = False
-    guidance_form: str = "decoupled"  # the pipeline's guidance_form: "decoupled" (Eq. A) or "domain-text"
+    guidance_form: str = "decoupled"  # the pipeline's guidance_form: a key of OURS_METHODS
     prior_config: str | os.PathLike | None = None  # a single-file (.safetensors) prior's diffusers config folder
 
     def record(self) -> dict[str, Any]:

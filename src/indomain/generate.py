@@ -292,15 +292,17 @@ def _control_call_kwargs(config: SamplingConfig, pipe: Any) -> dict:
     return kw
 
 
-def _finish(config: SamplingConfig, pipe: Any, out: Path, device: str, files: list[dict], start: float, what: str) -> None:
-    """settings.json beside the images, then the result line (or the record, with --json)."""
+def _finish(config: SamplingConfig, pipe: Any, out: Path, device: str, files: list[dict], start: float, what: str,
+            **resolved: Any) -> None:
+    """settings.json beside the images (``resolved``: more of what was decided at run time), then the result line (or
+    the record, with --json)."""
     from .outputs import write_record
 
     record = write_record(
         out / "settings.json",
         config.record(),
         resolved={"device": device, "scheduler": dict(pipe.scheduler.config), "domain_config": dict(pipe.domain_model.config) if pipe.domain_model else None,
-                  **({"student": vars(pipe.student)} if getattr(pipe, "student", None) is not None else {})},
+                  **({"student": vars(pipe.student)} if getattr(pipe, "student", None) is not None else {}), **resolved},
         images=files,
         seconds=round(time.time() - start, 2),
     )
@@ -329,8 +331,9 @@ class GenerateConfig(SamplingConfig):
                                 "prior's cross-attention put back, so the prompted subject comes in the domain's style; "
                                 "decoupled: by the prior, the paper's Eq. A. domain-text-bands (opt-in): domain-text with "
                                 "the prompt's low band (layout, broad colours) at --layout-guidance-scale and the rest at "
-                                "--guidance-scale. auto (default): domain-text for a null-text domain model on a Stable "
-                                "Diffusion 1.x/2.x prior (without --domain-every), else decoupled. Default weights: "
+                                "--guidance-scale. auto (default): the form and weights `indomain tune` stored with the domain "
+                                "model (tuned_guidance.json), if any; else domain-text for a null-text domain model on a "
+                                "Stable Diffusion 1.x/2.x prior (without --domain-every), else decoupled. Default weights: "
                                 "domain-text --domain-guidance-scale 4 --guidance-scale 2.5, domain-text-bands 4 / 6 "
                                 "(low band 1), decoupled 2.5 / 2.5",
                                 choices=["auto", "domain-text", "domain-text-bands", "decoupled"])
@@ -423,7 +426,16 @@ def generate(config: GenerateConfig) -> int:
     scale_given = config.domain_guidance_scale is not None or any(w is not None for _, w in (config.domain or [])[:1])
     if config.domain_guidance_scale is None:
         config.domain_guidance_scale = 2.5  # until the form is known (extra --domain models keep this default)
+    tuned = _tuned_guidance(config)  # read before --out is claimed: a broken file fails first
     pipe, out, device = _open_pipeline(InDomainPipeline, config, "generate")
+    tuned = _applicable(tuned, config, pipe)
+    if tuned is not None:  # what `indomain tune` chose for this domain model fills what the flags left open
+        config.guidance_form = tuned["guidance_form"]
+        if not scale_given:
+            config.domain_guidance_scale, scale_given = tuned["domain_guidance_scale"], True
+        config.guidance_scale = _default(config.guidance_scale, tuned["guidance_scale"])
+        config.layout_guidance_scale = _default(config.layout_guidance_scale, tuned.get("layout_guidance_scale"))
+        config.layout_sigma = _default(config.layout_sigma, tuned.get("layout_sigma"))
     config.guidance_form = _guidance_form(config.guidance_form, pipe, config.domain_every)
     from .guidance import DEFAULT_WEIGHTS
 
@@ -465,12 +477,47 @@ def generate(config: GenerateConfig) -> int:
             images.append(img)
             files.append({"file": name, "prompt": prompt, "seed": seed})
     make_grid(images, ncols=config.num_images).save(out / "grid.png")
-    _finish(config, pipe, out, device, files, start, "images")
+    _finish(config, pipe, out, device, files, start, "images",
+            **({"tuned_guidance": tuned} if tuned is not None else {}))
     return 0
 
 
 def _default(value: Any, default: Any) -> Any:
     return default if value is None else value
+
+
+def _tuned_guidance(config: GenerateConfig) -> dict[str, Any] | None:
+    """The guidance `indomain tune` stored with the (one) domain model, unless another --guidance-form was asked for;
+    its ``path`` added for settings.json. A broken file is an error that names it, not a silent default."""
+    from .loading import TUNED_GUIDANCE_FILE, read_tuned_guidance, resolve_domain_path
+
+    if config.distilled is not None or len(config.domain or []) != 1:
+        return None
+    folder = resolve_domain_path(config.domain[0][0])
+    tuned = read_tuned_guidance(folder)
+    if tuned is None or config.guidance_form not in ("auto", tuned["guidance_form"]):
+        return None
+    return {**tuned, "path": str(folder / TUNED_GUIDANCE_FILE)}
+
+
+def _applicable(tuned: dict[str, Any] | None, config: GenerateConfig, pipe: Any) -> dict[str, Any] | None:
+    """``tuned`` if this pipeline can sample with its form, else None (and a line saying why)."""
+    from .console import info
+
+    if tuned is None:
+        return None
+    form = tuned["guidance_form"]
+    try:
+        if form != "decoupled":
+            pipe.check_guidance_form(form)
+            if config.domain_every > 1:
+                raise ValueError("--domain-every > 1 approximates Eq. A only")
+    except ValueError as e:
+        info(f"not using the guidance stored with the domain model ({form}): {e}; sampling with the defaults")
+        return None
+    info(f"guidance stored with the domain model by `indomain tune`: {form}, w_d = {tuned['domain_guidance_scale']:g}, "
+         f"w_c = {tuned['guidance_scale']:g} (flags override it; `--guidance-form` picks the defaults of another form)")
+    return tuned
 
 
 def _guidance_form(form: str, pipe: Any, domain_every: int = 1) -> str:

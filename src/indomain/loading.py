@@ -10,12 +10,15 @@
 - `load_domain_model`: a domain model folder as `indomain train` writes it: a `NullTextUNet`, an
   adapter-only (LoRA) `NullTextUNet`, or a text-conditioned fine-tune; used by the pipeline and evaluator.
 - The adapter-only folder format: `save_lora` / `load_lora` / `is_lora_folder`.
+- The guidance stored with a domain model by `indomain tune` (``tuned_guidance.json``): `read_tuned_guidance` /
+  `write_tuned_guidance`; `indomain generate` samples with it when no form or weight is given.
 
 Weights load from safetensors; pickle files only with ``allow_pickle`` (see `indomain.safeload`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -201,6 +204,42 @@ def resolve_domain_path(path: str | os.PathLike, **hub_kwargs: Any) -> Path:
             f"domain model {str(path)!r} is neither a local folder nor a hub id found in the hub's cache "
             f"({type(e).__name__}); download it first or pass a folder"
         ) from None
+
+
+TUNED_GUIDANCE_FILE = "tuned_guidance.json"  # in a domain model's folder: the guidance `indomain tune` chose for it
+
+
+def read_tuned_guidance(domain: str | os.PathLike) -> dict[str, Any] | None:
+    """The guidance `indomain tune` stored with the domain model in folder ``domain`` (``guidance_form``,
+    ``domain_guidance_scale``, ``guidance_scale``, the goal and what was measured), or None when it stored none.
+
+    A file that is not such a record raises ValueError naming the file, rather than sampling with guessed weights.
+    """
+    from .guidance import DEFAULT_WEIGHTS
+
+    path = Path(domain).expanduser() / TUNED_GUIDANCE_FILE
+    if not path.is_file():
+        return None
+    record = read_json_object(path, "the guidance `indomain tune` stored with a domain model")
+    form = record.get("guidance_form")
+    weights = [record.get(k) for k in ("domain_guidance_scale", "guidance_scale")]
+    if form not in DEFAULT_WEIGHTS or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                              and math.isfinite(w) for w in weights):
+        raise ValueError(f"{path}: not a tuned guidance record: it needs guidance_form (one of {sorted(DEFAULT_WEIGHTS)}) "
+                         f"and finite domain_guidance_scale and guidance_scale, got {form!r} and {weights}; rerun "
+                         "`indomain tune`, or delete the file to sample with the default weights")
+    return record
+
+
+def write_tuned_guidance(domain: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Store ``record`` (see `read_tuned_guidance`) in the domain model's folder, atomically, and check it reads back."""
+    from .outputs import atomic_path
+
+    path = Path(domain).expanduser() / TUNED_GUIDANCE_FILE
+    with atomic_path(path) as tmp:
+        tmp.write_text(to_json(record, indent=2) + "\n", encoding="utf-8")
+    read_tuned_guidance(domain)
+    return path
 
 
 def load_domain_model(

@@ -6,16 +6,21 @@
 
 The paper speaks of "carefully initialized weights" and gives no rule for them. The goal here: the most domain
 fidelity while keeping at least ``--keep`` (default 0.9) of the prior's control, where control and fidelity are
-two named result columns (emoji world: ``control_top1`` and ``fd_openmoji``, lower is better; real SD:
-``clip_score`` and ``fid`` against ``--real``). Three steps, each an :func:`indomain.evaluate.evaluate` run:
+two named result columns (emoji world: ``control_top1`` and ``fd_<domain>``, lower is better; real SD:
+``clip_score`` and ``fid`` against ``--real``). A weight does not mean the same on every prior and domain model, so
+this rule, run once per domain model, replaces a fixed pair. Three steps, each an :func:`indomain.evaluate.evaluate` run:
 
-1. **probe**: every (w_d, w_c) of the grid on the probe prompts, plus the prior's reference, w_d = 0 at
-   ``--reference-guidance-scale`` (2.5), whose control is the 100 % that ``--keep`` is a share of;
+1. **probe**: every (w_d, w_c) of the grid under each ``--guidance-forms`` form on the probe prompts, plus the
+   prior's reference: the prior alone (CFG) at ``--reference-guidance-scale`` (2.5), whose control is the 100 %
+   that ``--keep`` is a share of;
 2. **choose** (:func:`choose`, a pure function of the probe table): among the settings that keep the control, the
    one with the best fidelity (ties: more control). When none qualifies, it says so and names the closest;
-3. **validate**: the chosen weights and the prior's reference on held-out prompts, with the same number of images
-   and seeds (an FD depends on N, so both steps use the same N). Predicted (probe) and measured (held out) numbers
-   side by side, with binomial standard errors for share-type columns (``control_top1``: N images).
+3. **validate**: the chosen form and weights and the prior's reference on held-out prompts, with the same number of
+   images and seeds (an FD depends on N, so both steps use the same N). Predicted (probe) and measured (held out)
+   numbers side by side, with binomial standard errors for share-type columns (``control_top1``: N images).
+
+Then the choice is **stored with the domain model** (``tuned_guidance.json`` in its folder, unless ``--no-store``),
+and `indomain generate` samples with it whenever no form or weight is given.
 
 Outputs in ``--out``: ``probe/`` and ``validation/`` (two `indomain evaluate` folders: images, tables, report.html),
 ``tune.json`` (every setting, the probe table, the choice, the validation), ``tune.md`` and ``tune.png`` (the probe
@@ -37,7 +42,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TYPE_CHECKING
 
 from .cliargs import add_options, finite_float, from_args, option, positive_float, positive_int
-from .evaluate import EvalConfig, Method, Scorer, Sweep, read_lines
+from .evaluate import OURS_METHODS, EvalConfig, Method, Scorer, Sweep, read_lines
 from .outputs import to_json
 from .numerics import is_finite_number
 
@@ -45,9 +50,10 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["Choice", "Goal", "NoFeasibleSetting", "TuneConfig", "TunePreset", "TuneResult", "add_parser",
-           "binomial_se", "choose", "split_prompts", "tune"]
+           "binomial_se", "choose", "form_of", "resolve_forms", "split_prompts", "tune"]
 
-METHOD, PRIOR = "ours", "prior"  # the method names in probe/ and validation/
+PRIOR = "prior"  # the prior's method name in probe/ and validation/ (ours': OURS_METHODS, by guidance form)
+GUIDANCE_FORM_CHOICES = ("auto", *OURS_METHODS)
 
 
 @dataclass
@@ -77,12 +83,17 @@ class TuneConfig:
                                    metavar="P")
     num_validation_prompts: int = option(48, "validation prompts taken from --prompts or --scorer",
                                         type=positive_int, metavar="P")
-    domain_guidance_scales: list[float] = option([0.0, 1.0, 2.0, 3.0, 4.0], "the grid's domain weights w_d",
+    domain_guidance_scales: list[float] = option([1.0, 2.5, 4.0, 5.5], "the grid's domain weights w_d (the prior "
+                                                "alone, w_d = 0, is probed anyway as the reference)",
                                                 type=finite_float, metavar="W", aliases=["--domain-scales"])
-    guidance_scales: list[float] = option([1.0, 2.5, 4.0, 5.0], "the grid's control weights w_c", type=finite_float,
+    guidance_scales: list[float] = option([1.5, 2.5, 4.0, 6.0], "the grid's control weights w_c", type=finite_float,
                                          metavar="W")
-    reference_guidance_scale: float = option(2.5, "w_c of the prior's reference (w_d = 0), whose control --keep is a "
-                                             "share of", type=finite_float, metavar="W")
+    guidance_forms: list[str] = option(["auto"], "the guidance forms probed, each over the whole grid (see `indomain "
+                                       "generate --guidance-form`); the choice names its form. auto (default): "
+                                       "domain-text on a Stable Diffusion 1.x/2.x prior, else decoupled (Eq. A)",
+                                       choices=GUIDANCE_FORM_CHOICES, metavar="FORM")
+    reference_guidance_scale: float = option(2.5, "w_c of the prior's reference (the prior alone, CFG), whose control "
+                                             "--keep is a share of", type=finite_float, metavar="W")
     keep: float = option(0.9, "keep at least this share of the prior's control", type=positive_float,
                          metavar="SHARE")
     control: str | None = option(None, "control column, higher is better (default: --scorer's; clip_score with "
@@ -96,6 +107,9 @@ class TuneConfig:
     seed: int = option(0, "image i uses seed+i in every setting; also the --prompts split")
     allow_pickle: bool = option(False, "allow pickle checkpoints (weights_only loading); only for files you trust")
     overwrite: bool = option(False, "replace an earlier `indomain tune` output in --out")
+    store: bool = option(True, "do not store the choice with the domain model (default: written to "
+                         "tuned_guidance.json in the --domain folder, replacing an earlier one, so that `indomain "
+                         "generate` samples with it when no form or weight is given)", flag="--no-store")
 
 
 @dataclass
@@ -113,7 +127,7 @@ class TunePreset:
 
 @dataclass(frozen=True)
 class Goal:
-    """The most fidelity while ``control >= keep * control(prior at w_d = 0, w_c = reference_w_c)``."""
+    """The most fidelity while ``control >= keep * control(the prior alone at w_c = reference_w_c)``."""
 
     control: str
     fidelity: str
@@ -124,7 +138,7 @@ class Goal:
     def describe(self) -> str:
         best = "highest" if self.fidelity_higher_is_better else "lowest"
         return (f"{best} {self.fidelity} with {self.control} >= {self.keep:g} x the prior's "
-                f"(w_d = 0, w_c = {self.reference_w_c:g})")
+                f"(the prior alone, w_c = {self.reference_w_c:g})")
 
 
 @dataclass
@@ -150,6 +164,7 @@ class TuneResult:
     out: Path
     choice: Choice
     validation: dict[str, Any]
+    stored: Path | None = None  # the domain model's tuned_guidance.json, when written
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -163,13 +178,31 @@ def binomial_se(p: float, n: int) -> float:
 
 
 def _is_reference(row: Mapping[str, Any], goal: Goal) -> bool:
-    return math.isclose(row["w_d"], 0.0, abs_tol=1e-12) and math.isclose(row["w_c"], goal.reference_w_c)
+    """The prior's reference row: the prior alone (method ``prior``) at the reference w_c; in a table without the
+    prior as a method, Eq. A at w_d = 0 (the same images)."""
+    if not math.isclose(row["w_c"], goal.reference_w_c):
+        return False
+    if row.get("method") == PRIOR:
+        return True
+    return row.get("method") in (None, OURS_METHODS["decoupled"]) and math.isclose(row["w_d"], 0.0, abs_tol=1e-12)
+
+
+def _find_reference(rows: Sequence[Mapping[str, Any]], goal: Goal) -> Mapping[str, Any] | None:
+    prior = [r for r in rows if _is_reference(r, goal)]
+    return next((r for r in prior if r.get("method") == PRIOR), prior[0] if prior else None)
+
+
+def form_of(row: Mapping[str, Any]) -> str:
+    """The guidance form of one of ours' rows, from its method name (:data:`OURS_METHODS`; Eq. A when unnamed)."""
+    forms = {name: form for form, name in OURS_METHODS.items()}
+    return forms.get(row.get("method") or OURS_METHODS["decoupled"], "decoupled")
 
 
 def choose(rows: Sequence[Mapping[str, Any]], goal: Goal) -> Choice:
-    """Pick the setting of ``rows`` (evaluate's result rows: ``w_d``, ``w_c`` and the goal's two columns) with the best
-    fidelity among those that keep at least ``goal.keep`` of the prior's control (ties: more control, then lower
-    weights). The prior's row is the one at w_d = 0, w_c = ``goal.reference_w_c``.
+    """Pick the setting of ``rows`` (evaluate's result rows: ``method``, ``w_d``, ``w_c`` and the goal's two columns)
+    with the best fidelity among those that keep at least ``goal.keep`` of the prior's control (ties: more control,
+    then lower weights). The prior's row is the prior alone (method ``prior``) at w_c = ``goal.reference_w_c``, or in
+    a table of Eq. A without it, ours at w_d = 0 there; the prior's own rows are never chosen.
 
     Raises ValueError when a column or the prior's row is missing or its control is not positive, and
     :class:`NoFeasibleSetting` (with the annotated table and the closest setting) when no setting qualifies.
@@ -181,29 +214,32 @@ def choose(rows: Sequence[Mapping[str, Any]], goal: Goal) -> Choice:
             columns = sorted({k for r in rows for k in r if is_finite_number(r[k])} - {"w_d", "w_c", "n_generated"})
             raise ValueError(f"no column {column!r} in the probe results; columns: {columns} (pick them with "
                              "--control / --fidelity)")
-    reference = next((dict(r) for r in rows if _is_reference(r, goal)), None)
-    if reference is None:
-        raise ValueError(f"the probe has no prior's row at w_d = 0, w_c = {goal.reference_w_c:g}")
+    found = _find_reference(rows, goal)
+    if found is None:
+        raise ValueError(f"the probe has no prior's row at w_c = {goal.reference_w_c:g}")
+    reference = dict(found)
     c0 = reference.get(goal.control)
     if not is_finite_number(c0) or c0 <= 0:
-        raise ValueError(f"the prior's {goal.control} is {c0} at w_d = 0, w_c = {goal.reference_w_c:g}: a share of "
+        raise ValueError(f"the prior's {goal.control} is {c0} at w_c = {goal.reference_w_c:g}: a share of "
                          "it means nothing (is the control column right, and higher better?)")
     table = []
     for r in rows:
         c, f = r.get(goal.control), r.get(goal.fidelity)
         kept = c / c0 if is_finite_number(c) else math.nan
         ok = is_finite_number(kept) and is_finite_number(f) and (kept >= goal.keep or math.isclose(kept, goal.keep))
-        table.append({**r, "kept": kept, "feasible": ok})
+        table.append({**r, "kept": kept, "feasible": ok and r.get("method") != PRIOR})
     sign = -1.0 if goal.fidelity_higher_is_better else 1.0  # sort key: smaller is better
     feasible = [r for r in table if r["feasible"]]
     if feasible:
         chosen = min(feasible, key=lambda r: (sign * r[goal.fidelity], -r[goal.control], r["w_d"], r["w_c"]))
         return Choice(table, {**reference, "kept": 1.0}, chosen, None)
-    scored = [r for r in table if is_finite_number(r["kept"]) and is_finite_number(r.get(goal.fidelity))]
+    scored = [r for r in table if is_finite_number(r["kept"]) and is_finite_number(r.get(goal.fidelity))
+              and r.get("method") != PRIOR]
     best = min(scored, key=lambda r: (-r["kept"], sign * r[goal.fidelity])) if scored else None
     choice = Choice(table, {**reference, "kept": 1.0}, None, best)
     closest = ("none has both columns finite" if best is None else
-               f"the closest is w_d = {best['w_d']:g}, w_c = {best['w_c']:g}: {goal.control} {best[goal.control]:.4g} "
+               f"the closest is {form_of(best)} w_d = {best['w_d']:g}, w_c = {best['w_c']:g}: {goal.control} "
+               f"{best[goal.control]:.4g} "
                f"({best['kept']:.3f} of the prior's {c0:.4g}), {goal.fidelity} {best[goal.fidelity]:.4g}")
     raise NoFeasibleSetting(f"no setting of the probe grid keeps {goal.keep:g} of the prior's {goal.control} "
                             f"({c0:.4g}); {closest}. Lower --keep or widen the grid (e.g. higher --guidance-scales)",
@@ -324,14 +360,17 @@ def _tune(config: TuneConfig, protocol: EvalConfig, preset: TunePreset | None, e
                               "extractor": None if extractor is None else type(extractor).__name__,
                               "share_columns": sorted(shares), "n_per_setting": config.num_images}
 
-    # 1. Probe: the grid, and the prior's reference where the grid lacks it.
-    ours = Method(METHOD, config.prior, domain=config.domain, allow_pickle=config.allow_pickle,
-                  prior_config=config.prior_config)
+    # 1. Probe: the grid under each form, and the prior's reference (Eq. A at w_d = 0 is the prior: no second run).
+    forms = resolve_forms(config)
+    record["guidance_forms"] = forms
+    ours = {form: Method(OURS_METHODS[form], config.prior, domain=config.domain, allow_pickle=config.allow_pickle,
+                         prior_config=config.prior_config, guidance_form=form) for form in forms}
     sweep = Sweep(list(config.domain_guidance_scales), list(config.guidance_scales))
-    grid = sweep.weights(ours, conditional=True)
-    methods = [ours] + ([] if any(_is_reference({"w_d": wd, "w_c": wc}, goal) for wd, wc in grid)
-                        else [_prior_method(config, goal.reference_w_c)])
-    info(f"probe: {len(grid) + len(methods) - 1} settings x {config.num_images} images on {len(probe_prompts)} prompts")
+    grid = sweep.weights(next(iter(ours.values())), conditional=True)
+    has_reference = "decoupled" in forms and any(_is_reference({"w_d": wd, "w_c": wc}, goal) for wd, wc in grid)
+    methods = [*ours.values()] + ([] if has_reference else [_prior_method(config, goal.reference_w_c)])
+    info(f"probe: {len(grid) * len(forms) + (not has_reference)} settings x {config.num_images} images on "
+         f"{len(probe_prompts)} prompts")
     rows = _phase("probe", out, probe_prompts, methods, sweep, config, protocol, goal, preset, extractor)
     record["probe"] = {"prompts": probe_prompts, "rows": rows}
 
@@ -347,12 +386,13 @@ def _tune(config: TuneConfig, protocol: EvalConfig, preset: TunePreset | None, e
         raise
     chosen = choice.chosen
     assert chosen is not None
-    info(f"chose w_d = {chosen['w_d']:g}, w_c = {chosen['w_c']:g}; validating on {len(validation_prompts)} held-out "
-         "prompts")
+    info(f"chose {form_of(chosen)} w_d = {chosen['w_d']:g}, w_c = {chosen['w_c']:g}; validating on "
+         f"{len(validation_prompts)} held-out prompts")
 
-    # 3. Validate: the chosen weights and the prior's reference on the held-out prompts.
-    ours = dataclasses.replace(ours, domain_guidance_scales=[chosen["w_d"]], guidance_scales=[chosen["w_c"]])
-    methods = [ours] + ([] if _is_reference(chosen, goal) else [_prior_method(config, goal.reference_w_c)])
+    # 3. Validate: the chosen form and weights and the prior's reference on the held-out prompts.
+    picked = dataclasses.replace(ours[form_of(chosen)], domain_guidance_scales=[chosen["w_d"]],
+                                 guidance_scales=[chosen["w_c"]])
+    methods = [picked] + ([] if _is_reference(chosen, goal) else [_prior_method(config, goal.reference_w_c)])
     held = _phase("validation", out, validation_prompts, methods, sweep, config, protocol, goal, preset, extractor)
     validation = _validate(choice, held, goal, config.num_images, shares)
     validation["prompts"] = validation_prompts
@@ -361,8 +401,65 @@ def _tune(config: TuneConfig, protocol: EvalConfig, preset: TunePreset | None, e
                "choice": _summary(chosen, goal, choice.reference, config.num_images, shares),
                "reference": _summary(choice.reference, goal, choice.reference, config.num_images, shares),
                "validation": validation, "seconds": round(time.time() - start, 1)}
+    stored = _store(config, record, goal, out) if config.store else None
+    record["stored"] = None if stored is None else str(stored)
     _write(out, record, choice, goal, validation)
-    return TuneResult(out, choice, validation)
+    return TuneResult(out, choice, validation, stored)
+
+
+def resolve_forms(config: TuneConfig) -> list[str]:
+    """``--guidance-forms`` with ``auto`` resolved from the prior's family (read from its config, no weights):
+    domain-text on Stable Diffusion 1.x/2.x, where the prior's text pathway can be put into the domain model, else
+    decoupled (Eq. A). Duplicates dropped, order kept."""
+    from .families import detect_family
+
+    forms = []
+    for form in config.guidance_forms or ["auto"]:
+        if form == "auto":
+            form = "domain-text" if detect_family(config.prior, config.prior_config).name == "sd" else "decoupled"
+        if form not in forms:
+            forms.append(form)
+    return forms
+
+
+def _store(config: TuneConfig, record: dict[str, Any], goal: Goal, out: Path) -> Path | None:
+    """The choice, written beside the domain model's weights (`loading.write_tuned_guidance`); a domain that is no
+    local folder, or a folder we may not write, keeps the choice in tune.json only, with a warning."""
+    import datetime
+
+    from .console import info
+    from .guidance import DEFAULT_LAYOUT_GUIDANCE_SCALE, LAYOUT_SIGMA
+    from .loading import read_tuned_guidance, write_tuned_guidance
+    from .version import __version__
+
+    choice, v = record["choice"], record["validation"]
+    folder = Path(config.domain).expanduser()
+    if not folder.is_dir():
+        info(f"warning: --domain {config.domain} is no local folder; the choice stays in {out / 'tune.json'} only")
+        return None
+    stored = {"guidance_form": choice["guidance_form"], "domain_guidance_scale": choice["w_d"],
+              "guidance_scale": choice["w_c"]}
+    if choice["guidance_form"] == "domain-text-bands":  # the pipeline's defaults, with which the probe sampled
+        stored |= {"layout_guidance_scale": DEFAULT_LAYOUT_GUIDANCE_SCALE, "layout_sigma": LAYOUT_SIGMA}
+    stored |= {"chosen_by": "indomain tune", "goal": goal.describe(), "prior": config.prior,
+               "tune_output": str(out.resolve()), "probe": {k: choice[k] for k in ("control", "kept", "fidelity")},
+               "validation": {"control": v["measured"]["control"], "kept": v["measured"]["kept"],
+                              "fidelity": v["measured"]["fidelity"], "constraint_held": v["constraint_held"]},
+               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "indomain_version": __version__}
+    try:
+        earlier = read_tuned_guidance(folder)
+    except ValueError:
+        earlier = None
+    try:
+        path = write_tuned_guidance(folder, stored)
+    except OSError as e:
+        info(f"warning: could not store the choice in {folder} ({e}); it stays in {out / 'tune.json'}")
+        return None
+    if earlier is not None:
+        info(f"replaced the earlier stored choice ({earlier['guidance_form']} w_d = {earlier['domain_guidance_scale']:g}, "
+             f"w_c = {earlier['guidance_scale']:g}, from {earlier.get('tune_output')})")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -390,13 +487,14 @@ def _summary(row: Mapping[str, Any] | None, goal: Goal, reference: Mapping[str, 
         se_kept = 0.0  # the reference against itself (same images)
     else:
         se_kept = abs(kept) * math.sqrt((se_c / c) ** 2 + (se_c0 / c0) ** 2) if is_finite_number(kept) and c else math.nan
-    return {"w_d": row["w_d"], "w_c": row["w_c"], "setting": row.get("setting"), "n": n,
+    return {"method": row.get("method"), "guidance_form": None if row.get("method") == PRIOR else form_of(row),
+            "w_d": row["w_d"], "w_c": row["w_c"], "setting": row.get("setting"), "n": n,
             "control": c, "control_se": se_c, "kept": kept, "kept_se": se_kept,
             "fidelity": row.get(goal.fidelity, math.nan), "fidelity_se": _se(row, goal.fidelity, n, shares)}
 
 
 def _table(rows: Sequence[Mapping[str, Any]], goal: Goal, n: int, shares: set[str]) -> list[dict[str, Any]]:
-    reference = next(r for r in rows if _is_reference(r, goal))
+    reference = _find_reference(rows, goal)
     return [{**_summary(r, goal, reference, n, shares), "feasible": r["feasible"]} for r in rows]  # type: ignore[dict-item]
 
 
@@ -409,8 +507,8 @@ def _validate(choice: Choice, held: Sequence[Mapping[str, Any]], goal: Goal, n: 
     """The probe's prediction for the chosen weights next to what the held-out prompts measured."""
     chosen = choice.chosen
     assert chosen is not None
-    held_ref = next(r for r in held if _is_reference(r, goal))
-    held_chosen = next(r for r in held if r["method"] == METHOD)
+    held_ref = _find_reference(held, goal)
+    held_chosen = next(r for r in held if r.get("method") == chosen.get("method"))
     predicted = _summary(chosen, goal, choice.reference, n, shares)
     measured = _summary(held_chosen, goal, held_ref, n, shares)
     prior_probe = _summary(choice.reference, goal, choice.reference, n, shares)
@@ -455,18 +553,22 @@ def _markdown(record: dict[str, Any], goal: Goal) -> str:
         best = record.get("best_available")
         lines += [f"**No setting meets the goal.** {record['error']}", ""]
         if best:
-            lines += [f"Best available: w_d = {best['w_d']:g}, w_c = {best['w_c']:g} (kept {_fmt(best['kept'])}, "
+            lines += [f"Best available: {best['guidance_form']} w_d = {best['w_d']:g}, w_c = {best['w_c']:g} (kept "
+                      f"{_fmt(best['kept'])}, "
                       f"{goal.fidelity} {_fmt(best['fidelity'])}).", ""]
     else:
         v = record["validation"]
-        lines += [f"**Chosen: w_d = {choice['w_d']:g}, w_c = {choice['w_c']:g}.**", "",
+        stored = (f" Stored with the domain model: `{record['stored']}` (`indomain generate` uses it when no form or "
+                  "weight is given)." if record.get("stored") else " Not stored with the domain model.")
+        lines += [f"**Chosen: {choice['guidance_form']}, w_d = {choice['w_d']:g}, w_c = {choice['w_c']:g}.**{stored}", "",
                   f"## Validation on {len(v['prompts'])} held-out prompts", "",
                   "| setting | | " + f"{goal.control} | kept | {goal.fidelity} |", "|---|---|---|---|---|"]
         for label, key in (("prior", "prior_probe"), ("chosen", "predicted"), ("prior", "prior_validation"),
                            ("chosen", "measured")):
             s = v[key]
             where = "probe (predicted)" if key in ("prior_probe", "predicted") else "held out (measured)"
-            lines.append(f"| {label} w_d={s['w_d']:g} w_c={s['w_c']:g} | {where} | {_fmt(s['control'], s['control_se'])} "
+            name = "prior" if s["method"] == PRIOR else f"{label} ({s['guidance_form']})"
+            lines.append(f"| {name} w_d={s['w_d']:g} w_c={s['w_c']:g} | {where} | {_fmt(s['control'], s['control_se'])} "
                          f"| {_fmt(s['kept'], s['kept_se'])} | {_fmt(s['fidelity'], s['fidelity_se'])} |")
         agree = {True: "yes", False: "no", None: "unknown (no standard error)"}[v["control_as_predicted"]]
         lines += ["", f"- Control constraint held on held-out prompts: **{'yes' if v['constraint_held'] else 'no'}** "
@@ -477,12 +579,14 @@ def _markdown(record: dict[str, Any], goal: Goal) -> str:
                   f"measured {_fmt(v['fidelity_gain_measured'], sign=True)}; better than the prior on held-out prompts: "
                   f"**{'yes' if v['fidelity_better_than_prior'] else 'no'}**.", ""]
     lines += ["## Probe", "", f"{len(record['probe']['prompts'])} prompts. Plot: `tune.png`.", "",
-              f"| w_d | w_c | {goal.control} | kept | {goal.fidelity} | keeps control |", "|---|---|---|---|---|---|"]
+              f"| method | w_d | w_c | {goal.control} | kept | {goal.fidelity} | keeps control |",
+              "|---|---|---|---|---|---|---|"]
     for s in record["probe"]["table"]:
-        mark = " **(chosen)**" if choice and (s["w_d"], s["w_c"]) == (choice["w_d"], choice["w_c"]) else ""
-        lines.append(f"| {s['w_d']:g} | {s['w_c']:g} | {_fmt(s['control'], s['control_se'])} | "
+        mark = " **(chosen)**" if choice and s["setting"] == choice["setting"] else ""
+        lines.append(f"| {s['method'] or ''} | {s['w_d']:g} | {s['w_c']:g} | {_fmt(s['control'], s['control_se'])} | "
                      f"{_fmt(s['kept'], s['kept_se'])} | "
-                     f"{_fmt(s['fidelity'], s['fidelity_se'])} | {'yes' if s['feasible'] else 'no'}{mark} |")
+                     f"{_fmt(s['fidelity'], s['fidelity_se'])} | "
+                     f"{'(the reference)' if s['method'] == PRIOR else 'yes' if s['feasible'] else 'no'}{mark} |")
     lines += ["", f"Wall time: {record['seconds'] / 60:.1f} min. Images, tables and reports: `probe/`, `validation/`.",
               ""]
     return "\n".join(lines)
@@ -495,12 +599,16 @@ def plot_probe(choice: Choice, goal: Goal, path: str | os.PathLike, validation: 
     from .report import label_weights, new_plot, save_plot
 
     fig, ax = new_plot()
-    points = [r for r in choice.rows if is_finite_number(r.get("kept")) and is_finite_number(r.get(goal.fidelity))]
-    for feasible, style in ((True, dict(color="tab:blue", label=f"keeps >= {goal.keep:g} of the prior's control")),
-                            (False, dict(facecolors="none", edgecolors="tab:gray", label="loses control"))):
-        sel = [r for r in points if r["feasible"] is feasible]
-        if sel:
-            ax.scatter([r["kept"] for r in sel], [r[goal.fidelity] for r in sel], s=30, zorder=3, **style)
+    points = [r for r in choice.rows if is_finite_number(r.get("kept")) and is_finite_number(r.get(goal.fidelity))
+              and r.get("method") != PRIOR]
+    forms = list(dict.fromkeys(form_of(r) for r in points))
+    for form, colour in zip(forms, ("tab:blue", "tab:green", "tab:purple")):
+        name = f"{form}: " if len(forms) > 1 else ""
+        for feasible, style in ((True, dict(color=colour, label=f"{name}keeps >= {goal.keep:g} of the prior's control")),
+                                (False, dict(facecolors="none", edgecolors=colour, label=f"{name}loses control"))):
+            sel = [r for r in points if r["feasible"] is feasible and form_of(r) == form]
+            if sel:
+                ax.scatter([r["kept"] for r in sel], [r[goal.fidelity] for r in sel], s=30, zorder=3, **style)
     label_weights(ax, points, "kept", goal.fidelity)
     ref = choice.reference
     ax.scatter([1.0], [ref[goal.fidelity]], marker="*", s=160, color="black", zorder=4,
@@ -575,7 +683,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str,
         add_options(one, TuneCommand, [f"{name}_file"])
     add_options(g, TuneConfig, ["num_probe_prompts", "num_validation_prompts"])
     g = p.add_argument_group("grid and sampling")
-    add_options(g, TuneConfig, ["domain_guidance_scales", "guidance_scales", "num_images", "seed"])
+    add_options(g, TuneConfig, ["guidance_forms", "domain_guidance_scales", "guidance_scales", "num_images", "seed"])
     add_options(g, EvalConfig, PROTOCOL_OPTIONS)
     g = p.add_argument_group("metrics (besides --scorer's)")
     add_options(g, EvalConfig, METRIC_OPTIONS)
@@ -583,7 +691,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str,
 
     add_extractor_options(g)
     g = p.add_argument_group("output")
-    add_options(g, TuneConfig, ["out", "overwrite"])
+    add_options(g, TuneConfig, ["out", "overwrite", "store"])
     add_options(g, TuneCommand, ["dry_run"])
     p.set_defaults(func=cmd_tune, tune_presets=dict(presets or {}))
 
@@ -606,14 +714,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if command.dry_run:
         goal, probe, validation = _resolve(config, protocol, preset)
         print(to_json({"config": dataclasses.asdict(config), "protocol": dataclasses.asdict(protocol),
-                          "goal": dataclasses.asdict(goal), "probe_prompts": probe, "validation_prompts": validation,
+                          "goal": dataclasses.asdict(goal), "guidance_forms": resolve_forms(config), "probe_prompts": probe, "validation_prompts": validation,
                           "share_columns": list(preset.share_columns) if preset else []}, indent=2, default=str))
         return 0
     _resolve(config, protocol, preset)  # fail on a bad goal or prompts before loading the feature network
     result = tune(config, protocol, preset=preset, extractor=extractor_from_args(args))
     chosen, v = result.choice.chosen, result.validation
     assert chosen is not None
-    print(f"chose w_d = {chosen['w_d']:g}, w_c = {chosen['w_c']:g}; held out: kept {_fmt(v['measured']['kept'])} of the "
-          f"prior's control (predicted {_fmt(v['predicted']['kept'])}), constraint "
-          f"{'held' if v['constraint_held'] else 'missed'}; wrote tune.json, tune.md, tune.png to {result.out}")
+    stored = f"; stored with the domain model in {result.stored}" if result.stored else ""
+    print(f"chose {form_of(chosen)} w_d = {chosen['w_d']:g}, w_c = {chosen['w_c']:g}; held out: kept "
+          f"{_fmt(v['measured']['kept'])} of the prior's control (predicted {_fmt(v['predicted']['kept'])}), constraint "
+          f"{'held' if v['constraint_held'] else 'missed'}; wrote tune.json, tune.md, tune.png to {result.out}{stored}")
     return 0

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..evaluate import OURS_METHODS
 from ..numerics import is_finite_number
 from ..outputs import to_json
 from ..cliargs import add_options, finite_float, from_args, nonnegative_int, option, positive_float, positive_int
@@ -55,7 +56,6 @@ ROUND_TRIP = "VAE round trip"  # the real renders through the prior's VAE: the c
 def spread_columns(domain: str = "openmoji") -> tuple[str, ...]:
     """The set statistics of a domain's scores (range over seeds): its FD, precision and recall."""
     return (f"fd_{domain}", f"precision_{domain}", f"recall_{domain}")
-OURS_METHODS = {"decoupled": "ours", "domain-text": "ours-dt"}  # guidance form -> the method's name in the tables
 _KEYS = ("method", "w_d", "w_c", "setting", "n_generated", "images")  # evaluate's row columns that are not scores
 
 
