@@ -262,6 +262,44 @@ def test_generate_writes_what_indomain_generate_writes(page):
     assert json.loads((out / ".indomain-run.json").read_text())["command"] == "generate"  # claimed, closed
 
 
+def test_ours_is_sampled_as_indomain_generate_samples_it(page, tmp_path):
+    """The page's "ours" takes generate's guidance form (auto: domain-text; or the form `indomain tune` stored)."""
+    import json
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from indomain import ui
+    from indomain.nulltext import NullTextUNet
+    from indomain.pipeline import InDomainPipeline
+
+    prior = page.priors[ui.SHIPPED_PRIOR]
+    pipe = InDomainPipeline.from_pretrained(prior)
+    domain = page.data_root / "domain"
+    NullTextUNet.from_prior(pipe.unet, pipe.encode_text([""], torch.device("cpu")), prior=prior).save_pretrained(domain)
+    page.domains["mine"] = str(domain)
+    gen = ui.Generator(page)
+
+    def ours(w_d: float) -> tuple[np.ndarray, dict]:
+        _, shown, download, _ = gen.run(False, ui.SHIPPED_PRIOR, ["mine"], "smiling face", "", w_d, 2.5, 2, 5, 1, 32,
+                                        None, progress=lambda *a, **k: None)
+        record = json.loads((Path(download[0]).parent / "settings.json").read_text())
+        return np.asarray(Image.open(shown[0][0])), next(f for f in record["images"] if f["file"].startswith("ours"))
+
+    image, entry = ours(4.0)
+    assert entry["guidance_form"] == "domain-text"
+    out = tmp_path / "cli"
+    assert main(["generate", "--prior", prior, "--domain", str(domain), "--prompt", "smiling face", "--seed", "5",
+                 "--num-images", "1", "--steps", "2", "--height", "32", "--width", "32", "--domain-guidance-scale",
+                 "4", "--guidance-scale", "2.5", "--out", str(out), "-q"]) == 0
+    assert np.array_equal(image, np.asarray(Image.open(out / "p00_seed000005.png")))
+    # the form `indomain tune` stored with the domain model is the page's too
+    (domain / "tuned_guidance.json").write_text(json.dumps({"guidance_form": "decoupled", "domain_guidance_scale": 1.0,
+                                                            "guidance_scale": 2.0}))
+    assert ours(4.0)[1]["guidance_form"] == "decoupled"
+
+
 def test_generate_with_a_controlnet_takes_the_control_image(page, tmp_path):
     from PIL import Image, ImageDraw
 

@@ -264,9 +264,20 @@ class Generator:
         self.cache = (key, pipe, device)
         return pipe, out, device
 
+    def guidance(self, pipe: Any, args: GenerateConfig) -> dict[str, Any]:
+        """How `indomain generate` would measure the prompt's term here: the form `indomain tune` stored with the
+        domain model when it applies (and its band settings), else the `auto` form."""
+        from .generate import _applicable, _guidance_form, _tuned_guidance
+
+        tuned = _applicable(_tuned_guidance(args), args, pipe)
+        if tuned is None:
+            return {"guidance_form": _guidance_form(args.guidance_form, pipe, args.domain_every)}
+        return {k: tuned[k] for k in ("guidance_form", "layout_guidance_scale", "layout_sigma") if k in tuned}
+
     def sample(self, pipe: Any, args: GenerateConfig, device: str, w_d: float, w_c: float, seeds: list[int],
-               tick: Callable[[], None]) -> list | None:
-        """`indomain generate`'s pipeline call at weights (w_d, w_c); None when Stop was pressed."""
+               tick: Callable[[], None], guidance: dict[str, Any] | None = None) -> list | None:
+        """`indomain generate`'s pipeline call at weights (w_d, w_c); None when Stop was pressed. ``guidance``: the
+        form (`guidance`) for w_d != 0; w_d = 0 is the prior alone (Eq. A at w_d = 0, whatever the form)."""
         import torch
 
         from .generate import _control_call_kwargs
@@ -283,7 +294,7 @@ class Generator:
             num_inference_steps=args.steps, guidance_scale=w_c, domain_guidance_scale=w_d,
             domain_guidance_every=args.domain_every, height=args.height, width=args.width,
             generator=[torch.Generator(device).manual_seed(s) for s in seeds], callback_on_step_end=callback,
-            **_control_call_kwargs(args, pipe),
+            **_control_call_kwargs(args, pipe), **(guidance if guidance and w_d != 0 else {}),
         ).images
         return None if self.stop.is_set() else images
 
@@ -322,8 +333,9 @@ class Generator:
 
                 start = time.time()
                 results = []
+                guidance = self.guidance(pipe, args) if args.domain else None
                 for wd, wc in settings:
-                    images = self.sample(pipe, args, device, wd, wc, seeds, tick)
+                    images = self.sample(pipe, args, device, wd, wc, seeds, tick, guidance)
                     if images is None:
                         return [], [], [], _status(f"stopped after {done[0]} of {total} steps; nothing was saved")
                     results.append(images)
@@ -333,7 +345,8 @@ class Generator:
                         name = f"wd{wd:g}_wc{wc:g}_seed{s:06d}.png" if grid else f"{'ours' if k else 'prior'}_seed{s:06d}.png"
                         image.save(out / name)
                         files.append({"file": name, "prompt": args.prompt[0] if args.prompt else None, "seed": s,
-                                      "domain_guidance_scale": wd, "guidance_scale": wc})
+                                      "domain_guidance_scale": wd, "guidance_scale": wc,
+                                      "guidance_form": guidance["guidance_form"] if guidance and wd else "decoupled"})
                         caption = f"w_d {wd:g}, w_c {wc:g}" if grid else f"seed {s}"
                         (shown_ours if grid or name.startswith("ours") else shown_prior).append((str(out / name), caption))
                 all_images = [im for images in results for im in images]
@@ -520,7 +533,7 @@ def build_app(config: UISetup) -> Any:
                                   allow_custom_value=True, label="domain model(s): a folder from `indomain train`",
                                   elem_id="domains")
         with gr.Row():
-            w_d = gr.Slider(-2, 8, value=2.5, step=0.1, label="w_d: how far into the domain", elem_id="w_d")
+            w_d = gr.Slider(-2, 8, value=4.0, step=0.1, label="w_d: how far into the domain", elem_id="w_d")
             w_c = gr.Slider(-2, 10, value=2.5, step=0.1, label="w_c: how much prompt control", elem_id="w_c")
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
