@@ -44,6 +44,7 @@ from ..evaluate import OURS_METHODS
 from ..numerics import is_finite_number
 from ..outputs import to_json
 from ..cliargs import add_options, finite_float, from_args, nonnegative_int, option, positive_float, positive_int
+from .render import PROTOCOL_PROMPTS
 
 DOMAIN_CAPTION = "openmoji style"  # the caption of the openmoji domain (indomain.world.domains), for the demo
 SEED_STRIDE = 1_000_000  # image i of sampling seed s uses the generator seed s * SEED_STRIDE + i: seeds share none
@@ -76,7 +77,7 @@ class BenchmarkConfig:
                                   type=positive_float)
     lora_rank: int = option(8, "LoRA rank of the LoRA baseline", type=positive_int)
     num_domain_images: int | None = option(None, "domain images (default: every seen emoji)", type=positive_int)
-    num_prompts: int = option(96, "prompts per set (seen and held-out), evenly spaced over the split; image i uses "
+    num_prompts: int = option(PROTOCOL_PROMPTS, "prompts per set (seen and held-out), evenly spaced over the split; image i uses "
                               "prompt i mod P", type=positive_int)
     images_per_setting: int = option(PROTOCOL_IMAGES, "images per scored setting and seed (the N of FD, precision and "
                                      "recall)", type=positive_int)
