@@ -1381,4 +1381,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     out = train(config)
     print(f"saved model to {out}")
+    if not config.baseline:
+        from .console import info
+
+        info(f"next: `indomain generate --prior {config.prior} --domain {out} --prompt ...`; to choose its guidance "
+             f"weights for a goal once, `indomain tune --prior {config.prior} --domain {out} ...` (stored with the model)")
     return 0
