@@ -44,17 +44,17 @@ def main() -> None:
     ap.add_argument("--checkpointing-steps", type=int, default=500, help="save a resumable checkpoint this often")
     ap.add_argument("--tag", default="", help="suffix of the student folder and result files")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-only", action="store_true", help="score the existing teacher and student (no training)")
+    ap.add_argument("--eval-seeds", type=int, nargs="+", default=None, help="sampling seeds of the comparison, one row "
+                    "per seed (default: --seed); the benchmark's protocol is --num-emoji 96 --eval-seeds 0 1")
     args = ap.parse_args()
 
     import torch
 
-    from indomain import InDomainPipeline
     from indomain.distill import DistillConfig, distill
     from indomain.train import TrainConfig, train
     from indomain.world.benchmark import render_domain
-    from indomain.world.evaluators import load_evaluators
     from indomain.world.prior import emoji_prior_dir
-    from indomain.world.render import evenly_spaced
 
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -65,6 +65,9 @@ def main() -> None:
                   learning_rate=args.learning_rate, ema_decay=0.99, seed=args.seed, overwrite=True,
                   latent_cache=str(out / "latent_cache"))
     cost = {}
+    student_dir = out / (("student" if args.lora_rank is None else f"student-lora{args.lora_rank}") + args.tag)
+    if args.eval_only:
+        return compare(args, out, prior, held_out, student_dir, cost)
     if not (out / "ours" / "config.json").is_file():
         start = time.perf_counter()
         train(TrainConfig(output=str(out / "ours"), max_train_steps=args.train_steps,
@@ -72,7 +75,6 @@ def main() -> None:
         cost["domain_model_train_s"] = time.perf_counter() - start
     prompts = out / "prompts.txt"
     prompts.write_text("\n".join(seen) + "\n")
-    student_dir = out / (("student" if args.lora_rank is None else f"student-lora{args.lora_rank}") + args.tag)
     start = time.perf_counter()
     distill(DistillConfig(output=str(student_dir), domain=str(out / "ours"), prompts=str(prompts),
                           max_train_steps=args.distill_steps,
@@ -81,6 +83,16 @@ def main() -> None:
     cost["distill_s"] = time.perf_counter() - start
     cost.update({"train_steps": args.train_steps, "distill_steps": args.distill_steps, "batch": args.batch})
     print(json.dumps(cost), flush=True)
+    compare(args, out, prior, held_out, student_dir, cost)
+
+
+def compare(args: argparse.Namespace, out: Path, prior: str, held_out: list, student_dir: Path, cost: dict) -> None:
+    """Teacher against student on held-out emoji at every weight of GRID (and unconditional), one row per seed."""
+    import torch
+
+    from indomain import InDomainPipeline
+    from indomain.world.evaluators import load_evaluators
+    from indomain.world.render import evenly_spaced
 
     teacher = InDomainPipeline.from_pretrained(prior, domain_unet=out / "ours")
     student = InDomainPipeline.from_pretrained(prior, distilled=student_dir)
@@ -88,40 +100,44 @@ def main() -> None:
         pipe.set_progress_bar_config(disable=True)
     names = [e if isinstance(e, str) else e.name for e in evenly_spaced(held_out, args.num_emoji)]
     scorer = load_evaluators().scorer(k=10)
-    rows = []
-    for (w_d, w_c) in [*GRID, (2.5, None)]:
-        for label, pipe in (("teacher", teacher), ("student", student)):
-            prompts_ = names if w_c is not None else None
-            gens = [torch.Generator().manual_seed(args.seed * 10_000 + i) for i in range(len(names))]
-            start = time.perf_counter()
-            imgs = []
-            for i in range(0, len(names), 16):
-                kw = dict(prompt=prompts_[i:i + 16]) if prompts_ else dict(num_images_per_prompt=len(gens[i:i + 16]))
-                steps = args.student_steps if label == "student" and args.student_steps else args.steps
-                imgs += pipe(**kw, domain_guidance_scale=w_d, guidance_scale=w_c or 2.5, num_inference_steps=steps,
-                             generator=gens[i:i + 16]).images
-            seconds = time.perf_counter() - start
-            score = scorer(imgs, names)
-            row = {"model": label, "steps": steps, "w_d": w_d, "w_c": w_c, "n": len(imgs), "s_per_image": seconds / len(imgs),
-                   **{k: v for k, v in score.items()}}
-            if w_c is None:
-                row.pop("control_top1", None)
-            else:
-                row["control_top1_se"] = math.sqrt(row["control_top1"] * (1 - row["control_top1"]) / len(imgs))
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            from indomain.outputs import make_grid
+    from indomain.outputs import make_grid
 
-            make_grid([im.resize((64, 64)) for im in imgs[:16]], ncols=16).save(
-                out / f"{student_dir.name}_{label}_wd{w_d}_wc{w_c}.png")
-    (out / f"results_{student_dir.name}.json").write_text(json.dumps({"args": vars(args), "cost": cost, "rows": rows},
+    name = student_dir.name + ("" if args.eval_seeds is None and args.num_emoji == 48 else
+                               f"-n{args.num_emoji}-seeds{'_'.join(map(str, args.eval_seeds or [args.seed]))}")
+    rows = []
+    for (w_d, w_c), label, seed in [(w, m, s) for w in [*GRID, (2.5, None)] for m in ("teacher", "student")
+                                    for s in args.eval_seeds or [args.seed]]:
+        pipe = teacher if label == "teacher" else student
+        prompts_ = names if w_c is not None else None
+        gens = [torch.Generator().manual_seed(seed * 10_000 + i) for i in range(len(names))]
+        start = time.perf_counter()
+        imgs = []
+        steps = args.student_steps if label == "student" and args.student_steps else args.steps
+        for i in range(0, len(names), 16):
+            kw = dict(prompt=prompts_[i:i + 16]) if prompts_ else dict(num_images_per_prompt=len(gens[i:i + 16]))
+            imgs += pipe(**kw, domain_guidance_scale=w_d, guidance_scale=w_c or 2.5, num_inference_steps=steps,
+                         generator=gens[i:i + 16]).images
+        seconds = time.perf_counter() - start
+        score = scorer(imgs, names)
+        row = {"model": label, "seed": seed, "steps": steps, "w_d": w_d, "w_c": w_c, "n": len(imgs),
+               "s_per_image": seconds / len(imgs), **{k: v for k, v in score.items()}}
+        if w_c is None:
+            row.pop("control_top1", None)
+        else:
+            row["control_top1_se"] = math.sqrt(row["control_top1"] * (1 - row["control_top1"]) / len(imgs))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        make_grid([im.resize((64, 64)) for im in imgs[:16]], ncols=16).save(
+            out / f"{name}_{label}_wd{w_d}_wc{w_c}_seed{seed}.png")
+    (out / f"results_{name}.json").write_text(json.dumps({"args": vars(args), "cost": cost, "rows": rows},
                                                                      indent=2))
-    lines = ["| w_d | w_c | model | steps | control_top1 | fd_openmoji | s / image |", "|---|---|---|---|---|---|---|"]
+    lines = ["| w_d | w_c | model | seed | steps | control_top1 | fd_openmoji | s / image |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         control = f"{r['control_top1']:.3f} ± {r['control_top1_se']:.3f}" if "control_top1" in r else "—"
-        lines.append(f"| {r['w_d']} | {r['w_c'] if r['w_c'] is not None else '— (no prompt)'} | {r['model']} | {r['steps']} | "
-                     f"{control} | {r['fd_openmoji']:.2f} | {r['s_per_image']:.3f} |")
-    (out / f"results_{student_dir.name}.md").write_text("\n".join(lines) + "\n")
+        lines.append(f"| {r['w_d']} | {r['w_c'] if r['w_c'] is not None else '— (no prompt)'} | {r['model']} | "
+                     f"{r['seed']} | {r['steps']} | {control} | {r['fd_openmoji']:.2f} | {r['s_per_image']:.3f} |")
+    (out / f"results_{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
