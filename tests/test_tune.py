@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
@@ -153,7 +154,7 @@ def test_tune_command_chooses_validates_and_writes_its_outputs(world, tmp_path, 
     out = tmp_path / "tune"
     assert cli.main(base_args(world, out) + ["--keep", "0.5"]) == 0
     printed = capsys.readouterr().out
-    assert "chose domain-text w_d = " in printed and "stored" not in printed  # auto: domain-text on an SD prior
+    assert "chose domain-text" in printed and "stored" not in printed  # auto: the domain-side forms on an SD prior
     assert {"probe", "validation", "tune.json", "tune.md", "tune.png"} <= {p.name for p in out.iterdir()}
     for written in [out / "tune.json", *out.rglob("results.json"), *out.rglob("settings.json")]:  # strict JSON
         json.loads(written.read_text(), parse_constant=lambda word: pytest.fail(f"{written} holds {word}"))
@@ -163,14 +164,14 @@ def test_tune_command_chooses_validates_and_writes_its_outputs(world, tmp_path, 
                               "fidelity_higher_is_better": False, "reference_w_c": 2.5}
     table = record["probe"]["table"]
     # under domain-text, w_d = 0 is not the prior: the prior's reference runs as its own method
-    assert [(s["method"], s["w_d"], s["w_c"]) for s in table] == [("ours-dt", 0, 2.5), ("ours-dt", 2.5, 2.5),
-                                                                    ("prior", 0, 2.5)]
-    assert record["guidance_forms"] == ["domain-text"] and record["stored"] is None
+    assert [(s["method"], s["w_d"], s["w_c"]) for s in table] == [
+        ("ours-dt", 0, 2.5), ("ours-dt", 2.5, 2.5), ("ours-bands", 0, 2.5), ("ours-bands", 2.5, 2.5), ("prior", 0, 2.5)]
+    assert record["guidance_forms"] == ["domain-text", "domain-text-bands"] and record["stored"] is None
     assert not (world["domain"] / "tuned_guidance.json").exists()
     assert len(record["probe"]["prompts"]) == 2 and len(record["validation"]["prompts"]) == 1
     choice = record["choice"]
     feasible = [s for s in table if s["feasible"]]
-    assert all(s["method"] == "ours-dt" for s in feasible) and choice["guidance_form"] == "domain-text"
+    assert all(s["method"] != "prior" for s in feasible) and choice["guidance_form"].startswith("domain-text")
     assert (choice["w_d"], choice["w_c"]) == min(((s["fidelity"], -s["control"], s["w_d"], s["w_c"]) for s in feasible))[2:]
     v = record["validation"]
     assert {r["setting"] for r in v["rows"]} >= {choice["setting"]}
@@ -181,7 +182,7 @@ def test_tune_command_chooses_validates_and_writes_its_outputs(world, tmp_path, 
     for phase in ("probe", "validation"):
         assert (out / phase / "results.csv").is_file() and (out / phase / "report.html").is_file()
     md = (out / "tune.md").read_text()
-    assert "Chosen: domain-text, w_d = " in md and "held out (measured)" in md and "probe (predicted)" in md
+    assert f"Chosen: {choice['guidance_form']}, w_d = " in md and "held out (measured)" in md and "probe (predicted)" in md
     with Image.open(out / "tune.png") as im:
         assert im.size[0] > 300
 
@@ -299,3 +300,12 @@ def test_tune_stores_its_choice_with_the_domain_model_and_generate_samples_with_
     assert cli.main(gen + ["--out", str(tmp_path / "broken")]) == 2
     assert "tuned_guidance.json: not a tuned guidance record" in capsys.readouterr().err
     assert not (tmp_path / "broken").exists()  # checked before --out is claimed
+
+
+def test_auto_probes_the_domain_side_forms_on_sd_and_eq_a_elsewhere(world, tmp_path):
+    sdxl = save_tiny_prior(tmp_path / "sdxl", family="sdxl")
+    config = T.TuneConfig(prior=str(world["prior"]), domain="d", out="o")
+    assert T.resolve_forms(config) == ["domain-text", "domain-text-bands"]
+    assert T.resolve_forms(dataclasses.replace(config, prior=str(sdxl))) == ["decoupled"]
+    assert T.resolve_forms(dataclasses.replace(config, guidance_forms=["decoupled", "auto", "decoupled"])) == [
+        "decoupled", "domain-text", "domain-text-bands"]

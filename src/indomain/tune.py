@@ -90,7 +90,8 @@ class TuneConfig:
                                          metavar="W")
     guidance_forms: list[str] = option(["auto"], "the guidance forms probed, each over the whole grid (see `indomain "
                                        "generate --guidance-form`); the choice names its form. auto (default): "
-                                       "domain-text on a Stable Diffusion 1.x/2.x prior, else decoupled (Eq. A)",
+                                       "domain-text and domain-text-bands on a Stable Diffusion 1.x/2.x prior, else "
+                                       "decoupled (Eq. A)",
                                        choices=GUIDANCE_FORM_CHOICES, metavar="FORM")
     reference_guidance_scale: float = option(2.5, "w_c of the prior's reference (the prior alone, CFG), whose control "
                                              "--keep is a share of", type=finite_float, metavar="W")
@@ -408,17 +409,20 @@ def _tune(config: TuneConfig, protocol: EvalConfig, preset: TunePreset | None, e
 
 
 def resolve_forms(config: TuneConfig) -> list[str]:
-    """``--guidance-forms`` with ``auto`` resolved from the prior's family (read from its config, no weights):
-    domain-text on Stable Diffusion 1.x/2.x, where the prior's text pathway can be put into the domain model, else
-    decoupled (Eq. A). Duplicates dropped, order kept."""
+    """``--guidance-forms`` with ``auto`` resolved from the prior's family (read from its config, no weights): the two
+    domain-side forms on Stable Diffusion 1.x/2.x, where the prior's text pathway can be put into the domain model
+    (domain-text-bands wins where the domain's layout differs from the prior's, domain-text where its colours do:
+    docs/RESULTS.md), else decoupled (Eq. A). Duplicates dropped, order kept."""
     from .families import detect_family
 
-    forms = []
+    forms: list[str] = []
     for form in config.guidance_forms or ["auto"]:
         if form == "auto":
-            form = "domain-text" if detect_family(config.prior, config.prior_config).name == "sd" else "decoupled"
-        if form not in forms:
-            forms.append(form)
+            sd = detect_family(config.prior, config.prior_config).name == "sd"
+            resolved = ["domain-text", "domain-text-bands"] if sd else ["decoupled"]
+        else:
+            resolved = [form]
+        forms += [f for f in resolved if f not in forms]
     return forms
 
 
