@@ -290,6 +290,13 @@ def cmd_report(args) -> None:
                 for r in pts:
                     ax.annotate("/".join(r["setting"].split(":")[1:]), (r["control_top1"], r[fd]), fontsize=6,
                                 xytext=(3, 3), textcoords="offset points", color=colour)
+        tuned = Path(f"{args.tuned}/tune-{domain}/tune.json") if args.tuned else None
+        if tuned is not None and tuned.is_file():  # `indomain tune`'s choice: the default stored with the model
+            c = json.loads(tuned.read_text())["choice"]
+            name = f"{c['guidance_form']}:{c['w_d']:g}:{c['w_c']:g}" + (":1" if c["guidance_form"] == "domain-text-bands" else "")
+            for r in (r for r in rows if r["setting"] == name and r["seeds"] > 1):
+                ax.scatter([r["control_top1"]], [r[fd]], s=220, facecolors="none", edgecolors="black", linewidths=1.5,
+                           zorder=5, label="indomain tune's choice (stored, the default)")
         unc = [r for r in rows if r["setting"].startswith("uncond:2.5")]
         for r in unc:
             ax.axhline(r[fd], color="gray", linestyle=":", linewidth=1)
@@ -312,6 +319,8 @@ def main() -> None:
     ap.add_argument("--root", default="outputs", help="report: where the dc-<domain>/ folders are")
     ap.add_argument("--domains", nargs="*", default=["openmoji", "sepia", "sticker"], help="report: the domains")
     ap.add_argument("--plot", default="outputs/domain_control.png", help="report: the plot's path")
+    ap.add_argument("--tuned", default=None, help="report: a folder of `indomain tune` runs, tune-<domain>/, whose "
+                    "choices are ringed")
     ap.add_argument("--domain", default="openmoji")
     ap.add_argument("--out", default=None)
     ap.add_argument("--settings", nargs="*", default=["decoupled:2.5:2.5", "uncond:2.5:0", "domain-text:2.5:2.5"])
