@@ -1,14 +1,16 @@
 """Guidance distillation in the emoji world: a student against its teacher at the same weights.
 
     python experiments/distill_emoji.py --out outputs/distill_emoji
+    python experiments/distill_emoji.py --out outputs/distill_sepia --domain sepia
+    python experiments/distill_emoji.py --out outputs/distill_emoji --eval-only --num-emoji 96 --eval-seeds 0 1
 
-1. Renders the OpenMoji domain (the seen emoji, no captions) and trains the teacher's null-text domain model with
+1. Renders the ``--domain`` (default OpenMoji; the seen emoji, no captions) and trains the teacher's null-text domain model with
    `indomain train` (``--train-steps``, timed), unless ``--out/ours`` holds one already.
 2. Distils prior + domain model into a student with `indomain distill` (``--distill-steps``, timed): prompts are the
    seen emoji names, a share of empty prompts, w_d in [1, 5], w_c in [1, 6].
 3. For held-out emoji prompted by name (neither model saw them), teacher (Eq. A, 3 UNet rows per step) and student
    (1 row per step) sample the same seeds at each (w_d, w_c) of a small grid; the shipped emoji evaluators score them
-   (`control_top1`: top-1 of 10 is the prompted emoji; `fd_openmoji`: Fréchet distance to OpenMoji renders). The
+   (`control_top1`: top-1 of 10 is the prompted emoji; `fd_<domain>`: Fréchet distance to the domain's renders). The
    unconditional rows (no prompt) score FD only.
 """
 
@@ -44,6 +46,8 @@ def main() -> None:
     ap.add_argument("--checkpointing-steps", type=int, default=500, help="save a resumable checkpoint this often")
     ap.add_argument("--tag", default="", help="suffix of the student folder and result files")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--domain", default="openmoji", help="the emoji-world domain (openmoji, sepia, sticker): renders "
+                    "trained on and the scorer's fd_<domain>")
     ap.add_argument("--eval-only", action="store_true", help="score the existing teacher and student (no training)")
     ap.add_argument("--eval-seeds", type=int, nargs="+", default=None, help="sampling seeds of the comparison, one row "
                     "per seed (default: --seed); the benchmark's protocol is --num-emoji 96 --eval-seeds 0 1")
@@ -60,7 +64,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     prior = str(emoji_prior_dir())
-    images, seen, held_out = render_domain(out, 32, None, "openmoji")
+    images, seen, held_out = render_domain(out, 32, None, args.domain)
     common = dict(prior=prior, images=str(images), resolution=32, train_batch_size=args.batch,
                   learning_rate=args.learning_rate, ema_decay=0.99, seed=args.seed, overwrite=True,
                   latent_cache=str(out / "latent_cache"))
@@ -99,7 +103,7 @@ def compare(args: argparse.Namespace, out: Path, prior: str, held_out: list, stu
     for pipe in (teacher, student):
         pipe.set_progress_bar_config(disable=True)
     names = [e if isinstance(e, str) else e.name for e in evenly_spaced(held_out, args.num_emoji)]
-    scorer = load_evaluators().scorer(k=10)
+    scorer = load_evaluators().scorer(k=10, domain=args.domain)
     from indomain.outputs import make_grid
 
     name = student_dir.name + ("" if args.eval_seeds is None and args.num_emoji == 48 else
@@ -131,12 +135,13 @@ def compare(args: argparse.Namespace, out: Path, prior: str, held_out: list, stu
             out / f"{name}_{label}_wd{w_d}_wc{w_c}_seed{seed}.png")
     (out / f"results_{name}.json").write_text(json.dumps({"args": vars(args), "cost": cost, "rows": rows},
                                                                      indent=2))
-    lines = ["| w_d | w_c | model | seed | steps | control_top1 | fd_openmoji | s / image |",
+    fd = f"fd_{args.domain}"
+    lines = [f"| w_d | w_c | model | seed | steps | control_top1 | {fd} | s / image |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         control = f"{r['control_top1']:.3f} ± {r['control_top1_se']:.3f}" if "control_top1" in r else "—"
         lines.append(f"| {r['w_d']} | {r['w_c'] if r['w_c'] is not None else '— (no prompt)'} | {r['model']} | "
-                     f"{r['seed']} | {r['steps']} | {control} | {r['fd_openmoji']:.2f} | {r['s_per_image']:.3f} |")
+                     f"{r['seed']} | {r['steps']} | {control} | {r[fd]:.2f} | {r['s_per_image']:.3f} |")
     (out / f"results_{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
