@@ -94,8 +94,8 @@ class BenchmarkConfig:
     guidance_forms: list[str] = option(["decoupled", "domain-text"], "the guidance forms of ours, each a method over the "
                                        "same w_d x w_c grid: decoupled (the paper's Eq. A, method `ours`) and "
                                        "domain-text (the control term from the domain model with the prior's "
-                                       "cross-attention put back, method `ours-dt`)", nargs="*",
-                                       choices=("decoupled", "domain-text"))
+                                       "cross-attention put back, method `ours-dt`); also domain-text-bands (method "
+                                       "`ours-bands`)", nargs="*", choices=tuple(OURS_METHODS))
     seed: int = option(0, "seed of the training runs (sampling: --seeds; the seen/held-out split is the "
                        "evaluators' fixed one)")
     overwrite: bool = option(False, "start over in --out, replacing an earlier benchmark or demo (default: continue "
@@ -343,7 +343,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], front: Sequence[int], path: Pa
     colours = iter(["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive"])
     for method in dict.fromkeys(r["method"] for r in shown if r["method"] not in ("prior", REAL, ROUND_TRIP)):
         points = sorted((r for r in shown if r["method"] == method), key=lambda r: (r["w_c"], r["w_d"]))
-        colour = {"ours": "tab:red", "ours-dt": "tab:cyan"}.get(method) or next(colours, "tab:gray")
+        colour = {"ours": "tab:red", "ours-dt": "tab:cyan", "ours-bands": "tab:purple"}.get(method) or next(colours, "tab:gray")
         if method not in OURS_METHODS.values():  # a baseline: one line along its scale
             draw(points, method, color=colour, marker="o", linewidth=1, markersize=4)
             continue
