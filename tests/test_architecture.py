@@ -142,8 +142,9 @@ WORLD_FLOORS = {
     "render": 0,  # the emoji, their styles and splits
     "domains": 1,  # the target domains (OpenMoji, sepia, sticker)
     "evaluators": 2,  # the scoring API
-    "prior": 3, "evaluator_training": 3, "tuning": 3,  # the prior's trainer; the evaluators' trainer; tune's scorer
+    "prior": 3, "evaluator_training": 3,  # the prior's trainer; the evaluators' trainer
     "controlnet": 4, "evaluator_sanity": 4, "benchmark": 4,  # built on the prior and the evaluators
+    "tuning": 4,  # tune's scorer: the benchmark's held-out set is never probed
     "cli": 5, "__init__": 5,  # `indomain world ...`
 }
 

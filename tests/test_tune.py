@@ -309,3 +309,9 @@ def test_auto_probes_the_domain_side_forms_on_sd_and_eq_a_elsewhere(world, tmp_p
     assert T.resolve_forms(dataclasses.replace(config, prior=str(sdxl))) == ["decoupled"]
     assert T.resolve_forms(dataclasses.replace(config, guidance_forms=["decoupled", "auto", "decoupled"])) == [
         "decoupled", "domain-text", "domain-text-bands"]
+
+
+def test_the_emoji_scorers_name_every_domain_of_the_world():
+    from indomain.world.domains import DOMAINS
+
+    assert set(cli.EMOJI_DERIVED_DOMAINS) == set(DOMAINS) - {"openmoji"}

@@ -44,11 +44,13 @@ from ..evaluate import OURS_METHODS
 from ..numerics import is_finite_number
 from ..outputs import to_json
 from ..cliargs import add_options, finite_float, from_args, nonnegative_int, option, positive_float, positive_int
-from .render import PROTOCOL_PROMPTS
 
 DOMAIN_CAPTION = "openmoji style"  # the caption of the openmoji domain (indomain.world.domains), for the demo
 SEED_STRIDE = 1_000_000  # image i of sampling seed s uses the generator seed s * SEED_STRIDE + i: seeds share none
 PROTOCOL_IMAGES, PROTOCOL_SEEDS = 96, 2  # below either, RESULTS.md calls the run a smoke run
+#: prompts per set (seen, held-out), evenly spaced over the split: the held-out set the protocol scores, which
+#: `tune --scorer emoji` never probes on
+PROTOCOL_PROMPTS = 96
 SHARE_COLUMNS = ("control_top1", "control_domain_top1", "openmoji_share")  # shares of images: binomial SE
 REAL = "real renders"  # the reference row: real renders of the prompts' emoji in the domain's style
 ROUND_TRIP = "VAE round trip"  # the real renders through the prior's VAE: the ceiling of any generated image

@@ -348,11 +348,6 @@ def _split_key(codepoint: str, seed: int) -> bytes:
     return hashlib.sha256(f"indomain-emoji-split:{seed}:{codepoint}".encode()).digest()
 
 
-#: Prompts per set (seen, held-out) of the domain protocol (`indomain world benchmark`), evenly spaced over the split:
-#: the held-out set it scores, which `tune --scorer emoji` never probes on.
-PROTOCOL_PROMPTS = 96
-
-
 def split_emoji(
     emojis: Iterable[Emoji], held_out_fraction: float = MIN_HELD_OUT_FRACTION, seed: int = 0
 ) -> tuple[list[Emoji], list[Emoji]]:

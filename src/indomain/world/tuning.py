@@ -5,7 +5,7 @@ uncaptioned domain images may not show; a probe on *seen* emoji overrates the co
 w_d 4, w_c 6: 0.94 of the prior's on seen emoji, 0.77 on held-out ones). The validation prompts are evenly spaced over
 the held-out emoji of ``split_emoji(seed=config.seed)`` (the split `indomain world benchmark` and `indomain demo`
 train on); the probe prompts are evenly spaced over the held-out emoji that neither the validation nor the
-benchmark's held-out set (:data:`~indomain.world.render.PROTOCOL_PROMPTS` evenly spaced) holds, so a choice is never
+benchmark's held-out set (:data:`~indomain.world.benchmark.PROTOCOL_PROMPTS` evenly spaced) holds, so a choice is never
 made on the prompts it is scored on. Control is ``control_top1`` (top-1 among 10 candidates, a share of the N images),
 fidelity ``fd_<domain>`` (lower is better): ``--scorer emoji`` for OpenMoji, ``emoji-sepia`` / ``emoji-sticker`` for
 the derived domains (:mod:`indomain.world.domains`).
@@ -26,7 +26,8 @@ def emoji_preset(config: TuneConfig, domain: str = "openmoji") -> TunePreset:
     held-out validation prompts."""
     from ..tune import TunePreset
     from .evaluators import load_evaluators
-    from .render import PROTOCOL_PROMPTS, evenly_spaced, list_emoji, split_emoji
+    from .benchmark import PROTOCOL_PROMPTS
+    from .render import evenly_spaced, list_emoji, split_emoji
 
     _, held_out = split_emoji(list_emoji(), seed=config.seed)
     validation = evenly_spaced(held_out, config.num_validation_prompts)
