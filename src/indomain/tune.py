@@ -1,4 +1,5 @@
-"""`indomain tune`: the guidance weights (w_d, w_c) chosen for a stated goal, then checked on held-out prompts.
+"""`indomain tune`: the guidance form and weights (w_d, w_c) chosen for a stated goal, checked on held-out prompts,
+and stored with the domain model.
 
     indomain tune --prior EMOJI_PRIOR --domain outputs/demo/ours --scorer emoji --out runs/tune   # the emoji world
     indomain tune --prior SD15 --domain DOMAIN --prompts-file prompts.txt --clip-model CLIP-L14 \\
@@ -79,7 +80,7 @@ class TuneConfig:
     prompts: list[str] | None = option(None, "one prompt list, split in two by a hash of each prompt and --seed: "
                                        "--num-probe-prompts for the probe, up to --num-validation-prompts of the rest "
                                        "for validation (default: none)", metavar="TEXT")
-    num_probe_prompts: int = option(24, "probe prompts taken from --prompts or --scorer", type=positive_int,
+    num_probe_prompts: int = option(48, "probe prompts taken from --prompts or --scorer", type=positive_int,
                                    metavar="P")
     num_validation_prompts: int = option(48, "validation prompts taken from --prompts or --scorer",
                                         type=positive_int, metavar="P")
