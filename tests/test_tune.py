@@ -315,3 +315,19 @@ def test_the_emoji_scorers_name_every_domain_of_the_world():
     from indomain.world.domains import DOMAINS
 
     assert set(cli.EMOJI_DERIVED_DOMAINS) == set(DOMAINS) - {"openmoji"}
+
+
+def test_the_emoji_probe_is_held_out_and_never_the_benchmarks_scored_prompts():
+    from indomain.world.benchmark import PROTOCOL_PROMPTS
+    from indomain.world.render import evenly_spaced, list_emoji, split_emoji
+    from indomain.world.tuning import emoji_preset
+
+    config = T.TuneConfig(prior="p", domain="d", out="o")
+    preset = emoji_preset(config, "sticker")
+    seen, held_out = split_emoji(list_emoji(), seed=config.seed)
+    scored = {e.name for e in evenly_spaced(held_out, PROTOCOL_PROMPTS)}
+    probe, validation = set(preset.probe_prompts), set(preset.validation_prompts)
+    assert len(probe) == config.num_probe_prompts and len(validation) == config.num_validation_prompts
+    assert probe <= {e.name for e in held_out} and not probe & {e.name for e in seen}
+    assert not probe & scored and not probe & validation
+    assert preset.fidelity == "fd_sticker"
