@@ -120,6 +120,16 @@ def test_default_shows_our_labelled_bar_and_the_result_only(prior, tmp_path, cap
     assert not [w for w in caught if "diffusers says" in str(w.message)]
 
 
+def test_several_prompts_show_one_bar_over_all_their_steps(prior, tmp_path, capfd):
+    assert main(["generate", "--prior", str(prior), "--domain-scale", "0", "--num-images", "1", "--steps", "2",
+                 "--scheduler", "ddim", "--prompt", "a cat", "--prompt", "a dog", "--prompt", "a cow",
+                 "--out", str(tmp_path / "g")]) == 0
+    err = capfd.readouterr().err
+    finished = [line for line in err.replace("\r", "\n").splitlines() if "sampling" in line and "100%" in line]
+    # one bar of 3 prompts x 2 steps, drawn to the end (one bar per prompt would end three times at 2/2)
+    assert finished and all("6/6" in line for line in finished), err
+
+
 def test_verbose_shows_what_the_libraries_print(prior, tmp_path, capfd, caplog, noisy_libraries):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -453,6 +453,13 @@ def generate(config: GenerateConfig) -> int:
     control = _control_call_kwargs(config, pipe)
     images, files = [], []
     start = time.time()
+    # several prompts: one bar over all their steps, not one per prompt
+    from .console import progress
+
+    bar = progress(total=len(prompts) * config.steps, desc="sampling", unit="step") if len(prompts) > 1 else None
+    if bar is not None:
+        pipe.set_progress_bar_config(disable=True)
+        control["callback_on_step_end"] = lambda pipe_, i, t, kwargs: (bar.update(1), kwargs)[1]
     for p_idx, prompt in enumerate(prompts):
         seeds = [config.seed + p_idx * config.num_images + i for i in range(config.num_images)]
         result = pipe(
@@ -476,6 +483,8 @@ def generate(config: GenerateConfig) -> int:
             img.save(out / name)
             images.append(img)
             files.append({"file": name, "prompt": prompt, "seed": seed})
+    if bar is not None:
+        bar.close()
     make_grid(images, ncols=config.num_images).save(out / "grid.png")
     _finish(config, pipe, out, device, files, start, "images",
             **({"tuned_guidance": tuned} if tuned is not None else {}))
