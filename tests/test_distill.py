@@ -1,5 +1,6 @@
-"""Issue #28: guidance distillation. A student (the prior's UNet + a zero-initialised (w_d, w_c) embedding) learns the
-teacher's Eq. A prediction and samples in one UNet call per step."""
+"""Issue #28: guidance distillation. A student (the prior's UNet + a zero-initialised (w_d, w_c) embedding; with the
+affine head, three outputs combined with the weights) learns the teacher's Eq. A prediction and samples in one UNet
+call per step."""
 
 import json
 
@@ -14,8 +15,8 @@ from indomain.distill import DistillConfig, distill
 from indomain.guidance import combine
 from indomain.nulltext import NullTextUNet
 from indomain.pipeline import InDomainPipeline
-from indomain.student import (StudentSettings, attach_weight_embedding, load_student, save_student,
-                              teacher_prediction, use_student, weight_rows)
+from indomain.student import (StudentSettings, attach_affine_head, attach_weight_embedding, call_student, load_student,
+                              save_student, teacher_prediction, use_student, weight_rows)
 from indomain.testing import save_tiny_prior, tiny_unet
 from indomain.train import list_checkpoints
 
@@ -70,6 +71,34 @@ def test_untrained_student_equals_the_prior_exactly():
         assert not torch.allclose(a, student(x, t, encoder_hidden_states=text, class_labels=w).sample)
 
 
+def untrained_affine_student(seed=0):
+    student = tiny_unet(seed=seed)
+    attach_affine_head(student)
+    attach_weight_embedding(student)
+    return student
+
+
+def test_untrained_affine_student_equals_the_prior_exactly_and_answers_affinely_in_the_weights():
+    prior, student = tiny_unet(seed=0), untrained_affine_student()
+    assert student.config.out_channels == 3 * prior.config.out_channels
+    x, t, text = torch.randn(3, 4, 16, 16), torch.tensor([10, 500, 900]), torch.randn(3, 77, 32)
+
+    def answer(w_d, w_c):
+        return call_student(student, x, t, text, weight_rows(w_d, w_c, 3, x), head="affine")
+
+    with torch.no_grad():
+        assert torch.equal(prior(x, t, encoder_hidden_states=text).sample, answer(2.5, 4.0))
+        torch.nn.init.normal_(student.conv_out.weight, std=0.05)  # "trained": b and g are no longer zero
+        base, along_d, along_c = answer(1.0, 1.0), answer(3.0, 1.0), answer(1.0, 4.0)
+        assert not torch.allclose(base, along_d) and not torch.allclose(base, along_c)  # the weights reach it
+        # exactly affine, like the teacher: a + w_d b + w_c g at (2, 2.5) from the three answers above
+        want = base + 0.5 * (along_d - base) + 0.5 * (along_c - base)
+        assert torch.allclose(answer(2.0, 2.5), want, atol=1e-5)
+        raw = student(x, t, encoder_hidden_states=text, class_labels=weight_rows(2.0, 2.5, 3, x)).sample
+        a, b, g = raw.chunk(3, dim=1)
+        assert torch.allclose(answer(2.0, 2.5), a + 2.0 * b + 2.5 * g, atol=1e-6)
+
+
 def test_teacher_is_eq_a_with_each_rows_weights():
     torch.manual_seed(0)
     x, t = torch.randn(2, 4, 16, 16), torch.tensor([100, 700])
@@ -86,14 +115,18 @@ def test_teacher_is_eq_a_with_each_rows_weights():
             assert torch.allclose(got[i:i + 1], want, atol=1e-5)
 
 
-@pytest.fixture
-def student_pipe(world):
+@pytest.fixture(params=["guided", "affine"])
+def student_pipe(world, request):
     pipe = InDomainPipeline.from_pretrained(world["prior"])
     unet = pipe.unet
+    if request.param == "affine":
+        attach_affine_head(unet)
     attach_weight_embedding(unet)
     torch.manual_seed(0)
     torch.nn.init.normal_(unet.class_embedding.linear_2.weight, std=0.05)  # a "trained" embedding
-    use_student(pipe, unet, settings())
+    if request.param == "affine":
+        torch.nn.init.normal_(unet.conv_out.weight, std=0.05)  # and "trained" b and g outputs
+    use_student(pipe, unet, settings(head=request.param))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -185,11 +218,14 @@ def test_student_accepts_a_controlnet(world, student_pipe):
     assert torch.allclose(zero, without, atol=1e-5)
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_student_folder_round_trip(world, tmp_path, lora):
+@pytest.mark.parametrize("lora, head", [(False, "guided"), (True, "guided"), (False, "affine"), (True, "affine")])
+def test_student_folder_round_trip(world, tmp_path, lora, head):
     pipe = InDomainPipeline.from_pretrained(world["prior"])
     unet = pipe.unet
-    extra = {}
+    extra = {"head": head}
+    if head == "affine":
+        attach_affine_head(unet)
+        torch.nn.init.normal_(unet.conv_out.weight, std=0.05)
     if lora:
         from indomain.train import TrainConfig, add_lora
 
@@ -205,12 +241,25 @@ def test_student_folder_round_trip(world, tmp_path, lora):
     assert files == ({"student_lora.safetensors"} if lora else {"config.json", "diffusion_pytorch_model.safetensors"}) | {
         "weight_embedding.safetensors", "student_config.json"}
     loaded, got = load_student(tmp_path / "s", InDomainPipeline.from_pretrained(world["prior"]).unet)
-    assert got.domain_guidance_scale_range == (1.0, 5.0) and (got.lora is not None) == lora
+    assert got.domain_guidance_scale_range == (1.0, 5.0) and (got.lora is not None) == lora and got.head == head
+    if not lora:  # the student UNet is a plain diffusers UNet (an affine one with three times the outputs)
+        from diffusers import UNet2DConditionModel
+
+        plain = UNet2DConditionModel.from_pretrained(tmp_path / "s")
+        assert plain.config.out_channels == (12 if head == "affine" else 4)
     x, t, text = torch.randn(2, 4, 16, 16), torch.tensor([10, 800]), torch.randn(2, 77, 32)
     w = weight_rows(2.0, 3.0, 2, x)
     with torch.no_grad():
         assert torch.allclose(unet(x, t, encoder_hidden_states=text, class_labels=w).sample,
                               loaded(x, t, encoder_hidden_states=text, class_labels=w).sample, atol=1e-5)
+
+
+def test_a_student_whose_head_does_not_match_its_unet_is_refused(world, tmp_path):
+    unet = InDomainPipeline.from_pretrained(world["prior"]).unet
+    attach_weight_embedding(unet)
+    save_student(unet, tmp_path / "s", settings(head="affine"))  # a guided UNet under an affine config
+    with pytest.raises(ValueError, match=r"does not fit this prior: its out_channels is 4, the prior UNet's is 12"):
+        load_student(tmp_path / "s", InDomainPipeline.from_pretrained(world["prior"]).unet)
 
 
 def test_a_student_config_with_the_older_range_key_still_reads(tmp_path):
@@ -233,13 +282,23 @@ def test_distill_trains_saves_and_samples_in_one_call_per_step(world, tmp_path):
     recorded = json.loads((out / "train_config.json").read_text())
     assert recorded["domain"] == str(world["domain"]) and recorded["prompts"] == str(world["prompts"])
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step0000004_prompt01.png", "step0000004_uncond.png"]
-    trained = load_file(out / "weight_embedding.safetensors")["class_embedding.linear_2.weight"]
-    assert trained.abs().max() > 0  # the zero-initialised layer learned something
+    assert saved["head"] == "affine"  # the default
+    # the affine head's zero-initialised outputs (b, g) learned; its weight embedding stayed zero
+    assert load_file(out / "diffusion_pytorch_model.safetensors")["conv_out.weight"][4:].abs().max() > 0
+    assert load_file(out / "weight_embedding.safetensors")["class_embedding.linear_2.weight"].abs().max() == 0
     pipe = InDomainPipeline.from_pretrained(world["prior"], distilled=out)
     pipe.set_progress_bar_config(disable=True)
     calls = count_calls(pipe.unet)
     images = pipe("a cat", num_inference_steps=3, domain_guidance_scale=2.5, guidance_scale=2.5, output_type="np").images
     assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all() and len(calls) == 3
+
+
+def test_a_guided_student_learns_its_weight_embedding(world, tmp_path):
+    out = distill(config(world, tmp_path / "run", head="guided", max_train_steps=2))
+    assert json.loads((out / "student_config.json").read_text())["head"] == "guided"
+    assert load_file(out / "diffusion_pytorch_model.safetensors")["conv_out.weight"].shape[0] == 4
+    trained = load_file(out / "weight_embedding.safetensors")["class_embedding.linear_2.weight"]
+    assert trained.abs().max() > 0  # the zero-initialised layer learned something
 
 
 def test_kill_and_resume_equals_uninterrupted(world, tmp_path):
@@ -259,6 +318,14 @@ def test_kill_and_resume_equals_uninterrupted(world, tmp_path):
             assert all(torch.equal(a[k], b[k]) for k in a), (folder, name)
 
 
+def test_resuming_with_another_head_is_refused_by_name(world, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        distill(config(world, tmp_path / "cut", head="guided"),
+                on_step=lambda s: (_ for _ in ()).throw(KeyboardInterrupt) if s == 3 else None)
+    with pytest.raises(ValueError, match="was made with --head guided; this run has --head affine"):
+        distill(config(world, tmp_path / "cut", resume="latest"))
+
+
 def test_lora_student_resumes_and_is_small(world, tmp_path):
     full = distill(config(world, tmp_path / "full", lora_rank=2, max_train_steps=4))
     with pytest.raises(KeyboardInterrupt):
@@ -267,6 +334,7 @@ def test_lora_student_resumes_and_is_small(world, tmp_path):
     resumed = distill(config(world, tmp_path / "cut", lora_rank=2, max_train_steps=4, resume="latest"))
     a, b = load_file(full / "student_lora.safetensors"), load_file(resumed / "student_lora.safetensors")
     assert a and all(torch.equal(a[k], b[k]) for k in a)
+    assert a["conv_out.weight"].shape[0] == 12 and a["conv_out.weight"][4:].abs().max() > 0  # the affine head trains
     assert not (full / "diffusion_pytorch_model.safetensors").exists()
 
 
@@ -354,7 +422,8 @@ def test_the_weight_embedding_has_its_own_learning_rate(world, tmp_path):
     unet = tiny_unet(seed=0)
     attach_weight_embedding(unet)
     params = [p for p in unet.parameters() if p.requires_grad]
-    groups = DistillObjective(config(world, tmp_path / "x", embedding_learning_rate=3e-3)).param_groups(unet, params)
+    groups = DistillObjective(config(world, tmp_path / "x", head="guided",
+                                     embedding_learning_rate=3e-3)).param_groups(unet, params)
     assert groups[1]["lr"] == 3e-3 and "lr" not in groups[0]
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in unet.class_embedding.parameters()}
     assert sum(len(g["params"]) for g in groups) == len(params)

@@ -61,6 +61,10 @@ class DistillConfig(TrainConfig):
                             "al. 2023; any sampler, any step count) or consistency (LCM-style consistency distillation "
                             "on the teacher's guided DDIM steps; samples in 4-8 steps with diffusers' LCMScheduler)",
                             choices=["guidance", "consistency"])
+    head: str = option("affine", "the student's output: affine (three outputs combined as a + w_d b + w_c g, the "
+                       "teacher's own form, so the response to the weights is exact; its weight embedding stays zero) "
+                       "or guided (one output, the weights only through the embedding, as Meng et al.; it learns the "
+                       "weights slowly: BENCHMARKS.md)", choices=["affine", "guided"])
     num_ddim_timesteps: int = option(50, "--objective consistency: the teacher's DDIM schedule (skip k = 1000 / N); "
                                      "the student's LCMScheduler uses the same", type=positive_int)
     embedding_frequencies: int = option(8, "Fourier frequencies per weight in the weight embedding", type=positive_int)
@@ -75,6 +79,8 @@ class DistillConfig(TrainConfig):
             value = getattr(self, name)
             if len(value) != 2 or not all(math.isfinite(v) for v in value) or value[0] > value[1]:
                 raise ValueError(f"--{name.replace('_', '-')} must be two finite numbers LO <= HI, got {value!r}")
+        if self.head not in ("affine", "guided"):
+            raise ValueError(f"--head must be affine or guided, got {self.head!r}")
         if self.objective not in ("guidance", "consistency"):
             raise ValueError(f"--objective must be guidance or consistency, got {self.objective!r}")
         if not 0.0 <= self.empty_prompt_share <= 1.0:
@@ -95,7 +101,7 @@ class DistillConfig(TrainConfig):
 
 
 # the options of `indomain distill`: TrainConfig's that apply to a student, then DistillConfig's own
-OPTIONS = ("prior", "domain", "images", "prompts", "output", "objective", "num_ddim_timesteps", "empty_prompt_share",
+OPTIONS = ("prior", "domain", "images", "prompts", "output", "objective", "head", "num_ddim_timesteps", "empty_prompt_share",
            "domain_guidance_scale_range", "guidance_scale_range", "lora_rank", "lora_alpha", "resolution",
            "center_crop",
            "random_flip", "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "learning_rate",
@@ -128,6 +134,7 @@ class DistillObjective(Objective):
     """The student's loss: MSE to the teacher's Eq. A prediction at each row's prompt and weights."""
 
     command = "distill"
+    same_on_resume = {"head": "guided", "objective": "guidance"}  # the values before each option existed
 
     def __init__(self, config: DistillConfig) -> None:
         self.config = config
@@ -154,7 +161,7 @@ class DistillObjective(Objective):
     def build(self, config: TrainConfig, parts: dict, device: Any) -> torch.nn.Module:
         from .loading import load_domain_model
         from .nulltext import NullTextUNet, check_compatible
-        from .student import attach_weight_embedding
+        from .student import attach_affine_head, attach_weight_embedding
 
         family = parts["family"]
         if family.name != "sd":
@@ -180,16 +187,24 @@ class DistillObjective(Objective):
         check_compatible(prior, domain, self.prediction_type)
         student = copy.deepcopy(prior)  # before the teacher is frozen: a full student trains every weight
         self.prior, self.domain = prior.requires_grad_(False), domain.to(device).eval().requires_grad_(False)
+        if self.config.head == "affine":
+            attach_affine_head(student)
         self.lora = add_lora(student, config) if config.lora_rank else None
+        if self.lora and self.config.head == "affine":
+            student.conv_out.requires_grad_(True)  # the widened output layer is new: trained whole, saved with the adapter
         self.embedding = attach_weight_embedding(student, self.config.embedding_frequencies,
-                                                 self.config.embedding_hidden_dim, config.seed)  # trained in both modes
+                                                 self.config.embedding_hidden_dim, config.seed)
+        # an affine student's answer is exactly affine in the weights: its embedding stays zero (and the folder's
+        # layout stays that of every student)
+        self.embedding.requires_grad_(self.config.head == "guided")
         return student.train()
 
     def param_groups(self, model: torch.nn.Module, params: list) -> list[dict[str, Any]]:
         """The UNet's weights at --learning-rate, the new weight embedding at its own (larger) rate."""
         embedding = {id(p) for p in model.class_embedding.parameters()}
-        return [{"params": [p for p in params if id(p) not in embedding]},
-                {"params": [p for p in params if id(p) in embedding], "lr": self.config.embedding_learning_rate}]
+        groups = [{"params": [p for p in params if id(p) not in embedding]},
+                  {"params": [p for p in params if id(p) in embedding], "lr": self.config.embedding_learning_rate}]
+        return [g for g in groups if g["params"]]  # an affine student's embedding is frozen
 
     def loss(self, model: Any, latents: torch.Tensor, noise: torch.Tensor, gens: list[torch.Generator],
              batches: LatentBatches) -> torch.Tensor:
@@ -219,7 +234,7 @@ class DistillObjective(Objective):
         labels = weight_rows(w_d, w_c, b, noisy)
         if config.objective == "consistency":
             return self._consistency_loss(model, noisy, t, target, text, labels, k)
-        pred = call_student(model, noisy, t, text, labels)
+        pred = call_student(model, noisy, t, text, labels, head=config.head)
         return denoising_loss(pred, target, None, None, self.prediction_type)
 
     def _consistency_loss(self, model: Any, x_t: torch.Tensor, t: torch.Tensor, eps_teacher: torch.Tensor,
@@ -241,7 +256,7 @@ class DistillObjective(Objective):
         x_s = a_s * (x_t - sig_t * eps_teacher) / a_t + sig_s * eps_teacher  # DDIM with the teacher's guided eps
 
         def f(x: torch.Tensor, tt: torch.Tensor, a: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
-            eps = call_student(model, x, tt, text, labels)
+            eps = call_student(model, x, tt, text, labels, head=self.config.head)
             c_skip, c_out = self.lcm.get_scalings_for_boundary_condition_discrete(tt.float())
             return c_skip.view(-1, 1, 1, 1) * x + c_out.view(-1, 1, 1, 1) * (x - sig * eps) / a
 
@@ -257,7 +272,7 @@ class DistillObjective(Objective):
         return StudentSettings(
             domain_guidance_scale_range=tuple(config.domain_guidance_scale_range),
             guidance_scale_range=tuple(config.guidance_scale_range),
-            embedding=self.embedding.config(), lora=self.lora, objective=config.objective,
+            embedding=self.embedding.config(), lora=self.lora, objective=config.objective, head=config.head,
             original_inference_steps=config.num_ddim_timesteps if config.objective == "consistency" else None,
             teacher={"prior": config.prior, "domain": config.domain, "prompts": config.prompts,
                      "num_prompts": int(self.prompts.shape[0]), "empty_prompt_share": config.empty_prompt_share},

@@ -829,6 +829,9 @@ class Objective:
     `indomain.distill.DistillObjective`."""
 
     command = "train"  # the output folder's owner (`claim_output_dir`)
+    # settings a resumed run must share with its checkpoint, each with its value in checkpoints written before it
+    # existed: a mismatch is refused by name, not as a wrong weight shape
+    same_on_resume: ClassVar[dict[str, Any]] = {}
 
     def inputs(self, config: TrainConfig, out: Path) -> dict[str, Any]:
         """The paths a run reads, which must lie apart from what it writes."""
@@ -933,7 +936,7 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None, objective
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
-    from .checkpoint import check_fits, restore, weights_are_finite
+    from .checkpoint import CheckpointError, check_fits, restore, weights_are_finite
     from .loading import load_prior_components
 
     # 1. Check every input, then claim the output folder: nothing is written before the checks pass
@@ -973,6 +976,12 @@ def _train(config: TrainConfig, on_step: Callable[[int], None] | None, objective
     family = parts["family"]
     model = objective.build(config, parts, accelerator.device)
     if ckpt is not None:
+        for key, before in objective.same_on_resume.items():
+            made, now = ckpt.config.get(key, before), getattr(config, key)
+            if made != now:
+                flag = "--" + key.replace("_", "-")
+                raise CheckpointError(f"checkpoint {ckpt.path} was made with {flag} {made}; this run has {flag} {now}. "
+                                      f"Resume with {flag} {made}")
         check_fits(ckpt, model, config.prior)  # before hours of latent encoding
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
