@@ -194,15 +194,13 @@ def lora_domain(parts: dict, ours, device: str):
 
 
 def distilled_student_unet(parts: dict, device: str):
-    """A student UNet as `indomain distill` writes it by default: a copy of the prior's UNet with the affine head and
-    the (untrained) weight embedding attached. The guidance and consistency students share it: they differ in the
-    sampler only."""
+    """A student UNet as `indomain distill` writes it: a copy of the prior's UNet with the (untrained) weight
+    embedding attached. The guidance and consistency students share it: they differ in the sampler only."""
     import copy
 
-    from indomain.student import attach_affine_head, attach_weight_embedding
+    from indomain.student import attach_weight_embedding
 
     unet = copy.deepcopy(parts["unet"])
-    attach_affine_head(unet)
     attach_weight_embedding(unet)
     return unet.to(device)
 
@@ -216,8 +214,7 @@ def student_pipe(parts: dict, unet, device: str, objective: str):
 
     pipe = InDomainPipeline(**{**parts, "unet": unet})
     use_student(pipe, unet, StudentSettings((1.0, 5.0), (1.0, 6.0), unet.class_embedding.config(), objective=objective,
-                                            original_inference_steps=50 if objective == "consistency" else None,
-                                            head="affine"))
+                                            original_inference_steps=50 if objective == "consistency" else None))
     return quiet(pipe).to(device)
 
 

@@ -1,6 +1,5 @@
-"""Issue #28: guidance distillation. A student (the prior's UNet + a zero-initialised (w_d, w_c) embedding; with the
-affine head, three outputs combined with the weights) learns the teacher's Eq. A prediction and samples in one UNet
-call per step."""
+"""Issue #28: guidance distillation. A student (the prior's UNet + a zero-initialised (w_d, w_c) embedding) learns the
+teacher's Eq. A prediction and samples in one UNet call per step."""
 
 import json
 
@@ -15,8 +14,8 @@ from indomain.distill import DistillConfig, distill
 from indomain.guidance import combine
 from indomain.nulltext import NullTextUNet
 from indomain.pipeline import InDomainPipeline
-from indomain.student import (StudentSettings, attach_affine_head, attach_weight_embedding, call_student, load_student,
-                              save_student, teacher_prediction, use_student, weight_rows)
+from indomain.student import (StudentSettings, attach_weight_embedding, load_student, save_student,
+                              teacher_prediction, use_student, weight_rows)
 from indomain.testing import save_tiny_prior, tiny_unet
 from indomain.train import list_checkpoints
 
@@ -45,7 +44,8 @@ def world(tmp_path_factory):
 def config(world, out, **kw):
     base = dict(prior=str(world["prior"]), domain=str(world["domain"]), images=str(world["images"]),
                 prompts=str(world["prompts"]), output=str(out), resolution=32, train_batch_size=2, max_train_steps=4,
-                checkpointing_steps=2, learning_rate=1e-3, ema_decay=0.9, empty_prompt_share=0.3)
+                checkpointing_steps=2, learning_rate=1e-3, ema_decay=0.9, empty_prompt_share=0.3, num_teacher_paths=5,
+                teacher_path_steps=3)
     base.update(kw)
     return DistillConfig(**base)
 
@@ -71,34 +71,6 @@ def test_untrained_student_equals_the_prior_exactly():
         assert not torch.allclose(a, student(x, t, encoder_hidden_states=text, class_labels=w).sample)
 
 
-def untrained_affine_student(seed=0):
-    student = tiny_unet(seed=seed)
-    attach_affine_head(student)
-    attach_weight_embedding(student)
-    return student
-
-
-def test_untrained_affine_student_equals_the_prior_exactly_and_answers_affinely_in_the_weights():
-    prior, student = tiny_unet(seed=0), untrained_affine_student()
-    assert student.config.out_channels == 3 * prior.config.out_channels
-    x, t, text = torch.randn(3, 4, 16, 16), torch.tensor([10, 500, 900]), torch.randn(3, 77, 32)
-
-    def answer(w_d, w_c):
-        return call_student(student, x, t, text, weight_rows(w_d, w_c, 3, x), head="affine")
-
-    with torch.no_grad():
-        assert torch.equal(prior(x, t, encoder_hidden_states=text).sample, answer(2.5, 4.0))
-        torch.nn.init.normal_(student.conv_out.weight, std=0.05)  # "trained": b and g are no longer zero
-        base, along_d, along_c = answer(1.0, 1.0), answer(3.0, 1.0), answer(1.0, 4.0)
-        assert not torch.allclose(base, along_d) and not torch.allclose(base, along_c)  # the weights reach it
-        # exactly affine, like the teacher: a + w_d b + w_c g at (2, 2.5) from the three answers above
-        want = base + 0.5 * (along_d - base) + 0.5 * (along_c - base)
-        assert torch.allclose(answer(2.0, 2.5), want, atol=1e-5)
-        raw = student(x, t, encoder_hidden_states=text, class_labels=weight_rows(2.0, 2.5, 3, x)).sample
-        a, b, g = raw.chunk(3, dim=1)
-        assert torch.allclose(answer(2.0, 2.5), a + 2.0 * b + 2.5 * g, atol=1e-6)
-
-
 def test_teacher_is_eq_a_with_each_rows_weights():
     torch.manual_seed(0)
     x, t = torch.randn(2, 4, 16, 16), torch.tensor([100, 700])
@@ -115,18 +87,14 @@ def test_teacher_is_eq_a_with_each_rows_weights():
             assert torch.allclose(got[i:i + 1], want, atol=1e-5)
 
 
-@pytest.fixture(params=["guided", "affine"])
-def student_pipe(world, request):
+@pytest.fixture
+def student_pipe(world):
     pipe = InDomainPipeline.from_pretrained(world["prior"])
     unet = pipe.unet
-    if request.param == "affine":
-        attach_affine_head(unet)
     attach_weight_embedding(unet)
     torch.manual_seed(0)
     torch.nn.init.normal_(unet.class_embedding.linear_2.weight, std=0.05)  # a "trained" embedding
-    if request.param == "affine":
-        torch.nn.init.normal_(unet.conv_out.weight, std=0.05)  # and "trained" b and g outputs
-    use_student(pipe, unet, settings(head=request.param))
+    use_student(pipe, unet, settings())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -218,14 +186,11 @@ def test_student_accepts_a_controlnet(world, student_pipe):
     assert torch.allclose(zero, without, atol=1e-5)
 
 
-@pytest.mark.parametrize("lora, head", [(False, "guided"), (True, "guided"), (False, "affine"), (True, "affine")])
-def test_student_folder_round_trip(world, tmp_path, lora, head):
+@pytest.mark.parametrize("lora", [False, True])
+def test_student_folder_round_trip(world, tmp_path, lora):
     pipe = InDomainPipeline.from_pretrained(world["prior"])
     unet = pipe.unet
-    extra = {"head": head}
-    if head == "affine":
-        attach_affine_head(unet)
-        torch.nn.init.normal_(unet.conv_out.weight, std=0.05)
+    extra = {}
     if lora:
         from indomain.train import TrainConfig, add_lora
 
@@ -241,25 +206,12 @@ def test_student_folder_round_trip(world, tmp_path, lora, head):
     assert files == ({"student_lora.safetensors"} if lora else {"config.json", "diffusion_pytorch_model.safetensors"}) | {
         "weight_embedding.safetensors", "student_config.json"}
     loaded, got = load_student(tmp_path / "s", InDomainPipeline.from_pretrained(world["prior"]).unet)
-    assert got.domain_guidance_scale_range == (1.0, 5.0) and (got.lora is not None) == lora and got.head == head
-    if not lora:  # the student UNet is a plain diffusers UNet (an affine one with three times the outputs)
-        from diffusers import UNet2DConditionModel
-
-        plain = UNet2DConditionModel.from_pretrained(tmp_path / "s")
-        assert plain.config.out_channels == (12 if head == "affine" else 4)
+    assert got.domain_guidance_scale_range == (1.0, 5.0) and (got.lora is not None) == lora
     x, t, text = torch.randn(2, 4, 16, 16), torch.tensor([10, 800]), torch.randn(2, 77, 32)
     w = weight_rows(2.0, 3.0, 2, x)
     with torch.no_grad():
         assert torch.allclose(unet(x, t, encoder_hidden_states=text, class_labels=w).sample,
                               loaded(x, t, encoder_hidden_states=text, class_labels=w).sample, atol=1e-5)
-
-
-def test_a_student_whose_head_does_not_match_its_unet_is_refused(world, tmp_path):
-    unet = InDomainPipeline.from_pretrained(world["prior"]).unet
-    attach_weight_embedding(unet)
-    save_student(unet, tmp_path / "s", settings(head="affine"))  # a guided UNet under an affine config
-    with pytest.raises(ValueError, match=r"does not fit this prior: its out_channels is 4, the prior UNet's is 12"):
-        load_student(tmp_path / "s", InDomainPipeline.from_pretrained(world["prior"]).unet)
 
 
 def test_a_student_config_with_the_older_range_key_still_reads(tmp_path):
@@ -282,23 +234,13 @@ def test_distill_trains_saves_and_samples_in_one_call_per_step(world, tmp_path):
     recorded = json.loads((out / "train_config.json").read_text())
     assert recorded["domain"] == str(world["domain"]) and recorded["prompts"] == str(world["prompts"])
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step0000004_prompt01.png", "step0000004_uncond.png"]
-    assert saved["head"] == "affine"  # the default
-    # the affine head's zero-initialised outputs (b, g) learned; its weight embedding stayed zero
-    assert load_file(out / "diffusion_pytorch_model.safetensors")["conv_out.weight"][4:].abs().max() > 0
-    assert load_file(out / "weight_embedding.safetensors")["class_embedding.linear_2.weight"].abs().max() == 0
+    trained = load_file(out / "weight_embedding.safetensors")["class_embedding.linear_2.weight"]
+    assert trained.abs().max() > 0  # the zero-initialised layer learned something
     pipe = InDomainPipeline.from_pretrained(world["prior"], distilled=out)
     pipe.set_progress_bar_config(disable=True)
     calls = count_calls(pipe.unet)
     images = pipe("a cat", num_inference_steps=3, domain_guidance_scale=2.5, guidance_scale=2.5, output_type="np").images
     assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all() and len(calls) == 3
-
-
-def test_a_guided_student_learns_its_weight_embedding(world, tmp_path):
-    out = distill(config(world, tmp_path / "run", head="guided", max_train_steps=2))
-    assert json.loads((out / "student_config.json").read_text())["head"] == "guided"
-    assert load_file(out / "diffusion_pytorch_model.safetensors")["conv_out.weight"].shape[0] == 4
-    trained = load_file(out / "weight_embedding.safetensors")["class_embedding.linear_2.weight"]
-    assert trained.abs().max() > 0  # the zero-initialised layer learned something
 
 
 def test_kill_and_resume_equals_uninterrupted(world, tmp_path):
@@ -318,11 +260,66 @@ def test_kill_and_resume_equals_uninterrupted(world, tmp_path):
             assert all(torch.equal(a[k], b[k]) for k in a), (folder, name)
 
 
-def test_resuming_with_another_head_is_refused_by_name(world, tmp_path):
+def objective_built(world, tmp_path, **kw):
+    from indomain.distill import DistillObjective
+    from indomain.loading import load_prior_components
+
+    cfg = config(world, tmp_path / "x", **kw)
+    cfg.validate()  # as the training loop does: resolves --prompted-states auto
+    objective = DistillObjective(cfg)
+    objective.build(cfg, load_prior_components(cfg.prior), torch.device("cpu"))
+    return objective
+
+
+def test_teacher_paths_are_the_teachers_own_ddim_paths(world, tmp_path):
+    from diffusers import DDIMScheduler
+
+    obj = objective_built(world, tmp_path, num_teacher_paths=3, teacher_path_steps=4)
+    paths = obj.paths
+    assert paths["states"].shape == (3, 4, 4, 16, 16)  # 3 paths x 4 steps of 32 px latents (the tiny VAE: /2)
+    sched = DDIMScheduler.from_config(obj.noise_scheduler.config)
+    sched.set_timesteps(4)
+    assert torch.equal(paths["timesteps"], sched.timesteps)
+    assert ((paths["w_d"] >= 1) & (paths["w_d"] <= 5)).all() and ((paths["w_c"] >= 1) & (paths["w_c"] <= 6)).all()
+    for j in range(3):  # each state is the teacher's DDIM step from the one before, at the path's prompt and weights
+        for k in range(3):
+            x, t = paths["states"][j:j + 1, k].float(), sched.timesteps[k]
+            with torch.no_grad():
+                eps = teacher_prediction(obj.prior, obj.domain, x, t.expand(1), obj.prompts[paths["prompt"][j:j + 1]],
+                                         obj.null, paths["w_d"][j:j + 1], paths["w_c"][j:j + 1])
+            assert torch.allclose(paths["states"][j, k + 1].float(), sched.step(eps, t, x).prev_sample, atol=2e-2)
+
+
+@pytest.mark.parametrize("states", ["teacher-paths", "domain-images"])
+def test_prompted_rows_start_where_asked(world, tmp_path, states):
+    obj = objective_built(world, tmp_path, prompted_states=states, empty_prompt_share=0.0, num_teacher_paths=4,
+                          teacher_path_steps=3)
+    assert (obj.paths is not None) == (states == "teacher-paths")
+    seen = []
+
+    def student(x, t, **kwargs):  # stands in for the student UNet: records its inputs
+        seen.append((x.clone(), t.clone()))
+        return (torch.zeros_like(x),)
+
+    latents, noise = torch.randn(6, 4, 16, 16), torch.randn(6, 4, 16, 16)
+    gens = [torch.Generator().manual_seed(i) for i in range(6)]
+    obj.loss(student, latents, noise, gens, None)
+    (x, t), = seen
+    if states == "domain-images":  # the domain images, noised
+        assert torch.allclose(x, obj.noise_scheduler.add_noise(latents, noise, t))
+        return
+    states_, steps = obj.paths["states"].float(), obj.paths["timesteps"]
+    for row, tt in zip(x, t):  # every prompted row is a state of some path, at that state's timestep
+        hits = [(j, k) for j in range(states_.shape[0]) for k in range(states_.shape[1]) if torch.equal(row, states_[j, k])]
+        assert hits and any(steps[k] == tt for _, k in hits)
+
+
+def test_resuming_with_other_prompted_states_is_refused_by_name(world, tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        distill(config(world, tmp_path / "cut", head="guided"),
+        distill(config(world, tmp_path / "cut", prompted_states="domain-images"),
                 on_step=lambda s: (_ for _ in ()).throw(KeyboardInterrupt) if s == 3 else None)
-    with pytest.raises(ValueError, match="was made with --head guided; this run has --head affine"):
+    with pytest.raises(ValueError, match="was made with --prompted-states domain-images; this run has "
+                                         "--prompted-states teacher-paths"):
         distill(config(world, tmp_path / "cut", resume="latest"))
 
 
@@ -334,7 +331,6 @@ def test_lora_student_resumes_and_is_small(world, tmp_path):
     resumed = distill(config(world, tmp_path / "cut", lora_rank=2, max_train_steps=4, resume="latest"))
     a, b = load_file(full / "student_lora.safetensors"), load_file(resumed / "student_lora.safetensors")
     assert a and all(torch.equal(a[k], b[k]) for k in a)
-    assert a["conv_out.weight"].shape[0] == 12 and a["conv_out.weight"][4:].abs().max() > 0  # the affine head trains
     assert not (full / "diffusion_pytorch_model.safetensors").exists()
 
 
@@ -343,6 +339,7 @@ def test_lora_student_resumes_and_is_small(world, tmp_path):
     (dict(empty_prompt_share=1.5), r"--empty-prompt-share must be in \[0, 1\]"),
     (dict(prompts="missing.txt"), "--prompts 'missing.txt' is not a file"),
     (dict(domain="nowhere"), "--domain 'nowhere' is not a folder"),
+    (dict(objective="consistency", prompted_states="teacher-paths"), "--prompted-states teacher-paths is for --objective guidance"),
     (dict(validation_steps=2, domain_guidance_scale=7.0), "--domain-guidance-scale 7.0 .* outside the trained range"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(world, tmp_path, change, message):
@@ -358,7 +355,8 @@ def test_cli_end_to_end(world, tmp_path, capsys):
     out = tmp_path / "student"
     assert run("distill", "--prior", world["prior"], "--domain", world["domain"], "--images", world["images"],
                "--prompts", world["prompts"], "--output", out, "--resolution", 32, "--train-batch-size", 2,
-               "--max-train-steps", 2, "--domain-scale-range", 1, 4, "--guidance-scale-range", 1, 5, "-q") == 0
+               "--max-train-steps", 2, "--num-teacher-paths", 3, "--teacher-path-steps", 2,
+               "--domain-scale-range", 1, 4, "--guidance-scale-range", 1, 5, "-q") == 0
     assert json.loads((out / "student_config.json").read_text())["guidance_scale_range"] == [1.0, 5.0]
     gen = tmp_path / "gen"
     assert run("generate", "--prior", world["prior"], "--distilled", out, "--prompt", "a cat", "--num-images", 1,
@@ -422,8 +420,7 @@ def test_the_weight_embedding_has_its_own_learning_rate(world, tmp_path):
     unet = tiny_unet(seed=0)
     attach_weight_embedding(unet)
     params = [p for p in unet.parameters() if p.requires_grad]
-    groups = DistillObjective(config(world, tmp_path / "x", head="guided",
-                                     embedding_learning_rate=3e-3)).param_groups(unet, params)
+    groups = DistillObjective(config(world, tmp_path / "x", embedding_learning_rate=3e-3)).param_groups(unet, params)
     assert groups[1]["lr"] == 3e-3 and "lr" not in groups[0]
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in unet.class_embedding.parameters()}
     assert sum(len(g["params"]) for g in groups) == len(params)

@@ -11,9 +11,15 @@ Guidance distillation (Meng et al., CVPR 2023). The teacher is the prior plus th
 adapters with ``--lora-rank``) with a zero-initialised embedding of ``(w_d, w_c)`` added to its timestep embedding
 (`indomain.student.WeightEmbedding`), trained with plain MSE to output the teacher's guided prediction in one call.
 
-Each training row: a domain image from the latent cache, noised as `indomain train` noises it; a prompt from
-``--prompts`` (one per line) or, with probability ``--empty-prompt-share``, the empty prompt (so unconditional
-in-domain generation is kept); weights drawn uniformly from ``--domain-guidance-scale-range`` and ``--guidance-scale-range``.
+Each training row: the empty prompt with probability ``--empty-prompt-share`` (so unconditional in-domain generation
+is kept), else a prompt from ``--prompts`` (one per line); weights drawn uniformly from
+``--domain-guidance-scale-range`` and ``--guidance-scale-range``. An empty-prompt row's input is a domain image from
+the latent cache, noised as `indomain train` noises it. A prompted row's input is, by default
+(``--prompted-states teacher-paths``), a state on one of the teacher's own sampling paths for that prompt and those
+weights (``--num-teacher-paths`` DDIM paths of ``--teacher-path-steps`` steps, drawn once at the start): the domain
+images have no captions, so a domain image under a random prompt is a state the sampler never visits, where the
+guided target is several times larger than on the sampler's path; a student trained on those states drifts from
+the teacher where sampling goes (BENCHMARKS.md, issue #28). ``--prompted-states domain-images`` is that first recipe.
 The run is `indomain.train`'s loop (accelerate, latent cache, EMA, checkpoints, exact ``--resume``, the claimed
 output folder, validation grids); only the objective differs (`DistillObjective`).
 """
@@ -61,10 +67,17 @@ class DistillConfig(TrainConfig):
                             "al. 2023; any sampler, any step count) or consistency (LCM-style consistency distillation "
                             "on the teacher's guided DDIM steps; samples in 4-8 steps with diffusers' LCMScheduler)",
                             choices=["guidance", "consistency"])
-    head: str = option("affine", "the student's output: affine (three outputs combined as a + w_d b + w_c g, the "
-                       "teacher's own form, so the response to the weights is exact; its weight embedding stays zero) "
-                       "or guided (one output, the weights only through the embedding, as Meng et al.; it learns the "
-                       "weights slowly: BENCHMARKS.md)", choices=["affine", "guided"])
+    prompted_states: str = option("auto", "the noisy inputs of prompted rows: teacher-paths (states on the teacher's "
+                                  "own DDIM sampling paths for the row's prompt and weights, where sampling goes), "
+                                  "domain-images (a domain image under an unrelated prompt: states sampling never "
+                                  "visits), or auto (teacher-paths; domain-images for --objective consistency)",
+                                  choices=["auto", "teacher-paths", "domain-images"])
+    num_teacher_paths: int = option(1024, "teacher-paths: how many sampling paths of the teacher to draw states "
+                                    "from, each for one prompt (in turn) and one draw of the weights; drawn once at "
+                                    "the start (the cost of that many teacher samples; held as float16 latents)",
+                                    type=positive_int)
+    teacher_path_steps: int = option(25, "teacher-paths: DDIM steps of each path (its states are the training "
+                                     "inputs)", type=positive_int)
     num_ddim_timesteps: int = option(50, "--objective consistency: the teacher's DDIM schedule (skip k = 1000 / N); "
                                      "the student's LCMScheduler uses the same", type=positive_int)
     embedding_frequencies: int = option(8, "Fourier frequencies per weight in the weight embedding", type=positive_int)
@@ -79,10 +92,15 @@ class DistillConfig(TrainConfig):
             value = getattr(self, name)
             if len(value) != 2 or not all(math.isfinite(v) for v in value) or value[0] > value[1]:
                 raise ValueError(f"--{name.replace('_', '-')} must be two finite numbers LO <= HI, got {value!r}")
-        if self.head not in ("affine", "guided"):
-            raise ValueError(f"--head must be affine or guided, got {self.head!r}")
         if self.objective not in ("guidance", "consistency"):
             raise ValueError(f"--objective must be guidance or consistency, got {self.objective!r}")
+        if self.prompted_states not in ("auto", "teacher-paths", "domain-images"):
+            raise ValueError(f"--prompted-states must be auto, teacher-paths or domain-images, got {self.prompted_states!r}")
+        if self.prompted_states == "auto":  # resolved here, so train_config.json and resuming see the real choice
+            self.prompted_states = "domain-images" if self.objective == "consistency" else "teacher-paths"
+        if self.objective == "consistency" and self.prompted_states == "teacher-paths":
+            raise ValueError("--prompted-states teacher-paths is for --objective guidance; a consistency student "
+                             "learns from the domain images' states (--prompted-states auto or domain-images)")
         if not 0.0 <= self.empty_prompt_share <= 1.0:
             raise ValueError(f"--empty-prompt-share must be in [0, 1], got {self.empty_prompt_share!r}")
         if self.prompts is not None:
@@ -101,7 +119,7 @@ class DistillConfig(TrainConfig):
 
 
 # the options of `indomain distill`: TrainConfig's that apply to a student, then DistillConfig's own
-OPTIONS = ("prior", "domain", "images", "prompts", "output", "objective", "head", "num_ddim_timesteps", "empty_prompt_share",
+OPTIONS = ("prior", "domain", "images", "prompts", "output", "objective", "prompted_states", "num_teacher_paths", "teacher_path_steps", "num_ddim_timesteps", "empty_prompt_share",
            "domain_guidance_scale_range", "guidance_scale_range", "lora_rank", "lora_alpha", "resolution",
            "center_crop",
            "random_flip", "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "learning_rate",
@@ -134,7 +152,7 @@ class DistillObjective(Objective):
     """The student's loss: MSE to the teacher's Eq. A prediction at each row's prompt and weights."""
 
     command = "distill"
-    same_on_resume = {"head": "guided", "objective": "guidance"}  # the values before each option existed
+    same_on_resume = {"objective": "guidance", "prompted_states": "domain-images"}  # their values before they existed
 
     def __init__(self, config: DistillConfig) -> None:
         self.config = config
@@ -161,7 +179,7 @@ class DistillObjective(Objective):
     def build(self, config: TrainConfig, parts: dict, device: Any) -> torch.nn.Module:
         from .loading import load_domain_model
         from .nulltext import NullTextUNet, check_compatible
-        from .student import attach_affine_head, attach_weight_embedding
+        from .student import attach_weight_embedding
 
         family = parts["family"]
         if family.name != "sd":
@@ -187,24 +205,55 @@ class DistillObjective(Objective):
         check_compatible(prior, domain, self.prediction_type)
         student = copy.deepcopy(prior)  # before the teacher is frozen: a full student trains every weight
         self.prior, self.domain = prior.requires_grad_(False), domain.to(device).eval().requires_grad_(False)
-        if self.config.head == "affine":
-            attach_affine_head(student)
+        self.paths = self._teacher_paths(parts["vae"], device) if self.uses_paths() else None
         self.lora = add_lora(student, config) if config.lora_rank else None
-        if self.lora and self.config.head == "affine":
-            student.conv_out.requires_grad_(True)  # the widened output layer is new: trained whole, saved with the adapter
         self.embedding = attach_weight_embedding(student, self.config.embedding_frequencies,
-                                                 self.config.embedding_hidden_dim, config.seed)
-        # an affine student's answer is exactly affine in the weights: its embedding stays zero (and the folder's
-        # layout stays that of every student)
-        self.embedding.requires_grad_(self.config.head == "guided")
+                                                 self.config.embedding_hidden_dim, config.seed)  # trained in both modes
         return student.train()
+
+    def uses_paths(self) -> bool:
+        """Prompted rows start on the teacher's sampling paths (and there are prompts to make such rows)."""
+        config = self.config
+        return config.prompted_states == "teacher-paths" and self.prompts.shape[0] > 0 and config.empty_prompt_share < 1.0
+
+    @_no_grad
+    def _teacher_paths(self, vae: Any, device: Any) -> dict[str, torch.Tensor]:
+        """``--num-teacher-paths`` DDIM sampling paths of the teacher (Eq. A), path j for prompt ``j mod P`` (in a
+        seeded order) and weights drawn from the ranges: every state ``x_t`` before each of the
+        ``--teacher-path-steps`` steps, as float16 on the CPU. Seeded by ``--seed``, so a resumed run draws the same."""
+        import torch
+        from diffusers import DDIMScheduler
+
+        from .student import teacher_prediction
+
+        config, n = self.config, self.config.num_teacher_paths
+        sched = DDIMScheduler.from_config(self.noise_scheduler.config)
+        sched.set_timesteps(config.teacher_path_steps)
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        shape = (self.prior.config.in_channels, config.resolution // factor, config.resolution // factor)
+        g = torch.Generator().manual_seed(config.seed)
+        order = torch.randperm(self.prompts.shape[0], generator=g)
+        prompt = order[torch.arange(n) % len(order)]
+        (lo_d, hi_d), (lo_c, hi_c) = config.domain_guidance_scale_range, config.guidance_scale_range
+        w_d, w_c = lo_d + (hi_d - lo_d) * torch.rand(n, generator=g), lo_c + (hi_c - lo_c) * torch.rand(n, generator=g)
+        noise = torch.randn((n, *shape), generator=g)
+        states = torch.empty((n, len(sched.timesteps), *shape), dtype=torch.float16)
+        for i in progress(range(0, n, 16), desc="teacher paths", unit="batch"):
+            j = slice(i, min(i + 16, n))
+            x, text = noise[j].to(device), self.prompts[prompt[j].to(device)]
+            null = self.null.expand(x.shape[0], *self.null.shape[1:])
+            for k, t in enumerate(sched.timesteps):
+                states[j, k] = x.half().cpu()
+                eps = teacher_prediction(self.prior, self.domain, x, t.expand(x.shape[0]).to(device), text, null,
+                                         w_d[j].to(device), w_c[j].to(device))
+                x = sched.step(eps, t, x).prev_sample
+        return {"states": states, "timesteps": sched.timesteps.clone(), "prompt": prompt, "w_d": w_d, "w_c": w_c}
 
     def param_groups(self, model: torch.nn.Module, params: list) -> list[dict[str, Any]]:
         """The UNet's weights at --learning-rate, the new weight embedding at its own (larger) rate."""
         embedding = {id(p) for p in model.class_embedding.parameters()}
-        groups = [{"params": [p for p in params if id(p) not in embedding]},
-                  {"params": [p for p in params if id(p) in embedding], "lr": self.config.embedding_learning_rate}]
-        return [g for g in groups if g["params"]]  # an affine student's embedding is frozen
+        return [{"params": [p for p in params if id(p) not in embedding]},
+                {"params": [p for p in params if id(p) in embedding], "lr": self.config.embedding_learning_rate}]
 
     def loss(self, model: Any, latents: torch.Tensor, noise: torch.Tensor, gens: list[torch.Generator],
              batches: LatentBatches) -> torch.Tensor:
@@ -229,12 +278,22 @@ class DistillObjective(Objective):
         (lo_d, hi_d), (lo_c, hi_c) = config.domain_guidance_scale_range, config.guidance_scale_range
         w_d = (lo_d + (hi_d - lo_d) * per_sample(gens, lambda m, g: torch.rand(m, generator=g))).to(device)
         w_c = (lo_c + (hi_c - lo_c) * per_sample(gens, lambda m, g: torch.rand(m, generator=g))).to(device)
+        if self.paths is not None:  # a prompted row: a state on a teacher path, with that path's prompt and weights
+            paths = self.paths
+            j = per_sample(gens, lambda m, g: torch.randint(0, paths["states"].shape[0], (m,), generator=g))
+            k = per_sample(gens, lambda m, g: torch.randint(0, paths["states"].shape[1], (m,), generator=g))
+            on_path, e = ~empty.to(device), (~empty).view(-1, *[1] * (noisy.ndim - 1)).to(device)
+            noisy = torch.where(e, paths["states"][j, k].to(device, noisy.dtype), noisy)
+            t = torch.where(on_path, paths["timesteps"][k].to(device), t)
+            text = torch.where(e.view(-1, 1, 1), self.prompts[paths["prompt"][j].to(device)], text)
+            w_d = torch.where(on_path, paths["w_d"][j].to(device), w_d)
+            w_c = torch.where(on_path, paths["w_c"][j].to(device), w_c)
         with torch.no_grad():
             target = teacher_prediction(self.prior, self.domain, noisy, t, text, null, w_d, w_c)
         labels = weight_rows(w_d, w_c, b, noisy)
         if config.objective == "consistency":
             return self._consistency_loss(model, noisy, t, target, text, labels, k)
-        pred = call_student(model, noisy, t, text, labels, head=config.head)
+        pred = call_student(model, noisy, t, text, labels)
         return denoising_loss(pred, target, None, None, self.prediction_type)
 
     def _consistency_loss(self, model: Any, x_t: torch.Tensor, t: torch.Tensor, eps_teacher: torch.Tensor,
@@ -256,7 +315,7 @@ class DistillObjective(Objective):
         x_s = a_s * (x_t - sig_t * eps_teacher) / a_t + sig_s * eps_teacher  # DDIM with the teacher's guided eps
 
         def f(x: torch.Tensor, tt: torch.Tensor, a: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
-            eps = call_student(model, x, tt, text, labels, head=self.config.head)
+            eps = call_student(model, x, tt, text, labels)
             c_skip, c_out = self.lcm.get_scalings_for_boundary_condition_discrete(tt.float())
             return c_skip.view(-1, 1, 1, 1) * x + c_out.view(-1, 1, 1, 1) * (x - sig * eps) / a
 
@@ -272,10 +331,11 @@ class DistillObjective(Objective):
         return StudentSettings(
             domain_guidance_scale_range=tuple(config.domain_guidance_scale_range),
             guidance_scale_range=tuple(config.guidance_scale_range),
-            embedding=self.embedding.config(), lora=self.lora, objective=config.objective, head=config.head,
+            embedding=self.embedding.config(), lora=self.lora, objective=config.objective,
             original_inference_steps=config.num_ddim_timesteps if config.objective == "consistency" else None,
             teacher={"prior": config.prior, "domain": config.domain, "prompts": config.prompts,
-                     "num_prompts": int(self.prompts.shape[0]), "empty_prompt_share": config.empty_prompt_share},
+                     "num_prompts": int(self.prompts.shape[0]), "empty_prompt_share": config.empty_prompt_share,
+                     "prompted_states": "teacher-paths" if self.paths is not None else "domain-images"},
         )
 
     def save(self, model: torch.nn.Module, folder: Path) -> None:

@@ -8,23 +8,14 @@ directly, with the weights as inputs::
 
 The student is the prior's own `UNet2DConditionModel` plus a `WeightEmbedding` of ``(w_d, w_c)`` in its
 ``class_embedding`` slot, which diffusers adds to the timestep embedding (``emb + class_embedding(class_labels)``).
-The embedding's last layer starts at zero, so an untrained student is exactly the prior.
-
-Two heads (`StudentSettings.head`). ``guided`` (Meng et al.): the UNet outputs the guided prediction, and the weights
-reach it only through the embedding. ``affine``: the UNet's last convolution is widened to three outputs ``(a, b, g)``
-and the student answers ``a + w_d b + w_c g``, the teacher's own form (``a ≈ eps_prior(x, ∅)``, ``b ≈ eps_domain(x) −
-eps_prior(x, ∅)``, ``g ≈ eps_prior(x, c) − eps_prior(x, ∅)``), still in one call (`attach_affine_head`). A guided
-student learns the response to the weights through an additive embedding and regresses towards the mean weight
-(BENCHMARKS.md, issue #28); an affine student's response to the weights is exact by construction, and its embedding
-stays at zero. `indomain.distill` trains
+The embedding's last layer starts at zero, so an untrained student is exactly the prior. `indomain.distill` trains
 it; `InDomainPipeline.from_pretrained(prior, distilled=DIR)` samples with it (`predict`: one UNet call per step).
 
 A student folder (flat, so a training checkpoint's ``model/`` holds the same files):
 
 - ``config.json`` + ``diffusion_pytorch_model.safetensors``: the whole student UNet in diffusers' layout (loads with
-  ``UNet2DConditionModel.from_pretrained``; an affine student's has three times the prior's ``out_channels``),
-  without the weight embedding; or, for a LoRA student, ``student_lora.safetensors``: its adapter weights only (the
-  base weights are the prior's), plus an affine student's widened ``conv_out``;
+  ``UNet2DConditionModel.from_pretrained``), without the weight embedding; or, for a LoRA student,
+  ``student_lora.safetensors``: its adapter weights only (the base weights are the prior's);
 - ``weight_embedding.safetensors``: the weight embedding (keys ``class_embedding.*``);
 - ``student_config.json``: the embedding's settings, the LoRA settings, the trained weight ranges and the teacher.
 """
@@ -55,7 +46,6 @@ EMBEDDING_FILE = "weight_embedding.safetensors"
 LORA_FILE = "student_lora.safetensors"
 EMBEDDING_PREFIX = "class_embedding."
 FORMAT = "indomain-distilled-student"
-HEADS = ("affine", "guided")
 
 
 class WeightEmbedding(torch.nn.Module):
@@ -113,7 +103,6 @@ class StudentSettings:
     teacher: dict[str, Any] = field(default_factory=dict)  # the prior, the domain model, the prompt share
     objective: str = "guidance"  # or "consistency": an LCM-style student, sampled with LCMScheduler
     original_inference_steps: int | None = None  # a consistency student's DDIM schedule (LCMScheduler's setting)
-    head: str = "guided"  # or "affine": three outputs combined with the weights (`attach_affine_head`)
     format: str = FORMAT
 
     def check_weights(self, domain_guidance_scale: float, guidance_scale: float) -> None:
@@ -139,21 +128,6 @@ def attach_weight_embedding(unet: UNet2DConditionModel, num_frequencies: int = 8
         embedding = WeightEmbedding(unet.time_embedding.linear_2.out_features, num_frequencies, hidden_dim)
     unet.class_embedding = embedding.to(unet.device, unet.dtype)
     return unet.class_embedding
-
-
-def attach_affine_head(unet: UNet2DConditionModel) -> None:
-    """Widen ``unet``'s last convolution (in place) to three outputs ``(a, b, g)``, combined by `call_student` as
-    ``a + w_d b + w_c g``. ``a`` starts as the prior's output and ``b``, ``g`` at zero, so the untrained student is
-    exactly the prior; the config's ``out_channels`` says the new width, so the saved UNet loads in diffusers."""
-    old = unet.conv_out
-    new = torch.nn.Conv2d(old.in_channels, 3 * old.out_channels, old.kernel_size, old.stride, old.padding)
-    with torch.no_grad():
-        new.weight.zero_()
-        new.bias.zero_()
-        new.weight[:old.out_channels] = old.weight
-        new.bias[:old.out_channels] = old.bias
-    unet.conv_out = new.to(old.weight.device, old.weight.dtype)
-    unet.register_to_config(out_channels=3 * old.out_channels)
 
 
 def weight_rows(domain_guidance_scale: Any, guidance_scale: Any, n: int, like: torch.Tensor) -> torch.Tensor:
@@ -192,10 +166,9 @@ def teacher_prediction(prior: Any, domain: Any, x_t: torch.Tensor, t: torch.Tens
 # Saving and loading
 
 
-def _lora_state(unet: UNet2DConditionModel, head: str) -> dict[str, torch.Tensor]:
-    """A LoRA student's own weights: its adapters, and an affine student's widened ``conv_out`` (trained whole)."""
+def _lora_state(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in unet.named_parameters()
-            if ("lora_" in n or (head == "affine" and n.startswith("conv_out."))) and not n.startswith(EMBEDDING_PREFIX)}
+            if "lora_" in n and not n.startswith(EMBEDDING_PREFIX)}
 
 
 def save_student(unet: UNet2DConditionModel, folder: str | os.PathLike, settings: StudentSettings) -> Path:
@@ -206,7 +179,7 @@ def save_student(unet: UNet2DConditionModel, folder: str | os.PathLike, settings
     if not isinstance(embedding, WeightEmbedding):
         raise ValueError("not a distilled student: its UNet has no WeightEmbedding (attach_weight_embedding)")
     if settings.lora:
-        save_file(_lora_state(unet, settings.head), folder / LORA_FILE)
+        save_file(_lora_state(unet), folder / LORA_FILE)
     else:
         unet.class_embedding = None  # the UNet file stays a plain UNet2DConditionModel that diffusers loads
         try:
@@ -239,10 +212,7 @@ def read_settings(folder: str | os.PathLike) -> StudentSettings:
                                                           "embedding")},
                                    lora=raw.get("lora"), teacher=raw.get("teacher", {}),
                                    objective=raw.get("objective", "guidance"),
-                                   original_inference_steps=raw.get("original_inference_steps"),
-                                   head=raw.get("head", "guided"))
-        if settings.head not in HEADS:
-            raise ValueError(f"head {settings.head!r} is not one of {', '.join(HEADS)}")
+                                   original_inference_steps=raw.get("original_inference_steps"))
         for name in ("domain_guidance_scale_range", "guidance_scale_range"):
             lo, hi = (float(v) for v in getattr(settings, name))
             setattr(settings, name, (lo, hi))
@@ -264,12 +234,10 @@ def load_student(folder: str | os.PathLike, prior_unet: UNet2DConditionModel) ->
         from peft import LoraConfig
 
         unet = copy.deepcopy(prior_unet)
-        if settings.head == "affine":
-            attach_affine_head(unet)
         unet.add_adapter(LoraConfig(r=settings.lora["r"], lora_alpha=settings.lora["lora_alpha"],
                                     init_lora_weights="gaussian", target_modules=list(settings.lora["target_modules"])))
         state = read_safetensors(folder / LORA_FILE, "a LoRA student's adapter")[0]
-        own = _lora_state(unet, settings.head)
+        own = _lora_state(unet)
         if set(state) != set(own):
             missing = sorted(set(own) ^ set(state))
             raise ValueError(f"{folder / LORA_FILE}: its adapter does not fit this prior's UNet (e.g. {missing[0]}); "
@@ -283,10 +251,8 @@ def load_student(folder: str | os.PathLike, prior_unet: UNet2DConditionModel) ->
         from .loading import load_model
 
         unet = load_model(UNet2DConditionModel, folder, "distilled student")
-        widen = {"out_channels": 3 if settings.head == "affine" else 1}  # an affine student has three outputs
         for key in ("in_channels", "out_channels", "cross_attention_dim", "block_out_channels", "down_block_types"):
             a, b = prior_unet.config.get(key), unet.config.get(key)
-            a = a * widen[key] if key in widen and isinstance(a, int) else a
             if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
                 raise ValueError(f"distilled student {str(folder)!r} does not fit this prior: its {key} is {b!r}, the "
                                  f"prior UNet's is {a!r}")
@@ -345,18 +311,13 @@ def predict(pipe: Any, x_in: torch.Tensor, t: torch.Tensor, cond: Conditioning, 
     text = cond.prompt_embeds if cond.prompt_embeds is not None else cond.negative_prompt_embeds
     spatial = cond.spatial if cond.spatial is not None and cond.spatial.active(step, num_steps) else None
     extra = spatial.residuals(x_in, t, text) if spatial is not None else {}
-    return call_student(pipe.unet, x_in, t, text, weights, extra, pipe.cross_attention_kwargs, pipe.student.head)
+    return call_student(pipe.unet, x_in, t, text, weights, extra, pipe.cross_attention_kwargs)
 
 
 def call_student(model: Any, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, weights: torch.Tensor,
-                 extra: dict | None = None, attention_kwargs: dict | None = None, head: str = "guided") -> torch.Tensor:
+                 extra: dict | None = None, attention_kwargs: dict | None = None) -> torch.Tensor:
     """One call of a student UNet, in sampling and in distillation: the prompt's embeddings and each row's
     ``(w_d, w_c)`` (`weight_rows`) as its ``class_labels``; otherwise the call of any SD UNet
-    (`families.call_denoiser`). An affine student's three outputs are combined here: ``a + w_d b + w_c g``."""
+    (`families.call_denoiser`)."""
     inputs = {**denoiser_inputs(SD, text, x.shape[0]), "class_labels": weights}
-    out = call_denoiser(SD, model, x, t, inputs, extra, attention_kwargs)
-    if head == "guided":
-        return out
-    a, b, g = out.chunk(3, dim=1)
-    w = weights.to(out.dtype).view(-1, 2, *([1] * (out.ndim - 1)))
-    return a + w[:, 0] * b + w[:, 1] * g
+    return call_denoiser(SD, model, x, t, inputs, extra, attention_kwargs)
