@@ -46,7 +46,8 @@ def main() -> None:
     ap.add_argument("--resume", default=None, help="continue the student's run from this checkpoint (e.g. to train "
                     "it longer with a larger --distill-steps)")
     ap.add_argument("--checkpointing-steps", type=int, default=500, help="save a resumable checkpoint this often")
-    ap.add_argument("--tag", default="", help="suffix of the student folder and result files")
+    ap.add_argument("--tag", default="", help="suffix of the student folder and result files (one that starts with a "
+                    "dash is written --tag=-x, as argparse would read -x as an option)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--domain", default="openmoji", help="the emoji-world domain (openmoji, sepia, sticker): renders "
                     "trained on and the scorer's fd_<domain>")
