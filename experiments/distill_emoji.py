@@ -43,6 +43,10 @@ def main() -> None:
     ap.add_argument("--objective", default="guidance", choices=["guidance", "consistency"])
     ap.add_argument("--empty-prompt-share", type=float, default=None, help="share of empty-prompt rows (default: "
                     "`indomain distill`'s)")
+    ap.add_argument("--lr-scheduler", default="constant", help="the student's LR schedule (a diffusers "
+                    "get_scheduler name, e.g. cosine: decays to zero at --distill-steps)")
+    ap.add_argument("--student-ema-decay", type=float, default=0.99, help="the student's EMA decay (the teacher "
+                    "keeps 0.99; diffusers' EMA warms up as (1 + step) / (10 + step) below this)")
     ap.add_argument("--resume", default=None, help="continue the student's run from this checkpoint (e.g. to train "
                     "it longer with a larger --distill-steps)")
     ap.add_argument("--checkpointing-steps", type=int, default=500, help="save a resumable checkpoint this often")
@@ -84,11 +88,12 @@ def main() -> None:
     prompts.write_text("\n".join(seen) + "\n")
     start = time.perf_counter()
     extra = {} if args.empty_prompt_share is None else {"empty_prompt_share": args.empty_prompt_share}
+    extra |= {"lr_scheduler": args.lr_scheduler, "ema_decay": args.student_ema_decay}
     distill(DistillConfig(output=str(student_dir), domain=str(out / "ours"), prompts=str(prompts),
                           max_train_steps=args.distill_steps,
                           checkpointing_steps=min(args.checkpointing_steps, args.distill_steps), checkpoints_total_limit=2,
-                          lora_rank=args.lora_rank, objective=args.objective, resume=args.resume, **extra,
-                          **(common | ({"overwrite": False} if args.resume else {}))))
+                          lora_rank=args.lora_rank, objective=args.objective, resume=args.resume,
+                          **(common | extra | ({"overwrite": False} if args.resume else {}))))
     cost["distill_s"] = time.perf_counter() - start
     cost.update({"train_steps": args.train_steps, "distill_steps": args.distill_steps, "batch": args.batch})
     print(json.dumps(cost), flush=True)
