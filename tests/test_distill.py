@@ -314,6 +314,46 @@ def test_prompted_rows_start_where_asked(world, tmp_path, states):
         assert hits and any(steps[k] == tt for _, k in hits)
 
 
+@pytest.mark.parametrize("label", ["zero", "drawn"])
+def test_empty_prompt_rows_get_their_own_weight_label(world, tmp_path, label):
+    """--empty-prompt-label zero: an empty-prompt row's w_c reaches the embedding as 0 (its target has no control
+    term), a prompted row's as drawn from the range; drawn: every row's from the range."""
+    obj = objective_built(world, tmp_path, empty_prompt_share=0.5, empty_prompt_label=label, num_teacher_paths=4,
+                          teacher_path_steps=3)
+    seen = []
+
+    def student(x, t, encoder_hidden_states, class_labels, **kwargs):
+        seen.append((encoder_hidden_states.clone(), class_labels.clone()))
+        return (torch.zeros_like(x),)
+
+    latents, noise = torch.randn(8, 4, 16, 16), torch.randn(8, 4, 16, 16)
+    obj.loss(student, latents, noise, [torch.Generator().manual_seed(i) for i in range(8)], None)
+    (text, labels), = seen
+    empty = torch.tensor([torch.equal(row, obj.null[0]) for row in text])
+    assert 0 < int(empty.sum()) < 8  # both kinds of row in the batch
+    in_range = (labels[:, 1] >= 1.0) & (labels[:, 1] <= 6.0)
+    if label == "zero":
+        assert torch.all(labels[empty, 1] == 0) and torch.all(in_range[~empty])
+    else:
+        assert torch.all(in_range)
+
+
+@pytest.mark.parametrize("label", ["zero", "drawn"])
+def test_sampling_without_a_prompt_gives_the_label_the_student_learned(world, label):
+    pipe = InDomainPipeline.from_pretrained(world["prior"])
+    attach_weight_embedding(pipe.unet)
+    use_student(pipe, pipe.unet, settings(empty_prompt_label=label))
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+    pipe.unet.class_embedding.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    kw = dict(domain_guidance_scale=2.0, guidance_scale=3.0, num_inference_steps=2, output_type="latent")
+    pipe(**kw, num_images_per_prompt=2)
+    pipe(prompt=["a cat", "a dog"], **kw)
+    no_prompt, prompted = seen[0], seen[-1]
+    assert torch.all(no_prompt[:, 0] == 2.0) and torch.all(no_prompt[:, 1] == (0.0 if label == "zero" else 3.0))
+    assert torch.all(prompted == torch.tensor([2.0, 3.0]))
+
+
 def test_resuming_with_other_prompted_states_is_refused_by_name(world, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         distill(config(world, tmp_path / "cut", prompted_states="domain-images"),

@@ -72,6 +72,11 @@ class DistillConfig(TrainConfig):
                                   "domain-images (a domain image under an unrelated prompt: states sampling never "
                                   "visits), or auto (teacher-paths; domain-images for --objective consistency)",
                                   choices=["auto", "teacher-paths", "domain-images"])
+    empty_prompt_label: str = option("zero", "the w_c the weight embedding sees on an empty-prompt row, in training "
+                                     "and in sampling without a prompt: zero (Eq. A has no control term without a "
+                                     "prompt; a code of its own, so prompt-less sampling has its own input, apart from "
+                                     "the prompted rows) or drawn (the row's w_c from the range, which its target "
+                                     "ignores; the students before this option)", choices=["zero", "drawn"])
     num_teacher_paths: int = option(1024, "teacher-paths: how many sampling paths of the teacher to draw states "
                                     "from, each for one prompt (in turn) and one draw of the weights; drawn once at "
                                     "the start (the cost of that many teacher samples; held as float16 latents)",
@@ -101,6 +106,8 @@ class DistillConfig(TrainConfig):
         if self.objective == "consistency" and self.prompted_states == "teacher-paths":
             raise ValueError("--prompted-states teacher-paths is for --objective guidance; a consistency student "
                              "learns from the domain images' states (--prompted-states auto or domain-images)")
+        if self.empty_prompt_label not in ("zero", "drawn"):
+            raise ValueError(f"--empty-prompt-label must be zero or drawn, got {self.empty_prompt_label!r}")
         if not 0.0 <= self.empty_prompt_share <= 1.0:
             raise ValueError(f"--empty-prompt-share must be in [0, 1], got {self.empty_prompt_share!r}")
         if self.prompts is not None:
@@ -120,6 +127,7 @@ class DistillConfig(TrainConfig):
 
 # the options of `indomain distill`: TrainConfig's that apply to a student, then DistillConfig's own
 OPTIONS = ("prior", "domain", "images", "prompts", "output", "objective", "prompted_states", "num_teacher_paths", "teacher_path_steps", "num_ddim_timesteps", "empty_prompt_share",
+           "empty_prompt_label",
            "domain_guidance_scale_range", "guidance_scale_range", "lora_rank", "lora_alpha", "resolution",
            "center_crop",
            "random_flip", "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "learning_rate",
@@ -152,7 +160,8 @@ class DistillObjective(Objective):
     """The student's loss: MSE to the teacher's Eq. A prediction at each row's prompt and weights."""
 
     command = "distill"
-    same_on_resume = {"objective": "guidance", "prompted_states": "domain-images"}  # their values before they existed
+    same_on_resume = {"objective": "guidance", "prompted_states": "domain-images",  # their values before they existed
+                      "empty_prompt_label": "drawn"}
 
     def __init__(self, config: DistillConfig) -> None:
         self.config = config
@@ -290,6 +299,8 @@ class DistillObjective(Objective):
             w_c = torch.where(on_path, paths["w_c"][j].to(device), w_c)
         with torch.no_grad():
             target = teacher_prediction(self.prior, self.domain, noisy, t, text, null, w_d, w_c)
+        if config.empty_prompt_label == "zero":  # the target ignores an empty row's w_c; its label says "no prompt"
+            w_c = torch.where(empty.to(device), torch.zeros_like(w_c), w_c)
         labels = weight_rows(w_d, w_c, b, noisy)
         if config.objective == "consistency":
             return self._consistency_loss(model, noisy, t, target, text, labels, k)
@@ -333,6 +344,7 @@ class DistillObjective(Objective):
             guidance_scale_range=tuple(config.guidance_scale_range),
             embedding=self.embedding.config(), lora=self.lora, objective=config.objective,
             original_inference_steps=config.num_ddim_timesteps if config.objective == "consistency" else None,
+            empty_prompt_label=config.empty_prompt_label,
             teacher={"prior": config.prior, "domain": config.domain, "prompts": config.prompts,
                      "num_prompts": int(self.prompts.shape[0]), "empty_prompt_share": config.empty_prompt_share,
                      "prompted_states": "teacher-paths" if self.paths is not None else "domain-images"},

@@ -103,6 +103,7 @@ class StudentSettings:
     teacher: dict[str, Any] = field(default_factory=dict)  # the prior, the domain model, the prompt share
     objective: str = "guidance"  # or "consistency": an LCM-style student, sampled with LCMScheduler
     original_inference_steps: int | None = None  # a consistency student's DDIM schedule (LCMScheduler's setting)
+    empty_prompt_label: str = "drawn"  # "zero": a call without a prompt gives the embedding w_c = 0 (its training)
     format: str = FORMAT
 
     def check_weights(self, domain_guidance_scale: float, guidance_scale: float) -> None:
@@ -212,7 +213,10 @@ def read_settings(folder: str | os.PathLike) -> StudentSettings:
                                                           "embedding")},
                                    lora=raw.get("lora"), teacher=raw.get("teacher", {}),
                                    objective=raw.get("objective", "guidance"),
-                                   original_inference_steps=raw.get("original_inference_steps"))
+                                   original_inference_steps=raw.get("original_inference_steps"),
+                                   empty_prompt_label=raw.get("empty_prompt_label", "drawn"))
+        if settings.empty_prompt_label not in ("zero", "drawn"):
+            raise ValueError(f"empty_prompt_label must be zero or drawn, got {settings.empty_prompt_label!r}")
         for name in ("domain_guidance_scale_range", "guidance_scale_range"):
             lo, hi = (float(v) for v in getattr(settings, name))
             setattr(settings, name, (lo, hi))
@@ -306,7 +310,10 @@ def predict(pipe: Any, x_in: torch.Tensor, t: torch.Tensor, cond: Conditioning, 
     key = (pipe.domain_guidance_scale, pipe.guidance_scale, x_in.shape[0])
     if cond.options.student_weights is None or cond.options.student_weights[0] != key:
         pipe.student.check_weights(pipe.domain_guidance_scale, pipe.guidance_scale)
-        cond.options.student_weights = (key, weight_rows(pipe.domain_guidance_scale, pipe.guidance_scale, key[2], x_in))
+        # without a prompt Eq. A has no control term; a "zero" student learned those rows with w_c = 0
+        no_prompt = cond.prompt_embeds is None and pipe.student.empty_prompt_label == "zero"
+        w_c = 0.0 if no_prompt else pipe.guidance_scale
+        cond.options.student_weights = (key, weight_rows(pipe.domain_guidance_scale, w_c, key[2], x_in))
     weights = cond.options.student_weights[1]
     text = cond.prompt_embeds if cond.prompt_embeds is not None else cond.negative_prompt_embeds
     spatial = cond.spatial if cond.spatial is not None and cond.spatial.active(step, num_steps) else None
