@@ -122,6 +122,8 @@ def compare(args: argparse.Namespace, out: Path, prior: str, held_out: list, stu
     for (w_d, w_c), label, seed in [(w, m, s) for w in [*GRID, (2.5, None)] for m in ("teacher", "student")
                                     for s in args.eval_seeds or [args.seed]]:
         pipe = teacher if label == "teacher" else student
+        if pipe is student and w_c is not None and student.student.unconditional_only:
+            continue  # a student distilled without prompts refuses one
         prompts_ = names if w_c is not None else None
         gens = [torch.Generator().manual_seed(seed * 10_000 + i) for i in range(len(names))]
         start = time.perf_counter()

@@ -354,6 +354,19 @@ def test_sampling_without_a_prompt_gives_the_label_the_student_learned(world, la
     assert torch.all(prompted == torch.tensor([2.0, 3.0]))
 
 
+@pytest.mark.parametrize("teacher", [{"num_prompts": 0, "empty_prompt_share": 0.2},
+                                     {"num_prompts": 3, "empty_prompt_share": 1.0}])
+def test_an_unconditional_only_student_refuses_a_prompt_by_name(world, teacher):
+    pipe = InDomainPipeline.from_pretrained(world["prior"])
+    attach_weight_embedding(pipe.unet)
+    use_student(pipe, pipe.unet, settings(teacher=teacher))
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(domain_guidance_scale=2.0, num_inference_steps=1, output_type="latent")
+    assert pipe(**kw).images.shape[0] == 1
+    with pytest.raises(ValueError, match="trained without prompts"):
+        pipe(prompt="a cat", **kw)
+
+
 def test_resuming_with_other_prompted_states_is_refused_by_name(world, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         distill(config(world, tmp_path / "cut", prompted_states="domain-images"),

@@ -417,7 +417,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             if not isinstance(w, (int, float)) or not math.isfinite(w):
                 raise ValueError(f"{name} must be a finite number, got {w!r}")
         if getattr(self, "student", None) is not None:
-            student_check_call(self.student, domain_guidance_scale, guidance_scale, negative_prompt, weighted_prompts)
+            student_check_call(self.student, domain_guidance_scale, guidance_scale, negative_prompt, weighted_prompts,
+                               prompted=prompt is not None or prompt_embeds is not None)
         else:
             self.check_domain_weight(domain_guidance_scale)
         if prompt is not None and prompt_embeds is not None:

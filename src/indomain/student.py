@@ -106,6 +106,11 @@ class StudentSettings:
     empty_prompt_label: str = "drawn"  # "zero": a call without a prompt gives the embedding w_c = 0 (its training)
     format: str = FORMAT
 
+    @property
+    def unconditional_only(self) -> bool:
+        """Distilled on empty-prompt rows alone (no prompt file, or a share of 1): it never learned a prompt."""
+        return self.teacher.get("num_prompts") == 0 or self.teacher.get("empty_prompt_share", 0.0) >= 1.0
+
     def check_weights(self, domain_guidance_scale: float, guidance_scale: float) -> None:
         """Refuse weights outside the ranges the student was trained on, naming the weight and the range."""
         for name, value, (lo, hi) in (("domain_guidance_scale", domain_guidance_scale,
@@ -293,8 +298,12 @@ def use_student(pipe: Any, student: str | os.PathLike | UNet2DConditionModel,
 
 
 def check_call(settings: StudentSettings, domain_guidance_scale: float, guidance_scale: float, negative_prompt: Any,
-               weighted_prompts: Any) -> None:
-    """A call a student can answer: weights inside the trained ranges, no term it was not distilled with."""
+               weighted_prompts: Any, prompted: bool = False) -> None:
+    """A call a student can answer: weights inside the trained ranges, no term it was not distilled with, and no
+    prompt for a student distilled without any."""
+    if prompted and settings.unconditional_only:
+        raise ValueError("this distilled student was trained without prompts (unconditional only: no --prompts, or "
+                         "--empty-prompt-share 1); sample it without a prompt, or use a student distilled with --prompts")
     if negative_prompt is not None:
         raise ValueError("a distilled student has the empty prompt's ∅ built in; negative_prompt is not supported")
     if weighted_prompts:
