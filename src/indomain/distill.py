@@ -14,7 +14,9 @@ adapters with ``--lora-rank``) with a zero-initialised embedding of ``(w_d, w_c)
 Each training row: the empty prompt with probability ``--empty-prompt-share`` (so unconditional in-domain generation
 is kept), else a prompt from ``--prompts`` (one per line); weights drawn uniformly from
 ``--domain-guidance-scale-range`` and ``--guidance-scale-range``. An empty-prompt row's input is a domain image from
-the latent cache, noised as `indomain train` noises it. A prompted row's input is, by default
+the latent cache, noised as `indomain train` noises it; its embedding sees w_c = 0 (``--empty-prompt-label zero``; Eq.
+A has no control term without a prompt), as sampling without a prompt does, so those rows have an input of their own.
+Without ``--prompts`` every row is an empty-prompt row: an unconditional-only student, which refuses a prompt. A prompted row's input is, by default
 (``--prompted-states teacher-paths``), a state on one of the teacher's own sampling paths for that prompt and those
 weights (``--num-teacher-paths`` DDIM paths of ``--teacher-path-steps`` steps, drawn once at the start): the domain
 images have no captions, so a domain image under a random prompt is a state the sampler never visits, where the
