@@ -386,7 +386,7 @@ def _generate_edit_convert_configs():
                   overwrite=True, json=True)
     return [
         ("generate", GenerateConfig(**shared, prompt=["a cat", "a dog"], num_images=2, height=64, width=48,
-                                    domain_every=2, guidance_form="decoupled", distilled="s", share_base=True,
+                                    domain_every=2, guidance_form="decoupled", distilled=["s"], share_base=True,
                                     controlnet=["c1", "c2"], controlnet_config=["cc"], adapter="a",
                                     control_image=["i1", "i2"], control_scale=[0.5, 1.5], control_to_domain=False,
                                     ip_adapter="ip.bin", ip_image="ip.png", ip_scale=0.7, lora="l",

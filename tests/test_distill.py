@@ -1,6 +1,7 @@
 """Issue #28: guidance distillation. A student (the prior's UNet + a zero-initialised (w_d, w_c) embedding) learns the
 teacher's Eq. A prediction and samples in one UNet call per step."""
 
+import copy
 import json
 
 import numpy as np
@@ -416,7 +417,7 @@ def test_cli_end_to_end(world, tmp_path, capsys):
                "--steps", 2, "--domain-scale", 2, "--guidance-scale", 3, "--device", "cpu", "--out", gen, "-q") == 0
     assert (gen / "grid.png").is_file()
     record = json.loads((gen / "settings.json").read_text())
-    assert record["settings"]["distilled"] == str(out) and record["resolved"]["student"]["domain_guidance_scale_range"] == [1, 4]
+    assert record["settings"]["distilled"] == [str(out)] and record["resolved"]["student"]["domain_guidance_scale_range"] == [1, 4]
     capsys.readouterr()
     assert run("generate", "--prior", world["prior"], "--distilled", out, "--steps", 2, "--domain-scale", 4.5,
                "--device", "cpu", "--out", tmp_path / "gen2", "-q") == 2
@@ -477,3 +478,91 @@ def test_the_weight_embedding_has_its_own_learning_rate(world, tmp_path):
     assert groups[1]["lr"] == 3e-3 and "lr" not in groups[0]
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in unet.class_embedding.parameters()}
     assert sum(len(g["params"]) for g in groups) == len(params)
+
+
+# ----------------------------------------------------------------------------------------------------
+# A pair: a student distilled with prompts for calls with one, an unconditional-only student for calls without
+
+
+PROMPTED = {"num_prompts": 3, "empty_prompt_share": 0.2}
+UNCONDITIONAL = {"num_prompts": 0, "empty_prompt_share": 0.0}
+
+
+def student_unet(world, seed, **kw):
+    """A student UNet of the tiny prior whose weight embedding is not zero, so (w_d, w_c) change its output."""
+    unet = InDomainPipeline.from_pretrained(world["prior"]).unet
+    attach_weight_embedding(unet, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.nn.init.normal_(unet.class_embedding.linear_2.weight, std=0.05)
+    return unet, settings(**kw)
+
+
+def sample(pipe, **kw):
+    return pipe(domain_guidance_scale=2.0, guidance_scale=3.0, num_inference_steps=2, output_type="latent",
+                generator=torch.Generator().manual_seed(0), **kw).images
+
+
+def test_a_pair_answers_each_kind_of_call_with_its_own_student(world):
+    """A prompted call runs only the prompted student, a prompt-less call only the unconditional one, each as that
+    student alone would; one call per step either way."""
+    (a, sa), (b, sb) = student_unet(world, 1, teacher=PROMPTED), student_unet(world, 2, teacher=UNCONDITIONAL,
+                                                                               empty_prompt_label="zero")
+    pair = InDomainPipeline.from_pretrained(world["prior"])
+    use_student(pair, b, sb, unconditional=a, unconditional_settings=sa)  # given the other way round: sorted by kind
+    assert pair.unet is a and pair.unconditional_student is b
+    alone = {}
+    for name, (unet, its) in {"a": (a, sa), "b": (b, sb)}.items():
+        alone[name] = InDomainPipeline.from_pretrained(world["prior"])
+        use_student(alone[name], copy.deepcopy(unet), its)
+    for pipe in (pair, *alone.values()):
+        pipe.set_progress_bar_config(disable=True)
+    calls_a, calls_b = count_calls(a), count_calls(b)
+    assert torch.equal(sample(pair, prompt=["a cat", "a dog"]), sample(alone["a"], prompt=["a cat", "a dog"]))
+    assert (len(calls_a), len(calls_b)) == (2, 0)
+    assert torch.equal(sample(pair, num_images_per_prompt=2), sample(alone["b"], num_images_per_prompt=2))
+    assert (len(calls_a), len(calls_b)) == (2, 2)
+    assert not torch.equal(sample(alone["a"], num_images_per_prompt=2), sample(alone["b"], num_images_per_prompt=2))
+    # an empty prompt is no prompt (Eq. A has no control term then): the unconditional student answers it
+    assert torch.equal(sample(pair, prompt=["", " "]), sample(alone["b"], num_images_per_prompt=2))
+    assert (len(calls_a), len(calls_b)) == (2, 4)
+
+
+def test_an_empty_prompt_is_a_prompt_less_call_for_one_student(world):
+    unet, its = student_unet(world, 1, teacher=PROMPTED, empty_prompt_label="zero")
+    pipe = InDomainPipeline.from_pretrained(world["prior"])
+    use_student(pipe, unet, its)
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+    unet.class_embedding.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    assert torch.equal(sample(pipe, prompt=""), sample(pipe))
+    assert torch.all(seen[0][:, 1] == 0) and torch.all(seen[-1][:, 1] == 0)
+
+
+@pytest.mark.parametrize("kinds, message", [((PROMPTED, PROMPTED), "neither was distilled without prompts"),
+                                            ((UNCONDITIONAL, UNCONDITIONAL), "both were distilled without prompts"),
+                                            ((PROMPTED, UNCONDITIONAL), "different schedulers")])
+def test_students_that_do_not_pair_are_refused_by_name(world, tmp_path, kinds, message):
+    folders = []
+    for i, teacher in enumerate(kinds):
+        extra = {"objective": "consistency", "original_inference_steps": 50} if message == "different schedulers" and i else {}
+        unet, its = student_unet(world, i, teacher=teacher, **extra)
+        folders.append(save_student(unet, tmp_path / f"s{i}", its))
+    with pytest.raises(ValueError, match=message):
+        InDomainPipeline.from_pretrained(world["prior"], distilled=folders)
+    with pytest.raises(ValueError, match="takes one student folder, or two"):
+        InDomainPipeline.from_pretrained(world["prior"], distilled=folders * 2)
+
+
+def test_cli_takes_a_pair_of_students_and_records_both(world, tmp_path):
+    from indomain.cli import main
+
+    folders = []
+    for i, teacher in enumerate((UNCONDITIONAL, PROMPTED)):
+        unet, its = student_unet(world, i, teacher=teacher)
+        folders.append(save_student(unet, tmp_path / f"s{i}", its))
+    gen = tmp_path / "gen"
+    assert main([str(v) for v in ("generate", "--prior", world["prior"], "--distilled", *folders, "--num-images", 1,
+                                  "--steps", 2, "--domain-scale", 2, "--device", "cpu", "--out", gen, "-q")]) == 0
+    resolved = json.loads((gen / "settings.json").read_text())["resolved"]
+    assert resolved["student"]["teacher"] == PROMPTED and resolved["unconditional_student"]["teacher"] == UNCONDITIONAL

@@ -131,14 +131,18 @@ def _open_pipeline(cls: type, config: SamplingConfig, command: str) -> tuple[Any
     if distilled is not None:
         if specs:
             raise ValueError("--distilled replaces --domain (the student has the domain built in): pass one of them")
-        if not Path(distilled).is_dir():
-            raise ValueError(f"--distilled {distilled!r} is not a folder (a student written by `indomain distill`)")
+        if len(distilled) > 2:
+            raise ValueError(f"--distilled takes one student folder, or two (one distilled with --prompts and one "
+                             f"without), got {len(distilled)}")
+        for folder in distilled:
+            if not Path(folder).is_dir():
+                raise ValueError(f"--distilled {folder!r} is not a folder (a student written by `indomain distill`)")
     else:
         require_domain_for_weight(config.domain_guidance_scale, domain)
     dtype = getattr(torch, config.dtype)
     control = _check_control_args(config, dtype)
     if distilled is not None:
-        control["distilled"] = distilled
+        control["distilled"] = distilled if len(distilled) > 1 else distilled[0]
     family = detect_family(config.prior, config.prior_config)
     if cls is InDomainPipeline:
         cls = pipeline_class(family)
@@ -302,7 +306,9 @@ def _finish(config: SamplingConfig, pipe: Any, out: Path, device: str, files: li
         out / "settings.json",
         config.record(),
         resolved={"device": device, "scheduler": dict(pipe.scheduler.config), "domain_config": dict(pipe.domain_model.config) if pipe.domain_model else None,
-                  **({"student": vars(pipe.student)} if getattr(pipe, "student", None) is not None else {}), **resolved},
+                  **({"student": vars(pipe.student)} if getattr(pipe, "student", None) is not None else {}),
+                  **({"unconditional_student": vars(pipe.unconditional_student_settings)}
+                     if getattr(pipe, "unconditional_student_settings", None) is not None else {}), **resolved},
         images=files,
         seconds=round(time.time() - start, 2),
     )
@@ -344,9 +350,11 @@ class GenerateConfig(SamplingConfig):
     layout_sigma: float | None = option(None, "domain-text-bands: the low band's edge, a Gaussian's standard deviation "
                                         "as a fraction of the latent's side (default: 3/16)", type=positive_float,
                                         metavar="S")
-    distilled: str | None = option(None, "a student written by `indomain distill`: one UNet call per step instead of "
-                                   "Eq. A's three rows; replaces --domain, and refuses weights outside the ranges it "
-                                   "was trained on", metavar="DIR")
+    distilled: list[str] | None = option(None, "a student written by `indomain distill`: one UNet call per step instead "
+                                         "of Eq. A's three rows; replaces --domain, and refuses weights outside the "
+                                         "ranges it was trained on. Two folders: one distilled with --prompts answers "
+                                         "calls with a prompt, one distilled without answers calls without",
+                                         metavar="DIR")
     share_base: bool = option(False, "serve a LoRA domain model (from `indomain train --lora-rank`) from the prior's own "
                               "UNet: every branch in one call per step and no second UNet in memory; same images up to "
                               "float round-off")

@@ -56,6 +56,7 @@ from .safeload import check_prior
 from .shared_base import ROWS, SharedBaseDomain
 from .streams import run_on_streams
 from .student import check_call as student_check_call
+from .student import has_prompt as student_has_prompt
 from .student import predict as student_predict
 from .student import use_student
 from .shared_base import flags as domain_flags
@@ -80,9 +81,10 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
     CFG (with a ControlNet or adapter: `StableDiffusionControlNetPipeline` / `StableDiffusionAdapterPipeline`).
     """
 
-    model_cpu_offload_seq = "text_encoder->image_encoder->adapter->controlnet->unet->control_unet->domain_unet->extra_domains->vae"
+    model_cpu_offload_seq = ("text_encoder->image_encoder->adapter->controlnet->unet->unconditional_student->control_unet->"
+                             "domain_unet->extra_domains->vae")
     _optional_components = ["domain_unet", "controlnet", "adapter", "extra_domains", "control_unet", "image_encoder",
-                            "feature_extractor"]
+                            "feature_extractor", "unconditional_student"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
     domain_component = "domain_unet"  # the domain model's component name (SD3: "domain_transformer")
     family = "sd"  # the model family this class opens (indomain.families)
@@ -101,6 +103,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         control_unet: UNet2DConditionModel | None = None,
         image_encoder: Any = None,  # CLIPVisionModelWithProjection, for IP-Adapter (load_ip_adapter sets it)
         feature_extractor: Any = None,  # CLIPImageProcessor, for IP-Adapter
+        unconditional_student: UNet2DConditionModel | None = None,  # a distilled student for prompt-less calls
     ) -> None:
         super().__init__()
         if domain_unet is not None:
@@ -113,7 +116,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         self.register_modules(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, domain_unet=domain_unet,
             controlnet=controlnet, adapter=adapter, extra_domains=extra_domains, control_unet=control_unet,
-            image_encoder=image_encoder, feature_extractor=feature_extractor,
+            image_encoder=image_encoder, feature_extractor=feature_extractor, unconditional_student=unconditional_student,
         )
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
@@ -124,13 +127,14 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
         domain_unet: str | os.PathLike | NullTextUNet | None = None,
         allow_pickle: bool = False,
         share_base: bool = False,
-        distilled: str | os.PathLike | None = None,
+        distilled: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
         **kwargs: Any,
     ) -> "InDomainPipeline":
         """Load the prior (hub id or local dir) and, optionally, a domain model (folder or instance).
 
         ``distilled=DIR`` samples with a student of `indomain distill` instead (`indomain.student`): it replaces the
-        prior's ``unet``, needs no domain model, and each step is one UNet call.
+        prior's ``unet``, needs no domain model, and each step is one UNet call. ``distilled=[DIR, DIR]`` takes two:
+        one distilled with prompts for calls with a prompt and one distilled without for calls without (`use_student`).
 
         ``share_base=True`` serves an adapter-only (LoRA) domain folder from the prior's UNet (`share_domain_base`):
         one UNet in memory and one call per step.
@@ -417,8 +421,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             if not isinstance(w, (int, float)) or not math.isfinite(w):
                 raise ValueError(f"{name} must be a finite number, got {w!r}")
         if getattr(self, "student", None) is not None:
-            student_check_call(self.student, domain_guidance_scale, guidance_scale, negative_prompt, weighted_prompts,
-                               prompted=prompt is not None or prompt_embeds is not None)
+            student_check_call(self, domain_guidance_scale, guidance_scale, negative_prompt, weighted_prompts,
+                               prompted=student_has_prompt(prompt, prompt_embeds))
         else:
             self.check_domain_weight(domain_guidance_scale)
         if prompt is not None and prompt_embeds is not None:
@@ -588,6 +592,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             unconditional=getattr(self, "student", None) is None or (prompt is None and prompt_embeds is None),
         )
         cond.options = options
+        options.student_prompted = student_has_prompt(prompt, prompt_embeds)
         cond.ip_adapter = self.prepare_ip_adapter(ip_adapter_image, ip_adapter_image_embeds, cond, device)
         cond.spatial = self.prepare_spatial_control(
             image, height, width, cond, num_images_per_prompt, controlnet_conditioning_scale, adapter_conditioning_scale,
@@ -968,7 +973,8 @@ class CallOptions:
     domain_every: int = 1  # run the domain terms every k-th step (an opt-in approximation)
     domain_delta: dict = field(default_factory=dict)  # the domain terms' differences kept for the steps between
     layout: tuple[float, float] = (DEFAULT_LAYOUT_GUIDANCE_SCALE, LAYOUT_SIGMA)  # domain-text-bands: (w_l, sigma)
-    student_weights: tuple | None = None  # a distilled student's ((w_d, w_c, rows), class_labels) while they stay
+    student_weights: tuple | None = None  # a distilled student's ((w_d, w_c, rows, prompted), class_labels) while they stay
+    student_prompted: bool = True  # the call has a prompt that is not empty (a student's prompt-less calls differ)
 
 
 @dataclass

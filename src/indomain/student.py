@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -278,18 +279,39 @@ def load_student(folder: str | os.PathLike, prior_unet: UNet2DConditionModel) ->
 # Sampling: the pipeline's hooks
 
 
-def use_student(pipe: Any, student: str | os.PathLike | UNet2DConditionModel,
-                settings: StudentSettings | None = None) -> None:
+def use_student(pipe: Any, student: str | os.PathLike | UNet2DConditionModel | Sequence[str | os.PathLike],
+                settings: StudentSettings | None = None, unconditional: UNet2DConditionModel | None = None,
+                unconditional_settings: StudentSettings | None = None) -> None:
     """Make ``pipe`` sample with a student (a folder, or a student UNet with its ``settings``): it replaces the
-    prior's ``unet``, and each step is one call of it (`predict`)."""
+    prior's ``unet``, and each step is one call of it (`predict`).
+
+    A pair of folders (or ``unconditional=`` a second student UNet with its settings) gives each kind of call its own
+    student: one distilled with prompts answers calls with a prompt, one distilled without (``unconditional_only``)
+    answers calls without. Each step is still one call, of one of them; both are in memory. (One student trained on
+    both kinds loses some prompt-less fidelity to the prompted rows' updates: BENCHMARKS.md, "A distilled student".)
+    """
     if pipe.family != "sd":
         raise ValueError(f"distilled students are supported on Stable Diffusion 1.x / 2.x priors, not {pipe.family}")
+    if isinstance(student, (list, tuple)):
+        if len(student) == 1:
+            student = student[0]
+        elif len(student) == 2 and unconditional is None:
+            (student, settings), (unconditional, unconditional_settings) = pair_students(
+                [load_student(folder, pipe.unet) for folder in student], [str(folder) for folder in student])
+        else:
+            raise ValueError(f"distilled= takes one student folder, or two (one distilled with prompts and one "
+                             f"without), got {len(student)}")
     if isinstance(student, (str, os.PathLike)):
         student, settings = load_student(student, pipe.unet)
-    if settings is None or not isinstance(getattr(student, "class_embedding", None), WeightEmbedding):
-        raise ValueError("use_student needs a student folder, or a student UNet (with its WeightEmbedding) and its settings")
-    pipe.register_modules(unet=student)
-    pipe.student = settings
+    for unet, its in ((student, settings), (unconditional, unconditional_settings)):
+        if unet is not None and (its is None or not isinstance(getattr(unet, "class_embedding", None), WeightEmbedding)):
+            raise ValueError("use_student needs a student folder, or a student UNet (with its WeightEmbedding) and its "
+                             "settings")
+    if unconditional is not None:
+        (student, settings), (unconditional, unconditional_settings) = pair_students(
+            [(student, settings), (unconditional, unconditional_settings)], ["student", "unconditional"])
+    pipe.register_modules(unet=student, unconditional_student=unconditional)
+    pipe.student, pipe.unconditional_student_settings = settings, unconditional_settings
     if settings.objective == "consistency":  # its steps are LCM's: the scheduler it was distilled for
         from diffusers import LCMScheduler
 
@@ -297,10 +319,41 @@ def use_student(pipe: Any, student: str | os.PathLike | UNet2DConditionModel,
                                                   original_inference_steps=settings.original_inference_steps)
 
 
-def check_call(settings: StudentSettings, domain_guidance_scale: float, guidance_scale: float, negative_prompt: Any,
+def pair_students(students: list[tuple[UNet2DConditionModel, StudentSettings]],
+                  names: list[str]) -> list[tuple[UNet2DConditionModel, StudentSettings]]:
+    """Two students as (the one for prompted calls, the one for prompt-less calls), or an error that names what does
+    not pair: exactly one must be unconditional-only, and both must sample with the same scheduler."""
+    kinds = [s.unconditional_only for _, s in students]
+    if kinds.count(True) != 1:
+        what = "both were" if all(kinds) else "neither was"
+        raise ValueError(f"two distilled students ({', '.join(names)}) pair only as one distilled with --prompts and "
+                         f"one without (an unconditional-only student); {what} distilled without prompts")
+    (a, sa), (b, sb) = students
+    if (sa.objective, sa.original_inference_steps) != (sb.objective, sb.original_inference_steps):
+        raise ValueError(f"distilled students {names[0]!r} and {names[1]!r} sample with different schedulers "
+                         f"({sa.objective} and {sb.objective} objectives); pair two of the same --objective")
+    return list(students) if kinds[1] else list(reversed(students))
+
+
+def has_prompt(prompt: Any, prompt_embeds: Any) -> bool:
+    """Whether a call gives a student a prompt: empty strings are the empty prompt, i.e. no control term (Eq. A)."""
+    if prompt_embeds is not None:
+        return True
+    return any(p.strip() for p in ([prompt] if isinstance(prompt, str) else prompt or []) if isinstance(p, str))
+
+
+def _for_call(pipe: Any, prompted: bool) -> tuple[Any, StudentSettings]:
+    """The student (UNet, settings) that answers a call with or without a prompt."""
+    if not prompted and getattr(pipe, "unconditional_student", None) is not None:
+        return pipe.unconditional_student, pipe.unconditional_student_settings
+    return pipe.unet, pipe.student
+
+
+def check_call(pipe: Any, domain_guidance_scale: float, guidance_scale: float, negative_prompt: Any,
                weighted_prompts: Any, prompted: bool = False) -> None:
-    """A call a student can answer: weights inside the trained ranges, no term it was not distilled with, and no
-    prompt for a student distilled without any."""
+    """A call ``pipe``'s student can answer: weights inside the trained ranges, no term it was not distilled with,
+    and no prompt for a student distilled without any."""
+    settings = _for_call(pipe, prompted)[1]
     if prompted and settings.unconditional_only:
         raise ValueError("this distilled student was trained without prompts (unconditional only: no --prompts, or "
                          "--empty-prompt-share 1); sample it without a prompt, or use a student distilled with --prompts")
@@ -316,18 +369,19 @@ def predict(pipe: Any, x_in: torch.Tensor, t: torch.Tensor, cond: Conditioning, 
     call's weights as the embedding's input, and the ControlNet / adapter residuals of the step, if any."""
     # The weights are constant in a call unless a callback changes them: checked and made rows once, and the same
     # rows tensor at every step lets the embedding compute once per call (`WeightEmbedding.forward`).
-    key = (pipe.domain_guidance_scale, pipe.guidance_scale, x_in.shape[0])
+    prompted = cond.prompt_embeds is not None and cond.options.student_prompted
+    model, settings = _for_call(pipe, prompted)
+    key = (pipe.domain_guidance_scale, pipe.guidance_scale, x_in.shape[0], prompted)
     if cond.options.student_weights is None or cond.options.student_weights[0] != key:
-        pipe.student.check_weights(pipe.domain_guidance_scale, pipe.guidance_scale)
+        settings.check_weights(pipe.domain_guidance_scale, pipe.guidance_scale)
         # without a prompt Eq. A has no control term; a "zero" student learned those rows with w_c = 0
-        no_prompt = cond.prompt_embeds is None and pipe.student.empty_prompt_label == "zero"
-        w_c = 0.0 if no_prompt else pipe.guidance_scale
+        w_c = 0.0 if not prompted and settings.empty_prompt_label == "zero" else pipe.guidance_scale
         cond.options.student_weights = (key, weight_rows(pipe.domain_guidance_scale, w_c, key[2], x_in))
     weights = cond.options.student_weights[1]
     text = cond.prompt_embeds if cond.prompt_embeds is not None else cond.negative_prompt_embeds
     spatial = cond.spatial if cond.spatial is not None and cond.spatial.active(step, num_steps) else None
     extra = spatial.residuals(x_in, t, text) if spatial is not None else {}
-    return call_student(pipe.unet, x_in, t, text, weights, extra, pipe.cross_attention_kwargs)
+    return call_student(model, x_in, t, text, weights, extra, pipe.cross_attention_kwargs)
 
 
 def call_student(model: Any, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, weights: torch.Tensor,
