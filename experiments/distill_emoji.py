@@ -55,6 +55,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--domain", default="openmoji", help="the emoji-world domain (openmoji, sepia, sticker): renders "
                     "trained on and the scorer's fd_<domain>")
+    ap.add_argument("--unconditional-student", default=None, metavar="DIR", help="with --eval-only: pair the student "
+                    "with this unconditional-only one (distilled with --empty-prompt-share 1), which answers the "
+                    "rows without a prompt")
     ap.add_argument("--eval-only", action="store_true", help="score the existing teacher and student (no training)")
     ap.add_argument("--eval-seeds", type=int, nargs="+", default=None, help="sampling seeds of the comparison, one row "
                     "per seed (default: --seed); the benchmark's protocol is --num-emoji 96 --eval-seeds 0 1")
@@ -109,14 +112,15 @@ def compare(args: argparse.Namespace, out: Path, prior: str, held_out: list, stu
     from indomain.world.render import evenly_spaced
 
     teacher = InDomainPipeline.from_pretrained(prior, domain_unet=out / "ours")
-    student = InDomainPipeline.from_pretrained(prior, distilled=student_dir)
+    pair = [student_dir, args.unconditional_student] if args.unconditional_student else student_dir
+    student = InDomainPipeline.from_pretrained(prior, distilled=pair)
     for pipe in (teacher, student):
         pipe.set_progress_bar_config(disable=True)
     names = [e if isinstance(e, str) else e.name for e in evenly_spaced(held_out, args.num_emoji)]
     scorer = load_evaluators().scorer(k=10, domain=args.domain)
     from indomain.outputs import make_grid
 
-    name = student_dir.name + ("" if args.eval_seeds is None and args.num_emoji == 48 else
+    name = student_dir.name + (f"+{Path(args.unconditional_student).name}" if args.unconditional_student else "") + ("" if args.eval_seeds is None and args.num_emoji == 48 else
                                f"-n{args.num_emoji}-seeds{'_'.join(map(str, args.eval_seeds or [args.seed]))}")
     rows = []
     for (w_d, w_c), label, seed in [(w, m, s) for w in [*GRID, (2.5, None)] for m in ("teacher", "student")
