@@ -125,8 +125,9 @@ def test_from_pretrained_prior_dir_plus_domain_dir(domain, tmp_path):
     assert isinstance(pipe.domain_unet, NullTextUNet)
     assert set(pipe.components) == {"vae", "text_encoder", "tokenizer", "unet", "scheduler", "domain_unet",
                                     "controlnet", "adapter", "extra_domains", "control_unet", "image_encoder",
-                                    "feature_extractor"}  # optional (None here)
+                                    "feature_extractor", "unconditional_student"}  # optional (None here)
     assert pipe.controlnet is None and pipe.adapter is None and pipe.extra_domains is None and pipe.control_unet is None
+    assert pipe.unconditional_student is None
     pipe.set_progress_bar_config(disable=True)
     assert pipe(num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 3)
 
