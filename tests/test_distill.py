@@ -539,6 +539,35 @@ def test_an_empty_prompt_is_a_prompt_less_call_for_one_student(world):
     assert torch.all(seen[0][:, 1] == 0) and torch.all(seen[-1][:, 1] == 0)
 
 
+def test_a_batch_mixing_rows_with_and_without_a_prompt_sends_each_row_to_its_own_student(world):
+    """One call of each student per step, on its own rows, each row as its student alone gives it."""
+    (a, sa), (b, sb) = student_unet(world, 1, teacher=PROMPTED), student_unet(world, 2, teacher=UNCONDITIONAL,
+                                                                               empty_prompt_label="zero")
+    pair = InDomainPipeline.from_pretrained(world["prior"])
+    use_student(pair, a, sa, unconditional=b, unconditional_settings=sb)
+    alone = {name: InDomainPipeline.from_pretrained(world["prior"]) for name in "ab"}
+    use_student(alone["a"], copy.deepcopy(a), sa)
+    use_student(alone["b"], copy.deepcopy(b), sb)
+    side = 32 // pair.vae_scale_factor
+    latents = torch.randn(4, pair.unet.config.in_channels, side, side, generator=torch.Generator().manual_seed(0))
+    calls_a, calls_b = count_calls(a), count_calls(b)
+    kw = dict(num_images_per_prompt=2, height=32, width=32)
+    mixed = sample(pair, prompt=["a cat", ""], latents=latents, **kw)
+    assert (len(calls_a), len(calls_b)) == (2, 2)
+    assert torch.allclose(mixed[:2], sample(alone["a"], prompt="a cat", latents=latents[:2], **kw), atol=1e-5)
+    assert torch.allclose(mixed[2:], sample(alone["b"], latents=latents[2:], **kw), atol=1e-5)
+
+
+def test_one_student_gives_the_empty_rows_of_a_mixed_batch_the_label_of_no_prompt(world):
+    unet, its = student_unet(world, 1, teacher=PROMPTED, empty_prompt_label="zero")
+    pipe = InDomainPipeline.from_pretrained(world["prior"])
+    use_student(pipe, unet, its)
+    seen, calls = [], count_calls(unet)
+    unet.class_embedding.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    sample(pipe, prompt=["a cat", " "])
+    assert len(calls) == 2 and seen[0][:, 1].tolist() == [3.0, 0.0]
+
+
 @pytest.mark.parametrize("kinds, message", [((PROMPTED, PROMPTED), "neither was distilled without prompts"),
                                             ((UNCONDITIONAL, UNCONDITIONAL), "both were distilled without prompts"),
                                             ((PROMPTED, UNCONDITIONAL), "different schedulers")])

@@ -56,8 +56,8 @@ from .safeload import check_prior
 from .shared_base import ROWS, SharedBaseDomain
 from .streams import run_on_streams
 from .student import check_call as student_check_call
-from .student import has_prompt as student_has_prompt
 from .student import predict as student_predict
+from .student import prompted_rows as student_prompted_rows
 from .student import use_student
 from .shared_base import flags as domain_flags
 
@@ -422,7 +422,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
                 raise ValueError(f"{name} must be a finite number, got {w!r}")
         if getattr(self, "student", None) is not None:
             student_check_call(self, domain_guidance_scale, guidance_scale, negative_prompt, weighted_prompts,
-                               prompted=student_has_prompt(prompt, prompt_embeds))
+                               rows=student_prompted_rows(prompt, prompt_embeds))
         else:
             self.check_domain_weight(domain_guidance_scale)
         if prompt is not None and prompt_embeds is not None:
@@ -592,7 +592,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Textua
             unconditional=getattr(self, "student", None) is None or (prompt is None and prompt_embeds is None),
         )
         cond.options = options
-        options.student_prompted = student_has_prompt(prompt, prompt_embeds)
+        options.student_rows = student_prompted_rows(prompt, prompt_embeds)
         cond.ip_adapter = self.prepare_ip_adapter(ip_adapter_image, ip_adapter_image_embeds, cond, device)
         cond.spatial = self.prepare_spatial_control(
             image, height, width, cond, num_images_per_prompt, controlnet_conditioning_scale, adapter_conditioning_scale,
@@ -973,8 +973,8 @@ class CallOptions:
     domain_every: int = 1  # run the domain terms every k-th step (an opt-in approximation)
     domain_delta: dict = field(default_factory=dict)  # the domain terms' differences kept for the steps between
     layout: tuple[float, float] = (DEFAULT_LAYOUT_GUIDANCE_SCALE, LAYOUT_SIGMA)  # domain-text-bands: (w_l, sigma)
-    student_weights: tuple | None = None  # a distilled student's ((w_d, w_c, rows, prompted), class_labels) while they stay
-    student_prompted: bool = True  # the call has a prompt that is not empty (a student's prompt-less calls differ)
+    student_weights: tuple | None = None  # a distilled student's (key, [(student, rows, class_labels)]) while they stay
+    student_rows: tuple[bool, ...] = (True,)  # per prompt: not empty (a student's prompt-less rows differ)
 
 
 @dataclass

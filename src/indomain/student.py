@@ -335,53 +335,82 @@ def pair_students(students: list[tuple[UNet2DConditionModel, StudentSettings]],
     return list(students) if kinds[1] else list(reversed(students))
 
 
-def has_prompt(prompt: Any, prompt_embeds: Any) -> bool:
-    """Whether a call gives a student a prompt: empty strings are the empty prompt, i.e. no control term (Eq. A)."""
+def prompted_rows(prompt: Any, prompt_embeds: Any) -> tuple[bool, ...]:
+    """Per prompt of a call, whether it gives a student a prompt (one entry stands for every row): an empty or blank
+    string is the empty prompt, i.e. no control term in Eq. A."""
     if prompt_embeds is not None:
-        return True
-    return any(p.strip() for p in ([prompt] if isinstance(prompt, str) else prompt or []) if isinstance(p, str))
+        return (True,)
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+    return tuple(isinstance(p, str) and bool(p.strip()) for p in prompts) or (False,)
 
 
 def _for_call(pipe: Any, prompted: bool) -> tuple[Any, StudentSettings]:
-    """The student (UNet, settings) that answers a call with or without a prompt."""
+    """The student (UNet, settings) that answers a row with or without a prompt."""
     if not prompted and getattr(pipe, "unconditional_student", None) is not None:
         return pipe.unconditional_student, pipe.unconditional_student_settings
     return pipe.unet, pipe.student
 
 
 def check_call(pipe: Any, domain_guidance_scale: float, guidance_scale: float, negative_prompt: Any,
-               weighted_prompts: Any, prompted: bool = False) -> None:
-    """A call ``pipe``'s student can answer: weights inside the trained ranges, no term it was not distilled with,
-    and no prompt for a student distilled without any."""
-    settings = _for_call(pipe, prompted)[1]
-    if prompted and settings.unconditional_only:
+               weighted_prompts: Any, rows: Sequence[bool] = (False,)) -> None:
+    """A call ``pipe``'s students can answer: weights inside the trained ranges of each student a row goes to, no
+    term they were not distilled with, and no prompt for a student distilled without any."""
+    if any(rows) and _for_call(pipe, True)[1].unconditional_only:
         raise ValueError("this distilled student was trained without prompts (unconditional only: no --prompts, or "
                          "--empty-prompt-share 1); sample it without a prompt, or use a student distilled with --prompts")
     if negative_prompt is not None:
         raise ValueError("a distilled student has the empty prompt's ∅ built in; negative_prompt is not supported")
     if weighted_prompts:
         raise ValueError("a distilled student was distilled without extra weighted prompts; weighted_prompts is not supported")
-    settings.check_weights(domain_guidance_scale, guidance_scale)
+    for prompted in set(rows):
+        _for_call(pipe, prompted)[1].check_weights(domain_guidance_scale, guidance_scale)
 
 
 def predict(pipe: Any, x_in: torch.Tensor, t: torch.Tensor, cond: Conditioning, step: int, num_steps: int) -> torch.Tensor:
     """The student's prediction at one step: ONE UNet call with the prompt (the empty prompt without one), the
-    call's weights as the embedding's input, and the ControlNet / adapter residuals of the step, if any."""
+    call's weights as the embedding's input, and the ControlNet / adapter residuals of the step, if any.
+
+    With a pair, a batch that mixes rows with and without a prompt sends each row to the student of its kind: one
+    call of each, so still one UNet row per image and step."""
+    n = x_in.shape[0]
+    per_prompt = cond.options.student_rows if cond.prompt_embeds is not None else (False,)
+    rows = torch.tensor(per_prompt, device=x_in.device).repeat_interleave(n // len(per_prompt) if len(per_prompt) > 1 else n)
     # The weights are constant in a call unless a callback changes them: checked and made rows once, and the same
-    # rows tensor at every step lets the embedding compute once per call (`WeightEmbedding.forward`).
-    prompted = cond.prompt_embeds is not None and cond.options.student_prompted
-    model, settings = _for_call(pipe, prompted)
-    key = (pipe.domain_guidance_scale, pipe.guidance_scale, x_in.shape[0], prompted)
+    # rows tensor at every step lets each embedding compute once per call (`WeightEmbedding.forward`).
+    key = (pipe.domain_guidance_scale, pipe.guidance_scale, n, per_prompt)
     if cond.options.student_weights is None or cond.options.student_weights[0] != key:
-        settings.check_weights(pipe.domain_guidance_scale, pipe.guidance_scale)
-        # without a prompt Eq. A has no control term; a "zero" student learned those rows with w_c = 0
-        w_c = 0.0 if not prompted and settings.empty_prompt_label == "zero" else pipe.guidance_scale
-        cond.options.student_weights = (key, weight_rows(pipe.domain_guidance_scale, w_c, key[2], x_in))
-    weights = cond.options.student_weights[1]
+        w_c = torch.full((n,), float(pipe.guidance_scale), dtype=x_in.dtype, device=x_in.device)
+        students = {}
+        for prompted in set(per_prompt):
+            model, settings = _for_call(pipe, prompted)
+            settings.check_weights(pipe.domain_guidance_scale, pipe.guidance_scale)
+            if not prompted and settings.empty_prompt_label == "zero":
+                w_c[rows == prompted] = 0.0  # without a prompt Eq. A has no control term: learned with w_c = 0
+            students[prompted] = model
+        labels = weight_rows(pipe.domain_guidance_scale, w_c, n, x_in)
+        if len({id(model) for model in students.values()}) == 1:  # one student answers every row: one call
+            groups = [(next(iter(students.values())), None, labels)]
+        else:  # a pair, and rows of both kinds: each student answers its own rows
+            groups = [(students[p], idx, labels[idx]) for p in (True, False) for idx in [torch.nonzero(rows == p).flatten()]]
+        cond.options.student_weights = (key, groups)
+    groups = cond.options.student_weights[1]
     text = cond.prompt_embeds if cond.prompt_embeds is not None else cond.negative_prompt_embeds
     spatial = cond.spatial if cond.spatial is not None and cond.spatial.active(step, num_steps) else None
     extra = spatial.residuals(x_in, t, text) if spatial is not None else {}
-    return call_student(model, x_in, t, text, weights, extra, pipe.cross_attention_kwargs)
+    if len(groups) == 1:
+        model, _, weights = groups[0]
+        return call_student(model, x_in, t, text, weights, extra, pipe.cross_attention_kwargs)
+    out = torch.empty_like(x_in)
+    for model, idx, weights in groups:
+        tt = t[idx] if t.ndim else t
+        out[idx] = call_student(model, x_in[idx], tt, text[idx], weights, _take_rows(extra, idx),
+                                pipe.cross_attention_kwargs).to(out.dtype)
+    return out
+
+
+def _take_rows(extra: dict[str, Any], idx: torch.Tensor) -> dict[str, Any]:
+    """The UNet keyword arguments (ControlNet / adapter residuals) of the rows ``idx``."""
+    return {k: [r[idx] for r in v] if isinstance(v, (list, tuple)) else v[idx] for k, v in extra.items()}
 
 
 def call_student(model: Any, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, weights: torch.Tensor,
