@@ -2,6 +2,7 @@
 
     python benchmarks/student_overhead.py --preset cpu-small --batch 1 4 --repeats 7
     python benchmarks/student_overhead.py --preset cpu-small --batch 1 --profile   # + cProfile of the non-UNet part
+    python benchmarks/student_overhead.py --preset sd15 --batch 1 4 --repeats 3 --floor-only   # 512 px: the floor alone
 
 Two measurements, each alternating its paths in one process (medians):
 
@@ -12,7 +13,7 @@ Two measurements, each alternating its paths in one process (medians):
   `StableDiffusionPipeline` against the student's `InDomainPipeline`, and the time of each outside its UNet calls
   (measured by a forward hook on the UNet).
 
-``--profile`` prints, for one call of each, cProfile's top functions by cumulative time, without those inside the UNet.
+``--floor-only`` skips the whole calls (at 512 px on a CPU they take minutes). ``--profile`` prints, for one call of each, cProfile's top functions by cumulative time, without those inside the UNet.
 Random weights, the presets of `sampling.py`.
 """
 
@@ -40,11 +41,12 @@ def timed_unet(pipe) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="cpu-small", choices=["cpu-small", "sd15-cpu"])
+    ap.add_argument("--preset", default="cpu-small", choices=["cpu-small", "sd15-cpu", "sd15"])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--floor-only", action="store_true", help="time only the bare UNet calls, not the whole calls")
     args = ap.parse_args()
     parts = build(args.preset, torch.float32)
     run = paths(args.preset, parts, "cpu", args.steps, "latent", {"diffusers", "ours, distilled student (one call)"})
@@ -63,6 +65,8 @@ def main() -> None:
         bare = {"CFG's UNet call (2B rows)": lambda: cfg_unet(x2, t, encoder_hidden_states=text2),
                 "the student's UNet call (B rows)": lambda: student_unet(x, t, encoder_hidden_states=text, class_labels=w)}
         prompts, seeds = ["a photo of a cat"] * batch, list(range(batch))
+        if args.floor_only:
+            pipes = {}
         times = {k: [] for k in [*bare, *pipes]}
         outside = {k: [] for k in pipes}
         with torch.no_grad():
@@ -84,9 +88,11 @@ def main() -> None:
         med = {k: statistics.median(v) for k, v in times.items()}
         rows.append((batch, "the floor: one UNet call, B rows (student) / 2B rows (CFG)", med["the student's UNet call (B rows)"],
                      med["CFG's UNet call (2B rows)"]))
-        rows.append((batch, f"whole call, {args.steps} steps, latents: student / diffusers", med["student"], med["diffusers"]))
-        rows.append((batch, "outside the UNet calls: student / diffusers", statistics.median(outside["student"]),
-                     statistics.median(outside["diffusers"])))
+        if pipes:
+            rows.append((batch, f"whole call, {args.steps} steps, latents: student / diffusers", med["student"],
+                         med["diffusers"]))
+            rows.append((batch, "outside the UNet calls: student / diffusers", statistics.median(outside["student"]),
+                         statistics.median(outside["diffusers"])))
         if args.profile:
             for name, f in pipes.items():
                 prof = cProfile.Profile()
