@@ -539,8 +539,10 @@ def test_an_empty_prompt_is_a_prompt_less_call_for_one_student(world):
     assert torch.all(seen[0][:, 1] == 0) and torch.all(seen[-1][:, 1] == 0)
 
 
-def test_a_batch_mixing_rows_with_and_without_a_prompt_sends_each_row_to_its_own_student(world):
-    """One call of each student per step, on its own rows, each row as its student alone gives it."""
+@pytest.mark.parametrize("control", [False, True])
+def test_a_batch_mixing_rows_with_and_without_a_prompt_sends_each_row_to_its_own_student(world, control):
+    """One call of each student per step, on its own rows (with its rows' ControlNet residuals), each row as its
+    student alone gives it."""
     (a, sa), (b, sb) = student_unet(world, 1, teacher=PROMPTED), student_unet(world, 2, teacher=UNCONDITIONAL,
                                                                                empty_prompt_label="zero")
     pair = InDomainPipeline.from_pretrained(world["prior"])
@@ -550,8 +552,19 @@ def test_a_batch_mixing_rows_with_and_without_a_prompt_sends_each_row_to_its_own
     use_student(alone["b"], copy.deepcopy(b), sb)
     side = 32 // pair.vae_scale_factor
     latents = torch.randn(4, pair.unet.config.in_channels, side, side, generator=torch.Generator().manual_seed(0))
-    calls_a, calls_b = count_calls(a), count_calls(b)
     kw = dict(num_images_per_prompt=2, height=32, width=32)
+    if control:
+        torch.manual_seed(1)
+        net = ControlNetModel.from_unet(tiny_unet(seed=0), conditioning_embedding_out_channels=(16, 32)).eval()
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                if name.startswith(("controlnet_down_blocks", "controlnet_mid_block")):
+                    p.normal_(0, 0.05)
+        for pipe in (pair, *alone.values()):
+            pipe.register_modules(controlnet=net)
+        image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        kw["image"] = Image.fromarray(image)
+    calls_a, calls_b = count_calls(a), count_calls(b)
     mixed = sample(pair, prompt=["a cat", ""], latents=latents, **kw)
     assert (len(calls_a), len(calls_b)) == (2, 2)
     assert torch.allclose(mixed[:2], sample(alone["a"], prompt="a cat", latents=latents[:2], **kw), atol=1e-5)
