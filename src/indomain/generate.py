@@ -353,7 +353,8 @@ class GenerateConfig(SamplingConfig):
     distilled: list[str] | None = option(None, "a student written by `indomain distill`: one UNet call per step instead "
                                          "of Eq. A's three rows; replaces --domain, and refuses weights outside the "
                                          "ranges it was trained on. Two folders: one distilled with --prompts answers "
-                                         "calls with a prompt, one distilled without answers calls without",
+                                         "images with a prompt, one distilled without answers those without (an "
+                                         "empty prompt is none)",
                                          metavar="DIR")
     share_base: bool = option(False, "serve a LoRA domain model (from `indomain train --lora-rank`) from the prior's own "
                               "UNet: every branch in one call per step and no second UNet in memory; same images up to "

@@ -285,9 +285,10 @@ def use_student(pipe: Any, student: str | os.PathLike | UNet2DConditionModel | S
     """Make ``pipe`` sample with a student (a folder, or a student UNet with its ``settings``): it replaces the
     prior's ``unet``, and each step is one call of it (`predict`).
 
-    A pair of folders (or ``unconditional=`` a second student UNet with its settings) gives each kind of call its own
-    student: one distilled with prompts answers calls with a prompt, one distilled without (``unconditional_only``)
-    answers calls without. Each step is still one call, of one of them; both are in memory. (One student trained on
+    A pair of folders (or ``unconditional=`` a second student UNet with its settings) gives each kind of image its own
+    student: one distilled with prompts answers images with a prompt, one distilled without (``unconditional_only``)
+    answers those without (a batch of both kinds calls each on its own rows). Each image is still one UNet row a
+    step; both students are in memory. (One student trained on
     both kinds loses some prompt-less fidelity to the prompted rows' updates: BENCHMARKS.md, "A distilled student".)
     """
     if pipe.family != "sd":
